@@ -1,0 +1,1 @@
+//! eds: store-and-forward gateway for Shopmonkey change-data capture.

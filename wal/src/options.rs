@@ -1,0 +1,96 @@
+//! Options of the log. Every size is an option so tests can make them tiny.
+
+use std::time::Duration;
+
+/// When appended frames are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before `append` returns (concurrent appends share one fsync). The default: eds acks
+    /// upstream only after an append returns.
+    Always,
+    /// fsync at most this often; `append` may return before its frame is durable. Readers still
+    /// only see durable records. [`crate::Wal::sync`] forces one.
+    Interval(Duration),
+    /// Never fsync; written records count as durable. For tests and benchmarks only.
+    Never,
+}
+
+/// What recovery does with damage to acknowledged data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Refuse to open, naming the segment and byte offset. The default.
+    Strict,
+    /// Record the damaged range as a hole (kept in the `holes` file, reported by `inspect`),
+    /// skip it, and keep going.
+    RecordHoles,
+}
+
+/// When cursor positions are written to disk. Advances are in memory until then; retention only
+/// trusts persisted positions, so a crash replays at most this much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorPersist {
+    /// Persist a cursor when its last persist is at least this old.
+    pub interval: Duration,
+    /// Persist a cursor when it moved at least this many records since its last persist.
+    pub records: u64,
+}
+
+impl Default for CursorPersist {
+    fn default() -> Self {
+        CursorPersist { interval: Duration::from_secs(1), records: 10_000 }
+    }
+}
+
+/// Options of [`crate::Wal::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// A segment is sealed and a new one started before a frame that would make it larger.
+    pub segment_size: u64,
+    /// Largest frame (header plus uncompressed body). Larger batches are refused.
+    pub max_frame_bytes: u64,
+    /// Bodies of at least this many bytes are zstd-compressed.
+    pub compress_threshold: usize,
+    /// zstd level; 1 favours speed, negative levels are faster still.
+    pub zstd_level: i32,
+    /// When frames are fsynced.
+    pub durability: Durability,
+    /// Disk budget for all segments; `None` for no limit.
+    pub max_bytes: Option<u64>,
+    /// When cursors are persisted.
+    pub cursor_persist: CursorPersist,
+    /// What recovery does with damage to acknowledged data.
+    pub recovery: RecoveryMode,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_size: 64 << 20,
+            max_frame_bytes: 16 << 20,
+            compress_threshold: 1024,
+            zstd_level: 1,
+            durability: Durability::Always,
+            max_bytes: None,
+            cursor_persist: CursorPersist::default(),
+            recovery: RecoveryMode::Strict,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let min_segment = crate::segment::SEGMENT_HEADER_LEN + crate::frame::FRAME_HEADER_LEN as u64 + 8;
+        if self.segment_size < min_segment {
+            return Err(format!("segment_size {} is below the minimum of {min_segment} bytes", self.segment_size));
+        }
+        if self.max_frame_bytes < 64 {
+            return Err(format!("max_frame_bytes {} is below the minimum of 64 bytes", self.max_frame_bytes));
+        }
+        if let Some(budget) = self.max_bytes {
+            if budget < self.segment_size {
+                return Err(format!("max_bytes {budget} is smaller than one segment ({} bytes)", self.segment_size));
+            }
+        }
+        Ok(())
+    }
+}
