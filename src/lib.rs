@@ -1,1 +1,18 @@
 //! eds: store-and-forward gateway for Shopmonkey change-data capture.
+//!
+//! The binary's logic lives here so integration tests can drive it; `main.rs` only maps the
+//! outcome to an exit code. Dependency direction: this crate uses `eds-wal` and `eds-drivers`;
+//! neither of them knows about it.
+
+pub mod cli;
+pub mod logging;
+pub mod sample;
+pub mod timefmt;
+mod wal_cmd;
+
+/// The version string: `EDS_VERSION` from the build environment when set (release builds),
+/// else the package version.
+pub const VERSION: &str = match option_env!("EDS_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

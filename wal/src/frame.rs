@@ -181,10 +181,9 @@ impl FrameHeader {
     /// Parse and sanity-check a header. `max_frame` bounds both the stored and the raw length so
     /// a corrupt length can never make a reader allocate more than one legitimate frame.
     pub fn parse(bytes: &[u8], max_frame: u64) -> Result<FrameHeader, FrameError> {
-        let h = bytes.get(..FRAME_HEADER_LEN).ok_or(FrameError::Truncated {
-            needed: FRAME_HEADER_LEN as u64,
-            available: bytes.len() as u64,
-        })?;
+        let h = bytes
+            .get(..FRAME_HEADER_LEN)
+            .ok_or(FrameError::Truncated { needed: FRAME_HEADER_LEN as u64, available: bytes.len() as u64 })?;
         let magic = le_u32(h, 0);
         if magic != FRAME_MAGIC {
             return Err(FrameError::BadMagic { found: magic });
@@ -472,7 +471,8 @@ impl<'a> RecordIter<'a> {
         if index >= self.count {
             return Err(err);
         }
-        let len_bytes = self.raw.get(self.offset..self.offset + RECORD_OVERHEAD).ok_or(FrameError::RecordLayout { index })?;
+        let len_bytes =
+            self.raw.get(self.offset..self.offset + RECORD_OVERHEAD).ok_or(FrameError::RecordLayout { index })?;
         let len = le_u32(len_bytes, 0) as usize;
         let start = self.offset + RECORD_OVERHEAD;
         let record = start.checked_add(len).and_then(|end| self.raw.get(start..end)).ok_or(err)?;
@@ -487,10 +487,9 @@ impl<'a> RecordIter<'a> {
 pub fn decode(bytes: &[u8], max_frame: u64) -> Result<(FrameHeader, Vec<Vec<u8>>), FrameError> {
     let header = FrameHeader::parse(bytes, max_frame)?;
     let end = FRAME_HEADER_LEN as u64 + u64::from(header.body_len);
-    let body = bytes.get(FRAME_HEADER_LEN..end as usize).ok_or(FrameError::Truncated {
-        needed: end,
-        available: bytes.len() as u64,
-    })?;
+    let body = bytes
+        .get(FRAME_HEADER_LEN..end as usize)
+        .ok_or(FrameError::Truncated { needed: end, available: bytes.len() as u64 })?;
     header.verify(bytes, body)?;
     let raw = decode_body(&header, body)?;
     let mut it = RecordIter::new(&raw, header.record_count);

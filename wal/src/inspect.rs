@@ -51,7 +51,8 @@ impl SegmentReport {
 pub struct CursorReport {
     /// Name.
     pub name: String,
-    /// Persisted position (LSN of the last consumed record).
+    /// Position (LSN of the last consumed record): in memory for the handle's own cursors, as
+    /// persisted for a read-only open.
     pub position: u64,
     /// Records not yet consumed.
     pub lag_records: u64,
@@ -136,7 +137,11 @@ impl Wal {
 
     fn scan_segment(&self, first: u64, end: u64) -> Result<FrameScanner> {
         let path = self.inner.segment_path(first);
-        let file = self.inner.storage.open(&path, false).map_err(|source| Error::Io { op: "open", path: path.clone(), source })?;
+        let file = self.inner.storage.open(&path, false).map_err(|source| Error::Io {
+            op: "open",
+            path: path.clone(),
+            source,
+        })?;
         let mut header = vec![0u8; SEGMENT_HEADER_LEN.min(end) as usize];
         file.read_exact_at(&mut header, 0).map_err(|source| Error::Io { op: "read", path: path.clone(), source })?;
         segment::check_header(&header, first).map_err(|reason| Error::SegmentHeader { segment: path, reason })?;

@@ -30,7 +30,9 @@ pub mod storage;
 pub use error::{Error, Result};
 pub use holes::Hole;
 pub use inspect::{CursorReport, Inspection, Problem, SegmentReport, Verification};
-pub use log::{Appended, CursorInfo, CursorStart, Cut, Position, Recovery, Stats, Wal, CURSOR_DIR, HOLES_FILE, LOCK_FILE};
+pub use log::{
+    Appended, CursorInfo, CursorStart, Cut, Damage, Position, Recovery, Stats, Wal, CURSOR_DIR, HOLES_FILE, LOCK_FILE,
+};
 pub use options::{CursorPersist, Durability, Options, RecoveryMode};
 pub use reader::{Reader, Record};
 pub use storage::{FaultyStorage, StdStorage, Storage, StorageFile};

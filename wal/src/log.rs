@@ -78,6 +78,20 @@ pub struct Recovery {
     pub head: u64,
     /// Cursors that could not be loaded (read-only opens only; a writable open fails instead).
     pub cursor_problems: Vec<String>,
+    /// Damage to acknowledged data in the last segment (read-only opens only; a writable open
+    /// fails with [`Error::Corrupt`] instead). Readers stop before it; `verify` reports it.
+    pub damage: Option<Damage>,
+}
+
+/// Damage found by a read-only open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Segment file.
+    pub segment: PathBuf,
+    /// Byte offset of the bad frame.
+    pub offset: u64,
+    /// What is wrong.
+    pub message: String,
 }
 
 /// Where a new cursor starts.
@@ -214,7 +228,7 @@ impl Inner {
         self.dir.join(CURSOR_DIR)
     }
 
-    fn check_poison(&self) -> Result<()> {
+    pub(crate) fn check_poison(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
             let (op, path) = lock(&self.poison).clone().unwrap_or(("write", self.dir.clone()));
             return Err(Error::Poisoned { op, path });
@@ -303,6 +317,8 @@ impl Wal {
             None
         } else {
             storage.create_dir_all(&cursor_dir).map_err(Error::io("create directory", &cursor_dir))?;
+            // Make the new directory entries durable, so a cursor persisted into them is too.
+            storage.sync_dir(&dir).map_err(Error::io("fsync directory", &dir))?;
             let lock_path = dir.join(LOCK_FILE);
             match storage.lock(&lock_path) {
                 Ok(g) => Some(g),
@@ -321,7 +337,8 @@ impl Wal {
 
         let holes_path = dir.join(HOLES_FILE);
         let mut hole_list = match storage.open(&holes_path, false) {
-            Ok(_) => holes::decode(&read_all(&*storage, &holes_path)?).ok_or(Error::HolesFile { path: holes_path.clone() })?,
+            Ok(_) => holes::decode(&read_all(&*storage, &holes_path)?)
+                .ok_or(Error::HolesFile { path: holes_path.clone() })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io("open", holes_path)(e)),
         };
@@ -352,6 +369,7 @@ impl Wal {
                 let scan = recover_last_segment(&*storage, &dir, last, &opts, read_only, &mut hole_list)?;
                 recovery.cut = scan.cut;
                 recovery.new_holes = scan.new_holes;
+                recovery.damage = scan.damage;
                 total += scan.end;
                 segments.insert(last, SegmentMeta { bytes: scan.end });
                 let w = Writer { file: scan.file, segment: last, offset: scan.end, next_lsn: scan.next_lsn };
@@ -573,7 +591,11 @@ impl Wal {
             drop(st);
             let (target, file, path) = {
                 let w = lock(&i.writer);
-                (Position { lsn: w.next_lsn - 1, segment: w.segment, offset: w.offset }, w.file.clone(), i.segment_path(w.segment))
+                (
+                    Position { lsn: w.next_lsn - 1, segment: w.segment, offset: w.offset },
+                    w.file.clone(),
+                    i.segment_path(w.segment),
+                )
             };
             if target.lsn < lsn {
                 st = lock(&i.sync);
@@ -700,7 +722,8 @@ impl Wal {
             }
             c.position = lsn;
             let p = self.inner.opts.cursor_persist;
-            c.position != c.persisted && (c.position - c.persisted >= p.records || c.persisted_at.elapsed() >= p.interval)
+            c.position != c.persisted
+                && (c.position - c.persisted >= p.records || c.persisted_at.elapsed() >= p.interval)
         };
         if due {
             self.persist_cursors()?;
@@ -744,9 +767,11 @@ impl Wal {
     fn persist_one(&self, name: &str, position: u64) -> Result<()> {
         let rec = CursorRecord { name: name.to_owned(), position, updated_at: now_micros() };
         let dir = self.inner.cursor_dir();
-        write_atomic(&*self.inner.storage, &dir, &format!("{name}{CURSOR_SUFFIX}"), &cursor::encode(&rec)).inspect_err(|_| {
-            self.inner.poison("persist cursor", &dir.join(name));
-        })
+        write_atomic(&*self.inner.storage, &dir, &format!("{name}{CURSOR_SUFFIX}"), &cursor::encode(&rec)).inspect_err(
+            |_| {
+                self.inner.poison("persist cursor", &dir.join(name));
+            },
+        )
     }
 
     /// Persist every cursor that moved, then delete segments every persisted cursor has passed.
@@ -776,7 +801,11 @@ impl Wal {
         if i.read_only {
             return Ok(0);
         }
-        let min = match lock(&i.cursors).values().map(|c| c.persisted).min() {
+        i.check_poison()?;
+        // Hold the cursors until the segments are gone: a cursor created or reset meanwhile
+        // checks the oldest LSN under this lock, and must not end up below what is deleted.
+        let cursors = lock(&i.cursors);
+        let min = match cursors.values().map(|c| c.persisted).min() {
             Some(m) => m,
             None => return Ok(0),
         };
@@ -797,6 +826,7 @@ impl Wal {
             deleted += 1;
         }
         drop(segs);
+        drop(cursors);
         if deleted > 0 {
             i.storage.sync_dir(&i.dir).map_err(Error::io("fsync directory", &i.dir))?;
         }
@@ -805,10 +835,12 @@ impl Wal {
 
     /// Persist cursors and make everything written durable. Dropping the log without calling
     /// this loses at most the cursor moves since their last persist (a replay, never data).
+    /// On a poisoned handle it reports the failure that poisoned it.
     pub fn close(self) -> Result<()> {
-        if self.inner.read_only || self.is_poisoned() {
+        if self.inner.read_only {
             return Ok(());
         }
+        self.inner.check_poison()?;
         self.sync()?;
         self.persist_cursors()
     }
@@ -854,6 +886,7 @@ struct LastSegment {
     next_lsn: u64,
     cut: Option<Cut>,
     new_holes: Vec<Hole>,
+    damage: Option<Damage>,
 }
 
 /// Scan the last segment to its last valid frame and decide what a bad frame means.
@@ -880,9 +913,18 @@ fn recover_last_segment(
                 file.set_len(0).map_err(Error::io("truncate", &path))?;
                 file.write_all_at(&segment::encode_header(first), 0).map_err(Error::io("write", &path))?;
                 file.sync().map_err(Error::io("fsync", &path))?;
+                // The segment's creation may never have reached its directory fsync.
+                storage.sync_dir(dir).map_err(Error::io("fsync directory", dir))?;
             }
             let file = (!read_only).then_some(file);
-            return Ok(LastSegment { file, end: SEGMENT_HEADER_LEN, next_lsn: first, cut: None, new_holes: Vec::new() });
+            return Ok(LastSegment {
+                file,
+                end: SEGMENT_HEADER_LEN,
+                next_lsn: first,
+                cut: None,
+                new_holes: Vec::new(),
+                damage: None,
+            });
         }
         return Err(Error::SegmentHeader { segment: path, reason });
     }
@@ -891,6 +933,7 @@ fn recover_last_segment(
     let mut expected = first;
     let mut cut = None;
     let mut new_holes = Vec::new();
+    let mut damage = None;
     loop {
         let offset = scanner.offset();
         if let Some(h) = holes.iter().find(|h| h.segment == first && h.offset == offset) {
@@ -905,7 +948,12 @@ fn recover_last_segment(
                 continue;
             }
             Ok(Some(f)) => crate::frame::FrameError::LsnMismatch { expected, found: f.header.first_lsn },
-            Err(ScanError::Io { offset, source }) => return Err(Error::io("read", &path)(std::io::Error::new(source.kind(), format!("at byte offset {offset}: {source}")))),
+            Err(ScanError::Io { offset, source }) => {
+                return Err(Error::io("read", &path)(std::io::Error::new(
+                    source.kind(),
+                    format!("at byte offset {offset}: {source}"),
+                )))
+            }
             Err(ScanError::Frame { reason, .. }) => reason,
         };
         // A bad frame. Look at every readable frame after it: if any was written when the bad
@@ -925,26 +973,51 @@ fn recover_last_segment(
         if max_synced >= expected {
             match (opts.recovery, next_good) {
                 (RecoveryMode::RecordHoles, Some(g)) => {
-                    let hole = Hole { segment: first, offset, len: g.offset - offset, first_lsn: expected, last_lsn: g.header.first_lsn - 1 };
+                    let hole = Hole {
+                        segment: first,
+                        offset,
+                        len: g.offset - offset,
+                        first_lsn: expected,
+                        last_lsn: g.header.first_lsn - 1,
+                    };
                     holes.push(hole);
                     new_holes.push(hole);
                     scanner.seek(g.offset);
                     expected = g.header.first_lsn;
                     continue;
                 }
+                _ if read_only => {
+                    // Tools must still be able to look at a damaged log: report the damage,
+                    // stop the readable log before it, and leave the bytes for `verify`.
+                    damage = Some(Damage { segment: path.clone(), offset, message: crate::error_chain(&reason) });
+                    let file = None;
+                    return Ok(LastSegment { file, end: len, next_lsn: expected, cut: None, new_holes, damage });
+                }
                 _ => return Err(Error::Corrupt { segment: path, offset, reason }),
             }
         }
-        cut = Some(Cut { segment: path.clone(), offset, bytes: len - offset, first_lsn: expected, last_lsn_seen: max_lsn_seen });
+        cut = Some(Cut {
+            segment: path.clone(),
+            offset,
+            bytes: len - offset,
+            first_lsn: expected,
+            last_lsn_seen: max_lsn_seen,
+        });
         if !read_only {
             file.set_len(offset).map_err(Error::io("truncate", &path))?;
-            file.sync().map_err(Error::io("fsync", &path))?;
         }
         break;
     }
+    if !read_only {
+        // What recovery keeps becomes readable at once, so it must be durable: the frames may
+        // have been written by a process that died before its fsync (they are in the page cache,
+        // not on disk), and the segment's creation may never have reached its directory fsync.
+        file.sync().map_err(Error::io("fsync", &path))?;
+        storage.sync_dir(dir).map_err(Error::io("fsync directory", dir))?;
+    }
     let end = cut.as_ref().map(|c| c.offset).unwrap_or(len);
     let file = (!read_only).then_some(file);
-    Ok(LastSegment { file, end, next_lsn: expected, cut, new_holes })
+    Ok(LastSegment { file, end, next_lsn: expected, cut, new_holes, damage })
 }
 
 fn scan_io(path: &Path, e: ScanError) -> Error {
@@ -976,7 +1049,8 @@ fn load_cursors(storage: &dyn Storage, dir: &Path, head: u64, read_only: bool) -
         let Some(stem) = name.strip_suffix(CURSOR_SUFFIX) else { continue };
         let path = dir.join(&name);
         let loaded = read_all(storage, &path).and_then(|bytes| {
-            let rec = cursor::decode(&bytes, stem).map_err(|reason| Error::CursorFile { path: path.clone(), reason })?;
+            let rec =
+                cursor::decode(&bytes, stem).map_err(|reason| Error::CursorFile { path: path.clone(), reason })?;
             if rec.position > head {
                 return Err(Error::CursorBeyondHead { cursor: rec.name, position: rec.position, head });
             }
@@ -984,7 +1058,10 @@ fn load_cursors(storage: &dyn Storage, dir: &Path, head: u64, read_only: bool) -
         });
         match loaded {
             Ok(rec) => {
-                cursors.insert(rec.name, CursorState { position: rec.position, persisted: rec.position, persisted_at: Instant::now() });
+                cursors.insert(
+                    rec.name,
+                    CursorState { position: rec.position, persisted: rec.position, persisted_at: Instant::now() },
+                );
             }
             Err(e) if read_only => problems.push(format!("{}: {}", path.display(), crate::error_chain(&e))),
             Err(e) => return Err(e),

@@ -145,7 +145,9 @@ impl Reader {
                     self.next_segment(after, expected)?;
                     continue;
                 }
-                Err(ScanError::Frame { offset, reason }) => return Err(Error::Corrupt { segment: path, offset, reason }),
+                Err(ScanError::Frame { offset, reason }) => {
+                    return Err(Error::Corrupt { segment: path, offset, reason })
+                }
                 Err(ScanError::Io { source, .. }) => return Err(Error::Io { op: "read", path, source }),
             };
             if found.header.first_lsn != seg.expected {
@@ -169,7 +171,9 @@ impl Reader {
             });
             let (f, raw) = match with_body {
                 Ok(v) => v,
-                Err(ScanError::Frame { offset, reason }) => return Err(Error::Corrupt { segment: path, offset, reason }),
+                Err(ScanError::Frame { offset, reason }) => {
+                    return Err(Error::Corrupt { segment: path, offset, reason })
+                }
                 Err(ScanError::Io { source, .. }) => return Err(Error::Io { op: "read", path, source }),
             };
             self.frame = Some(CurrentFrame {
@@ -184,8 +188,12 @@ impl Reader {
         }
     }
 
+    /// The failure that poisoned the log, as every other call reports it.
     fn inner_poison(&self) -> Error {
-        Error::Poisoned { op: "write", path: self.inner.dir.clone() }
+        match self.inner.check_poison() {
+            Err(e) => e,
+            Ok(()) => Error::Poisoned { op: "write", path: self.inner.dir.clone() },
+        }
     }
 
     fn open_segment_for(&mut self, lsn: u64) -> Result<()> {
@@ -207,7 +215,11 @@ impl Reader {
         let next = read(&self.inner.segments).range((Bound::Excluded(after), Bound::Unbounded)).next().map(|(k, _)| *k);
         match next {
             Some(first) if first == expected => self.open(first, first),
-            Some(first) => Err(Error::SegmentGap { segment: self.inner.segment_path(first), found: first, expected_after: expected - 1 }),
+            Some(first) => Err(Error::SegmentGap {
+                segment: self.inner.segment_path(first),
+                found: first,
+                expected_after: expected - 1,
+            }),
             None => {
                 let oldest = self.inner.oldest_lsn();
                 Err(Error::LsnBelowOldest { lsn: self.next_lsn, oldest })
@@ -229,7 +241,8 @@ impl Reader {
         let len = file.len().map_err(|source| Error::Io { op: "stat", path: path.clone(), source })?;
         let mut header = vec![0u8; SEGMENT_HEADER_LEN.min(len) as usize];
         file.read_exact_at(&mut header, 0).map_err(|source| Error::Io { op: "read", path: path.clone(), source })?;
-        crate::segment::check_header(&header, first).map_err(|reason| Error::SegmentHeader { segment: path.clone(), reason })?;
+        crate::segment::check_header(&header, first)
+            .map_err(|reason| Error::SegmentHeader { segment: path.clone(), reason })?;
         let scanner = FrameScanner::new(file, SEGMENT_HEADER_LEN, len, self.inner.opts.max_frame_bytes);
         self.segment = Some(OpenSegment { first, scanner, expected });
         Ok(())

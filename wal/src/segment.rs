@@ -87,7 +87,8 @@ pub fn encode_header(first_lsn: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
 
 /// Check a segment header read from a file named for `name_lsn`.
 pub fn check_header(bytes: &[u8], name_lsn: u64) -> Result<(), SegmentHeaderError> {
-    let h = bytes.get(..SEGMENT_HEADER_LEN as usize).ok_or(SegmentHeaderError::Truncated { len: bytes.len() as u64 })?;
+    let h =
+        bytes.get(..SEGMENT_HEADER_LEN as usize).ok_or(SegmentHeaderError::Truncated { len: bytes.len() as u64 })?;
     if h.get(0..8) != Some(&SEGMENT_MAGIC[..]) {
         return Err(SegmentHeaderError::BadMagic);
     }
@@ -191,7 +192,8 @@ impl FrameScanner {
             });
         }
         self.file.read_exact_at(&mut self.header_buf, offset).map_err(|source| ScanError::Io { offset, source })?;
-        let header = FrameHeader::parse(&self.header_buf, self.max_frame).map_err(|reason| ScanError::Frame { offset, reason })?;
+        let header = FrameHeader::parse(&self.header_buf, self.max_frame)
+            .map_err(|reason| ScanError::Frame { offset, reason })?;
         if header.frame_len() > available {
             return Err(ScanError::Frame {
                 offset,

@@ -16,6 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// An open file.
+// `len` is a file's length, fallible like every file operation; an `is_empty` would add nothing.
+#[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync + fmt::Debug {
     /// Read up to `buf.len()` bytes at `offset`; returns how many were read (0 at end of file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

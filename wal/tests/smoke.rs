@@ -1,4 +1,9 @@
+//! Smoke test on real files: appends across segments, a reader, a cursor, retention, reopen.
+
+#![allow(clippy::unwrap_used)]
+
 use eds_wal::*;
+
 #[test]
 fn smoke() {
     let d = tempfile::tempdir().unwrap();
@@ -6,7 +11,8 @@ fn smoke() {
     let wal = Wal::open(d.path(), opts.clone()).unwrap();
     let mut n = 0u64;
     for b in 0..50 {
-        let recs: Vec<Vec<u8>> = (0..(b % 7 + 1)).map(|i| format!("rec-{b}-{i}-{}", "x".repeat(b * 3)).into_bytes()).collect();
+        let recs: Vec<Vec<u8>> =
+            (0..(b % 7 + 1)).map(|i| format!("rec-{b}-{i}-{}", "x".repeat(b * 3)).into_bytes()).collect();
         let a = wal.append(&recs).unwrap();
         assert_eq!(a.first_lsn, n + 1);
         n = a.last_lsn;
@@ -14,7 +20,10 @@ fn smoke() {
     wal.create_cursor("c", CursorStart::Oldest).unwrap();
     let mut r = wal.reader(1).unwrap();
     let mut count = 0;
-    while let Some(rec) = r.next().unwrap() { count += 1; assert_eq!(rec.lsn, count); }
+    while let Some(rec) = r.next().unwrap() {
+        count += 1;
+        assert_eq!(rec.lsn, count);
+    }
     assert_eq!(count, n);
     let st = wal.stats();
     assert!(st.segments > 1, "{st:?}");

@@ -268,7 +268,10 @@ impl Storage for FaultyStorage {
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
             .collect();
         names.extend(
-            s.dirs.iter().filter(|p| p.parent() == Some(dir)).filter_map(|p| p.file_name()?.to_str().map(str::to_owned)),
+            s.dirs
+                .iter()
+                .filter(|p| p.parent() == Some(dir))
+                .filter_map(|p| p.file_name()?.to_str().map(str::to_owned)),
         );
         Ok(names)
     }
@@ -278,7 +281,8 @@ impl Storage for FaultyStorage {
         if !path.parent().is_some_and(|d| s.dirs.contains(d)) {
             return Err(not_found(path));
         }
-        let file = Arc::new(MemFile { data: Mutex::new(FileData::default()), shared: self.shared.clone(), writable: true });
+        let file =
+            Arc::new(MemFile { data: Mutex::new(FileData::default()), shared: self.shared.clone(), writable: true });
         s.files.insert(path.to_path_buf(), file.clone());
         Ok(Arc::new(Handle { file, writable: true }))
     }

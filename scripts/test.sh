@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, clippy, a build of the benchmarks (never run here), and
+# all tests. Installs what it needs when missing (idempotent) and fails loudly otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# One target dir outside the clone, so a fresh CI clone on a machine that already built the
+# project reuses the build. Override with CARGO_TARGET_DIR.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/eds-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export RUST_BACKTRACE=1
+
+command -v cargo >/dev/null || die "cargo is not installed (install Rust with rustup: https://rustup.rs)"
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null || die "cargo $component is missing and rustup is not available to add it"
+    say "adding rustup component $component"
+    rustup component add "$component"
+  fi
+done
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+cargo nextest --version >/dev/null 2>&1 || die "cargo-nextest is still missing after installing it"
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+say "building benchmarks (not run)"
+cargo build --workspace --benches --locked
+
+say "tests"
+cargo nextest run --workspace --all-features --locked --profile ci
+cargo test --workspace --doc --locked --quiet

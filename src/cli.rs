@@ -1,0 +1,201 @@
+//! Command-line interface: flag definitions and dispatch. `main.rs` only calls [`run`].
+//!
+//! Exit codes: 0 success, 1 failure (including `wal verify` finding damage), 2 usage error.
+
+use crate::logging::{self, LogSettings};
+use crate::wal_cmd;
+use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for a failure.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for a usage error (bad flag or argument).
+pub const EXIT_USAGE: u8 = 2;
+
+/// eds: store-and-forward gateway for Shopmonkey change-data capture.
+#[derive(Debug, Parser)]
+#[command(
+    name = "eds",
+    version = crate::VERSION,
+    about = "Store-and-forward gateway for Shopmonkey change-data capture",
+    long_about = "eds pulls Shopmonkey change events from NATS JetStream, makes each one durable in a local \
+compressed write-ahead log before acknowledging it, and drains the log into your destinations.\n\n\
+Documentation: https://shopmonkey.dev/eds",
+    arg_required_else_help = true,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command accepts (EDS's persistent flags).
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Log everything (TRACE level)
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
+    /// Log errors only (wins over --verbose)
+    #[arg(short = 's', long, global = true)]
+    silent: bool,
+    /// Prefix log lines with a timestamp
+    #[arg(short = 't', long, global = true)]
+    timestamp: bool,
+    /// Prefix every log line with [LABEL]
+    #[arg(long, global = true, hide = true, value_name = "LABEL")]
+    log_label: Option<String>,
+    /// Data directory (config.toml, wal/, tracker, dlq/, logs/)
+    #[arg(short = 'd', long, global = true, value_name = "DIR", default_value = "data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the version
+    Version,
+    /// Look into the write-ahead log (read-only; safe while a server runs)
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WalCommand {
+    /// Segments, cursors with their lag, holes and totals
+    Inspect {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every frame's checksum and LSN continuity; exit 1 naming segment and offset of each problem
+    Verify {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print records, one per line: LSN, then `text` and the record when it is UTF-8, else `hex` and its bytes
+    Dump {
+        /// First LSN to print (default: the oldest kept)
+        #[arg(long, value_name = "LSN")]
+        from: Option<u64>,
+        /// Print at most N records
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
+    /// List or delete cursors (one per destination)
+    Cursor {
+        #[command(subcommand)]
+        command: CursorCommand,
+    },
+    /// Write sample order events into the data directory's log, then inspect it
+    Sample {
+        /// How many events to append
+        #[arg(long, default_value_t = 10_000)]
+        records: u64,
+        /// Events per appended batch
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+        batch: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CursorCommand {
+    /// List cursors with position and lag
+    List {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a cursor (an orphan of a removed destination holds retention back). Needs the server stopped.
+    Delete {
+        /// Cursor name
+        name: String,
+    },
+}
+
+/// Parse `args`, run the command, and return the process exit code.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let g = &cli.global;
+    logging::init(&LogSettings {
+        verbose: g.verbose,
+        silent: g.silent,
+        timestamps: g.timestamp,
+        label: g.log_label.clone(),
+    });
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = dispatch(&cli, &mut out);
+    let _ = out.flush();
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let wal_dir = cli.global.data_dir.join("wal");
+    match &cli.command {
+        Command::Version => {
+            writeln!(out, "{}", crate::VERSION)?;
+            Ok(0)
+        }
+        Command::Wal { command } => match command {
+            WalCommand::Inspect { json } => wal_cmd::inspect(&wal_dir, *json, out),
+            WalCommand::Verify { json } => wal_cmd::verify(&wal_dir, *json, out),
+            WalCommand::Dump { from, limit } => wal_cmd::dump(&wal_dir, *from, *limit, out),
+            WalCommand::Cursor { command: CursorCommand::List { json } } => wal_cmd::cursor_list(&wal_dir, *json, out),
+            WalCommand::Cursor { command: CursorCommand::Delete { name } } => {
+                wal_cmd::cursor_delete(&wal_dir, name, out)
+            }
+            WalCommand::Sample { records, batch } => wal_cmd::sample(&wal_dir, *records, *batch, out),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_parse_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["eds", "wal", "inspect", "-d", "/x", "-v", "-t", "--json"]).unwrap();
+        assert_eq!(cli.global.data_dir, PathBuf::from("/x"));
+        assert!(cli.global.verbose && cli.global.timestamp && !cli.global.silent);
+        assert!(matches!(cli.command, Command::Wal { command: WalCommand::Inspect { json: true } }));
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        let e = Cli::try_parse_from(["eds", "wal", "dump", "--from", "abc"]).unwrap_err();
+        assert!(e.use_stderr());
+        assert!(e.to_string().contains("--from"), "{e}");
+        let e = Cli::try_parse_from(["eds", "wal", "sample", "--batch", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--batch"), "{e}");
+    }
+}

@@ -1,0 +1,203 @@
+//! The real `eds` binary against real data directories.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn eds(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_eds")).args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn sample(dir: &Path, records: u64, batch: u64) {
+    let o = eds(&[
+        "wal",
+        "sample",
+        "-d",
+        dir.to_str().unwrap(),
+        "--records",
+        &records.to_string(),
+        "--batch",
+        &batch.to_string(),
+    ]);
+    assert!(o.status.success(), "sample failed: {}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("appended {records} sample order events")), "{}", stdout(&o));
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let o = eds(&["version"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).trim(), env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_flag() {
+    let o = eds(&["wal", "dump", "--limit", "ten"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--limit"), "{}", stderr(&o));
+    let o = eds(&["wal", "frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("frobnicate"), "{}", stderr(&o));
+}
+
+#[test]
+fn missing_log_is_a_clear_failure() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("nope");
+    for cmd in [&["wal", "inspect"][..], &["wal", "verify"], &["wal", "dump"], &["wal", "cursor", "list"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["-d", missing.to_str().unwrap()]);
+        let o = eds(&args);
+        assert_eq!(o.status.code(), Some(1), "{cmd:?}");
+        assert!(stderr(&o).contains("no write-ahead log at"), "{cmd:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(missing.to_str().unwrap()), "{}", stderr(&o));
+    }
+    assert!(!missing.exists(), "read-only commands must not create the data directory");
+}
+
+#[test]
+fn inspect_dump_and_verify_a_sample_log() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    sample(d.path(), 1000, 100);
+
+    let o = eds(&["wal", "inspect", "-d", dir, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["oldest_lsn"], 1);
+    assert_eq!(v["head_lsn"], 1000);
+    assert_eq!(v["total_records"], 1000);
+    let segs = v["segments"].as_array().unwrap();
+    assert_eq!(segs[0]["frames"], 10);
+    assert!(segs[0]["compression_ratio"].as_f64().unwrap() > 2.0, "{v}");
+
+    let o = eds(&["wal", "dump", "-d", dir, "--from", "998"]);
+    assert!(o.status.success());
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        let lsn = 998 + i as u64;
+        let expected = String::from_utf8(eds::sample::order_event(lsn - 1)).unwrap();
+        assert_eq!(line, &format!("{lsn}\ttext\t{expected}"));
+    }
+    let o = eds(&["wal", "dump", "-d", dir, "--limit", "2"]);
+    assert_eq!(stdout(&o).lines().count(), 2);
+    assert!(stdout(&o).starts_with("1\ttext\t{"));
+
+    let o = eds(&["wal", "verify", "-d", dir]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("10 frames, 1000 records: 0 problems"), "{}", stdout(&o));
+}
+
+#[test]
+fn dump_prints_binary_records_as_hex() {
+    let d = tempfile::tempdir().unwrap();
+    let wal_dir = d.path().join("wal");
+    let wal = eds_wal::Wal::open(&wal_dir, eds_wal::Options::default()).unwrap();
+    wal.append(&[&[0xffu8, 0x00, 0x10][..], b"line\nbreak"]).unwrap();
+    wal.close().unwrap();
+    let o = eds(&["wal", "dump", "-d", d.path().to_str().unwrap()]);
+    assert_eq!(stdout(&o), "1\thex\tff0010\n2\ttext\tline\\nbreak\n");
+}
+
+#[test]
+fn verify_names_segment_and_offset_of_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    sample(d.path(), 300, 100);
+    let seg = d.path().join("wal").join("00000000000000000001.wal");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Second frame: the first starts after the 24-byte segment header.
+    let first_len = 48 + u32::from_le_bytes(bytes[24 + 4..24 + 8].try_into().unwrap()) as usize;
+    let second = 24 + first_len;
+    bytes[second + 60] ^= 0x55;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let o = eds(&["wal", "verify", "-d", dir]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.contains(&format!("problem: segment {} offset {second}:", seg.display())), "{out}");
+    assert!(out.contains("checksum mismatch"), "{out}");
+    assert!(out.contains(": 1 problems"), "{out}");
+
+    let o = eds(&["wal", "verify", "-d", dir, "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["problems"][0]["offset"], second as u64);
+}
+
+#[test]
+fn cursors_are_listed_with_lag_and_deleted_only_offline() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    sample(d.path(), 500, 50);
+    let wal = eds_wal::Wal::open(d.path().join("wal"), eds_wal::Options::default()).unwrap();
+    wal.create_cursor("postgres-main", eds_wal::CursorStart::Oldest).unwrap();
+    wal.create_cursor("s3-archive", eds_wal::CursorStart::Head).unwrap();
+    wal.advance_cursor("postgres-main", 120).unwrap();
+    wal.persist_cursors().unwrap();
+
+    // Read-only commands work while the writer holds the lock.
+    let o = eds(&["wal", "cursor", "list", "-d", dir, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["name"], "postgres-main");
+    assert_eq!(v[0]["position"], 120);
+    assert_eq!(v[0]["lag_records"], 380);
+    assert!(v[0]["lag_bytes"].as_u64().unwrap() > 0);
+    assert!(v[0]["oldest_pending_at"].is_string());
+    assert_eq!(v[1]["name"], "s3-archive");
+    assert_eq!(v[1]["lag_records"], 0);
+    assert_eq!(v[1]["lag_bytes"], 0);
+
+    let o = eds(&["wal", "cursor", "delete", "postgres-main", "-d", dir]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("stop the server before deleting a cursor"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("in use by another process"), "{}", stderr(&o));
+    wal.close().unwrap();
+
+    // Other tests of this binary spawn processes in parallel; a child forked while our lock file
+    // was open holds the lock until it execs. Poll for the release with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let o = loop {
+        let o = eds(&["wal", "cursor", "delete", "postgres-main", "-d", dir]);
+        if o.status.success()
+            || !stderr(&o).contains("in use by another process")
+            || std::time::Instant::now() > deadline
+        {
+            break o;
+        }
+    };
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = eds(&["wal", "cursor", "list", "-d", dir]);
+    let out = stdout(&o);
+    assert!(!out.contains("postgres-main") && out.contains("s3-archive"), "{out}");
+    let o = eds(&["wal", "cursor", "delete", "postgres-main", "-d", dir]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no cursor named \"postgres-main\""), "{}", stderr(&o));
+}
+
+#[test]
+fn log_flags_shape_lines() {
+    let d = tempfile::tempdir().unwrap();
+    let o = eds(&["wal", "sample", "-d", d.path().to_str().unwrap(), "--records", "10", "-t", "--log-label", "edge-1"]);
+    assert!(o.status.success());
+    let line = stderr(&o);
+    let first = line.lines().next().unwrap();
+    // "2026/11/27 03:12:56 [edge-1] INFO  appended …"
+    let (stamp, rest) = first.split_at(19);
+    assert!(stamp.as_bytes()[4] == b'/' && stamp.as_bytes()[13] == b':', "{first}");
+    assert!(rest.starts_with(" [edge-1] INFO  appended"), "{first}");
+    let o = eds(&["wal", "sample", "-d", d.path().to_str().unwrap(), "--records", "10", "-s"]);
+    assert!(o.status.success());
+    assert_eq!(stderr(&o), "", "silent prints no info lines");
+}
