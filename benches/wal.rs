@@ -332,6 +332,7 @@ fn appends_without_fsync(cfg: &Config, base: &Path, pool: &[Vec<u8>]) {
         (1024, "zstd 1", opts(Durability::Never, 1)),
         (1024, "zstd -1", opts(Durability::Never, -1)),
         (1024, "zstd -3", opts(Durability::Never, -3)),
+        (1024, "zstd -7", opts(Durability::Never, -7)),
         (1024, "zstd 3", opts(Durability::Never, 3)),
         (1024, "none", Options { compress_threshold: usize::MAX, ..opts(Durability::Never, 1) }),
         (64, "zstd 1", opts(Durability::Never, 1)),

@@ -127,7 +127,9 @@ pub fn decode(bytes: &[u8], file_name: &str) -> Result<CursorRecord, CursorFileE
     if version != CURSOR_VERSION {
         return Err(CursorFileError::Version { version });
     }
-    let name = String::from_utf8_lossy(bytes.get(28..end).ok_or(CursorFileError::Truncated)?).into_owned();
+    let name = std::str::from_utf8(bytes.get(28..end).ok_or(CursorFileError::Truncated)?)
+        .map_err(|_| CursorFileError::NameMismatch { stored: String::from("<not UTF-8>"), file: file_name.to_owned() })?
+        .to_owned();
     if name != file_name {
         return Err(CursorFileError::NameMismatch { stored: name, file: file_name.to_owned() });
     }

@@ -305,6 +305,7 @@ pub enum EncodeError {
 }
 
 thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
         const { std::cell::RefCell::new(None) };
 }
@@ -324,19 +325,30 @@ impl EncodedFrame {
         let record_count = u32::try_from(records.len()).map_err(|_| EncodeError::TooLarge { bytes: raw_len, max })?;
         let raw_len32 = raw_len as u32;
         let raw_usize = raw_len as usize;
-        let mut raw = Vec::with_capacity(FRAME_HEADER_LEN + raw_usize);
-        raw.resize(FRAME_HEADER_LEN, 0);
-        for record in records {
-            let r = record.as_ref();
-            raw.extend_from_slice(&(r.len() as u32).to_le_bytes());
-            raw.extend_from_slice(r);
-        }
-        let (bytes, codec) = if raw_usize >= opts.compress_threshold {
-            match compress(&raw[FRAME_HEADER_LEN..], opts.zstd_level)? {
-                Some(compressed) => (compressed, Codec::Zstd),
-                None => (raw, Codec::None),
+        let lay_out = |raw: &mut Vec<u8>| {
+            raw.clear();
+            raw.reserve(FRAME_HEADER_LEN + raw_usize);
+            raw.resize(FRAME_HEADER_LEN, 0);
+            for record in records {
+                let r = record.as_ref();
+                raw.extend_from_slice(&(r.len() as u32).to_le_bytes());
+                raw.extend_from_slice(r);
             }
+        };
+        let (bytes, codec) = if raw_usize >= opts.compress_threshold {
+            // The uncompressed body is only compressor input: lay it out in a per-thread buffer
+            // that is reused, instead of faulting in fresh pages for every batch.
+            SCRATCH.with(|cell| {
+                let mut raw = cell.borrow_mut();
+                lay_out(&mut raw);
+                Ok::<_, EncodeError>(match compress(raw.get(FRAME_HEADER_LEN..).unwrap_or(&[]), opts.zstd_level)? {
+                    Some(compressed) => (compressed, Codec::Zstd),
+                    None => (raw.clone(), Codec::None),
+                })
+            })?
         } else {
+            let mut raw = Vec::new();
+            lay_out(&mut raw);
             (raw, Codec::None)
         };
         let mut body_crc = crc32fast::Hasher::new();

@@ -66,13 +66,18 @@ pub fn decode(b: &[u8]) -> Option<Vec<Hole>> {
     (0..count)
         .map(|i| {
             let at = 14 + 40 * i;
-            Some(Hole {
+            let hole = Hole {
                 segment: u64_at(b, at)?,
                 offset: u64_at(b, at + 8)?,
                 len: u64_at(b, at + 16)?,
                 first_lsn: u64_at(b, at + 24)?,
                 last_lsn: u64_at(b, at + 32)?,
-            })
+            };
+            // A hole always covers bytes and at least one LSN; anything else would make a reader
+            // skip nothing and loop, or wrap an LSN.
+            let sane =
+                hole.len > 0 && hole.first_lsn >= 1 && hole.first_lsn <= hole.last_lsn && hole.last_lsn < u64::MAX;
+            sane.then_some(hole)
         })
         .collect()
 }
@@ -92,5 +97,19 @@ mod tests {
             assert!(decode(&bad).is_none(), "flip at {i}");
         }
         assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn degenerate_holes_are_refused() {
+        let ok = Hole { segment: 1, offset: 24, len: 10, first_lsn: 1, last_lsn: 1 };
+        assert!(decode(&encode(&[ok])).is_some());
+        for bad in [
+            Hole { len: 0, ..ok },
+            Hole { first_lsn: 0, last_lsn: 0, ..ok },
+            Hole { first_lsn: 5, last_lsn: 4, ..ok },
+            Hole { last_lsn: u64::MAX, ..ok },
+        ] {
+            assert!(decode(&encode(&[bad])).is_none(), "{bad:?}");
+        }
     }
 }

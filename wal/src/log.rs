@@ -157,6 +157,8 @@ pub(crate) struct SyncState {
     pub(crate) durable: Position,
     syncing: bool,
     last_sync: Instant,
+    /// Threads blocked on `synced`; counted so a durable advance with none skips the notify.
+    waiters: u32,
 }
 
 #[derive(Debug)]
@@ -242,6 +244,9 @@ impl Inner {
             *p = Some((op, path.to_path_buf()));
         }
         self.poisoned.store(true, Ordering::Release);
+        drop(p);
+        // Under the sync lock, so a waiter between its poison check and its wait cannot miss it.
+        let _sync = lock(&self.sync);
         self.synced.notify_all();
     }
 
@@ -261,7 +266,10 @@ impl Inner {
         if pos.lsn > st.durable.lsn || (pos.segment, pos.offset) > (st.durable.segment, st.durable.offset) {
             st.durable = pos;
         }
-        self.synced.notify_all();
+        // Skip the futex call on the hot path when nobody waits.
+        if st.waiters > 0 {
+            self.synced.notify_all();
+        }
     }
 }
 
@@ -391,7 +399,7 @@ impl Wal {
             read_only,
             writer: Mutex::new(writer),
             segments: RwLock::new(segments),
-            sync: Mutex::new(SyncState { durable, syncing: false, last_sync: Instant::now() }),
+            sync: Mutex::new(SyncState { durable, syncing: false, last_sync: Instant::now(), waiters: 0 }),
             synced: Condvar::new(),
             total_bytes: AtomicU64::new(total),
             poisoned: AtomicBool::new(false),
@@ -520,8 +528,8 @@ impl Wal {
             Some(f) => f.clone(),
             None => return Err(Error::ReadOnly),
         };
-        let path = i.segment_path(w.segment);
         if let Err(e) = file.write_all_at(bytes, w.offset) {
+            let path = i.segment_path(w.segment);
             i.poison("write", &path);
             return Err(Error::io("write", path)(e));
         }
@@ -584,18 +592,16 @@ impl Wal {
                 return Ok(());
             }
             if st.syncing {
+                st.waiters += 1;
                 st = i.synced.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.waiters -= 1;
                 continue;
             }
             st.syncing = true;
             drop(st);
-            let (target, file, path) = {
+            let (target, file) = {
                 let w = lock(&i.writer);
-                (
-                    Position { lsn: w.next_lsn - 1, segment: w.segment, offset: w.offset },
-                    w.file.clone(),
-                    i.segment_path(w.segment),
-                )
+                (Position { lsn: w.next_lsn - 1, segment: w.segment, offset: w.offset }, w.file.clone())
             };
             if target.lsn < lsn {
                 st = lock(&i.sync);
@@ -622,6 +628,7 @@ impl Wal {
                     // Never retry an fsync: after a failure the kernel may have dropped the
                     // dirty pages, and a later "successful" fsync would lie.
                     drop(st);
+                    let path = i.segment_path(target.segment);
                     i.poison("fsync", &path);
                     return Err(Error::io("fsync", path)(e));
                 }
@@ -1084,6 +1091,8 @@ pub(crate) fn wait_durable(inner: &Inner, lsn: u64, timeout: Duration) -> Result
         if now >= deadline {
             return Ok(false);
         }
+        st.waiters += 1;
         st = inner.synced.wait_timeout(st, deadline - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        st.waiters -= 1;
     }
 }

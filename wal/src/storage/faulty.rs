@@ -10,7 +10,7 @@ use super::{LockGuard, Storage, StorageFile};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// In-memory storage with fault injection. Clones share the same files.
 #[derive(Debug, Clone, Default)]
@@ -45,7 +45,8 @@ struct FileData {
 #[derive(Debug)]
 struct MemFile {
     data: Mutex<FileData>,
-    shared: Arc<Shared>,
+    /// Weak: `Shared` owns the files, a strong pointer back would be a cycle that never frees.
+    shared: Weak<Shared>,
     writable: bool,
 }
 
@@ -144,7 +145,7 @@ impl FaultyStorage {
             }
             let file = Arc::new(MemFile {
                 data: Mutex::new(FileData { data: bytes.clone(), synced: bytes }),
-                shared: self.shared.clone(),
+                shared: Arc::downgrade(&self.shared),
                 writable: true,
             });
             files.insert(path.clone(), file);
@@ -166,7 +167,7 @@ impl FaultyStorage {
         let mut s = self.state();
         let file = Arc::new(MemFile {
             data: Mutex::new(FileData { data: bytes.to_vec(), synced: bytes.to_vec() }),
-            shared: self.shared.clone(),
+            shared: Arc::downgrade(&self.shared),
             writable: true,
         });
         s.files.insert(path.to_path_buf(), file.clone());
@@ -188,7 +189,8 @@ impl StorageFile for Handle {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"));
         }
         let fail = {
-            let mut s = lock(&self.file.shared.state);
+            let shared = self.file.shared.upgrade().ok_or_else(|| io::Error::other("storage was dropped"))?;
+            let mut s = lock(&shared.state);
             match s.writes_left {
                 Some(0) => true,
                 Some(ref mut n) => {
@@ -226,7 +228,8 @@ impl StorageFile for Handle {
 
     fn sync(&self) -> io::Result<()> {
         {
-            let mut s = lock(&self.file.shared.state);
+            let shared = self.file.shared.upgrade().ok_or_else(|| io::Error::other("storage was dropped"))?;
+            let mut s = lock(&shared.state);
             match s.syncs_left {
                 Some(0) => return Err(injected("sync")),
                 Some(ref mut n) => *n -= 1,
@@ -281,8 +284,11 @@ impl Storage for FaultyStorage {
         if !path.parent().is_some_and(|d| s.dirs.contains(d)) {
             return Err(not_found(path));
         }
-        let file =
-            Arc::new(MemFile { data: Mutex::new(FileData::default()), shared: self.shared.clone(), writable: true });
+        let file = Arc::new(MemFile {
+            data: Mutex::new(FileData::default()),
+            shared: Arc::downgrade(&self.shared),
+            writable: true,
+        });
         s.files.insert(path.to_path_buf(), file.clone());
         Ok(Arc::new(Handle { file, writable: true }))
     }
