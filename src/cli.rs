@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 failure (including `wal verify` finding damage), 2 usage error.
 
 use crate::logging::{self, LogSettings};
+use crate::server::{ServerArgs, UsageError};
 use crate::wal_cmd;
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
@@ -52,12 +53,20 @@ struct GlobalArgs {
     /// Data directory (config.toml, wal/, tracker, dlq/, logs/)
     #[arg(short = 'd', long, global = true, value_name = "DIR", default_value = "data")]
     data_dir: PathBuf,
+    /// Directory with a JSON-Schema validator configuration
+    #[arg(long, global = true, value_name = "DIR")]
+    schema_validator: Option<PathBuf>,
+    /// Unused (accepted for EDS compatibility)
+    #[arg(long, global = true, hide = true, value_name = "SINK")]
+    log_file_sink: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the version
     Version,
+    /// Run the gateway: pull change events from NATS JetStream into the write-ahead log
+    Server(Box<ServerArgs>),
     /// Look into the write-ahead log (read-only; safe while a server runs)
     Wal {
         #[command(subcommand)]
@@ -92,6 +101,12 @@ enum WalCommand {
     Cursor {
         #[command(subcommand)]
         command: CursorCommand,
+    },
+    /// List messages ingest dead-lettered, with the reason
+    Dlq {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
     },
     /// Write sample order events into the data directory's log, then inspect it
     Sample {
@@ -145,6 +160,10 @@ where
     let _ = out.flush();
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_FAILURE)
@@ -159,6 +178,7 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             writeln!(out, "{}", crate::VERSION)?;
             Ok(0)
         }
+        Command::Server(args) => crate::server::run(args, &cli.global.data_dir, cli.global.schema_validator.as_deref()),
         Command::Wal { command } => match command {
             WalCommand::Inspect { json } => wal_cmd::inspect(&wal_dir, *json, out),
             WalCommand::Verify { json } => wal_cmd::verify(&wal_dir, *json, out),
@@ -167,6 +187,7 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             WalCommand::Cursor { command: CursorCommand::Delete { name } } => {
                 wal_cmd::cursor_delete(&wal_dir, name, out)
             }
+            WalCommand::Dlq { json } => wal_cmd::dlq(&cli.global.data_dir, *json, out),
             WalCommand::Sample { records, batch } => wal_cmd::sample(&wal_dir, *records, *batch, out),
         },
     }

@@ -5,8 +5,11 @@
 //! neither of them knows about it.
 
 pub mod cli;
+pub mod ingest;
 pub mod logging;
+pub mod metrics;
 pub mod sample;
+pub mod server;
 pub mod timefmt;
 mod wal_cmd;
 

@@ -264,6 +264,43 @@ pub(crate) fn cursor_delete(dir: &Path, name: &str, out: &mut dyn Write) -> Resu
     }
 }
 
+pub(crate) fn dlq(data_dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<u8> {
+    let letters = crate::ingest::dlq::list(data_dir)?;
+    if as_json {
+        let doc: Vec<_> = letters
+            .iter()
+            .map(|d| {
+                json!({
+                    "lsn": d.lsn, "stream_seq": d.stream_seq, "received_at": rfc3339_micros(d.received_at),
+                    "subject": d.subject, "reason": d.reason,
+                    "payload": String::from_utf8(d.payload.clone()).unwrap_or_else(|_| hex(&d.payload)),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(0);
+    }
+    if letters.is_empty() {
+        writeln!(out, "no dead letters")?;
+    }
+    for d in &letters {
+        let payload = match std::str::from_utf8(&d.payload) {
+            Ok(t) => format!("text\t{}", escape_text(t)),
+            Err(_) => format!("hex\t{}", hex(&d.payload)),
+        };
+        writeln!(
+            out,
+            "{}\t{}\tseq {}\t{}\t{}\t{payload}",
+            d.lsn,
+            rfc3339_micros(d.received_at),
+            d.stream_seq,
+            d.subject,
+            escape_text(&d.reason)
+        )?;
+    }
+    Ok(0)
+}
+
 pub(crate) fn sample(dir: &Path, records: u64, batch: u64, out: &mut dyn Write) -> Result<u8> {
     let wal = Wal::open(dir, Options::default())
         .with_context(|| format!("opening the write-ahead log at {}", dir.display()))?;

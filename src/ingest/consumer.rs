@@ -1,0 +1,185 @@
+//! The durable JetStream consumer, set up as EDS sets it up (behaviour spec §4.2), so an existing
+//! EDS deployment's consumer is reused as it is.
+
+use anyhow::{bail, Context, Result};
+use async_nats::jetstream::consumer::pull::{Config, MessagesErrorKind, Stream};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, Info, PullConsumer};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::Context as JetStream;
+use async_nats::jetstream::ErrorCode;
+use futures_util::StreamExt;
+use std::time::Duration;
+
+/// The stream EDS consumes.
+pub const STREAM: &str = "dbchange";
+/// MaxDeliver, as EDS.
+pub const MAX_DELIVER: i64 = 20;
+
+/// How the consumer is named and configured.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// `eds-<serverId>[-<suffix>]`.
+    pub durable: String,
+    /// Company IDs; empty means every company (dev mode).
+    pub company_ids: Vec<String>,
+    /// AckWait.
+    pub ack_wait: Duration,
+    /// MaxAckPending.
+    pub max_ack_pending: i64,
+    /// MaxRequestBatch (EDS `--maxPendingBuffer`).
+    pub max_request_batch: i64,
+    /// InactiveThreshold.
+    pub inactive_threshold: Duration,
+    /// A new consumer starts at the beginning of the stream (EDS `--restart`).
+    pub restart: bool,
+}
+
+/// The durable name EDS uses.
+pub fn durable_name(server_id: &str, suffix: Option<&str>) -> String {
+    match suffix.filter(|s| !s.is_empty()) {
+        Some(s) => format!("eds-{server_id}-{s}"),
+        None => format!("eds-{server_id}"),
+    }
+}
+
+/// Filter subjects: one per company, `dbchange.*.*.<companyId>.*.PUBLIC.>`; every company when
+/// none is given.
+pub fn filter_subjects(company_ids: &[String]) -> Vec<String> {
+    if company_ids.is_empty() {
+        return vec!["dbchange.*.*.*.*.PUBLIC.>".to_owned()];
+    }
+    company_ids.iter().map(|c| format!("dbchange.*.*.{c}.*.PUBLIC.>")).collect()
+}
+
+/// The consumer configuration; `deliver` only matters when the consumer is created.
+pub fn config(s: &ConsumerSettings, deliver: DeliverPolicy) -> Config {
+    let mut filters = filter_subjects(&s.company_ids);
+    // One filter goes in `filter_subject`, which every server version understands;
+    // `filter_subjects` (NATS ≥ 2.10) only for several.
+    let (filter_subject, filter_subjects) =
+        if filters.len() == 1 { (filters.pop().unwrap_or_default(), Vec::new()) } else { (String::new(), filters) };
+    Config {
+        durable_name: Some(s.durable.clone()),
+        deliver_policy: deliver,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: s.ack_wait,
+        max_deliver: MAX_DELIVER,
+        filter_subject,
+        filter_subjects,
+        max_waiting: 1,
+        max_ack_pending: s.max_ack_pending,
+        max_batch: s.max_request_batch,
+        inactive_threshold: s.inactive_threshold,
+        ..Config::default()
+    }
+}
+
+fn not_found(e: &async_nats::jetstream::context::ConsumerInfoError) -> bool {
+    match e.kind() {
+        ConsumerInfoErrorKind::NotFound => true,
+        ConsumerInfoErrorKind::JetStream(j) => j.error_code() == ErrorCode::CONSUMER_NOT_FOUND,
+        _ => false,
+    }
+}
+
+/// Find or create the durable consumer. An existing one is updated but keeps its deliver policy
+/// (as EDS does). A missing one is created at `stored_seq + 1` when the WAL already holds data —
+/// never at "new", which would silently skip what arrived meanwhile.
+pub async fn ensure(js: &JetStream, s: &ConsumerSettings, stored_seq: u64) -> Result<(PullConsumer, Info)> {
+    let stream = js.get_stream(STREAM).await.with_context(|| format!("opening JetStream stream {STREAM:?}"))?;
+    let mut consumer: PullConsumer = match stream.consumer_info(&s.durable).await {
+        Ok(existing) => {
+            let kept = existing.config.deliver_policy;
+            let cfg = Config { deliver_policy: kept, ..config(s, kept) };
+            stream.update_consumer(cfg).await.with_context(|| format!("updating consumer {}", s.durable))?
+        }
+        Err(e) if not_found(&e) => {
+            let deliver = if stored_seq > 0 {
+                tracing::info!(start_sequence = stored_seq + 1, consumer = %s.durable, "creating the consumer after the last stored message");
+                DeliverPolicy::ByStartSequence { start_sequence: stored_seq + 1 }
+            } else if s.restart {
+                DeliverPolicy::All
+            } else {
+                tracing::warn!("no import timestamp found, starting data stream from now");
+                DeliverPolicy::New
+            };
+            stream
+                .create_consumer(config(s, deliver))
+                .await
+                .with_context(|| format!("creating consumer {}", s.durable))?
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("looking up consumer {}", s.durable))),
+    };
+    let info = consumer.info().await.with_context(|| format!("reading consumer {}", s.durable))?.clone();
+    if info.num_waiting > 0 {
+        bail!("consumer {} already running: another eds (or EDS) is pulling from it", s.durable);
+    }
+    Ok((consumer, info))
+}
+
+/// Continuous pull: batches of up to MaxRequestBatch, heartbeats so a dead server is noticed.
+pub async fn pull(consumer: &PullConsumer, s: &ConsumerSettings) -> Result<Stream> {
+    consumer
+        .stream()
+        .max_messages_per_batch(s.max_request_batch.max(1) as usize)
+        .expires(Duration::from_secs(30))
+        .heartbeat(Duration::from_secs(10))
+        .messages()
+        .await
+        .context("starting to pull messages")
+}
+
+/// Errors after which the pull cannot go on (the session restarts).
+pub fn is_fatal(e: &async_nats::jetstream::consumer::pull::MessagesError) -> bool {
+    matches!(
+        e.kind(),
+        MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::MissingHeartbeat | MessagesErrorKind::NoResponders
+    )
+}
+
+/// A pull that cannot deliver anything (max_bytes 1: any message is larger, the server answers
+/// "exceeds MaxBytes" and keeps it), sent while paused so the durable consumer does not count as
+/// inactive and get deleted after InactiveThreshold.
+pub async fn keep_alive(js: &JetStream, s: &ConsumerSettings) -> Result<()> {
+    let stream = js.get_stream(STREAM).await.context("opening the stream")?;
+    let consumer: PullConsumer =
+        stream.get_consumer(&s.durable).await.map_err(|e| anyhow::anyhow!("looking up the consumer: {e}"))?;
+    let mut batch =
+        consumer.fetch().max_messages(1).max_bytes(1).expires(Duration::from_millis(100)).messages().await?;
+    while let Some(m) = batch.next().await {
+        if let Ok(m) = m {
+            // Should not happen; never ack what was not stored — let it be redelivered.
+            tracing::warn!(subject = %m.subject, "keep-alive pull delivered a message; leaving it unacked");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_filters_as_eds() {
+        assert_eq!(durable_name("abc", None), "eds-abc");
+        assert_eq!(durable_name("abc", Some("")), "eds-abc");
+        assert_eq!(durable_name("abc", Some("x")), "eds-abc-x");
+        assert_eq!(filter_subjects(&["c1".into()]), vec!["dbchange.*.*.c1.*.PUBLIC.>"]);
+        let s = ConsumerSettings {
+            durable: "eds-dev".into(),
+            company_ids: vec!["c1".into()],
+            ack_wait: Duration::from_secs(300),
+            max_ack_pending: 25_000,
+            max_request_batch: 4096,
+            inactive_threshold: Duration::from_secs(72 * 3600),
+            restart: false,
+        };
+        let one = config(&s, DeliverPolicy::New);
+        assert_eq!(one.filter_subject, "dbchange.*.*.c1.*.PUBLIC.>");
+        assert!(one.filter_subjects.is_empty());
+        assert_eq!((one.max_deliver, one.max_waiting, one.ack_policy), (20, 1, AckPolicy::Explicit));
+        let two = config(&ConsumerSettings { company_ids: vec!["c1".into(), "c2".into()], ..s }, DeliverPolicy::New);
+        assert_eq!(two.filter_subject, "");
+        assert_eq!(two.filter_subjects.len(), 2);
+    }
+}

@@ -1,0 +1,78 @@
+//! The dead-letter log: messages that can never be valid, with the reason, kept durably so an
+//! operator can see and replay them. It is an `eds-wal` log of its own (`<data-dir>/dlq/ingest`)
+//! without cursors, so retention never deletes from it; records are envelopes of kind
+//! `DeadLetter`.
+
+use super::envelope::{self, Kind};
+use anyhow::{Context, Result};
+use eds_wal::{Options, Wal};
+use std::path::{Path, PathBuf};
+
+/// Where ingest's dead letters live under the data dir.
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("dlq").join("ingest")
+}
+
+/// Handle on the dead-letter log.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    wal: Wal,
+}
+
+impl DeadLetters {
+    /// Open (or create) it.
+    pub fn open(data_dir: &Path) -> Result<DeadLetters> {
+        let d = dir(data_dir);
+        let wal = Wal::open(&d, Options { segment_size: 16 << 20, ..Options::default() })
+            .with_context(|| format!("opening the dead-letter log at {}", d.display()))?;
+        Ok(DeadLetters { wal })
+    }
+
+    /// Append encoded dead-letter envelopes durably.
+    pub fn append(&self, records: &[Vec<u8>]) -> Result<(), eds_wal::Error> {
+        self.wal.append(records).map(|_| ())
+    }
+}
+
+/// One dead letter as listed by `eds wal dlq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Position in the dead-letter log.
+    pub lsn: u64,
+    /// JetStream stream sequence.
+    pub stream_seq: u64,
+    /// Unix microseconds at receipt.
+    pub received_at: u64,
+    /// Subject.
+    pub subject: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The message as received.
+    pub payload: Vec<u8>,
+}
+
+/// Read every dead letter (read-only; safe while the server runs).
+pub fn list(data_dir: &Path) -> Result<Vec<Listed>> {
+    let d = dir(data_dir);
+    if !d.is_dir() {
+        return Ok(Vec::new());
+    }
+    let wal = Wal::open_read_only(&d, Options::default()).with_context(|| format!("opening {}", d.display()))?;
+    let mut r = wal.reader(wal.oldest_lsn())?;
+    let mut out = Vec::new();
+    while let Some(rec) = r.next()? {
+        let env = envelope::decode(&rec.data).with_context(|| format!("dead-letter record {} is damaged", rec.lsn))?;
+        if env.kind != Kind::DeadLetter {
+            continue;
+        }
+        out.push(Listed {
+            lsn: rec.lsn,
+            stream_seq: env.stream_seq,
+            received_at: env.received_at,
+            subject: env.subject.into_owned(),
+            reason: env.reason.into_owned(),
+            payload: env.payload.to_vec(),
+        });
+    }
+    Ok(out)
+}

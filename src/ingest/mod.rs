@@ -1,0 +1,565 @@
+//! Ingest: JetStream → WAL (fsynced) → ack, in stream order.
+//!
+//! Invariant: a message is acked only after the WAL holds it durably (or holds a marker for it
+//! when it was dead-lettered), and WAL order is stream-sequence order, also across crashes.
+//!
+//! How order survives a crash: let `S` be the highest stream sequence durable in the WAL (read
+//! back from the last record at start). A message with sequence ≤ `S` is acked and not appended.
+//! The messages a dead process held unacked come back only after AckWait, behind newer ones; the
+//! consumer info at start tells how many (`num_ack_pending`) and the highest sequence delivered
+//! (`delivered.stream_seq`, `D`). Until all of them came back, messages above `D` are held (the
+//! server stops delivering at MaxAckPending, which bounds the memory). Then everything is
+//! appended in sequence order. Pending messages that never come back (MaxDeliver exhausted,
+//! removed from the stream) are recorded as a gap after a deadline: logged, counted, in
+//! `gaps.jsonl` and `/status` — never silent.
+
+pub mod consumer;
+pub mod dlq;
+pub mod envelope;
+pub mod validate;
+
+use crate::server::state::{Gap, IngestState, ServerState};
+use crate::timefmt::now_micros;
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, Message};
+use consumer::ConsumerSettings;
+use envelope::{Envelope, Kind};
+use futures_util::{FutureExt, StreamExt};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+
+/// Everything ingest needs to know.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Consumer settings (durable name, filters, limits).
+    pub consumer: ConsumerSettings,
+    /// NATS URLs, comma separated.
+    pub nats_url: String,
+    /// NATS creds file.
+    pub creds: Option<PathBuf>,
+    /// Connection name.
+    pub connection_name: String,
+    /// Largest number of messages appended as one WAL frame.
+    pub max_batch: usize,
+    /// Largest number of bytes appended as one WAL frame.
+    pub max_batch_bytes: usize,
+    /// Batches written but not yet acked at once (pipelining depth).
+    pub max_inflight_batches: usize,
+    /// Where gaps are recorded.
+    pub gaps_file: PathBuf,
+    /// How long to wait before retrying after the WAL failed.
+    pub wal_retry: Duration,
+}
+
+/// Highest stream sequence stored in the WAL: from the last record's envelope.
+pub fn last_stream_seq(wal: &eds_wal::Wal) -> Result<u64> {
+    let head = wal.durable_lsn();
+    if head == 0 || head < wal.oldest_lsn() {
+        return Ok(0);
+    }
+    let mut r = wal.reader(head).context("reading the last WAL record")?;
+    let rec = r.next().context("reading the last WAL record")?.context("the WAL's last record vanished")?;
+    let env = envelope::decode(&rec.data).with_context(|| format!("WAL record {} is not an eds envelope", rec.lsn))?;
+    Ok(env.stream_seq)
+}
+
+/// One message ready to be appended (or already stored and only waiting for its ack).
+struct Pending {
+    seq: u64,
+    msg: Message,
+}
+
+/// Why the inner loop stopped.
+enum Stop {
+    Shutdown,
+    /// Re-run setup and reconciliation (after disk full, a WAL error, a lost consumer).
+    Restart,
+}
+
+struct Ingest {
+    cfg: IngestConfig,
+    state: Arc<ServerState>,
+    dlq: dlq::DeadLetters,
+    /// Highest stream sequence appended (written, maybe not durable yet).
+    appended_seq: u64,
+    inflight: Arc<Semaphore>,
+}
+
+/// Run ingest until `shutdown` turns true. Returns after in-flight batches are durable and acked.
+pub async fn run(
+    cfg: IngestConfig,
+    state: Arc<ServerState>,
+    dlq: dlq::DeadLetters,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let wal = state.wal().context("the write-ahead log is not open")?;
+    let s = tokio::task::spawn_blocking(move || last_stream_seq(&wal)).await??;
+    state.ingest().stream_seq = s;
+    state.metrics.stream_seq.set(s as i64);
+    let inflight = Arc::new(Semaphore::new(cfg.max_inflight_batches.max(1)));
+    let mut ingest = Ingest { cfg, state, dlq, appended_seq: s, inflight };
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        match ingest.session(&mut shutdown).await {
+            Ok(Stop::Shutdown) => break,
+            Ok(Stop::Restart) => backoff = Duration::from_millis(250),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(error = %msg, "ingest failed; retrying");
+                {
+                    let mut st = ingest.state.ingest();
+                    st.last_error = Some(msg);
+                }
+                ingest.state.set_state(IngestState::Reconnecting);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    ingest.drain_inflight().await;
+    Ok(())
+}
+
+impl Ingest {
+    async fn connect(&self) -> Result<(async_nats::Client, jetstream::Context)> {
+        let mut opts = async_nats::ConnectOptions::new().name(&self.cfg.connection_name);
+        if let Some(creds) = &self.cfg.creds {
+            opts = opts
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
+        }
+        let client = opts
+            .connect(self.cfg.nats_url.as_str())
+            .await
+            .with_context(|| format!("error connecting to NATS hosts at {}", self.cfg.nats_url))?;
+        let js = jetstream::new(client.clone());
+        Ok((client, js))
+    }
+
+    /// Wait until every in-flight batch is durable and acked.
+    async fn drain_inflight(&self) {
+        let n = self.cfg.max_inflight_batches.max(1) as u32;
+        if let Ok(all) = self.inflight.acquire_many(n).await {
+            drop(all);
+        }
+    }
+
+    /// One connection + consumer lifetime.
+    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Stop> {
+        self.state.set_state(IngestState::Starting);
+        // Everything written must be durable (and acked) before we read the consumer's state,
+        // or its pending count would include our own in-flight batches.
+        self.drain_inflight().await;
+        let wal = self.state.wal().context("the write-ahead log is not open")?;
+        let durable_seq = self.state.ingest().stream_seq;
+        self.appended_seq = durable_seq;
+        let (client, js) = self.connect().await?;
+        let (consumer, info) = consumer::ensure(&js, &self.cfg.consumer, durable_seq).await?;
+        let mut reconcile = Reconcile::from_info(&info, durable_seq, self.cfg.consumer.ack_wait);
+        if reconcile.is_some() {
+            self.state.set_state(IngestState::Reconciling);
+        } else {
+            self.state.set_state(IngestState::Running);
+        }
+        let mut messages = consumer::pull(&consumer, &self.cfg.consumer).await?;
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            let mut batch: Vec<Pending> = Vec::new();
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    drop(messages);
+                    let _ = client.flush().await;
+                    return Ok(Stop::Shutdown);
+                }
+                next = messages.next() => {
+                    match next {
+                        Some(Ok(m)) => batch.push(self.pending(m)?),
+                        Some(Err(e)) => {
+                            if consumer::is_fatal(&e) {
+                                return Err(anyhow::Error::new(e).context("pulling from JetStream"));
+                            }
+                            tracing::warn!(error = %e, "pull error");
+                            continue;
+                        }
+                        None => anyhow::bail!("the JetStream message stream ended"),
+                    }
+                    // Take what is already there, without waiting: light load delivers at once,
+                    // a backlog fills large frames.
+                    let mut bytes = 0usize;
+                    while batch.len() < self.cfg.max_batch && bytes < self.cfg.max_batch_bytes {
+                        match messages.next().now_or_never() {
+                            Some(Some(Ok(m))) => {
+                                bytes += m.payload.len();
+                                batch.push(self.pending(m)?);
+                            }
+                            Some(Some(Err(e))) => tracing::warn!(error = %e, "pull error"),
+                            _ => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            let received = batch.len() as u64;
+            if received > 0 {
+                self.state.metrics.total_events.inc_by(received);
+                self.state.metrics.pending_events.add(received as i64);
+                self.state.ingest().received += received;
+            }
+            let ready = match &mut reconcile {
+                Some(r) => {
+                    let done = r.offer(batch, Instant::now());
+                    match done {
+                        None => continue,
+                        Some((ready, gap)) => {
+                            if let Some(gap) = gap {
+                                self.record_gap(gap);
+                            }
+                            reconcile = None;
+                            self.state.set_state(IngestState::Running);
+                            ready
+                        }
+                    }
+                }
+                None => batch,
+            };
+            if ready.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.store(ready, &wal).await {
+                return self.after_store_error(e, shutdown).await;
+            }
+        }
+    }
+
+    fn pending(&self, msg: Message) -> Result<Pending> {
+        let seq = msg.info().map_err(|e| anyhow::anyhow!("JetStream metadata of a message: {e}"))?.stream_sequence;
+        Ok(Pending { seq, msg })
+    }
+
+    /// Append `batch` (in stream order) and hand the acks to a task that waits for durability.
+    async fn store(&mut self, mut batch: Vec<Pending>, wal: &eds_wal::Wal) -> Result<(), StoreError> {
+        batch.sort_by_key(|p| p.seq);
+        batch.dedup_by_key(|p| p.seq);
+        let received_at = now_micros();
+        let mut records = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        let mut stored: Vec<Message> = Vec::with_capacity(batch.len());
+        let mut already: Vec<Message> = Vec::new();
+        let mut top = self.appended_seq;
+        for p in batch {
+            if p.seq <= top {
+                // Already in the WAL (a redelivery): ack once what we appended is durable.
+                already.push(p.msg);
+                continue;
+            }
+            top = p.seq;
+            let msg_id = p
+                .msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            let subject = p.msg.subject.as_str().to_owned();
+            match validate::check(&p.msg.payload) {
+                Ok(_) => records.push(
+                    Envelope {
+                        kind: Kind::Event,
+                        stream_seq: p.seq,
+                        received_at,
+                        subject: subject.into(),
+                        msg_id: msg_id.into(),
+                        reason: "".into(),
+                        payload: &p.msg.payload,
+                    }
+                    .encode(),
+                ),
+                Err(reason) => {
+                    tracing::warn!(stream_seq = p.seq, subject = %subject, reason = %reason, "dead-lettering an invalid message");
+                    dead.push(
+                        Envelope {
+                            kind: Kind::DeadLetter,
+                            stream_seq: p.seq,
+                            received_at,
+                            subject: subject.clone().into(),
+                            msg_id: msg_id.clone().into(),
+                            reason: reason.into(),
+                            payload: &p.msg.payload,
+                        }
+                        .encode(),
+                    );
+                    records.push(
+                        Envelope {
+                            kind: Kind::DeadLetterMarker,
+                            stream_seq: p.seq,
+                            received_at,
+                            subject: subject.into(),
+                            msg_id: msg_id.into(),
+                            reason: "".into(),
+                            payload: &[],
+                        }
+                        .encode(),
+                    );
+                }
+            }
+            stored.push(p.msg);
+        }
+        let permit = self
+            .inflight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Other(anyhow::anyhow!("ingest is closing")))?;
+        let dead_count = dead.len() as u64;
+        if !dead.is_empty() {
+            // Dead letters are durable before the batch's marker is: nothing is acked unless both are.
+            let dlq = self.dlq.clone();
+            tokio::task::spawn_blocking(move || dlq.append(&dead))
+                .await
+                .map_err(|e| StoreError::Other(e.into()))?
+                .map_err(StoreError::Dlq)?;
+        }
+        let target = if records.is_empty() {
+            None
+        } else {
+            let w = wal.clone();
+            let started = Instant::now();
+            let appended = tokio::task::spawn_blocking(move || w.append_nowait(&records))
+                .await
+                .map_err(|e| StoreError::Other(e.into()))?
+                .map_err(StoreError::Wal)?;
+            self.state.metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
+            self.appended_seq = top;
+            Some(appended.last_lsn)
+        };
+        let wal = wal.clone();
+        let state = self.state.clone();
+        let acked = (stored.len() + already.len()) as i64;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let started = Instant::now();
+            if let Some(lsn) = target {
+                let w = wal.clone();
+                match tokio::task::spawn_blocking(move || w.sync_through(lsn)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %eds_wal::error_chain(&e), "WAL fsync failed; the batch is not acknowledged and will be redelivered");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "WAL sync task failed");
+                        return;
+                    }
+                }
+                state.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+            } else if let Err(e) = tokio::task::spawn_blocking(move || wal.sync())
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.map_err(anyhow::Error::from))
+            {
+                tracing::error!(error = %e, "WAL fsync failed");
+                return;
+            }
+            for m in stored.iter().chain(already.iter()) {
+                if let Err(e) = m.ack().await {
+                    tracing::warn!(error = %e, "ack failed; the message will be redelivered and acked then");
+                }
+            }
+            {
+                let mut st = state.ingest();
+                st.stream_seq = st.stream_seq.max(top);
+                st.dead_lettered += dead_count;
+            }
+            state.metrics.stream_seq.set(top as i64);
+            state.metrics.dead_lettered.inc_by(dead_count);
+            state.metrics.pending_events.sub(acked);
+        });
+        Ok(())
+    }
+
+    async fn after_store_error(&mut self, e: StoreError, shutdown: &mut watch::Receiver<bool>) -> Result<Stop> {
+        // The failed batch is not acked: JetStream redelivers it after AckWait, and the next
+        // session's reconciliation keeps it ahead of newer messages.
+        self.drain_inflight().await;
+        match e {
+            StoreError::Wal(err) if err.is_full() => {
+                tracing::warn!(error = %eds_wal::error_chain(&err), "WAL disk budget is full: ingest paused until space frees up; upstream keeps the data");
+                self.state.set_state(IngestState::PausedForDisk);
+                self.wait_for_space(shutdown).await
+            }
+            StoreError::Wal(err) => {
+                let msg = eds_wal::error_chain(&err);
+                tracing::error!(error = %msg, retry_in = ?self.cfg.wal_retry, "WAL write failed: ingest paused; reopening the WAL after a backoff");
+                self.state.ingest().last_error = Some(msg);
+                self.state.set_state(IngestState::WalError);
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.wal_retry) => {}
+                    _ = shutdown.changed() => return Ok(Stop::Shutdown),
+                }
+                self.reopen_wal().await?;
+                Ok(Stop::Restart)
+            }
+            StoreError::Dlq(err) => Err(anyhow::Error::new(err).context("writing the dead-letter log")),
+            StoreError::Other(err) => Err(err),
+        }
+    }
+
+    async fn reopen_wal(&self) -> Result<()> {
+        let old = self.state.wal.write().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(old) = old else { anyhow::bail!("the write-ahead log is not open") };
+        let (dir, opts) = (old.dir().to_path_buf(), old.options().clone());
+        drop(old);
+        let wal = tokio::task::spawn_blocking(move || eds_wal::Wal::open(dir, opts))
+            .await?
+            .context("reopening the write-ahead log")?;
+        let s = {
+            let w = wal.clone();
+            tokio::task::spawn_blocking(move || last_stream_seq(&w)).await??
+        };
+        self.state.ingest().stream_seq = s;
+        *self.state.wal.write().unwrap_or_else(|p| p.into_inner()) = Some(wal);
+        tracing::info!(stream_seq = s, "write-ahead log reopened");
+        Ok(())
+    }
+
+    /// Paused for disk: keep the durable consumer alive with pulls that cannot deliver, and
+    /// resume once retention has freed enough space.
+    async fn wait_for_space(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Stop> {
+        let keepalive_every =
+            (self.cfg.consumer.inactive_threshold / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+        let mut keepalive = tokio::time::interval(keepalive_every);
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        let (_client, js) = self.connect().await?;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(Stop::Shutdown),
+                _ = keepalive.tick() => {
+                    if let Err(e) = consumer::keep_alive(&js, &self.cfg.consumer).await {
+                        tracing::warn!(error = %e, "keep-alive pull failed");
+                    }
+                }
+                _ = check.tick() => {
+                    let Some(wal) = self.state.wal() else { continue };
+                    let free = tokio::task::spawn_blocking(move || -> bool {
+                        let _ = wal.persist_cursors();
+                        let st = wal.stats();
+                        let budget = wal.options().max_bytes.unwrap_or(u64::MAX);
+                        // Room for a few full frames before pulling again, so we do not flap.
+                        st.bytes.saturating_add(4 * wal.options().max_frame_bytes.min(budget / 8)) <= budget
+                    }).await.unwrap_or(false);
+                    if free {
+                        tracing::info!("WAL has room again: ingest resumes");
+                        return Ok(Stop::Restart);
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_gap(&self, gap: Gap) {
+        tracing::error!(from_seq = gap.from_seq, to_seq = gap.to_seq, missing = gap.missing, reason = %gap.reason, "stream messages never came back: recorded as a gap");
+        self.state.metrics.gaps.inc_by(gap.missing);
+        let line = serde_json::json!({
+            "from_seq": gap.from_seq, "to_seq": gap.to_seq, "missing": gap.missing,
+            "reason": gap.reason, "at": crate::timefmt::rfc3339_micros(gap.at),
+        });
+        let written =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.cfg.gaps_file).and_then(|mut f| {
+                writeln!(f, "{line}")?;
+                f.sync_data()
+            });
+        if let Err(e) = written {
+            tracing::error!(error = %e, file = %self.cfg.gaps_file.display(), "could not record the gap on disk");
+        }
+        self.state.ingest().gaps.push(gap);
+    }
+}
+
+#[derive(Debug)]
+enum StoreError {
+    Wal(eds_wal::Error),
+    Dlq(eds_wal::Error),
+    Other(anyhow::Error),
+}
+
+/// Waiting for the messages a previous process held.
+struct Reconcile {
+    ack_floor: u64,
+    delivered: u64,
+    expected: u64,
+    seen: BTreeMap<u64, Message>,
+    held: BTreeMap<u64, Message>,
+    deadline: Instant,
+}
+
+impl Reconcile {
+    fn from_info(
+        info: &async_nats::jetstream::consumer::Info,
+        durable_seq: u64,
+        ack_wait: Duration,
+    ) -> Option<Reconcile> {
+        let pending = info.num_ack_pending as u64;
+        if pending == 0 {
+            return None;
+        }
+        let delivered = info.delivered.stream_sequence;
+        tracing::info!(
+            pending,
+            ack_floor = info.ack_floor.stream_sequence,
+            delivered,
+            stored = durable_seq,
+            "messages held by a previous process are pending: holding newer ones until they are redelivered (at most AckWait)"
+        );
+        // Redelivery starts AckWait after the original delivery; allow one more AckWait and a
+        // margin for the redelivery itself before calling what is missing a gap.
+        let deadline = Instant::now() + ack_wait * 2 + Duration::from_secs(5);
+        Some(Reconcile {
+            ack_floor: info.ack_floor.stream_sequence,
+            delivered,
+            expected: pending,
+            seen: BTreeMap::new(),
+            held: BTreeMap::new(),
+            deadline,
+        })
+    }
+
+    /// Take a batch; when every pending message came back (or the deadline passed), return all
+    /// messages in sequence order, and the gap if some never came.
+    fn offer(&mut self, batch: Vec<Pending>, now: Instant) -> Option<(Vec<Pending>, Option<Gap>)> {
+        for p in batch {
+            if p.seq <= self.delivered {
+                self.seen.insert(p.seq, p.msg);
+            } else {
+                self.held.insert(p.seq, p.msg);
+            }
+        }
+        let complete = self.seen.len() as u64 >= self.expected;
+        if !complete && now < self.deadline {
+            return None;
+        }
+        let gap = (!complete).then(|| Gap {
+            from_seq: self.ack_floor + 1,
+            to_seq: self.delivered,
+            missing: self.expected - self.seen.len() as u64,
+            reason: "delivered to a previous process, never acked, and not redelivered before the deadline (MaxDeliver reached or removed from the stream)".into(),
+            at: now_micros(),
+        });
+        let all = std::mem::take(&mut self.seen)
+            .into_iter()
+            .chain(std::mem::take(&mut self.held))
+            .map(|(seq, msg)| Pending { seq, msg })
+            .collect();
+        Some((all, gap))
+    }
+}

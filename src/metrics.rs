@@ -1,0 +1,116 @@
+//! Prometheus metrics. Names are constants here and nowhere else; EDS's names keep EDS's
+//! meanings so existing dashboards and alerts keep working.
+
+use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+
+/// EDS: events received and not yet delivered to the destination(s).
+pub const PENDING_EVENTS: &str = "eds_pending_events";
+/// EDS: events received.
+pub const TOTAL_EVENTS: &str = "eds_total_events";
+/// Bytes of all WAL segments.
+pub const WAL_BYTES: &str = "eds_wal_bytes";
+/// WAL segment files.
+pub const WAL_SEGMENTS: &str = "eds_wal_segments";
+/// Highest durable LSN.
+pub const WAL_DURABLE_LSN: &str = "eds_wal_durable_lsn";
+/// Time to append one batch (write, not fsync).
+pub const WAL_APPEND_SECONDS: &str = "eds_wal_append_duration_seconds";
+/// Time from a batch's append to its durability (fsync, shared by group commit).
+pub const WAL_FSYNC_SECONDS: &str = "eds_wal_fsync_duration_seconds";
+/// Highest JetStream stream sequence durable in the WAL.
+pub const INGEST_STREAM_SEQ: &str = "eds_ingest_stream_sequence";
+/// Messages written to the dead-letter log.
+pub const DEAD_LETTERED: &str = "eds_dead_lettered_total";
+/// Stream messages that never came back and were recorded as a gap.
+pub const GAPS: &str = "eds_ingest_gap_messages_total";
+/// 1 while ingest is paused because the WAL disk budget is full.
+pub const PAUSED_FOR_DISK: &str = "eds_ingest_paused_for_disk";
+
+/// Every metric the server exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Received, not yet delivered. Until drains exist: received, not yet durable in the WAL.
+    pub pending_events: IntGauge,
+    /// Received.
+    pub total_events: IntCounter,
+    /// WAL bytes.
+    pub wal_bytes: IntGauge,
+    /// WAL segments.
+    pub wal_segments: IntGauge,
+    /// Durable LSN.
+    pub wal_durable_lsn: IntGauge,
+    /// Append latency.
+    pub wal_append_seconds: Histogram,
+    /// Append-to-durable latency.
+    pub wal_fsync_seconds: Histogram,
+    /// Highest stream sequence stored.
+    pub stream_seq: IntGauge,
+    /// Dead-lettered messages.
+    pub dead_lettered: IntCounter,
+    /// Messages lost to gaps.
+    pub gaps: IntCounter,
+    /// Paused for disk.
+    pub paused_for_disk: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn buckets() -> Vec<f64> {
+    vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let m = Metrics {
+            pending_events: IntGauge::with_opts(Opts::new(PENDING_EVENTS, "events received and not yet delivered"))?,
+            total_events: IntCounter::with_opts(Opts::new(TOTAL_EVENTS, "events received"))?,
+            wal_bytes: IntGauge::with_opts(Opts::new(WAL_BYTES, "bytes of all write-ahead log segments"))?,
+            wal_segments: IntGauge::with_opts(Opts::new(WAL_SEGMENTS, "write-ahead log segment files"))?,
+            wal_durable_lsn: IntGauge::with_opts(Opts::new(WAL_DURABLE_LSN, "highest durable LSN"))?,
+            wal_append_seconds: Histogram::with_opts(
+                HistogramOpts::new(WAL_APPEND_SECONDS, "time to write one batch to the log").buckets(buckets()),
+            )?,
+            wal_fsync_seconds: Histogram::with_opts(
+                HistogramOpts::new(WAL_FSYNC_SECONDS, "time from a batch's write to its durability").buckets(buckets()),
+            )?,
+            stream_seq: IntGauge::with_opts(Opts::new(INGEST_STREAM_SEQ, "highest JetStream stream sequence stored"))?,
+            dead_lettered: IntCounter::with_opts(Opts::new(DEAD_LETTERED, "messages written to the dead-letter log"))?,
+            gaps: IntCounter::with_opts(Opts::new(GAPS, "stream messages that never came back, recorded as gaps"))?,
+            paused_for_disk: Gauge::with_opts(Opts::new(PAUSED_FOR_DISK, "1 while ingest waits for WAL disk space"))?,
+            registry,
+        };
+        m.registry.register(Box::new(m.pending_events.clone()))?;
+        m.registry.register(Box::new(m.total_events.clone()))?;
+        m.registry.register(Box::new(m.wal_bytes.clone()))?;
+        m.registry.register(Box::new(m.wal_segments.clone()))?;
+        m.registry.register(Box::new(m.wal_durable_lsn.clone()))?;
+        m.registry.register(Box::new(m.wal_append_seconds.clone()))?;
+        m.registry.register(Box::new(m.wal_fsync_seconds.clone()))?;
+        m.registry.register(Box::new(m.stream_seq.clone()))?;
+        m.registry.register(Box::new(m.dead_lettered.clone()))?;
+        m.registry.register(Box::new(m.gaps.clone()))?;
+        m.registry.register(Box::new(m.paused_for_disk.clone()))?;
+        Ok(m)
+    }
+
+    /// Refresh the WAL gauges from the log's counters.
+    pub fn observe_wal(&self, stats: &eds_wal::Stats) {
+        self.wal_bytes.set(stats.bytes as i64);
+        self.wal_segments.set(stats.segments as i64);
+        self.wal_durable_lsn.set(stats.durable_lsn as i64);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

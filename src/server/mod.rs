@@ -1,0 +1,341 @@
+//! `eds server`: flags, start-up and shutdown. Ingest lives in `crate::ingest`.
+//!
+//! Invariant: on SIGINT/SIGTERM nothing is acked that is not durable — ingest stops pulling,
+//! finishes in-flight appends and their acks, cursors are persisted and the WAL lock released
+//! before exit 0. A second signal exits at once, which is still safe for the same reason.
+
+pub mod duration;
+pub mod http;
+pub mod state;
+
+use crate::ingest::{self, consumer::ConsumerSettings, dlq::DeadLetters, IngestConfig};
+use crate::metrics::Metrics;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use state::ServerState;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration::parse(s)
+}
+
+/// A size with an optional binary or decimal unit: `4GiB`, `512MiB`, `100MB`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {text:?}: expected a number with an optional unit"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        u => {
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {u:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ))
+        }
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("invalid size {text:?}: too large"))
+}
+
+/// `eds server` flags: every flag EDS v3 accepts (hidden ones too), plus eds's own.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Destination URL; repeat for several destinations. With none, the server only ingests
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Shopmonkey API key (not needed in dev mode)
+    #[arg(long, env = "SM_APIKEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// Shopmonkey API base URL
+    #[arg(long, hide = true, default_value = "https://api.shopmonkey.cloud")]
+    pub api_url: String,
+    /// Port for health checks and metrics
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Deprecated: use --port instead (overrides it when > 0)
+    #[arg(long, default_value_t = 0)]
+    pub health_port: u16,
+    /// Address the health and metrics server binds to (0.0.0.0 in containers)
+    #[arg(long = "bind", env = "EDS_BIND", default_value = "127.0.0.1", value_name = "ADDR")]
+    pub bind: IpAddr,
+    /// EDS server id (from enrollment)
+    #[arg(long, value_name = "ID")]
+    pub eds_id: Option<String>,
+    /// Only consume these company IDs (comma separated or repeated)
+    #[arg(long = "companyIds", hide = true, value_delimiter = ',', value_name = "IDS")]
+    pub company_ids: Vec<String>,
+    /// Keep session log files
+    #[arg(long)]
+    pub keep_logs: bool,
+    /// NATS server URL(s), comma separated
+    #[arg(long, hide = true, default_value = "nats://connect.nats.shopmonkey.pub")]
+    pub server: String,
+    /// NATS credentials file (not needed for a NATS server on localhost)
+    #[arg(long, value_name = "FILE")]
+    pub creds: Option<PathBuf>,
+    /// Suffix appended to the durable consumer name
+    #[arg(long, hide = true, value_name = "SUFFIX")]
+    pub consumer_suffix: Option<String>,
+    /// JetStream MaxAckPending (≤ 0 means 25000)
+    #[arg(long = "maxAckPending", hide = true, default_value_t = 25_000, allow_negative_numbers = true)]
+    pub max_ack_pending: i64,
+    /// JetStream MaxRequestBatch: messages per pull request
+    #[arg(long = "maxPendingBuffer", hide = true, default_value_t = 4096)]
+    pub max_pending_buffer: i64,
+    /// EDS flush latency floor (accepted; eds batches adaptively)
+    #[arg(long = "minPendingLatency", hide = true, default_value = "2s", value_parser = parse_duration)]
+    pub min_pending_latency: Duration,
+    /// EDS flush latency ceiling (accepted; eds batches adaptively)
+    #[arg(long = "maxPendingLatency", hide = true, default_value = "30s", value_parser = parse_duration)]
+    pub max_pending_latency: Duration,
+    /// A new consumer starts at the beginning of the stream
+    #[arg(long, hide = true)]
+    pub restart: bool,
+    /// HQ session renewal period
+    #[arg(long, hide = true, default_value = "24h", value_parser = parse_duration)]
+    pub renew_interval: Duration,
+    /// JetStream AckWait: how long a delivered, unacked message waits before redelivery
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub ack_wait: Duration,
+    /// JetStream InactiveThreshold of the durable consumer
+    #[arg(long, hide = true, default_value = "72h", value_parser = parse_duration)]
+    pub inactive_threshold: Duration,
+    /// Disk budget of the write-ahead log; when full, ingest pauses (upstream keeps the data)
+    #[arg(long, default_value = "8GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub wal_max_bytes: u64,
+    /// Internal (EDS wrapper protocol)
+    #[arg(long, hide = true)]
+    pub wrapper: bool,
+    /// Internal (EDS wrapper protocol)
+    #[arg(long, hide = true, default_value_t = -1, allow_negative_numbers = true)]
+    pub parent: i64,
+    /// Exit with the worker's exit code instead of restarting it
+    #[arg(long, hide = true)]
+    pub no_restart: bool,
+}
+
+/// True for a NATS URL on this machine (EDS's dev-mode test).
+pub fn is_local_nats(url: &str) -> bool {
+    ["localhost", "127.0.0.1", "0.0.0.0"].iter().any(|h| url.contains(h))
+}
+
+/// Settings derived from the flags.
+#[derive(Debug, Clone)]
+pub struct ServerPlan {
+    /// Server id (`dev` in dev mode).
+    pub server_id: String,
+    /// Ingest settings.
+    pub ingest: IngestConfig,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// WAL budget.
+    pub wal_max_bytes: u64,
+}
+
+impl ServerArgs {
+    /// Check the flags and derive the plan; errors are usage errors.
+    pub fn plan(&self, data_dir: &Path) -> Result<ServerPlan> {
+        let dev = self.creds.is_none() && is_local_nats(&self.server);
+        let server_id = match (&self.eds_id, dev) {
+            (Some(id), _) if !id.is_empty() => id.clone(),
+            (_, true) => "dev".to_owned(),
+            _ => bail!(
+                "--eds-id is required with a remote NATS server (or run `eds enroll` first); dev mode needs a NATS URL on localhost and no --creds"
+            ),
+        };
+        if !dev && self.creds.is_none() {
+            bail!("--creds is required for the NATS server at {} (session credentials from HQ arrive with a later eds version)", self.server);
+        }
+        if self.wal_max_bytes < (64 << 20) {
+            bail!("--wal-max-bytes {} is below the minimum of 64MiB", self.wal_max_bytes);
+        }
+        let port = if self.health_port > 0 { self.health_port } else { self.port };
+        let max_ack_pending = if self.max_ack_pending <= 0 { 25_000 } else { self.max_ack_pending };
+        let max_request_batch = self.max_pending_buffer.clamp(1, 1 << 20);
+        let durable = ingest::consumer::durable_name(&server_id, self.consumer_suffix.as_deref());
+        let ingest = IngestConfig {
+            consumer: ConsumerSettings {
+                durable,
+                company_ids: self.company_ids.iter().filter(|c| !c.is_empty()).cloned().collect(),
+                ack_wait: self.ack_wait,
+                max_ack_pending,
+                max_request_batch,
+                inactive_threshold: self.inactive_threshold,
+                restart: self.restart,
+            },
+            nats_url: self.server.clone(),
+            creds: self.creds.clone(),
+            connection_name: format!("eds-{server_id}"),
+            max_batch: (max_request_batch as usize).min(4096),
+            max_batch_bytes: 4 << 20,
+            max_inflight_batches: 4,
+            gaps_file: data_dir.join("gaps.jsonl"),
+            wal_retry: Duration::from_secs(5),
+        };
+        Ok(ServerPlan { server_id, ingest, http: SocketAddr::new(self.bind, port), wal_max_bytes: self.wal_max_bytes })
+    }
+
+    fn log_inactive_flags(&self) {
+        let inactive: [(&str, bool); 8] = [
+            ("--url (delivery to destinations)", !self.urls.is_empty()),
+            ("--api-key (HQ session)", self.api_key.is_some()),
+            ("--keep-logs (HQ log upload)", self.keep_logs),
+            ("--renew-interval (HQ session)", self.renew_interval != Duration::from_secs(24 * 3600)),
+            ("--minPendingLatency (destination batching)", self.min_pending_latency != Duration::from_secs(2)),
+            ("--maxPendingLatency (destination batching)", self.max_pending_latency != Duration::from_secs(30)),
+            ("--wrapper/--parent (EDS process wrapper)", self.wrapper || self.parent != -1),
+            ("--no-restart (worker supervisor)", self.no_restart),
+        ];
+        for (flag, given) in inactive {
+            if given {
+                tracing::warn!(flag, "accepted but not active yet in this version of eds");
+            }
+        }
+    }
+}
+
+/// Run the server until a signal. Returns the process exit code.
+pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) -> Result<u8> {
+    let plan = args.plan(data_dir).map_err(|e| UsageError(format!("{e:#}")))?;
+    args.log_inactive_flags();
+    if schema_validator.is_some() {
+        tracing::warn!(flag = "--schema-validator", "accepted but not active yet in this version of eds");
+    }
+    if !args.urls.is_empty() {
+        tracing::warn!(
+            destinations = args.urls.len(),
+            "destination delivery arrives with a later eds version: ingesting into the write-ahead log only"
+        );
+    }
+    create_data_dir(data_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(plan, data_dir.to_path_buf()))
+}
+
+/// A usage error found after parsing (exit code 2).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn create_data_dir(dir: &Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir).with_context(|| format!("creating the data directory {}", dir.display()))
+}
+
+async fn serve(plan: ServerPlan, data_dir: PathBuf) -> Result<u8> {
+    let wal_dir = data_dir.join("wal");
+    let opts = eds_wal::Options { max_bytes: Some(plan.wal_max_bytes), ..eds_wal::Options::default() };
+    let wal = {
+        let d = wal_dir.clone();
+        tokio::task::spawn_blocking(move || eds_wal::Wal::open(d, opts))
+            .await?
+            .with_context(|| format!("opening the write-ahead log at {}", wal_dir.display()))?
+    };
+    if let Some(cut) = &wal.recovery().cut {
+        tracing::warn!(segment = %cut.segment.display(), offset = cut.offset, bytes = cut.bytes, first_lsn = cut.first_lsn, "recovery cut an unsynced tail (never acknowledged)");
+    }
+    tracing::info!(dir = %wal_dir.display(), head = wal.durable_lsn(), budget = plan.wal_max_bytes, "write-ahead log open");
+    let dlq = {
+        let d = data_dir.clone();
+        tokio::task::spawn_blocking(move || DeadLetters::open(&d)).await??
+    };
+    let metrics = Metrics::new().context("registering metrics")?;
+    let state = Arc::new(ServerState::new(metrics, wal, plan.ingest.consumer.durable.clone()));
+
+    let listener =
+        tokio::net::TcpListener::bind(plan.http).await.with_context(|| format!("listening on {}", plan.http))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(addr = %addr, "health, status and metrics listening (/, /status, /metrics)");
+    tokio::spawn(http::serve(listener, state.clone()));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signal_state = state.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing in-flight appends and acks (signal again to exit at once)");
+        signal_state.begin_shutdown();
+        let _ = stop_tx.send(true);
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");
+        std::process::exit(130);
+    });
+
+    tracing::info!(server_id = %plan.server_id, consumer = %plan.ingest.consumer.durable, nats = %plan.ingest.nats_url, "ingest starting");
+    let result = ingest::run(plan.ingest, state.clone(), dlq, stop_rx).await;
+    state.begin_shutdown();
+    let wal = state.wal.write().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(wal) = wal {
+        tokio::task::spawn_blocking(move || wal.close()).await?.context("closing the write-ahead log")?;
+    }
+    result?;
+    tracing::info!("stopped");
+    Ok(0)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4GiB").unwrap(), 4 << 30);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("4 XB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("lots").unwrap_err().contains("expected a number"));
+    }
+
+    #[test]
+    fn dev_mode_is_localhost_without_creds() {
+        assert!(is_local_nats("nats://127.0.0.1:4222"));
+        assert!(is_local_nats("nats://localhost:4222"));
+        assert!(!is_local_nats("nats://connect.nats.shopmonkey.pub"));
+    }
+}

@@ -1,0 +1,187 @@
+//! State shared between ingest and the HTTP endpoints.
+
+use crate::metrics::Metrics;
+use crate::timefmt::{now_micros, rfc3339_micros};
+use eds_wal::Wal;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+/// What ingest is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestState {
+    /// Connecting to NATS and setting up the consumer.
+    Starting,
+    /// Waiting for messages a previous process held to be redelivered, so the log keeps stream
+    /// order; newer messages are held meanwhile.
+    Reconciling,
+    /// Pulling and storing.
+    Running,
+    /// The WAL disk budget is full: not pulling; upstream keeps the data.
+    PausedForDisk,
+    /// The WAL failed to write; reopening after a backoff.
+    WalError,
+    /// Reconnecting to NATS after an error.
+    Reconnecting,
+    /// Shutting down.
+    Stopping,
+}
+
+impl IngestState {
+    fn name(self) -> &'static str {
+        match self {
+            IngestState::Starting => "starting",
+            IngestState::Reconciling => "reconciling",
+            IngestState::Running => "running",
+            IngestState::PausedForDisk => "paused_for_disk",
+            IngestState::WalError => "wal_error",
+            IngestState::Reconnecting => "reconnecting",
+            IngestState::Stopping => "stopping",
+        }
+    }
+}
+
+/// A range of stream messages that never came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// Lowest stream sequence the missing messages can have.
+    pub from_seq: u64,
+    /// Highest.
+    pub to_seq: u64,
+    /// How many were missing.
+    pub missing: u64,
+    /// Why they are considered lost.
+    pub reason: String,
+    /// Unix microseconds when recorded.
+    pub at: u64,
+}
+
+/// Ingest's figures for `/status`.
+#[derive(Debug, Clone)]
+pub struct IngestStatus {
+    /// Current state.
+    pub state: IngestState,
+    /// Unix microseconds when it entered that state.
+    pub since: u64,
+    /// Durable consumer name.
+    pub consumer: String,
+    /// Highest stream sequence durable in the WAL.
+    pub stream_seq: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Messages dead-lettered.
+    pub dead_lettered: u64,
+    /// Gaps recorded by this process.
+    pub gaps: Vec<Gap>,
+    /// Last error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Shared between ingest and HTTP.
+#[derive(Debug)]
+pub struct ServerState {
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// The WAL (replaced when ingest reopens it after an I/O error).
+    pub wal: RwLock<Option<Wal>>,
+    shutting_down: AtomicBool,
+    ingest: Mutex<IngestStatus>,
+}
+
+impl ServerState {
+    /// Fresh state.
+    pub fn new(metrics: Metrics, wal: Wal, consumer: String) -> ServerState {
+        ServerState {
+            metrics,
+            wal: RwLock::new(Some(wal)),
+            shutting_down: AtomicBool::new(false),
+            ingest: Mutex::new(IngestStatus {
+                state: IngestState::Starting,
+                since: now_micros(),
+                consumer,
+                stream_seq: 0,
+                received: 0,
+                dead_lettered: 0,
+                gaps: Vec::new(),
+                last_error: None,
+            }),
+        }
+    }
+
+    /// Lock the ingest status.
+    pub fn ingest(&self) -> MutexGuard<'_, IngestStatus> {
+        self.ingest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Move ingest to `state` (keeps `since` when unchanged).
+    pub fn set_state(&self, state: IngestState) {
+        let mut s = self.ingest();
+        if s.state != state {
+            s.state = state;
+            s.since = now_micros();
+            self.metrics.paused_for_disk.set(if state == IngestState::PausedForDisk { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// The current WAL handle.
+    pub fn wal(&self) -> Option<Wal> {
+        self.wal.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Mark the process as shutting down (liveness turns 503).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.set_state(IngestState::Stopping);
+    }
+
+    /// Why liveness fails, if it does.
+    pub fn liveness_problem(&self) -> Option<String> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Some("shutting down".into());
+        }
+        match self.wal() {
+            None => Some("write-ahead log is closed".into()),
+            Some(w) if w.is_poisoned() => Some("write-ahead log cannot be written".into()),
+            Some(_) if self.ingest().state == IngestState::WalError => Some("write-ahead log cannot be written".into()),
+            Some(_) => None,
+        }
+    }
+
+    /// Copy the WAL's counters into the metrics.
+    pub fn refresh_metrics(&self) {
+        if let Some(w) = self.wal() {
+            self.metrics.observe_wal(&w.stats());
+        }
+    }
+
+    /// The `/status` document.
+    pub fn status_json(&self) -> serde_json::Value {
+        let s = self.ingest().clone();
+        let wal = self.wal().map(|w| {
+            let st = w.stats();
+            json!({
+                "durable_lsn": st.durable_lsn, "oldest_lsn": st.oldest_lsn, "segments": st.segments,
+                "bytes": st.bytes, "budget_bytes": w.options().max_bytes, "fsyncs": st.fsyncs,
+                "records_appended": st.records, "poisoned": w.is_poisoned(),
+            })
+        });
+        json!({
+            "live": self.liveness_problem().is_none(),
+            "ingest": {
+                "state": s.state.name(),
+                "since": rfc3339_micros(s.since),
+                "consumer": s.consumer,
+                "stream_sequence": s.stream_seq,
+                "received": s.received,
+                "dead_lettered": s.dead_lettered,
+                "gaps": s.gaps.iter().map(|g| json!({
+                    "from_seq": g.from_seq, "to_seq": g.to_seq, "missing": g.missing,
+                    "reason": g.reason, "at": rfc3339_micros(g.at),
+                })).collect::<Vec<_>>(),
+                "last_error": s.last_error,
+            },
+            "wal": wal,
+            "destinations": [],
+        })
+    }
+}

@@ -1,0 +1,262 @@
+//! Test harness: a private nats-server per test, the real `eds` binary, polling with deadlines.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use async_nats::jetstream;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The nats-server binary: `NATS_SERVER` or the first on PATH (the test script installs it).
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/bin"]) {
+        let p = Path::new(dir).join("nats-server");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("nats-server not found: install it (apt-get install nats-server) or set NATS_SERVER");
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `f` until it returns Some or the deadline passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A nats-server with JetStream on a free port, its store in a temp dir; killed on drop.
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl Nats {
+    pub async fn start() -> Nats {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(nats_server_bin())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.path().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        let nats = Nats { child, port, _store: store };
+        let url = nats.url();
+        eventually("nats-server to accept connections", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { async_nats::connect(url).await.ok() }
+        })
+        .await;
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn js(&self) -> jetstream::Context {
+        jetstream::new(async_nats::connect(self.url()).await.unwrap())
+    }
+
+    /// Create the `dbchange` stream as Shopmonkey's has it.
+    pub async fn create_stream(&self) -> jetstream::Context {
+        let js = self.js().await;
+        js.create_stream(jetstream::stream::Config {
+            name: "dbchange".into(),
+            subjects: vec!["dbchange.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        js
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Subject of an event for a company.
+pub fn subject(table: &str, op: &str, company: &str) -> String {
+    format!("dbchange.{table}.{op}.{company}.loc1.PUBLIC.2")
+}
+
+/// A valid UPDATE of row `key` carrying `n` so order can be checked.
+pub fn event(key: &str, n: u64) -> Vec<u8> {
+    format!(
+        r#"{{"operation":"UPDATE","id":"ev{n}","table":"order","key":["gcp-us-west1","{key}"],"modelVersion":"b041c12fbf8d1103","after":{{"id":"{key}","number":{n},"status":"RepairOrder"}},"before":{{"id":"{key}","number":{prev}}},"diff":["number"],"timestamp":{ts},"mvccTimestamp":"1.0"}}"#,
+        prev = n.saturating_sub(1),
+        ts = 1_795_749_176_000u64 + n
+    )
+    .into_bytes()
+}
+
+/// Publish and return the stream sequence.
+pub async fn publish(js: &jetstream::Context, subject: String, payload: Vec<u8>) -> u64 {
+    js.publish(subject, payload.into()).await.unwrap().await.unwrap().sequence
+}
+
+/// A running `eds server`.
+pub struct Eds {
+    pub child: Child,
+    pub http: String,
+    pub lines: mpsc::Receiver<String>,
+}
+
+pub fn eds_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_eds")
+}
+
+impl Eds {
+    /// Start `eds server` with `args` and wait for its HTTP address in the log.
+    pub fn start(data_dir: &Path, nats: &Nats, extra: &[&str]) -> Eds {
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "-d".into(),
+            data_dir.to_str().unwrap().into(),
+            "--server".into(),
+            nats.url(),
+            "--port".into(),
+            "0".into(),
+            "-v".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Eds::start_args(&args)
+    }
+
+    pub fn start_args(args: &[String]) -> Eds {
+        let mut child = Command::new(eds_bin())
+            .args(args)
+            .env_remove("PORT")
+            .env_remove("SM_APIKEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting eds");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var("EDS_TEST_ECHO").is_ok() {
+                    eprintln!("eds| {line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        let http = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(at) = line.find("addr=") {
+                        if line.contains("listening") {
+                            break line[at + 5..].split_whitespace().next().unwrap().to_string();
+                        }
+                    }
+                    seen.push(line);
+                }
+                Err(_) => panic!("eds did not report its HTTP address; output:\n{}", seen.join("\n")),
+            }
+        };
+        Eds { child, http, lines: rx }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(&self.http, path).await
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Wait until the durable stream sequence reaches `seq`.
+    pub async fn wait_stored(&self, seq: u64, timeout: Duration) {
+        eventually(&format!("stream sequence {seq} stored"), timeout, || async {
+            let s = self.status().await;
+            (s["ingest"]["stream_sequence"].as_u64().unwrap_or(0) >= seq).then_some(())
+        })
+        .await
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM and wait for the exit code.
+    pub fn stop(mut self) -> i32 {
+        self.signal("TERM");
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Eds {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP/1.1 GET over a TCP stream.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// Every envelope in the WAL of `data_dir`: (stream_seq, kind byte, payload).
+pub fn wal_envelopes(data_dir: &Path) -> Vec<(u64, u8, Vec<u8>)> {
+    let wal = eds_wal::Wal::open_read_only(data_dir.join("wal"), eds_wal::Options::default()).unwrap();
+    let mut r = wal.reader(1).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.next().unwrap() {
+        let e = eds::ingest::envelope::decode(&rec.data).unwrap();
+        let kind = match e.kind {
+            eds::ingest::envelope::Kind::Event => 1,
+            eds::ingest::envelope::Kind::DeadLetter => 2,
+            eds::ingest::envelope::Kind::DeadLetterMarker => 3,
+        };
+        out.push((e.stream_seq, kind, e.payload.to_vec()));
+    }
+    out
+}

@@ -1,0 +1,242 @@
+//! `eds server` ingest against a real nats-server (one private server per test).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const C1: &str = "6287a4154d1a72cc5ce091bb";
+const C2: &str = "5f2a1b3c4d5e6f708192a3b4";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingests_every_event_once_in_stream_order_and_acks_them() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let mut seqs = Vec::new();
+    for n in 0..2000u64 {
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), event(&format!("k{}", n % 50), n)).await);
+    }
+    let data = tempfile::tempdir().unwrap();
+    let eds = Eds::start(data.path(), &nats, &["--restart"]);
+    eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(30)).await;
+    // Live ones too, after the backlog.
+    for n in 2000..2100u64 {
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), event(&format!("k{}", n % 50), n)).await);
+    }
+    eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(30)).await;
+    let status = eds.status().await;
+    assert_eq!(status["ingest"]["state"], "running", "{status}");
+    assert_eq!(status["ingest"]["received"], 2100, "{status}");
+    assert_eq!(status["wal"]["durable_lsn"], 2100, "{status}");
+    assert_eq!(eds.stop(), 0);
+
+    let envs = wal_envelopes(data.path());
+    assert_eq!(envs.len(), 2100);
+    for (i, (seq, kind, payload)) in envs.iter().enumerate() {
+        assert_eq!(*seq, seqs[i], "record {i} out of stream order");
+        assert_eq!(*kind, 1);
+        assert_eq!(payload, &event(&format!("k{}", i as u64 % 50), i as u64));
+    }
+    // Every message acked upstream.
+    let stream = js.get_stream("dbchange").await.unwrap();
+    let info = stream.consumer_info("eds-dev").await.unwrap();
+    assert_eq!(info.num_ack_pending, 0);
+    assert_eq!(info.ack_floor.stream_sequence, *seqs.last().unwrap());
+    assert_eq!(info.num_pending, 0);
+
+    // The operator tool agrees.
+    let out = std::process::Command::new(eds_bin())
+        .args(["wal", "inspect", "--json", "-d", data.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["head_lsn"], 2100);
+    assert_eq!(v["total_records"], 2100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dead_lettered_with_reasons_and_valid_ones_flow() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let eds = Eds::start(data.path(), &nats, &[]);
+    // The consumer is created at "new": wait until it exists before publishing.
+    eventually("consumer created", Duration::from_secs(10), || async {
+        js.get_stream("dbchange").await.unwrap().consumer_info("eds-dev").await.ok()
+    })
+    .await;
+    let bad: Vec<(&[u8], &str)> = vec![
+        (b"not json at all", "not a JSON object"),
+        (br#"{"operation":"MERGE","table":"order","key":["k"]}"#, "unknown operation"),
+        (br#"{"operation":"INSERT","key":["k"]}"#, "missing or empty `table`"),
+        (br#"{"operation":"INSERT","table":"order","key":[]}"#, "no primary key"),
+        (b"\xff\xfe binary", "not a JSON object"),
+    ];
+    let first = publish(&js, subject("order", "UPDATE", C1), event("a", 1)).await;
+    let mut bad_seqs = Vec::new();
+    for (payload, _) in &bad {
+        bad_seqs.push(publish(&js, subject("order", "INSERT", C1), payload.to_vec()).await);
+    }
+    let last = publish(&js, subject("order", "UPDATE", C1), event("a", 2)).await;
+    eds.wait_stored(last, Duration::from_secs(20)).await;
+    let status = eds.status().await;
+    assert_eq!(status["ingest"]["dead_lettered"], 5, "{status}");
+    assert_eq!(eds.stop(), 0);
+
+    let envs = wal_envelopes(data.path());
+    let kinds: Vec<(u64, u8)> = envs.iter().map(|(s, k, _)| (*s, *k)).collect();
+    let mut expected = vec![(first, 1)];
+    expected.extend(bad_seqs.iter().map(|s| (*s, 3)));
+    expected.push((last, 1));
+    assert_eq!(kinds, expected, "markers hold the dead letters' places in stream order");
+
+    let out = std::process::Command::new(eds_bin())
+        .args(["wal", "dlq", "--json", "-d", data.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = v.as_array().unwrap();
+    assert_eq!(listed.len(), 5);
+    for (i, (payload, reason)) in bad.iter().enumerate() {
+        assert_eq!(listed[i]["stream_seq"], bad_seqs[i]);
+        assert!(listed[i]["reason"].as_str().unwrap().contains(reason), "{}", listed[i]);
+        assert_eq!(listed[i]["subject"], subject("order", "INSERT", C1));
+        let shown = listed[i]["payload"].as_str().unwrap();
+        match std::str::from_utf8(payload) {
+            Ok(t) => assert_eq!(shown, t),
+            Err(_) => assert_eq!(shown, "fffe2062696e617279"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn company_ids_narrow_consumption() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let mut mine = Vec::new();
+    for n in 0..20u64 {
+        let company = if n % 2 == 0 { C1 } else { C2 };
+        let seq = publish(&js, subject("order", "UPDATE", company), event("k", n)).await;
+        if company == C2 {
+            mine.push(seq);
+        }
+    }
+    let data = tempfile::tempdir().unwrap();
+    let eds = Eds::start(data.path(), &nats, &["--restart", "--companyIds", C2, "--consumer-suffix", "narrow"]);
+    eds.wait_stored(*mine.last().unwrap(), Duration::from_secs(20)).await;
+    assert_eq!(eds.stop(), 0);
+    let seqs: Vec<u64> = wal_envelopes(data.path()).iter().map(|e| e.0).collect();
+    assert_eq!(seqs, mine);
+    let info = js.get_stream("dbchange").await.unwrap().consumer_info("eds-dev-narrow").await.unwrap();
+    assert_eq!(info.config.filter_subject, format!("dbchange.*.*.{C2}.*.PUBLIC.>"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_eds_command_line_starts_and_serves_status_and_metrics() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let args: Vec<String> = [
+        "server",
+        "--url",
+        "postgres://user:pw@localhost/db",
+        "--api-key",
+        "not-a-real-key",
+        "--port",
+        &port,
+        "--server",
+        &nats.url(),
+        "--maxAckPending",
+        "1000",
+        "--maxPendingBuffer",
+        "100",
+        "--minPendingLatency",
+        "1s",
+        "--maxPendingLatency",
+        "10s",
+        "--restart",
+        "--renew-interval",
+        "12h",
+        "--consumer-suffix",
+        "legacy",
+        "--keep-logs",
+        "-v",
+        "-t",
+        "--log-label",
+        "edge",
+        "-d",
+        data.path().to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let eds = Eds::start_args(&args);
+    assert!(eds.http.ends_with(&format!(":{port}")), "{}", eds.http);
+    let seq = publish(&js, subject("order", "UPDATE", C1), event("k", 1)).await;
+    eds.wait_stored(seq, Duration::from_secs(20)).await;
+
+    let (code, body) = eds.get("/").await;
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, metrics) = eds.get("/metrics").await;
+    assert_eq!(code, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("{name} missing in\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("eds_total_events"), 1.0);
+    assert_eq!(value("eds_pending_events"), 0.0);
+    assert_eq!(value("eds_wal_durable_lsn"), 1.0);
+    assert_eq!(value("eds_ingest_stream_sequence"), seq as f64);
+    assert_eq!(value("eds_ingest_paused_for_disk"), 0.0);
+    assert!(metrics.contains("eds_wal_fsync_duration_seconds_count 1"), "{metrics}");
+    let info = js.get_stream("dbchange").await.unwrap().consumer_info("eds-dev-legacy").await.unwrap();
+    assert_eq!((info.config.max_ack_pending, info.config.max_batch, info.config.max_deliver), (1000, 100, 20));
+    assert_eq!(eds.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_flags_exit_2_with_a_message() {
+    for (args, want) in [
+        (vec!["server", "--ack-wait", "5"], "missing unit"),
+        (vec!["server", "--wal-max-bytes", "lots"], "--wal-max-bytes"),
+        (vec!["server", "--server", "nats://nats.example.com:4222"], "--eds-id is required"),
+        (vec!["server", "--server", "nats://nats.example.com:4222", "--eds-id", "x"], "--creds is required"),
+    ] {
+        let out = std::process::Command::new(eds_bin()).args(&args).env_remove("PORT").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consumer_on_the_same_durable_is_refused() {
+    let nats = Nats::start().await;
+    let _js = nats.create_stream().await;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let first = Eds::start(a.path(), &nats, &[]);
+    eventually("first server running", Duration::from_secs(10), || async {
+        (first.status().await["ingest"]["state"] == "running").then_some(())
+    })
+    .await;
+    let second = Eds::start(b.path(), &nats, &[]);
+    let err = eventually("second server to report the conflict", Duration::from_secs(10), || async {
+        let s = second.status().await;
+        s["ingest"]["last_error"].as_str().filter(|e| e.contains("already running")).map(str::to_owned)
+    })
+    .await;
+    assert!(err.contains("consumer eds-dev already running"), "{err}");
+    assert_eq!(second.stop(), 0);
+    assert_eq!(first.stop(), 0);
+}
