@@ -87,6 +87,8 @@ struct Ingest {
     /// Highest stream sequence appended (written, maybe not durable yet).
     appended_seq: u64,
     inflight: Arc<Semaphore>,
+    /// The live connection, flushed at shutdown so the last acks leave the process.
+    client: Option<async_nats::Client>,
 }
 
 /// Run ingest until `shutdown` turns true. Returns after in-flight batches are durable and acked.
@@ -101,7 +103,7 @@ pub async fn run(
     state.ingest().stream_seq = s;
     state.metrics.stream_seq.set(s as i64);
     let inflight = Arc::new(Semaphore::new(cfg.max_inflight_batches.max(1)));
-    let mut ingest = Ingest { cfg, state, dlq, appended_seq: s, inflight };
+    let mut ingest = Ingest { cfg, state, dlq, appended_seq: s, inflight, client: None };
     let mut backoff = Duration::from_millis(250);
     loop {
         if *shutdown.borrow() {
@@ -127,6 +129,12 @@ pub async fn run(
         }
     }
     ingest.drain_inflight().await;
+    if let Some(client) = &ingest.client {
+        // Acks are published by the batch tasks; make sure they are on the wire before exit.
+        if let Err(e) = client.flush().await {
+            tracing::warn!(error = %e, "flushing the last acks failed; those messages will be redelivered and acked then");
+        }
+    }
     Ok(())
 }
 
@@ -165,7 +173,8 @@ impl Ingest {
         let durable_seq = self.state.ingest().stream_seq;
         self.appended_seq = durable_seq;
         let (client, js) = self.connect().await?;
-        let (consumer, info) = consumer::ensure(&js, &self.cfg.consumer, durable_seq).await?;
+        self.client = Some(client.clone());
+        let (mut consumer, info) = consumer::ensure(&js, &self.cfg.consumer, durable_seq).await?;
         let mut reconcile = Reconcile::from_info(&info, durable_seq, self.cfg.consumer.ack_wait);
         if reconcile.is_some() {
             self.state.set_state(IngestState::Reconciling);
@@ -179,7 +188,6 @@ impl Ingest {
             tokio::select! {
                 _ = shutdown.changed() => {
                     drop(messages);
-                    let _ = client.flush().await;
                     return Ok(Stop::Shutdown);
                 }
                 next = messages.next() => {
@@ -218,8 +226,14 @@ impl Ingest {
             }
             let ready = match &mut reconcile {
                 Some(r) => {
-                    let done = r.offer(batch, Instant::now());
-                    match done {
+                    r.offer(batch);
+                    // Only the server knows whether every pending message is in our hands:
+                    // compare its pending count with what we hold.
+                    if !r.check_due(Instant::now()) {
+                        continue;
+                    }
+                    let info = consumer.info().await.context("reading the consumer's pending count")?;
+                    match r.settle(info.num_ack_pending as u64, info.delivered.stream_sequence, Instant::now()) {
                         None => continue,
                         Some((ready, gap)) => {
                             if let Some(gap) = gap {
@@ -250,7 +264,6 @@ impl Ingest {
     /// Append `batch` (in stream order) and hand the acks to a task that waits for durability.
     async fn store(&mut self, mut batch: Vec<Pending>, wal: &eds_wal::Wal) -> Result<(), StoreError> {
         batch.sort_by_key(|p| p.seq);
-        batch.dedup_by_key(|p| p.seq);
         let received_at = now_micros();
         let mut records = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
@@ -494,13 +507,16 @@ enum StoreError {
 }
 
 /// Waiting for the messages a previous process held.
+///
+/// Done when every message the server counts as pending (delivered, not acked) is in our hands;
+/// counting is the server's, so deliveries that went to a dead process after we looked are
+/// waited for too.
 struct Reconcile {
     ack_floor: u64,
     delivered: u64,
-    expected: u64,
-    seen: BTreeMap<u64, Message>,
-    held: BTreeMap<u64, Message>,
+    in_hand: BTreeMap<u64, Message>,
     deadline: Instant,
+    next_check: Instant,
 }
 
 impl Reconcile {
@@ -513,53 +529,58 @@ impl Reconcile {
         if pending == 0 {
             return None;
         }
-        let delivered = info.delivered.stream_sequence;
         tracing::info!(
             pending,
             ack_floor = info.ack_floor.stream_sequence,
-            delivered,
+            delivered = info.delivered.stream_sequence,
             stored = durable_seq,
-            "messages held by a previous process are pending: holding newer ones until they are redelivered (at most AckWait)"
+            "messages held by a previous process are pending: holding newer ones until they are redelivered (about AckWait)"
         );
+        let now = Instant::now();
         // Redelivery starts AckWait after the original delivery; allow one more AckWait and a
         // margin for the redelivery itself before calling what is missing a gap.
-        let deadline = Instant::now() + ack_wait * 2 + Duration::from_secs(5);
         Some(Reconcile {
             ack_floor: info.ack_floor.stream_sequence,
-            delivered,
-            expected: pending,
-            seen: BTreeMap::new(),
-            held: BTreeMap::new(),
-            deadline,
+            delivered: info.delivered.stream_sequence,
+            in_hand: BTreeMap::new(),
+            deadline: now + ack_wait * 2 + Duration::from_secs(5),
+            next_check: now,
         })
     }
 
-    /// Take a batch; when every pending message came back (or the deadline passed), return all
-    /// messages in sequence order, and the gap if some never came.
-    fn offer(&mut self, batch: Vec<Pending>, now: Instant) -> Option<(Vec<Pending>, Option<Gap>)> {
+    /// Take a batch (a redelivery replaces an earlier delivery of the same sequence).
+    fn offer(&mut self, batch: Vec<Pending>) {
         for p in batch {
-            if p.seq <= self.delivered {
-                self.seen.insert(p.seq, p.msg);
-            } else {
-                self.held.insert(p.seq, p.msg);
-            }
+            self.in_hand.insert(p.seq, p.msg);
         }
-        let complete = self.seen.len() as u64 >= self.expected;
-        if !complete && now < self.deadline {
+    }
+
+    /// Whether to ask the server again (at most every 100 ms).
+    fn check_due(&mut self, now: Instant) -> bool {
+        if now < self.next_check {
+            return false;
+        }
+        self.next_check = now + Duration::from_millis(100);
+        true
+    }
+
+    /// Given the server's pending count, release everything in sequence order when all pending
+    /// messages are in hand, or at the deadline with a gap for those that never came.
+    fn settle(&mut self, pending: u64, delivered: u64, now: Instant) -> Option<(Vec<Pending>, Option<Gap>)> {
+        self.delivered = self.delivered.max(delivered);
+        let held = self.in_hand.len() as u64;
+        tracing::trace!(pending, held, "reconciling");
+        if held < pending && now < self.deadline {
             return None;
         }
-        let gap = (!complete).then(|| Gap {
+        let gap = (held < pending).then(|| Gap {
             from_seq: self.ack_floor + 1,
             to_seq: self.delivered,
-            missing: self.expected - self.seen.len() as u64,
+            missing: pending - held,
             reason: "delivered to a previous process, never acked, and not redelivered before the deadline (MaxDeliver reached or removed from the stream)".into(),
             at: now_micros(),
         });
-        let all = std::mem::take(&mut self.seen)
-            .into_iter()
-            .chain(std::mem::take(&mut self.held))
-            .map(|(seq, msg)| Pending { seq, msg })
-            .collect();
+        let all = std::mem::take(&mut self.in_hand).into_iter().map(|(seq, msg)| Pending { seq, msg }).collect();
         Some((all, gap))
     }
 }
