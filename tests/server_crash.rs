@@ -43,7 +43,7 @@ async fn sigkill_during_publishing_loses_nothing_and_keeps_stream_order() {
                 let seq = publish(&js, subject("order", "UPDATE", C1), event(&key, n)).await;
                 published.lock().unwrap().push((seq, key, n));
                 n += 1;
-                if n % 50 == 0 {
+                if n.is_multiple_of(50) {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
