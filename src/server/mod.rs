@@ -114,6 +114,13 @@ pub struct ServerArgs {
     /// Disk budget of the write-ahead log; when full, ingest pauses (upstream keeps the data)
     #[arg(long, default_value = "8GiB", value_parser = parse_size, value_name = "SIZE")]
     pub wal_max_bytes: u64,
+    /// Size of one WAL segment file
+    #[arg(long, hide = true, default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub wal_segment_size: u64,
+    /// After SIGINT/SIGTERM, answer 503 on / for this long before stopping (lets a load balancer
+    /// or orchestrator notice first)
+    #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_delay: Duration,
     /// Internal (EDS wrapper protocol)
     #[arg(long, hide = true)]
     pub wrapper: bool,
@@ -141,6 +148,10 @@ pub struct ServerPlan {
     pub http: SocketAddr,
     /// WAL budget.
     pub wal_max_bytes: u64,
+    /// WAL segment size.
+    pub wal_segment_size: u64,
+    /// 503 period before stopping.
+    pub shutdown_delay: Duration,
 }
 
 impl ServerArgs {
@@ -157,8 +168,15 @@ impl ServerArgs {
         if !dev && self.creds.is_none() {
             bail!("--creds is required for the NATS server at {} (session credentials from HQ arrive with a later eds version)", self.server);
         }
-        if self.wal_max_bytes < (64 << 20) {
-            bail!("--wal-max-bytes {} is below the minimum of 64MiB", self.wal_max_bytes);
+        if self.wal_segment_size < (64 << 10) {
+            bail!("--wal-segment-size {} is below the minimum of 64KiB", self.wal_segment_size);
+        }
+        if self.wal_max_bytes < 2 * self.wal_segment_size {
+            bail!(
+                "--wal-max-bytes {} must hold at least two segments of --wal-segment-size {}",
+                self.wal_max_bytes,
+                self.wal_segment_size
+            );
         }
         let port = if self.health_port > 0 { self.health_port } else { self.port };
         let max_ack_pending = if self.max_ack_pending <= 0 { 25_000 } else { self.max_ack_pending };
@@ -178,12 +196,20 @@ impl ServerArgs {
             creds: self.creds.clone(),
             connection_name: format!("eds-{server_id}"),
             max_batch: (max_request_batch as usize).min(4096),
-            max_batch_bytes: 4 << 20,
+            // A batch must fit one WAL frame (half a segment at most), envelopes included.
+            max_batch_bytes: (4usize << 20).min((self.wal_segment_size / 4) as usize),
             max_inflight_batches: 4,
             gaps_file: data_dir.join("gaps.jsonl"),
             wal_retry: Duration::from_secs(5),
         };
-        Ok(ServerPlan { server_id, ingest, http: SocketAddr::new(self.bind, port), wal_max_bytes: self.wal_max_bytes })
+        Ok(ServerPlan {
+            server_id,
+            ingest,
+            http: SocketAddr::new(self.bind, port),
+            wal_max_bytes: self.wal_max_bytes,
+            wal_segment_size: self.wal_segment_size,
+            shutdown_delay: self.shutdown_delay,
+        })
     }
 
     fn log_inactive_flags(&self) {
@@ -249,7 +275,12 @@ fn create_data_dir(dir: &Path) -> Result<()> {
 
 async fn serve(plan: ServerPlan, data_dir: PathBuf) -> Result<u8> {
     let wal_dir = data_dir.join("wal");
-    let opts = eds_wal::Options { max_bytes: Some(plan.wal_max_bytes), ..eds_wal::Options::default() };
+    let opts = eds_wal::Options {
+        max_bytes: Some(plan.wal_max_bytes),
+        segment_size: plan.wal_segment_size,
+        max_frame_bytes: eds_wal::Options::default().max_frame_bytes.min(plan.wal_segment_size / 2),
+        ..eds_wal::Options::default()
+    };
     let wal = {
         let d = wal_dir.clone();
         tokio::task::spawn_blocking(move || eds_wal::Wal::open(d, opts))
@@ -275,10 +306,18 @@ async fn serve(plan: ServerPlan, data_dir: PathBuf) -> Result<u8> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signal_state = state.clone();
+    let delay = plan.shutdown_delay;
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutting down: finishing in-flight appends and acks (signal again to exit at once)");
+        tracing::info!(delay = %duration::format(delay), "shutting down: finishing in-flight appends and acks (signal again to exit at once)");
         signal_state.begin_shutdown();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = wait_for_signal() => {
+                tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");
+                std::process::exit(130);
+            }
+        }
         let _ = stop_tx.send(true);
         wait_for_signal().await;
         tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");

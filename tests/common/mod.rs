@@ -52,9 +52,13 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start() -> Nats {
+        Nats::start_with(nats_server_bin()).await
+    }
+
+    pub async fn start_with(bin: impl AsRef<std::ffi::OsStr>) -> Nats {
         let store = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Command::new(nats_server_bin())
+        let child = Command::new(bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.path().to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
