@@ -1,7 +1,7 @@
 //! Ingest benchmark: figures, never pass/fail. Run with `cargo bench --bench ingest`.
 //!
 //! Starts its own `nats-server -js` (store on disk), creates the `dbchange` stream and publishes
-//! realistic ~750-byte UPDATE events of `order` to it, then in the same run:
+//! realistic ~800-byte UPDATE events of `order` to it, then in the same run:
 //!
 //! a) throughput, draining the whole stream from its start: a bare async-nats pull consumer (same
 //!    consumer configuration and pull settings as eds; acks each message, stores nothing) beside
@@ -65,10 +65,73 @@ impl Config {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Events: `eds::sample::order_event` UPDATEs (it makes every tenth index an INSERT; skip those).
+// Events: UPDATEs of Shopmonkey `order` rows (field names as in `eds::sample::order_event`, whose
+// UPDATEs are ~1.2 KB; these carry fewer row fields to land at ~800 bytes), with ids, amounts and
+// timestamps varying per event so the WAL's compression sees realistic entropy.
+
+fn mix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn hex24(seed: u64) -> String {
+    // Shopmonkey ids look like Mongo object ids: 24 hex digits.
+    format!("{:08x}{:016x}", mix(seed ^ 0xA5A5) as u32, mix(seed))
+}
+
+fn iso(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m, sec) = (s / 86_400 % 28 + 1, s / 3600 % 24, s / 60 % 60, s % 60);
+    format!("2026-11-{d:02}T{h:02}:{m:02}:{sec:02}.{:03}Z", ms % 1000)
+}
+
+const STATUSES: [&str; 4] = ["Estimate", "RepairOrder", "Invoice", "Paid"];
+
+fn order_row(order: u64, version: u64, ts_ms: u64) -> String {
+    let total = 5_000 + mix(order * 31 + version) % 250_000;
+    format!(
+        concat!(
+            r#"{{"id":"{id}","number":{number},"status":"{status}","#,
+            r#""customerId":"{customer}","totalCostCents":{total},"laborCents":{labor},"#,
+            r#""paid":{paid},"updatedDate":"{updated}"}}"#
+        ),
+        id = hex24(order),
+        number = 10_000 + order,
+        status = STATUSES[(version % 4) as usize],
+        customer = hex24(order ^ 0xC0FFEE),
+        total = total,
+        labor = total / 3,
+        paid = version % 4 == 3,
+        updated = iso(ts_ms),
+    )
+}
 
 fn update_event(i: u64) -> Bytes {
-    Bytes::from(eds::sample::order_event(i / 9 * 10 + i % 9 + 1))
+    // A shop edits a few thousand open orders; each event is one version step of one of them.
+    let order = mix(i) % 5_000;
+    let version = i / 5_000 + mix(i ^ 0xBEEF) % 3;
+    let ts_ms = 1_795_749_176_000 + i * 173;
+    format!(
+        concat!(
+            r#"{{"operation":"UPDATE","id":"{eid:016x}","table":"order","key":["gcp-us-west1","{key}"],"#,
+            r#""modelVersion":"{model}","companyId":"{company}","locationId":"{location}","#,
+            r#""before":{before},"after":{after},"#,
+            r#""diff":["status","totalCostCents","laborCents","paid","updatedDate"],"#,
+            r#""timestamp":{ts},"mvccTimestamp":"{ts}{ns:06}.0000000000"}}"#
+        ),
+        eid = mix(i ^ 0xE1E1),
+        key = hex24(order),
+        model = eds::sample::ORDER_MODEL_VERSION,
+        company = COMPANY,
+        location = LOCATION,
+        before = order_row(order, version, ts_ms - 60_000),
+        after = order_row(order, version + 1, ts_ms),
+        ts = ts_ms,
+        ns = mix(i) % 1_000_000,
+    )
+    .into()
 }
 
 fn subject() -> String {
@@ -512,6 +575,10 @@ async fn run(cfg: &Config, base: &Path) {
         pool.len(),
         subject()
     );
+    println!("  sample: {}", String::from_utf8_lossy(&pool[1]));
+    for e in &pool {
+        eds::ingest::validate::check(e).expect("eds would dead-letter this benchmark event");
+    }
     let started = Instant::now();
     let last_seq = publish_all(&js, &pool, cfg.events).await;
     let took = started.elapsed();

@@ -59,13 +59,21 @@ where
 
 /// Install the console logger. Safe to call once per process.
 pub fn init(settings: &LogSettings) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let label = settings.label.clone().filter(|l| !l.is_empty());
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(settings.level())
+    let level = settings.level();
+    // `-v` is for eds's own detail; libraries (the NATS client above all) stay at INFO.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("eds", level)
+        .with_target("eds_wal", level)
+        .with_target("eds_drivers", level)
+        .with_default(level.min(Level::INFO));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .event_format(LineFormat { timestamps: settings.timestamps, label })
-        .try_init();
+        .event_format(LineFormat { timestamps: settings.timestamps, label });
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
 }
 
 #[cfg(test)]

@@ -391,3 +391,72 @@ async fn several_company_ids_use_filter_subjects_on_a_current_nats_server() {
         vec![format!("dbchange.*.*.{C1}.*.PUBLIC.>"), format!("dbchange.*.*.{C2}.*.PUBLIC.>")]
     );
 }
+
+/// A small tmpfs mounted for one test (needs root, as CI and the dev machines run); unmounted on drop.
+struct Tmpfs(std::path::PathBuf, #[allow(dead_code)] tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", mnt.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs failed: this test needs root to simulate a full disk");
+        Tmpfs(mnt, dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_file_system_pauses_ingest_reopens_the_wal_in_process_and_loses_nothing() {
+    let fs = Tmpfs::mount("6m");
+    let filler = fs.0.join("filler");
+    std::fs::write(&filler, vec![0u8; (5 << 20) + (1 << 19)]).unwrap();
+    let data = fs.0.join("data");
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut seqs = Vec::new();
+    for n in 0..1500u64 {
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), bulky_event(n, &mut seed)).await);
+    }
+    let eds = Eds::start(
+        &data,
+        &nats,
+        &[
+            "--restart",
+            "--ack-wait",
+            "1s",
+            "--wal-retry",
+            "300ms",
+            "--wal-segment-size",
+            "1MiB",
+            "--wal-max-bytes",
+            "1GiB",
+        ],
+    );
+    let err = eventually("ingest to hit ENOSPC", Duration::from_secs(30), || async {
+        let s = eds.status().await;
+        if std::env::var("EDS_TEST_ECHO").is_ok() {
+            eprintln!("{s}");
+        }
+        s["ingest"]["last_error"].as_str().filter(|e| e.contains("No space left")).map(str::to_owned)
+    })
+    .await;
+    assert!(err.contains("write"), "{err}");
+    assert!(eds.status().await["ingest"]["stream_sequence"].as_u64().unwrap() < *seqs.last().unwrap());
+    std::fs::remove_file(&filler).unwrap();
+    eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(eds.get("/").await.0, 200);
+    assert_eq!(eds.stop(), 0, "the same process recovered: no crash, no restart");
+    let stored: Vec<u64> = wal_envelopes(&data).iter().map(|e| e.0).collect();
+    assert_eq!(stored, seqs);
+}

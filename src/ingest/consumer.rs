@@ -14,6 +14,9 @@ use std::time::Duration;
 pub const STREAM: &str = "dbchange";
 /// MaxDeliver, as EDS.
 pub const MAX_DELIVER: i64 = 20;
+/// How long one pull request waits on the server. Short, so a request left behind by a stopped
+/// pull (ours or a dead process's) frees the consumer's single waiting slot quickly.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// How the consumer is named and configured.
 #[derive(Debug, Clone)]
@@ -110,11 +113,20 @@ pub async fn ensure(js: &JetStream, s: &ConsumerSettings, stored_seq: u64) -> Re
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("looking up consumer {}", s.durable))),
     };
-    let info = consumer.info().await.with_context(|| format!("reading consumer {}", s.durable))?.clone();
-    if info.num_waiting > 0 {
-        bail!("consumer {} already running: another eds (or EDS) is pulling from it", s.durable);
+    // A pull request we sent before (an earlier session of this process, or a process that just
+    // died) stays registered until it expires; only one may wait (MaxWaiting 1). Give it that
+    // long before calling the consumer taken.
+    let deadline = tokio::time::Instant::now() + PULL_EXPIRES + Duration::from_secs(2);
+    loop {
+        let info = consumer.info().await.with_context(|| format!("reading consumer {}", s.durable))?.clone();
+        if info.num_waiting == 0 {
+            return Ok((consumer, info));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("consumer {} already running: another eds (or EDS) is pulling from it", s.durable);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok((consumer, info))
 }
 
 /// Continuous pull: batches of up to MaxRequestBatch, heartbeats so a dead server is noticed.
@@ -122,8 +134,8 @@ pub async fn pull(consumer: &PullConsumer, s: &ConsumerSettings) -> Result<Strea
     consumer
         .stream()
         .max_messages_per_batch(s.max_request_batch.max(1) as usize)
-        .expires(Duration::from_secs(30))
-        .heartbeat(Duration::from_secs(10))
+        .expires(PULL_EXPIRES)
+        .heartbeat(Duration::from_secs(2))
         .messages()
         .await
         .context("starting to pull messages")

@@ -67,6 +67,11 @@ pub fn last_stream_seq(wal: &eds_wal::Wal) -> Result<u64> {
     Ok(env.stream_seq)
 }
 
+/// Bytes a message takes in a frame: payload, envelope fields (subject, id) and framing.
+fn envelope_size(m: &Message) -> usize {
+    m.payload.len() + m.subject.len() + 128
+}
+
 /// One message ready to be appended (or already stored and only waiting for its ack).
 struct Pending {
     seq: u64,
@@ -222,8 +227,7 @@ impl Ingest {
                     while batch.len() < self.cfg.max_batch && bytes < self.cfg.max_batch_bytes {
                         match messages.next().now_or_never() {
                             Some(Some(Ok(m))) => {
-                                // Payload plus room for its envelope (subject, id, fixed fields).
-                                bytes += m.payload.len() + 24 + m.subject.len() + 64;
+                                bytes += envelope_size(&m);
                                 batch.push(self.pending(m)?);
                             }
                             Some(Some(Err(e))) => tracing::warn!(error = %e, "pull error"),
@@ -265,8 +269,22 @@ impl Ingest {
             if ready.is_empty() {
                 continue;
             }
-            if let Err(e) = self.store(ready, &wal).await {
-                return Ok(Stop::StoreFailed(e));
+            // A reconciliation can release far more than one frame holds: store in chunks.
+            let mut ready = ready.into_iter().peekable();
+            while ready.peek().is_some() {
+                let mut chunk = Vec::new();
+                let mut bytes = 0usize;
+                while let Some(p) = ready.next_if(|p| {
+                    chunk.is_empty()
+                        || (chunk.len() < self.cfg.max_batch
+                            && bytes + envelope_size(&p.msg) <= self.cfg.max_batch_bytes)
+                }) {
+                    bytes += envelope_size(&p.msg);
+                    chunk.push(p);
+                }
+                if let Err(e) = self.store(chunk, &wal).await {
+                    return Ok(Stop::StoreFailed(e));
+                }
             }
         }
     }
@@ -300,7 +318,16 @@ impl Ingest {
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_default();
             let subject = p.msg.subject.as_str().to_owned();
-            match validate::check(&p.msg.payload) {
+            let checked = if envelope_size(&p.msg) > self.cfg.max_batch_bytes {
+                Err(format!(
+                    "message of {} bytes is larger than the write-ahead log's largest batch ({} bytes)",
+                    p.msg.payload.len(),
+                    self.cfg.max_batch_bytes
+                ))
+            } else {
+                validate::check(&p.msg.payload)
+            };
+            match checked {
                 Ok(_) => records.push(
                     Envelope {
                         kind: Kind::Event,
@@ -421,7 +448,8 @@ impl Ingest {
         // session's reconciliation keeps it ahead of newer messages.
         self.drain_inflight().await;
         match e {
-            StoreError::Wal(err) if err.is_full() => {
+            // The budget (not the file system: ENOSPC poisons the log and needs a reopen).
+            StoreError::Wal(err @ eds_wal::Error::Full { .. }) => {
                 tracing::warn!(error = %eds_wal::error_chain(&err), "WAL disk budget is full: ingest paused until space frees up; upstream keeps the data");
                 self.state.set_state(IngestState::PausedForDisk);
                 self.wait_for_space(shutdown).await

@@ -48,6 +48,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// shortest exact form, e.g. `72h`, `5m`, `2s`, `250ms`.
 pub fn format(d: Duration) -> String {
     let ns = d.as_nanos();
+    if ns == 0 {
+        return "0s".into();
+    }
     for (unit, per) in
         [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)]
     {

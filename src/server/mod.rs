@@ -114,6 +114,9 @@ pub struct ServerArgs {
     /// Disk budget of the write-ahead log; when full, ingest pauses (upstream keeps the data)
     #[arg(long, default_value = "8GiB", value_parser = parse_size, value_name = "SIZE")]
     pub wal_max_bytes: u64,
+    /// How long ingest waits before reopening the WAL after a write error
+    #[arg(long, hide = true, default_value = "5s", value_parser = parse_duration)]
+    pub wal_retry: Duration,
     /// Size of one WAL segment file
     #[arg(long, hide = true, default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
     pub wal_segment_size: u64,
@@ -200,7 +203,7 @@ impl ServerArgs {
             max_batch_bytes: (4usize << 20).min((self.wal_segment_size / 4) as usize),
             max_inflight_batches: 4,
             gaps_file: data_dir.join("gaps.jsonl"),
-            wal_retry: Duration::from_secs(5),
+            wal_retry: self.wal_retry,
         };
         Ok(ServerPlan {
             server_id,
