@@ -245,7 +245,9 @@ impl Ingest {
             }
             let ready = match &mut reconcile {
                 Some(r) => {
-                    r.offer(batch);
+                    // A replaced delivery is never acked itself: it is no longer pending with us.
+                    let replaced = r.offer(batch);
+                    self.state.metrics.pending_events.sub(replaced as i64);
                     // Only the server knows whether every pending message is in our hands:
                     // compare its pending count with what we hold.
                     if !r.check_due(Instant::now()) {
@@ -255,7 +257,19 @@ impl Ingest {
                     match r.settle(info.num_ack_pending as u64, info.delivered.stream_sequence, Instant::now()) {
                         None => continue,
                         Some((ready, gap)) => {
-                            if let Some(gap) = gap {
+                            if let Some(mut gap) = gap {
+                                // Say which it was when the stream tells: removed by its limits,
+                                // or still there but never redelivered (MaxDeliver).
+                                if let Ok(mut stream) = js.get_stream(consumer::STREAM).await {
+                                    if let Ok(info) = stream.info().await {
+                                        let first = info.state.first_sequence;
+                                        gap.reason = if first > gap.from_seq {
+                                            format!("removed from the stream before redelivery (the stream now starts at sequence {first})")
+                                        } else {
+                                            "delivered to a previous process, never acked, and not redelivered before the deadline (MaxDeliver reached?)".into()
+                                        };
+                                    }
+                                }
                                 self.record_gap(gap);
                             }
                             reconcile = None;
@@ -591,11 +605,10 @@ impl Reconcile {
         })
     }
 
-    /// Take a batch (a redelivery replaces an earlier delivery of the same sequence).
-    fn offer(&mut self, batch: Vec<Pending>) {
-        for p in batch {
-            self.in_hand.insert(p.seq, p.msg);
-        }
+    /// Take a batch (a redelivery replaces an earlier delivery of the same sequence). Returns how
+    /// many earlier deliveries were replaced.
+    fn offer(&mut self, batch: Vec<Pending>) -> u64 {
+        batch.into_iter().map(|p| u64::from(self.in_hand.insert(p.seq, p.msg).is_some())).sum()
     }
 
     /// Whether to ask the server again (at most every 100 ms).
