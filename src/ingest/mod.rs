@@ -96,6 +96,10 @@ struct Ingest {
     inflight: Arc<Semaphore>,
     /// The live connection, flushed at shutdown so the last acks leave the process.
     client: Option<async_nats::Client>,
+    /// Signalled by the newest batch task once its batch is appended (true) or failed (false).
+    last_append: Option<tokio::sync::oneshot::Receiver<bool>>,
+    /// The first error a batch task hit; the pull loop ends the session on it.
+    failure: Arc<std::sync::Mutex<Option<StoreError>>>,
 }
 
 /// Run ingest until `shutdown` turns true. Returns after in-flight batches are durable and acked.
@@ -110,7 +114,8 @@ pub async fn run(
     state.ingest().stream_seq = s;
     state.metrics.stream_seq.set(s as i64);
     let inflight = Arc::new(Semaphore::new(cfg.max_inflight_batches.max(1)));
-    let mut ingest = Ingest { cfg, state, dlq, appended_seq: s, inflight, client: None };
+    let mut ingest =
+        Ingest { cfg, state, dlq, appended_seq: s, inflight, client: None, last_append: None, failure: Arc::default() };
     let mut backoff = Duration::from_millis(250);
     loop {
         if *shutdown.borrow() {
@@ -188,6 +193,10 @@ impl Ingest {
         // Everything written must be durable (and acked) before we read the consumer's state,
         // or its pending count would include our own in-flight batches.
         self.drain_inflight().await;
+        self.last_append = None;
+        if let Some(e) = self.take_failure() {
+            tracing::debug!(error = ?e, "a batch failed after its session ended; it will be redelivered");
+        }
         let wal = self.state.wal().context("the write-ahead log is not open")?;
         let durable_seq = self.state.ingest().stream_seq;
         self.appended_seq = durable_seq;
@@ -236,6 +245,9 @@ impl Ingest {
                     }
                 }
                 _ = tick.tick() => {}
+            }
+            if let Some(e) = self.take_failure() {
+                return Ok(Stop::StoreFailed(e));
             }
             let received = batch.len() as u64;
             if received > 0 {
@@ -390,56 +402,71 @@ impl Ingest {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::Other(anyhow::anyhow!("ingest is closing")))?;
-        let dead_count = dead.len() as u64;
-        if !dead.is_empty() {
-            // Dead letters are durable before the batch's marker is: nothing is acked unless both are.
-            let dlq = self.dlq.clone();
-            tokio::task::spawn_blocking(move || dlq.append(&dead))
-                .await
-                .map_err(|e| StoreError::Other(e.into()))?
-                .map_err(StoreError::Dlq)?;
+        if let Some(e) = self.take_failure() {
+            return Err(e);
         }
-        let target = if records.is_empty() {
-            None
-        } else {
-            let w = wal.clone();
-            let started = Instant::now();
-            let appended = tokio::task::spawn_blocking(move || w.append_nowait(&records))
-                .await
-                .map_err(|e| StoreError::Other(e.into()))?
-                .map_err(StoreError::Wal)?;
-            self.state.metrics.wal_append_seconds.observe(started.elapsed().as_secs_f64());
-            self.appended_seq = top;
-            Some(appended.last_lsn)
-        };
-        let wal = wal.clone();
-        let state = self.state.clone();
+        // The batch task appends once the previous batch has appended (WAL order = stream order)
+        // and then waits for the fsync and acks, while this loop already pulls the next batch.
+        let (appended_tx, appended_rx) = tokio::sync::oneshot::channel::<bool>();
+        let previous = self.last_append.replace(appended_rx);
+        self.appended_seq = top;
+        let dead_count = dead.len() as u64;
+        let (wal, dlq, state, failure) = (wal.clone(), self.dlq.clone(), self.state.clone(), self.failure.clone());
         let acked = (stored.len() + already.len()) as i64;
         tokio::spawn(async move {
             let _permit = permit;
-            let started = Instant::now();
-            if let Some(lsn) = target {
-                let w = wal.clone();
-                match tokio::task::spawn_blocking(move || w.sync_through(lsn)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %eds_wal::error_chain(&e), "WAL fsync failed; the batch is not acknowledged and will be redelivered");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "WAL sync task failed");
-                        return;
+            let written = tokio::task::spawn_blocking(move || -> Result<Option<(Duration, Duration)>, StoreError> {
+                // The previous batch failed (or its task died): appending now would break order.
+                if let Some(prev) = previous {
+                    if prev.blocking_recv() != Ok(true) {
+                        return Ok(None);
                     }
                 }
-                state.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
-            } else if let Err(e) = tokio::task::spawn_blocking(move || wal.sync())
-                .await
-                .map_err(anyhow::Error::from)
-                .and_then(|r| r.map_err(anyhow::Error::from))
-            {
-                tracing::error!(error = %e, "WAL fsync failed");
-                return;
-            }
+                let started = Instant::now();
+                let append = || -> Result<Option<u64>, StoreError> {
+                    if !dead.is_empty() {
+                        // Dead letters are durable before their markers: nothing is acked unless both are.
+                        dlq.append(&dead).map_err(StoreError::Dlq)?;
+                    }
+                    if records.is_empty() {
+                        return Ok(None);
+                    }
+                    Ok(Some(wal.append_nowait(&records).map_err(StoreError::Wal)?.last_lsn))
+                };
+                let target = match append() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = appended_tx.send(false);
+                        return Err(e);
+                    }
+                };
+                let append_took = started.elapsed();
+                let _ = appended_tx.send(true);
+                let sync_started = Instant::now();
+                let synced = match target {
+                    Some(lsn) => wal.sync_through(lsn),
+                    None => wal.sync(),
+                };
+                synced.map_err(StoreError::Wal)?;
+                Ok(Some((append_took, sync_started.elapsed())))
+            })
+            .await;
+            let (append_took, sync_took) = match written {
+                Ok(Ok(Some(took))) => took,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(e);
+                    return;
+                }
+                Err(e) => {
+                    let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(StoreError::Other(anyhow::anyhow!("WAL task failed: {e}")));
+                    return;
+                }
+            };
+            state.metrics.wal_append_seconds.observe(append_took.as_secs_f64());
+            state.metrics.wal_fsync_seconds.observe(sync_took.as_secs_f64());
             for m in stored.iter().chain(already.iter()) {
                 if let Err(e) = m.ack().await {
                     tracing::warn!(error = %e, "ack failed; the message will be redelivered and acked then");
@@ -455,6 +482,11 @@ impl Ingest {
             state.metrics.pending_events.sub(acked);
         });
         Ok(())
+    }
+
+    /// The first error a batch task hit, if any.
+    fn take_failure(&self) -> Option<StoreError> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     async fn after_store_error(&mut self, e: StoreError, shutdown: &mut watch::Receiver<bool>) -> Result<Stop> {
