@@ -32,6 +32,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{describe_fs, hex24, iso, mix, STATUSES};
+
 const COMPANY: &str = "6287a4154d1a72cc5ce091bb";
 const LOCATION: &str = "6287a4154d1a72cc5ce091bc";
 /// The durable consumer eds creates in dev mode.
@@ -68,26 +71,6 @@ impl Config {
 // Events: UPDATEs of Shopmonkey `order` rows (field names as in `eds::sample::order_event`, whose
 // UPDATEs are ~1.2 KB; these carry fewer row fields to land at ~800 bytes), with ids, amounts and
 // timestamps varying per event so the WAL's compression sees realistic entropy.
-
-fn mix(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn hex24(seed: u64) -> String {
-    // Shopmonkey ids look like Mongo object ids: 24 hex digits.
-    format!("{:08x}{:016x}", mix(seed ^ 0xA5A5) as u32, mix(seed))
-}
-
-fn iso(ms: u64) -> String {
-    let s = ms / 1000;
-    let (d, h, m, sec) = (s / 86_400 % 28 + 1, s / 3600 % 24, s / 60 % 60, s % 60);
-    format!("2026-11-{d:02}T{h:02}:{m:02}:{sec:02}.{:03}Z", ms % 1000)
-}
-
-const STATUSES: [&str; 4] = ["Estimate", "RepairOrder", "Invoice", "Paid"];
 
 fn order_row(order: u64, version: u64, ts_ms: u64) -> String {
     let total = 5_000 + mix(order * 31 + version) % 250_000;
@@ -198,20 +181,6 @@ fn cpu_ticks(pid: &str) -> u64 {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<u64> = rest.split_whitespace().map(|w| w.parse().unwrap_or(0)).collect();
     f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
-}
-
-fn describe_fs(path: &Path) -> String {
-    // Longest mount point that is a prefix of the path, from /proc/mounts.
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let best = mounts
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let (dev, mnt, fs) = (w.next()?, w.next()?, w.next()?);
-            path.starts_with(mnt).then(|| (mnt.len(), format!("{fs} on {dev} (mounted at {mnt})")))
-        })
-        .max_by_key(|(len, _)| *len);
-    best.map(|(_, s)| s).unwrap_or_else(|| "unknown file system".into())
 }
 
 fn nats_version(bin: &Path) -> String {

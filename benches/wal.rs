@@ -21,31 +21,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{describe_fs, hex24, iso, mix, STATUSES};
+
 // ---------------------------------------------------------------------------------------------
 // Records: UPDATE events of Shopmonkey `order` rows (field names from
 // shared/fixtures/schema/order_schema_b041c12fbf8d1103.json), ~700 bytes, with ids, amounts and
 // timestamps varying per record so compression sees realistic entropy.
-
-fn mix(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn hex24(seed: u64) -> String {
-    // Shopmonkey ids look like Mongo object ids: 24 hex digits.
-    format!("{:08x}{:016x}", mix(seed ^ 0xA5A5) as u32, mix(seed))
-}
-
-fn iso(ms: u64) -> String {
-    // A plausible ISO timestamp without a date library: days from a fixed base.
-    let s = ms / 1000;
-    let (d, h, m, sec) = (s / 86_400 % 28 + 1, s / 3600 % 24, s / 60 % 60, s % 60);
-    format!("2026-11-{d:02}T{h:02}:{m:02}:{sec:02}.{:03}Z", ms % 1000)
-}
-
-const STATUSES: [&str; 4] = ["Estimate", "RepairOrder", "Invoice", "Paid"];
 
 fn order_row(i: u64, order: u64, version: u64, ts_ms: u64) -> String {
     let total = 5_000 + mix(order * 31 + version) % 250_000;
@@ -258,20 +240,6 @@ fn run_baseline(path: &Path, pool: &[Vec<u8>], batch: usize, budget: Duration) -
     run.wall = start.elapsed();
     run.disk_bytes = f.metadata().unwrap().len();
     run
-}
-
-fn describe_fs(path: &Path) -> String {
-    // Longest mount point that is a prefix of the path, from /proc/mounts.
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let best = mounts
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let (dev, mnt, fs) = (w.next()?, w.next()?, w.next()?);
-            path.starts_with(mnt).then(|| (mnt.len(), format!("{fs} on {dev} (mounted at {mnt})")))
-        })
-        .max_by_key(|(len, _)| *len);
-    best.map(|(_, s)| s).unwrap_or_else(|| "unknown file system".into())
 }
 
 fn ms(d: Duration) -> String {
