@@ -92,3 +92,45 @@ async fn sigkill_during_publishing_loses_nothing_and_keeps_stream_order() {
     assert_eq!(info.num_ack_pending, 0);
     eprintln!("{} messages over {rounds} SIGKILL rounds", expected.len());
 }
+
+/// A graceful restart under traffic, with the default AckWait of five minutes: nothing is left
+/// delivered-but-unread at the stop, so the next start has nothing to wait for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restart_under_traffic_does_not_wait_for_ack_wait() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let published: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (published, stop, js) = (published.clone(), stop.clone(), js.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let seq = publish(&js, subject("order", "UPDATE", C1), event(&format!("k{}", n % 5), n)).await;
+                published.lock().unwrap().push(seq);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        let eds = Eds::start(data.path(), &nats, &["--restart"]);
+        let target = eventually("some traffic", Duration::from_secs(10), || async {
+            published.lock().unwrap().last().copied().filter(|s| *s > 0)
+        })
+        .await;
+        eds.wait_stored(target, Duration::from_secs(20)).await;
+        assert_eq!(eds.stop(), 0);
+    }
+    let eds = Eds::start(data.path(), &nats, &["--restart"]);
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap();
+    let expected = published.lock().unwrap().clone();
+    // Far below AckWait (5 minutes): a stall would fail this.
+    eds.wait_stored(*expected.last().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(eds.status().await["ingest"]["gaps"].as_array().unwrap().len(), 0);
+    assert_eq!(eds.stop(), 0);
+    let stored: Vec<u64> = wal_envelopes(data.path()).iter().map(|e| e.0).collect();
+    assert_eq!(stored, expected);
+}

@@ -2,7 +2,7 @@
 //! EDS deployment's consumer is reused as it is.
 
 use anyhow::{bail, Context, Result};
-use async_nats::jetstream::consumer::pull::{Config, MessagesErrorKind, Stream};
+use async_nats::jetstream::consumer::pull::{Batch, Config};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, Info, PullConsumer};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::Context as JetStream;
@@ -14,9 +14,10 @@ use std::time::Duration;
 pub const STREAM: &str = "dbchange";
 /// MaxDeliver, as EDS.
 pub const MAX_DELIVER: i64 = 20;
-/// How long one pull request waits on the server. Short, so a request left behind by a stopped
-/// pull (ours or a dead process's) frees the consumer's single waiting slot quickly.
-pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long one pull request waits on the server. Short: it bounds how long a stop waits for the
+/// open request to finish, and how long a request left by a dead process blocks the consumer's
+/// single waiting slot.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// How the consumer is named and configured.
 #[derive(Debug, Clone)]
@@ -129,24 +130,19 @@ pub async fn ensure(js: &JetStream, s: &ConsumerSettings, stored_seq: u64) -> Re
     }
 }
 
-/// Continuous pull: batches of up to MaxRequestBatch, heartbeats so a dead server is noticed.
-pub async fn pull(consumer: &PullConsumer, s: &ConsumerSettings) -> Result<Stream> {
+/// One pull request: up to MaxRequestBatch messages, each handed over as it arrives, ending when
+/// the batch is full or after [`PULL_EXPIRES`]. Ingest issues them one after another rather than
+/// as a continuous stream so that, when it stops, no request is left open on the server to
+/// deliver messages nobody reads (those would wait a full AckWait for redelivery, and hold up
+/// the next start).
+pub async fn request(consumer: &PullConsumer, s: &ConsumerSettings) -> Result<Batch> {
     consumer
-        .stream()
-        .max_messages_per_batch(s.max_request_batch.max(1) as usize)
+        .batch()
+        .max_messages(s.max_request_batch.max(1) as usize)
         .expires(PULL_EXPIRES)
-        .heartbeat(Duration::from_secs(2))
         .messages()
         .await
-        .context("starting to pull messages")
-}
-
-/// Errors after which the pull cannot go on (the session restarts).
-pub fn is_fatal(e: &async_nats::jetstream::consumer::pull::MessagesError) -> bool {
-    matches!(
-        e.kind(),
-        MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::MissingHeartbeat | MessagesErrorKind::NoResponders
-    )
+        .with_context(|| format!("sending a pull request to consumer {}", s.durable))
 }
 
 /// A pull that cannot deliver anything (max_bytes 1: any message is larger, the server answers

@@ -21,7 +21,7 @@ pub mod validate;
 use crate::server::state::{Gap, IngestState, ServerState};
 use crate::timefmt::now_micros;
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, Message};
+use async_nats::jetstream::{self, consumer::pull as consumer_pull, Message};
 use consumer::ConsumerSettings;
 use envelope::{Envelope, Kind};
 use futures_util::{FutureExt, StreamExt};
@@ -100,6 +100,8 @@ struct Ingest {
     last_append: Option<tokio::sync::oneshot::Receiver<bool>>,
     /// The first error a batch task hit; the pull loop ends the session on it.
     failure: Arc<std::sync::Mutex<Option<StoreError>>>,
+    /// A WAL to reopen after a failure: directory, options, last durable position.
+    reopen: Option<(PathBuf, eds_wal::Options, eds_wal::Position)>,
 }
 
 /// Run ingest until `shutdown` turns true. Returns after in-flight batches are durable and acked.
@@ -114,8 +116,17 @@ pub async fn run(
     state.ingest().stream_seq = s;
     state.metrics.stream_seq.set(s as i64);
     let inflight = Arc::new(Semaphore::new(cfg.max_inflight_batches.max(1)));
-    let mut ingest =
-        Ingest { cfg, state, dlq, appended_seq: s, inflight, client: None, last_append: None, failure: Arc::default() };
+    let mut ingest = Ingest {
+        cfg,
+        state,
+        dlq,
+        appended_seq: s,
+        inflight,
+        client: None,
+        last_append: None,
+        failure: Arc::default(),
+        reopen: None,
+    };
     let mut backoff = Duration::from_millis(250);
     loop {
         if *shutdown.borrow() {
@@ -195,7 +206,14 @@ impl Ingest {
         self.drain_inflight().await;
         self.last_append = None;
         if let Some(e) = self.take_failure() {
-            tracing::debug!(error = ?e, "a batch failed after its session ended; it will be redelivered");
+            let msg = format!("{e:?}");
+            tracing::warn!(error = %msg, "a batch failed after its session ended; it will be redelivered");
+            self.state.ingest().last_error = Some(msg);
+        }
+        if self.state.wal().is_none() {
+            // An earlier reopen failed: try again before anything else.
+            self.state.set_state(IngestState::WalError);
+            self.reopen_wal().await?;
         }
         let wal = self.state.wal().context("the write-ahead log is not open")?;
         let durable_seq = self.state.ingest().stream_seq;
@@ -209,44 +227,68 @@ impl Ingest {
         } else {
             self.state.set_state(IngestState::Running);
         }
-        let mut messages = consumer::pull(&consumer, &self.cfg.consumer).await?;
+        let mut pull: Option<consumer_pull::Batch> = None;
+        let mut stopping = false;
+        let mut errors_in_a_row = 0u32;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
-            let mut batch: Vec<Pending> = Vec::new();
-            tokio::select! {
-                _ = shutdown.changed() => {
-                    drop(messages);
+            if pull.is_none() {
+                if stopping {
+                    // The last request is finished: nothing more can be delivered to us.
+                    self.give_back(None, reconcile.take()).await;
                     return Ok(Stop::Shutdown);
                 }
-                next = messages.next() => {
+                pull = Some(consumer::request(&consumer, &self.cfg.consumer).await?);
+            }
+            let mut batch: Vec<Pending> = Vec::new();
+            let Some(request) = pull.as_mut() else { continue };
+            tokio::select! {
+                _ = shutdown.changed(), if !stopping => {
+                    // Stop asking; what the open request still delivers is stored as usual.
+                    stopping = true;
+                }
+                next = request.next() => {
                     match next {
-                        Some(Ok(m)) => batch.push(self.pending(m)?),
+                        Some(Ok(m)) => {
+                            errors_in_a_row = 0;
+                            batch.push(self.pending(m)?);
+                        }
                         Some(Err(e)) => {
-                            if consumer::is_fatal(&e) {
-                                return Err(anyhow::Error::new(e).context("pulling from JetStream"));
+                            errors_in_a_row += 1;
+                            if errors_in_a_row >= 3 {
+                                anyhow::bail!("pulling from consumer {} failed 3 times in a row: {e}", self.cfg.consumer.durable);
                             }
-                            tracing::warn!(error = %e, "pull error");
+                            tracing::warn!(error = %e, "pull request failed");
+                            pull = None;
                             continue;
                         }
-                        None => anyhow::bail!("the JetStream message stream ended"),
+                        None => {
+                            pull = None;
+                            continue;
+                        }
                     }
                     // Take what is already there, without waiting: light load delivers at once,
                     // a backlog fills large frames.
                     let mut bytes = 0usize;
                     while batch.len() < self.cfg.max_batch && bytes < self.cfg.max_batch_bytes {
-                        match messages.next().now_or_never() {
+                        match request.next().now_or_never() {
                             Some(Some(Ok(m))) => {
                                 bytes += envelope_size(&m);
                                 batch.push(self.pending(m)?);
                             }
-                            Some(Some(Err(e))) => tracing::warn!(error = %e, "pull error"),
-                            _ => break,
+                            Some(Some(Err(e))) => tracing::warn!(error = %e, "pull request failed"),
+                            Some(None) => {
+                                pull = None;
+                                break;
+                            }
+                            None => break,
                         }
                     }
                 }
                 _ = tick.tick() => {}
             }
             if let Some(e) = self.take_failure() {
+                self.give_back(pull.as_mut(), reconcile.take()).await;
                 return Ok(Stop::StoreFailed(e));
             }
             let received = batch.len() as u64;
@@ -309,9 +351,39 @@ impl Ingest {
                     chunk.push(p);
                 }
                 if let Err(e) = self.store(chunk, &wal).await {
+                    self.give_back(pull.as_mut(), None).await;
                     return Ok(Stop::StoreFailed(e));
                 }
             }
+        }
+    }
+
+    /// Ending a session: NAK what was delivered to us but not stored (buffered in the pull, or
+    /// held for reconciliation), so the server redelivers it at once to the next session instead
+    /// of after AckWait — and the next session has nothing to wait for.
+    async fn give_back(&self, request: Option<&mut consumer_pull::Batch>, held: Option<Reconcile>) {
+        let mut given = Vec::new();
+        if let Some(request) = request {
+            while let Some(Some(Ok(m))) = request.next().now_or_never() {
+                given.push(m);
+            }
+        }
+        let buffered = given.len() as i64;
+        if let Some(r) = held {
+            given.extend(r.in_hand.into_values());
+        }
+        for m in &given {
+            if let Err(e) = m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await {
+                tracing::debug!(error = %e, "NAK failed; the message comes back after AckWait");
+            }
+        }
+        if !given.is_empty() {
+            tracing::debug!(messages = given.len(), "gave unstored messages back to JetStream");
+        }
+        // Buffered ones were never counted as received; held ones were.
+        self.state.metrics.pending_events.sub(given.len() as i64 - buffered);
+        if let Some(c) = &self.client {
+            let _ = c.flush().await;
         }
     }
 
@@ -517,21 +589,41 @@ impl Ingest {
         }
     }
 
-    async fn reopen_wal(&self) -> Result<()> {
-        let old = self.state.wal.write().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(old) = old else { anyhow::bail!("the write-ahead log is not open") };
-        let (dir, opts) = (old.dir().to_path_buf(), old.options().clone());
-        drop(old);
-        let wal = tokio::task::spawn_blocking(move || eds_wal::Wal::open(dir, opts))
-            .await?
-            .context("reopening the write-ahead log")?;
+    /// Replace a WAL handle a failure poisoned. What was written after its last durable
+    /// position is cut first (a failed fsync may leave those bytes visible in the page cache,
+    /// never on disk). If this fails, the next session tries again: `reopen` remembers where.
+    async fn reopen_wal(&mut self) -> Result<()> {
+        if let Some(old) = self.state.wal.write().unwrap_or_else(|p| p.into_inner()).take() {
+            self.reopen = Some((old.dir().to_path_buf(), old.options().clone(), old.durable_position()));
+        }
+        let Some((dir, opts, durable)) = self.reopen.clone() else {
+            anyhow::bail!("the write-ahead log is not open and there is nothing to reopen")
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let wal = loop {
+            let (d, o) = (dir.clone(), opts.clone());
+            match tokio::task::spawn_blocking(move || eds_wal::Wal::open_after_failure(d, o, durable)).await? {
+                Ok(w) => break w,
+                // An HTTP request or a batch task may still hold a clone of the old handle for
+                // a moment; the lock goes with the last one.
+                Err(eds_wal::Error::Locked { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("reopening the write-ahead log at {}", dir.display()))
+                    )
+                }
+            }
+        };
         let s = {
             let w = wal.clone();
             tokio::task::spawn_blocking(move || last_stream_seq(&w)).await??
         };
+        self.reopen = None;
         self.state.ingest().stream_seq = s;
         *self.state.wal.write().unwrap_or_else(|p| p.into_inner()) = Some(wal);
-        tracing::info!(stream_seq = s, "write-ahead log reopened");
+        tracing::info!(dir = %dir.display(), stream_seq = s, durable_lsn = durable.lsn, "write-ahead log reopened; anything after the last durable record was cut");
         Ok(())
     }
 
@@ -615,7 +707,9 @@ impl Reconcile {
         ack_wait: Duration,
     ) -> Option<Reconcile> {
         let pending = info.num_ack_pending as u64;
-        if pending == 0 {
+        // Nothing to hold when every pending message is already stored: they are acked as they
+        // come back, and nothing newer can overtake them in the log.
+        if pending == 0 || info.delivered.stream_sequence <= durable_seq {
             return None;
         }
         tracing::info!(

@@ -316,7 +316,49 @@ impl Wal {
         Wal::open_inner(storage, dir.as_ref(), opts, true)
     }
 
+    /// The last durable position: what [`Wal::open_after_failure`] keeps.
+    pub fn durable_position(&self) -> Position {
+        self.inner.durable()
+    }
+
+    /// Reopen a log whose handle a failure poisoned, on the real file system. Everything after
+    /// `durable` (the old handle's [`Wal::durable_position`]: written, never made durable, so
+    /// never acknowledged) is cut before recovery reads the segment: after a failed fsync the page
+    /// cache may still show bytes the disk never got, and a plain open would take them for data.
+    /// Fails with [`Error::Locked`] while any clone of the old handle (or a reader) is alive.
+    pub fn open_after_failure(dir: impl AsRef<Path>, opts: Options, durable: Position) -> Result<Wal> {
+        Wal::open_inner_at(Arc::new(StdStorage), dir.as_ref(), opts, false, Some(durable))
+    }
+
+    /// [`Wal::open_after_failure`] on any storage.
+    pub fn open_after_failure_with(
+        storage: Arc<dyn Storage>,
+        dir: impl AsRef<Path>,
+        opts: Options,
+        durable: Position,
+    ) -> Result<Wal> {
+        Wal::open_inner_at(storage, dir.as_ref(), opts, false, Some(durable))
+    }
+
+    /// Drop this handle and reopen with [`Wal::open_after_failure`] semantics.
+    pub fn reopen(self) -> Result<Wal> {
+        let i = &self.inner;
+        let (storage, dir, opts, durable) = (i.storage.clone(), i.dir.clone(), i.opts.clone(), i.durable());
+        drop(self);
+        Wal::open_after_failure_with(storage, &dir, opts, durable)
+    }
+
     fn open_inner(storage: Arc<dyn Storage>, dir: &Path, opts: Options, read_only: bool) -> Result<Wal> {
+        Wal::open_inner_at(storage, dir, opts, read_only, None)
+    }
+
+    fn open_inner_at(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        opts: Options,
+        read_only: bool,
+        cut_after: Option<Position>,
+    ) -> Result<Wal> {
         opts.validate().map_err(|reason| Error::InvalidOptions { reason })?;
         let dir = dir.to_path_buf();
         let cursor_dir = dir.join(CURSOR_DIR);
@@ -342,6 +384,9 @@ impl Wal {
             .filter_map(|n| segment::parse_segment_name(n))
             .collect();
         firsts.sort_unstable();
+        if let Some(pos) = cut_after {
+            cut_after_position(&*storage, &dir, &mut firsts, pos)?;
+        }
 
         let holes_path = dir.join(HOLES_FILE);
         let mut hole_list = match storage.open(&holes_path, false) {
@@ -512,12 +557,15 @@ impl Wal {
                 drop(w);
                 self.persist_cursors()?;
                 w = lock(&i.writer);
+                i.check_poison()?;
                 let used = i.total_bytes.load(Ordering::Relaxed);
                 if used + needed > budget {
                     return Err(Error::Full { used, needed, budget });
                 }
             }
         }
+        // Recomputed: another append may have rolled while the lock was released above.
+        let needs_roll = w.offset > SEGMENT_HEADER_LEN && w.offset + frame_len > i.opts.segment_size;
         if needs_roll {
             self.roll(&mut w)?;
         }
@@ -866,6 +914,27 @@ impl Wal {
         };
         remove_cursor_file(&storage, &dir.join(CURSOR_DIR), name)
     }
+}
+
+/// Remove everything after `pos`: later segments entirely, the rest of `pos`'s segment.
+fn cut_after_position(storage: &dyn Storage, dir: &Path, firsts: &mut Vec<u64>, pos: Position) -> Result<()> {
+    while let Some(&last) = firsts.last() {
+        if last <= pos.segment {
+            break;
+        }
+        let path = dir.join(segment::segment_name(last));
+        storage.remove(&path).map_err(Error::io("remove", &path))?;
+        firsts.pop();
+    }
+    if firsts.last() == Some(&pos.segment) {
+        let path = dir.join(segment::segment_name(pos.segment));
+        let f = storage.open(&path, true).map_err(Error::io("open", &path))?;
+        if f.len().map_err(Error::io("stat", &path))? > pos.offset {
+            f.set_len(pos.offset).map_err(Error::io("truncate", &path))?;
+            f.sync().map_err(Error::io("fsync", &path))?;
+        }
+    }
+    storage.sync_dir(dir).map_err(Error::io("fsync directory", dir))
 }
 
 fn remove_cursor_file(storage: &dyn Storage, dir: &Path, name: &str) -> Result<()> {

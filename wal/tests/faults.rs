@@ -733,3 +733,46 @@ fn invalid_options_are_refused() {
     }
     assert_eq!(st.read_file(&seg(1)), None, "a refused open created a segment");
 }
+
+/// After a failed fsync the page cache may still show the frame the disk never got. A plain
+/// reopen would recover it as data; `reopen` cuts everything after the last durable position
+/// first, so nothing unacknowledged comes back and the next LSN follows the last durable one.
+#[test]
+fn reopen_after_a_failed_fsync_cuts_what_was_never_durable() {
+    let st = FaultyStorage::new();
+    let o = opts();
+    let wal = open(&st, &o);
+    wal.append(&[b"acked-1", b"acked-2"]).unwrap();
+    let pending = wal.append_nowait(&[b"never-durable"]).unwrap();
+    assert_eq!(pending.first_lsn, 3);
+    st.fail_syncs_after(0);
+    assert!(matches!(wal.sync_through(3), Err(Error::Io { op: "fsync", .. })));
+    expect_poisoned(wal.sync_through(3), "fsync", &seg(1));
+    st.heal();
+
+    // What a plain reopen would see: the unsynced frame is still readable in "the cache".
+    let file = st.read_file(&seg(1)).unwrap();
+    assert!(file.windows(13).any(|w| w == b"never-durable"));
+
+    let wal = wal.reopen().unwrap();
+    assert_eq!(wal.durable_lsn(), 2);
+    assert_eq!(read_all(&wal, 1), numbered(1, &["acked-1", "acked-2"]));
+    let next = wal.append(&[b"after-reopen"]).unwrap();
+    assert_eq!((next.first_lsn, next.last_lsn), (3, 3));
+    assert_eq!(read_all(&wal, 3), numbered(3, &["after-reopen"]));
+    // And it all holds across a power loss.
+    drop(wal);
+    st.power_loss();
+    let wal = open(&st, &o);
+    assert_eq!(read_all(&wal, 1), numbered(1, &["acked-1", "acked-2", "after-reopen"]));
+}
+
+#[test]
+fn reopen_is_refused_while_another_clone_holds_the_log() {
+    let st = FaultyStorage::new();
+    let wal = open(&st, &opts());
+    let other = wal.clone();
+    assert!(matches!(wal.reopen(), Err(Error::Locked { .. })));
+    drop(other);
+    open(&st, &opts());
+}
