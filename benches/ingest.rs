@@ -384,7 +384,14 @@ async fn bare_drain(
     let stream = js.get_stream(eds_consumer::STREAM).await.unwrap();
     let mut consumer: PullConsumer =
         stream.create_consumer(eds_consumer::config(&s, DeliverPolicy::All)).await.unwrap();
-    let mut messages = eds_consumer::pull(&consumer, &s).await.unwrap();
+    // The plainest fast consumer: a continuous pull stream with the same batch size eds asks for.
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(s.max_request_batch as usize)
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .unwrap();
     let mut events = 0u64;
     let mut top = 0u64;
     while top < last_seq {
