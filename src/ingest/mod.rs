@@ -58,11 +58,16 @@ pub struct IngestConfig {
 /// Highest stream sequence stored in the WAL: from the last record's envelope.
 pub fn last_stream_seq(wal: &eds_wal::Wal) -> Result<u64> {
     let head = wal.durable_lsn();
-    if head == 0 || head < wal.oldest_lsn() {
+    if head == 0 {
         return Ok(0);
     }
-    let mut r = wal.reader(head).context("reading the last WAL record")?;
-    let rec = r.next().context("reading the last WAL record")?.context("the WAL's last record vanished")?;
+    let dir = wal.dir().display();
+    let mut r =
+        wal.reader(head).with_context(|| format!("reading the last record (LSN {head}) of the WAL at {dir}"))?;
+    let rec = r
+        .next()
+        .with_context(|| format!("reading the last record (LSN {head}) of the WAL at {dir}"))?
+        .with_context(|| format!("the last record (LSN {head}) of the WAL at {dir} is not readable"))?;
     let env = envelope::decode(&rec.data).with_context(|| format!("WAL record {} is not an eds envelope", rec.lsn))?;
     Ok(env.stream_seq)
 }

@@ -864,13 +864,17 @@ impl Wal {
             Some(m) => m,
             None => return Ok(0),
         };
+        let head = i.durable().lsn;
         let mut segs = write(&i.segments);
         let firsts: Vec<u64> = segs.keys().copied().collect();
         let mut deleted = 0;
         for pair in firsts.windows(2) {
             let (first, next) = (pair[0], pair[1]);
-            // The segment's last LSN is next - 1; the active segment (last key) is never deleted.
-            if next - 1 > min {
+            // The segment's last LSN is next - 1; the active segment (last key) is never deleted,
+            // and neither is the one holding the last record (right after a roll the active
+            // segment is empty): the log's last record always stays readable, so its owner can
+            // always tell where it stopped.
+            if next - 1 > min || next - 1 >= head {
                 break;
             }
             let path = i.segment_path(first);

@@ -776,3 +776,29 @@ fn reopen_is_refused_while_another_clone_holds_the_log() {
     drop(other);
     open(&st, &opts());
 }
+
+/// Retention never deletes the segment holding the last record, even when every cursor has
+/// passed it and the active segment after it is empty (a roll whose first write failed): the
+/// last record stays readable.
+#[test]
+fn retention_keeps_the_last_record_readable() {
+    let st = FaultyStorage::new();
+    let o = Options { segment_size: 256, ..opts() };
+    let wal = open(&st, &o);
+    wal.create_cursor("c", CursorStart::Oldest).unwrap();
+    let big = [b'x'; 150];
+    wal.append(&[&big[..]]).unwrap();
+    let b = wal.append(&[&big[..]]).unwrap(); // rolls: lands in a segment of its own
+    st.fail_writes_after(1); // the next roll writes its segment header, then the frame fails
+    assert!(wal.append(&[&big[..]]).is_err());
+    st.heal();
+    drop(wal); // the process dies; a restart opens what is on disk
+    let wal = open(&st, &o);
+    assert_eq!(wal.stats().segments, 3, "the rolled-to segment exists, empty");
+    assert_eq!(wal.durable_lsn(), b.last_lsn);
+    wal.advance_cursor("c", b.last_lsn).unwrap();
+    wal.persist_cursors().unwrap();
+    assert_eq!(wal.stats().segments, 2, "only the first segment goes");
+    assert_eq!(wal.oldest_lsn(), b.first_lsn);
+    assert_eq!(read_all(&wal, b.first_lsn), vec![(b.first_lsn, big.to_vec())]);
+}
