@@ -7,30 +7,49 @@ use super::envelope::{self, Kind};
 use anyhow::{Context, Result};
 use eds_wal::{Options, Wal};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Where ingest's dead letters live under the data dir.
 pub fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("dlq").join("ingest")
 }
 
-/// Handle on the dead-letter log.
+/// Handle on the dead-letter log. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
-    wal: Wal,
+    dir: PathBuf,
+    wal: Arc<Mutex<Option<Wal>>>,
+}
+
+fn options() -> Options {
+    // Frames big enough for any NATS message (NATS allows up to 64 MiB payloads).
+    Options { segment_size: 128 << 20, max_frame_bytes: 96 << 20, ..Options::default() }
 }
 
 impl DeadLetters {
     /// Open (or create) it.
     pub fn open(data_dir: &Path) -> Result<DeadLetters> {
         let d = dir(data_dir);
-        let wal = Wal::open(&d, Options { segment_size: 16 << 20, ..Options::default() })
-            .with_context(|| format!("opening the dead-letter log at {}", d.display()))?;
-        Ok(DeadLetters { wal })
+        let wal =
+            Wal::open(&d, options()).with_context(|| format!("opening the dead-letter log at {}", d.display()))?;
+        Ok(DeadLetters { dir: d, wal: Arc::new(Mutex::new(Some(wal))) })
     }
 
-    /// Append encoded dead-letter envelopes durably.
+    /// Append encoded dead-letter envelopes durably. A log that an earlier failure poisoned is
+    /// reopened first (cutting what was never durable), so one bad moment does not disable dead
+    /// letters for good.
     pub fn append(&self, records: &[Vec<u8>]) -> Result<(), eds_wal::Error> {
-        self.wal.append(records).map(|_| ())
+        let mut slot = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = slot.take_if(|w| w.is_poisoned()) {
+            let durable = w.durable_position();
+            drop(w);
+            *slot = Some(Wal::open_after_failure(&self.dir, options(), durable)?);
+        }
+        let wal = match slot.as_ref() {
+            Some(w) => w,
+            None => return Err(eds_wal::Error::Locked { dir: self.dir.clone() }),
+        };
+        wal.append(records).map(|_| ())
     }
 }
 

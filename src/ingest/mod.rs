@@ -107,6 +107,10 @@ struct Ingest {
     failure: Arc<std::sync::Mutex<Option<StoreError>>>,
     /// A WAL to reopen after a failure: directory, options, last durable position.
     reopen: Option<(PathBuf, eds_wal::Options, eds_wal::Position)>,
+    /// After a gap: the range it covers and the sequences of it that were stored. A message of
+    /// that range arriving later cannot go into the WAL (it would break stream order) and must
+    /// not be acked away as "already stored": it goes to the dead-letter log.
+    gap_window: Option<(u64, u64, std::collections::BTreeSet<u64>)>,
 }
 
 /// Run ingest until `shutdown` turns true. Returns after in-flight batches are durable and acked.
@@ -131,6 +135,7 @@ pub async fn run(
         last_append: None,
         failure: Arc::default(),
         reopen: None,
+        gap_window: None,
     };
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -147,8 +152,15 @@ pub async fn run(
                     Ok(Stop::Shutdown) => break,
                     Ok(_) => backoff = Duration::from_millis(250),
                     Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "ingest failed; retrying");
-                        ingest.state.ingest().last_error = Some(format!("{e:#}"));
+                        let msg = format!("{e:#}");
+                        tracing::error!(error = %msg, retry_in = ?backoff, "ingest failed; retrying");
+                        ingest.state.ingest().last_error = Some(msg);
+                        ingest.state.set_state(IngestState::WalError);
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 }
             }
@@ -329,6 +341,15 @@ impl Ingest {
                                         };
                                     }
                                 }
+                                self.gap_window = Some((
+                                    gap.from_seq,
+                                    gap.to_seq,
+                                    ready
+                                        .iter()
+                                        .map(|p| p.seq)
+                                        .filter(|s| (gap.from_seq..=gap.to_seq).contains(s))
+                                        .collect(),
+                                ));
                                 self.record_gap(gap);
                             }
                             reconcile = None;
@@ -408,7 +429,29 @@ impl Ingest {
         let mut top = self.appended_seq;
         for p in batch {
             if p.seq <= top {
-                // Already in the WAL (a redelivery): ack once what we appended is durable.
+                let straggler = self
+                    .gap_window
+                    .as_ref()
+                    .is_some_and(|(from, to, stored)| (*from..=*to).contains(&p.seq) && !stored.contains(&p.seq));
+                if straggler {
+                    tracing::warn!(stream_seq = p.seq, "a message of a recorded gap arrived late: dead-lettered, since storing it now would break stream order");
+                    dead.push(
+                        Envelope {
+                            kind: Kind::DeadLetter,
+                            stream_seq: p.seq,
+                            received_at,
+                            subject: p.msg.subject.as_str().into(),
+                            msg_id: "".into(),
+                            reason: "arrived after the gap it belonged to was recorded; storing it in the WAL now would break stream order".into(),
+                            payload: &p.msg.payload,
+                        }
+                        .encode(),
+                    );
+                    if let Some((_, _, stored)) = self.gap_window.as_mut() {
+                        stored.insert(p.seq);
+                    }
+                }
+                // Already in the WAL (a redelivery) or dead-lettered: ack once durable.
                 already.push(p.msg);
                 continue;
             }
