@@ -874,7 +874,7 @@ impl Wal {
             // and neither is the one holding the last record (right after a roll the active
             // segment is empty): the log's last record always stays readable, so its owner can
             // always tell where it stopped.
-            if next - 1 > min || next - 1 >= head {
+            if next - 1 > min || next > head {
                 break;
             }
             let path = i.segment_path(first);
