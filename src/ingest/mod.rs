@@ -592,12 +592,14 @@ impl Ingest {
                     tracing::warn!(error = %e, "ack failed; the message will be redelivered and acked then");
                 }
             }
-            {
+            let stored_seq = {
                 let mut st = state.ingest();
                 st.stream_seq = st.stream_seq.max(top);
                 st.dead_lettered += dead_count;
-            }
-            state.metrics.stream_seq.set(top as i64);
+                st.stream_seq
+            };
+            // Batch tasks may finish out of order: the gauge follows the maximum, never backwards.
+            state.metrics.stream_seq.set(stored_seq as i64);
             state.metrics.dead_lettered.inc_by(dead_count);
             state.metrics.pending_events.sub(acked);
         });
