@@ -1,0 +1,408 @@
+//! The change-event model: a Shopmonkey CDC event as drivers see it, and the per-key fold that
+//! state destinations (SQL databases, Snowflake) apply to a batch.
+//!
+//! Invariant: folding never changes what a destination ends up holding — applying the folded
+//! changes gives the same rows as applying every event in order. (Set-based SQL needs the fold:
+//! `ON CONFLICT` and `MERGE` fail on a key twice in one statement.)
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeSet, HashMap};
+use thiserror::Error;
+
+/// A row image: column name → JSON value.
+pub type Row = Map<String, Value>;
+
+/// What happened to the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// A new row.
+    Insert,
+    /// A changed row.
+    Update,
+    /// A removed row.
+    Delete,
+}
+
+impl Operation {
+    /// As EDS writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "INSERT",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+        }
+    }
+}
+
+/// Why an event could not be decoded.
+#[derive(Debug, Error)]
+pub enum EventError {
+    /// Not JSON of the expected shape.
+    #[error("invalid change event JSON")]
+    Json {
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `operation` is not INSERT, UPDATE or DELETE.
+    #[error("unknown operation {operation:?} in an event of table {table:?}")]
+    Operation {
+        /// The value found.
+        operation: String,
+        /// The event's table.
+        table: String,
+    },
+    /// No table.
+    #[error("event {id:?} has no table")]
+    NoTable {
+        /// Event id.
+        id: String,
+    },
+    /// No primary key: `key` is empty and the row has no `id`.
+    #[error("event {id:?} of table {table:?} has no primary key")]
+    NoPrimaryKey {
+        /// Event id.
+        id: String,
+        /// Table.
+        table: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire {
+    operation: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    table: String,
+    #[serde(default)]
+    key: Vec<String>,
+    #[serde(default)]
+    model_version: String,
+    company_id: Option<String>,
+    location_id: Option<String>,
+    user_id: Option<String>,
+    before: Option<Row>,
+    after: Option<Row>,
+    #[serde(default)]
+    diff: Option<Vec<String>>,
+    #[serde(default)]
+    timestamp: i64,
+    #[serde(default)]
+    mvcc_timestamp: String,
+    #[serde(default)]
+    imported: bool,
+}
+
+/// A decoded change event (behaviour spec §5). Unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// INSERT, UPDATE or DELETE.
+    pub operation: Operation,
+    /// Event id.
+    pub id: String,
+    /// Table name.
+    pub table: String,
+    /// Primary-key values; may carry a region prefix (`["gcp-us-west1", "<id>"]`).
+    pub key: Vec<String>,
+    /// Schema version of the row images.
+    pub model_version: String,
+    /// Company.
+    pub company_id: Option<String>,
+    /// Location.
+    pub location_id: Option<String>,
+    /// User.
+    pub user_id: Option<String>,
+    /// Row before (UPDATE, DELETE).
+    pub before: Option<Row>,
+    /// Row after (INSERT, UPDATE).
+    pub after: Option<Row>,
+    /// Changed columns (UPDATE); `None` when the event does not say.
+    pub diff: Option<Vec<String>>,
+    /// Event time, unix milliseconds.
+    pub timestamp: i64,
+    /// CockroachDB HLC timestamp, as a decimal string.
+    pub mvcc_timestamp: String,
+    /// Synthesised by an import.
+    pub imported: bool,
+    /// The primary key (last element of `key`, else the row's `id`).
+    primary_key: String,
+}
+
+impl ChangeEvent {
+    /// Decode an event as published by Shopmonkey.
+    pub fn from_json(bytes: &[u8]) -> Result<ChangeEvent, EventError> {
+        let w: Wire = serde_json::from_slice(bytes).map_err(|source| EventError::Json { source })?;
+        let operation = match w.operation.as_str() {
+            "INSERT" => Operation::Insert,
+            "UPDATE" => Operation::Update,
+            "DELETE" => Operation::Delete,
+            _ => return Err(EventError::Operation { operation: w.operation, table: w.table }),
+        };
+        if w.table.is_empty() {
+            return Err(EventError::NoTable { id: w.id });
+        }
+        let row = w.after.as_ref().filter(|r| !r.is_empty()).or(w.before.as_ref());
+        let from_row = || row.and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
+        let primary_key = match w.key.last().filter(|k| !k.is_empty()) {
+            Some(k) => k.clone(),
+            None => from_row()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| EventError::NoPrimaryKey { id: w.id.clone(), table: w.table.clone() })?,
+        };
+        Ok(ChangeEvent {
+            operation,
+            id: w.id,
+            table: w.table,
+            key: w.key,
+            model_version: w.model_version,
+            company_id: w.company_id,
+            location_id: w.location_id,
+            user_id: w.user_id,
+            before: w.before,
+            after: w.after,
+            diff: w.diff,
+            timestamp: w.timestamp,
+            mvcc_timestamp: w.mvcc_timestamp,
+            imported: w.imported,
+            primary_key,
+        })
+    }
+
+    /// The primary key: the last element of `key`, else the row's `id`.
+    pub fn primary_key(&self) -> &str {
+        &self.primary_key
+    }
+
+    /// The row image: `after` when present and non-empty, else `before`.
+    pub fn object(&self) -> Option<&Row> {
+        self.after.as_ref().filter(|r| !r.is_empty()).or(self.before.as_ref())
+    }
+}
+
+/// What a state destination must do for one key after folding a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Folded {
+    /// Insert the row, or update it if it exists. `changed` lists the columns an update must
+    /// write (the union of the UPDATEs' diffs); `None` means the whole row.
+    Upsert {
+        /// The latest row image.
+        row: Row,
+        /// Columns to write on update; `None` = all.
+        changed: Option<BTreeSet<String>>,
+    },
+    /// Delete the row.
+    Delete {
+        /// The row before deletion, when the event carried it.
+        before: Option<Row>,
+    },
+}
+
+/// The folded change of one (table, key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldedChange {
+    /// Table.
+    pub table: String,
+    /// The full `key` array of the events.
+    pub key: Vec<String>,
+    /// Primary key.
+    pub primary_key: String,
+    /// What to do.
+    pub change: Folded,
+    /// Position (caller's sequence, e.g. LSN) of the first event folded in.
+    pub first_pos: u64,
+    /// Position of the last event folded in.
+    pub last_pos: u64,
+    /// How many events were folded into this change.
+    pub events: usize,
+}
+
+fn apply(acc: Option<Folded>, event: &ChangeEvent) -> Folded {
+    let image = || event.after.clone().or_else(|| event.before.clone()).unwrap_or_default();
+    match event.operation {
+        Operation::Delete => Folded::Delete { before: event.before.clone() },
+        // An INSERT replaces whatever came before it in the batch: the whole row.
+        Operation::Insert => Folded::Upsert { row: image(), changed: None },
+        Operation::Update => {
+            let diff: Option<BTreeSet<String>> = event.diff.as_ref().map(|d| d.iter().cloned().collect());
+            match acc {
+                // First sight of the key, or after a DELETE (the row may be gone: write it all).
+                None => Folded::Upsert { row: image(), changed: diff },
+                Some(Folded::Delete { .. }) => Folded::Upsert { row: image(), changed: None },
+                Some(Folded::Upsert { changed, .. }) => {
+                    // The latest image carries every earlier change too; the columns to write
+                    // are the union (an earlier full write stays full).
+                    let changed = match (changed, diff) {
+                        (Some(mut a), Some(b)) => {
+                            a.extend(b);
+                            Some(a)
+                        }
+                        _ => None,
+                    };
+                    Folded::Upsert { row: image(), changed }
+                }
+            }
+        }
+    }
+}
+
+/// Fold a batch per (table, full key array), keeping per-key order. The result is ordered by
+/// each key's first event. `pos` is any increasing position the caller tracks (the WAL's LSN).
+pub fn fold<'a>(events: impl IntoIterator<Item = (u64, &'a ChangeEvent)>) -> Vec<FoldedChange> {
+    // Keyed by table, the full key array and the primary key (the key array may be empty, when
+    // the primary key comes from the row's `id`).
+    let mut index: HashMap<(String, Vec<String>, String), usize> = HashMap::new();
+    let mut out: Vec<FoldedChange> = Vec::new();
+    for (pos, event) in events {
+        let id = (event.table.clone(), event.key.clone(), event.primary_key().to_owned());
+        match index.get(&id).and_then(|&i| out.get_mut(i)) {
+            Some(slot) => {
+                let prev = std::mem::replace(&mut slot.change, Folded::Delete { before: None });
+                slot.change = apply(Some(prev), event);
+                slot.last_pos = pos;
+                slot.events += 1;
+            }
+            None => {
+                index.insert(id, out.len());
+                out.push(FoldedChange {
+                    table: event.table.clone(),
+                    key: event.key.clone(),
+                    primary_key: event.primary_key().to_owned(),
+                    change: apply(None, event),
+                    first_pos: pos,
+                    last_pos: pos,
+                    events: 1,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(v: serde_json::Value) -> ChangeEvent {
+        ChangeEvent::from_json(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn row(v: serde_json::Value) -> Row {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn decodes_a_shopmonkey_event() {
+        let e = ev(json!({
+            "operation": "UPDATE", "id": "53d366bd86032a5a", "table": "order",
+            "key": ["gcp-us-west1", "abc"], "modelVersion": "b041c12fbf8d1103",
+            "companyId": "c1", "locationId": "l1",
+            "before": {"id": "abc", "number": 1}, "after": {"id": "abc", "number": 2},
+            "diff": ["number"], "timestamp": 1795749176000i64,
+            "mvccTimestamp": "1720732611708587506.0000000000", "region": "ignored"
+        }));
+        assert_eq!(e.operation, Operation::Update);
+        assert_eq!(e.primary_key(), "abc");
+        assert_eq!((e.table.as_str(), e.model_version.as_str()), ("order", "b041c12fbf8d1103"));
+        assert_eq!(e.company_id.as_deref(), Some("c1"));
+        assert_eq!(e.user_id, None);
+        assert_eq!(e.diff.as_deref(), Some(&["number".to_string()][..]));
+        assert_eq!(e.object().unwrap()["number"], 2);
+        assert!(!e.imported);
+    }
+
+    #[test]
+    fn primary_key_falls_back_to_the_row_id() {
+        let e = ev(json!({"operation": "DELETE", "table": "t", "key": [], "before": {"id": "r1"}}));
+        assert_eq!(e.primary_key(), "r1");
+        let e = ev(json!({"operation": "INSERT", "table": "t", "after": {}, "before": {"id": "r2"}}));
+        assert_eq!(e.primary_key(), "r2", "an empty after falls back to before");
+    }
+
+    #[test]
+    fn bad_events_name_what_is_wrong() {
+        let err = |v: serde_json::Value| ChangeEvent::from_json(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert_eq!(
+            err(json!({"operation": "MERGE", "table": "t", "key": ["k"]})),
+            "unknown operation \"MERGE\" in an event of table \"t\""
+        );
+        assert_eq!(err(json!({"operation": "INSERT", "id": "e1", "key": ["k"]})), "event \"e1\" has no table");
+        assert_eq!(
+            err(json!({"operation": "INSERT", "id": "e2", "table": "t", "key": [""], "after": {"x": 1}})),
+            "event \"e2\" of table \"t\" has no primary key"
+        );
+        assert!(matches!(ChangeEvent::from_json(b"[]"), Err(EventError::Json { .. })));
+    }
+
+    fn at(pos: u64, e: &ChangeEvent) -> (u64, &ChangeEvent) {
+        (pos, e)
+    }
+
+    #[test]
+    fn insert_then_updates_is_one_full_upsert() {
+        let a = ev(json!({"operation": "INSERT", "table": "t", "key": ["k"], "after": {"id": "k", "n": 1}}));
+        let b =
+            ev(json!({"operation": "UPDATE", "table": "t", "key": ["k"], "after": {"id": "k", "n": 2}, "diff": ["n"]}));
+        let f = fold([at(1, &a), at(2, &b)]);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].change, Folded::Upsert { row: row(json!({"id": "k", "n": 2})), changed: None });
+        assert_eq!((f[0].first_pos, f[0].last_pos, f[0].events), (1, 2, 2));
+    }
+
+    #[test]
+    fn updates_merge_their_diffs_with_the_latest_image() {
+        let a = ev(
+            json!({"operation": "UPDATE", "table": "t", "key": ["k"], "after": {"id": "k", "a": 1, "b": 0}, "diff": ["a"]}),
+        );
+        let b = ev(
+            json!({"operation": "UPDATE", "table": "t", "key": ["k"], "after": {"id": "k", "a": 1, "b": 2}, "diff": ["b"]}),
+        );
+        let f = fold([at(5, &a), at(6, &b)]);
+        let changed: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            f[0].change,
+            Folded::Upsert { row: row(json!({"id": "k", "a": 1, "b": 2})), changed: Some(changed) }
+        );
+        // An update that does not say what changed writes the whole row, and stays so.
+        let c = ev(json!({"operation": "UPDATE", "table": "t", "key": ["k"], "after": {"id": "k", "a": 3, "b": 2}}));
+        let f = fold([at(5, &a), at(6, &c), at(7, &b)]);
+        assert!(matches!(&f[0].change, Folded::Upsert { changed: None, .. }));
+    }
+
+    #[test]
+    fn anything_then_delete_is_a_delete_and_delete_then_insert_a_full_upsert() {
+        let i = ev(json!({"operation": "INSERT", "table": "t", "key": ["k"], "after": {"id": "k"}}));
+        let d = ev(json!({"operation": "DELETE", "table": "t", "key": ["k"], "before": {"id": "k"}}));
+        assert_eq!(fold([at(1, &i), at(2, &d)])[0].change, Folded::Delete { before: Some(row(json!({"id": "k"}))) });
+        let u =
+            ev(json!({"operation": "UPDATE", "table": "t", "key": ["k"], "after": {"id": "k", "n": 9}, "diff": ["n"]}));
+        assert_eq!(
+            fold([at(1, &d), at(2, &u)])[0].change,
+            Folded::Upsert { row: row(json!({"id": "k", "n": 9})), changed: None },
+            "after a delete the row may be gone: write all of it"
+        );
+        assert!(matches!(fold([at(1, &d), at(2, &i)])[0].change, Folded::Upsert { changed: None, .. }));
+    }
+
+    #[test]
+    fn keys_are_table_and_full_key_array_in_first_seen_order() {
+        let mk = |t: &str, k: &[&str]| {
+            ev(json!({"operation": "INSERT", "table": t, "key": k, "after": {"id": k.last().unwrap_or(&"x")}}))
+        };
+        let (a, b, c, d) = (mk("t", &["r1", "k"]), mk("t", &["r2", "k"]), mk("u", &["r1", "k"]), mk("t", &["r1", "k"]));
+        let f = fold([at(1, &a), at(2, &b), at(3, &c), at(4, &d)]);
+        let ids: Vec<(&str, Vec<String>, usize)> =
+            f.iter().map(|c| (c.table.as_str(), c.key.clone(), c.events)).collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("t", vec!["r1".to_string(), "k".to_string()], 2),
+                ("t", vec!["r2".to_string(), "k".to_string()], 1),
+                ("u", vec!["r1".to_string(), "k".to_string()], 1),
+            ]
+        );
+    }
+}
