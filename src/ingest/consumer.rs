@@ -149,9 +149,14 @@ pub async fn request(consumer: &PullConsumer, s: &ConsumerSettings) -> Result<Ba
 /// "exceeds MaxBytes" and keeps it), sent while paused so the durable consumer does not count as
 /// inactive and get deleted after InactiveThreshold.
 pub async fn keep_alive(js: &JetStream, s: &ConsumerSettings) -> Result<()> {
-    let stream = js.get_stream(STREAM).await.context("opening the stream")?;
-    let consumer: PullConsumer =
-        stream.get_consumer(&s.durable).await.map_err(|e| anyhow::anyhow!("looking up the consumer: {e}"))?;
+    let stream = js
+        .get_stream(STREAM)
+        .await
+        .with_context(|| format!("opening JetStream stream {STREAM:?} for a keep-alive pull"))?;
+    let consumer: PullConsumer = stream
+        .get_consumer(&s.durable)
+        .await
+        .map_err(|e| anyhow::anyhow!("looking up consumer {} for a keep-alive pull: {e}", s.durable))?;
     let mut batch =
         consumer.fetch().max_messages(1).max_bytes(1).expires(Duration::from_millis(100)).messages().await?;
     while let Some(m) = batch.next().await {

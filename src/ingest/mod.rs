@@ -120,7 +120,7 @@ pub async fn run(
     dlq: dlq::DeadLetters,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let wal = state.wal().context("the write-ahead log is not open")?;
+    let wal = state.wal().context("ingest started without an open write-ahead log")?;
     let s = tokio::task::spawn_blocking(move || last_stream_seq(&wal)).await??;
     state.ingest().stream_seq = s;
     state.metrics.stream_seq.set(s as i64);
@@ -232,11 +232,15 @@ impl Ingest {
             self.state.set_state(IngestState::WalError);
             self.reopen_wal().await?;
         }
-        let wal = self.state.wal().context("the write-ahead log is not open")?;
+        let wal =
+            self.state.wal().context("the write-ahead log is not open (a reopen after a failure did not succeed)")?;
         let durable_seq = self.state.ingest().stream_seq;
         self.appended_seq = durable_seq;
         let (client, js) = self.connect().await?;
-        self.client = Some(client.clone());
+        if let Some(old) = self.client.replace(client.clone()) {
+            // Acks of the previous session may still be in the old connection's buffer.
+            let _ = tokio::time::timeout(Duration::from_secs(2), old.flush()).await;
+        }
         let (mut consumer, info) = consumer::ensure(&js, &self.cfg.consumer, durable_seq).await?;
         let mut reconcile = Reconcile::from_info(&info, durable_seq, self.cfg.consumer.ack_wait);
         if reconcile.is_some() {
@@ -414,7 +418,10 @@ impl Ingest {
     }
 
     fn pending(&self, msg: Message) -> Result<Pending> {
-        let seq = msg.info().map_err(|e| anyhow::anyhow!("JetStream metadata of a message: {e}"))?.stream_sequence;
+        let seq = msg
+            .info()
+            .map_err(|e| anyhow::anyhow!("reading the JetStream metadata of a message on {}: {e}", msg.subject))?
+            .stream_sequence;
         Ok(Pending { seq, msg })
     }
 
@@ -581,7 +588,9 @@ impl Ingest {
                 }
                 Err(e) => {
                     let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
-                    slot.get_or_insert(StoreError::Other(anyhow::anyhow!("WAL task failed: {e}")));
+                    slot.get_or_insert(StoreError::Other(anyhow::anyhow!(
+                        "the task appending a batch to the WAL failed: {e}"
+                    )));
                     return;
                 }
             };

@@ -8,8 +8,10 @@ pub enum Durability {
     /// fsync before `append` returns (concurrent appends share one fsync). The default: eds acks
     /// upstream only after an append returns.
     Always,
-    /// fsync at most this often; `append` may return before its frame is durable. Readers still
-    /// only see durable records. [`crate::Wal::sync`] forces one.
+    /// fsync at most this often, checked at each append; `append` may return before its frame is
+    /// durable. Readers still only see durable records. There is no background thread: an owner
+    /// whose appends can stop must call [`crate::Wal::sync`] on its own timer, or the last records
+    /// stay invisible (and not durable) until the next append.
     Interval(Duration),
     /// Never fsync; written records count as durable. For tests and benchmarks only.
     Never,
