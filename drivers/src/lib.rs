@@ -5,5 +5,9 @@
 //! cargo feature of the same name. It never depends on `eds-wal`: drivers see decoded change
 //! events, not log records.
 
+pub mod conformance;
+pub mod driver;
 pub mod event;
+#[cfg(feature = "file")]
+pub mod file;
 pub mod schema;

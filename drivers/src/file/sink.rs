@@ -1,0 +1,156 @@
+//! Writing events to files.
+//!
+//! What is written: the event's bytes exactly as received from NATS (unknown fields kept, no
+//! re-serialisation, so `<` stays `<` — EDS re-serialised and wrote `\u003c`).
+//!
+//! Durability: every file of the batch is written first (temporary name, then rename), then one
+//! sync barrier for the whole file system (`syncfs` on Linux; an fsync per file elsewhere), then
+//! one fsync per directory that got new entries — not an fsync per file.
+
+use super::config::DESCRIPTION;
+use crate::driver::{Batch, BoxFuture, Delivery, Description, Driver, DriverError, ErrorClass, Limits};
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The file destination.
+#[derive(Debug, Clone)]
+pub struct FileDriver {
+    dir: PathBuf,
+}
+
+/// A file-name-safe form of a table name or key: letters, digits, `_` and `-` as they are, `.`
+/// except in first place, everything else as `%XX`. No key can climb out of its table directory.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    out
+}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> DriverError {
+    let class = match e.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => ErrorClass::Config,
+        _ => ErrorClass::Transient,
+    };
+    DriverError::caused(class, format!("{what} {} failed", path.display()), e)
+}
+
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), DriverError> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| io_err("writing", &tmp, e))?;
+    #[cfg(not(target_os = "linux"))]
+    f.sync_data().map_err(|e| io_err("fsync of", &tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| io_err("renaming", &tmp, e))
+}
+
+impl FileDriver {
+    /// A driver writing below `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> FileDriver {
+        FileDriver { dir: dir.into() }
+    }
+
+    /// Write one event; returns the directory that got a new entry, if any.
+    fn write_one(
+        &self,
+        d: &Delivery<'_>,
+        created_dirs: &mut BTreeSet<PathBuf>,
+    ) -> Result<Option<PathBuf>, DriverError> {
+        let table_dir = self.dir.join(escape(&d.event.table));
+        if !table_dir.is_dir() {
+            fs::create_dir_all(&table_dir).map_err(|e| io_err("creating directory", &table_dir, e))?;
+            created_dirs.insert(table_dir.clone());
+        }
+        let secs = d.event.timestamp.div_euclid(1000);
+        let pk = escape(d.event.primary_key());
+        let mut path = table_dir.join(format!("{secs}-{pk}.json"));
+        match fs::read(&path) {
+            Ok(existing) if existing == d.raw => return Ok(None), // a replay
+            Ok(_) => {
+                // Another event for the key in the same second: its own name, by LSN.
+                path = table_dir.join(format!("{secs}-{pk}-{}.json", d.lsn));
+                match fs::read(&path) {
+                    Ok(existing) if existing == d.raw => return Ok(None),
+                    Ok(_) | Err(_) => {}
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("reading", &path, e)),
+        }
+        write_whole(&path, d.raw)?;
+        Ok(Some(table_dir))
+    }
+
+    fn write_events(&self, events: &[Delivery<'_>]) -> Result<(), DriverError> {
+        let mut created_dirs = BTreeSet::new();
+        let mut touched = BTreeSet::new();
+        if !self.dir.is_dir() {
+            fs::create_dir_all(&self.dir).map_err(|e| io_err("creating directory", &self.dir, e))?;
+            created_dirs.insert(self.dir.clone());
+        }
+        for d in events {
+            if let Some(dir) = self.write_one(d, &mut created_dirs)? {
+                touched.insert(dir);
+            }
+        }
+        if touched.is_empty() && created_dirs.is_empty() {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let root = fs::File::open(&self.dir).map_err(|e| io_err("opening", &self.dir, e))?;
+            rustix::fs::syncfs(&root).map_err(|e| io_err("syncfs of the file system of", &self.dir, e.into()))?;
+        }
+        // New entries: each touched directory, and the parents of directories we created.
+        for dir in created_dirs.iter().filter_map(|d| d.parent().map(Path::to_path_buf)).chain(touched) {
+            let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+            fs::File::open(&dir).and_then(|f| f.sync_all()).map_err(|e| io_err("fsync of directory", &dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Driver for FileDriver {
+    fn describe(&self) -> &'static Description {
+        &DESCRIPTION
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { max_rows: 10_000, max_bytes: 64 << 20, max_bind_params: usize::MAX }
+    }
+
+    fn test(&self) -> BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(async move {
+            fs::create_dir_all(&self.dir).map_err(|e| io_err("creating directory", &self.dir, e))?;
+            let probe = self.dir.join(".eds-write-test");
+            fs::write(&probe, b"ok").map_err(|e| io_err("writing", &probe, e))?;
+            fs::remove_file(&probe).map_err(|e| io_err("removing", &probe, e))
+        })
+    }
+
+    fn write<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            match batch {
+                // Plain blocking file I/O: a batch is bounded by `limits()`, and a drain task
+                // owns this destination alone.
+                Batch::Events(events) => self.write_events(events),
+                Batch::Folded(_) => Err(DriverError::new(
+                    ErrorClass::Config,
+                    "the file destination takes every event (stream kind), not folded changes",
+                )),
+            }
+        })
+    }
+}
