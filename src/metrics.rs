@@ -1,12 +1,18 @@
 //! Prometheus metrics. Names are constants here and nowhere else; EDS's names keep EDS's
 //! meanings so existing dashboards and alerts keep working.
 
-use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// EDS: events received and not yet delivered to the destination(s).
 pub const PENDING_EVENTS: &str = "eds_pending_events";
 /// EDS: events received.
 pub const TOTAL_EVENTS: &str = "eds_total_events";
+/// EDS: duration of destination writes (label `destination`).
+pub const FLUSH_DURATION: &str = "eds_flush_duration_seconds";
+/// EDS: events per destination write (label `destination`).
+pub const FLUSH_COUNT: &str = "eds_flush_count";
 /// Bytes of all WAL segments.
 pub const WAL_BYTES: &str = "eds_wal_bytes";
 /// WAL segment files.
@@ -52,6 +58,10 @@ pub struct Metrics {
     pub gaps: IntCounter,
     /// Paused for disk.
     pub paused_for_disk: Gauge,
+    /// Destination write durations.
+    pub flush_duration: HistogramVec,
+    /// Events per destination write.
+    pub flush_count: HistogramVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -84,6 +94,16 @@ impl Metrics {
             dead_lettered: IntCounter::with_opts(Opts::new(DEAD_LETTERED, "messages written to the dead-letter log"))?,
             gaps: IntCounter::with_opts(Opts::new(GAPS, "stream messages that never came back, recorded as gaps"))?,
             paused_for_disk: Gauge::with_opts(Opts::new(PAUSED_FOR_DISK, "1 while ingest waits for WAL disk space"))?,
+            flush_duration: HistogramVec::new(
+                HistogramOpts::new(FLUSH_DURATION, "The duration of driver flushes")
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["destination"],
+            )?,
+            flush_count: HistogramVec::new(
+                HistogramOpts::new(FLUSH_COUNT, "The count of events flushed")
+                    .buckets(vec![1.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
+                &["destination"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.pending_events.clone()))?;
@@ -97,6 +117,8 @@ impl Metrics {
         m.registry.register(Box::new(m.dead_lettered.clone()))?;
         m.registry.register(Box::new(m.gaps.clone()))?;
         m.registry.register(Box::new(m.paused_for_disk.clone()))?;
+        m.registry.register(Box::new(m.flush_duration.clone()))?;
+        m.registry.register(Box::new(m.flush_count.clone()))?;
         Ok(m)
     }
 
@@ -105,6 +127,12 @@ impl Metrics {
         self.wal_bytes.set(stats.bytes as i64);
         self.wal_segments.set(stats.segments as i64);
         self.wal_durable_lsn.set(stats.durable_lsn as i64);
+    }
+
+    /// Record one destination write.
+    pub fn observe_flush(&self, destination: &str, seconds: f64, events: usize) {
+        self.flush_duration.with_label_values(&[destination]).observe(seconds);
+        self.flush_count.with_label_values(&[destination]).observe(events as f64);
     }
 
     /// Prometheus text exposition.

@@ -216,8 +216,7 @@ impl ServerArgs {
     }
 
     fn log_inactive_flags(&self) {
-        let inactive: [(&str, bool); 8] = [
-            ("--url (delivery to destinations)", !self.urls.is_empty()),
+        let inactive: [(&str, bool); 7] = [
             ("--api-key (HQ session)", self.api_key.is_some()),
             ("--keep-logs (HQ log upload)", self.keep_logs),
             ("--renew-interval (HQ session)", self.renew_interval != Duration::from_secs(24 * 3600)),
@@ -241,19 +240,14 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
     if schema_validator.is_some() {
         tracing::warn!(flag = "--schema-validator", "accepted but not active yet in this version of eds");
     }
-    if !args.urls.is_empty() {
-        tracing::warn!(
-            destinations = args.urls.len(),
-            "destination delivery arrives with a later eds version: ingesting into the write-ahead log only"
-        );
-    }
+    let destinations = crate::drain::parse_destinations(&args.urls).map_err(|e| UsageError(format!("{e:#}")))?;
     create_data_dir(data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(plan, data_dir.to_path_buf()))
+    runtime.block_on(serve(plan, destinations, data_dir.to_path_buf()))
 }
 
 /// A usage error found after parsing (exit code 2).
@@ -276,7 +270,7 @@ fn create_data_dir(dir: &Path) -> Result<()> {
     b.create(dir).with_context(|| format!("creating the data directory {}", dir.display()))
 }
 
-async fn serve(plan: ServerPlan, data_dir: PathBuf) -> Result<u8> {
+async fn serve(plan: ServerPlan, destinations: Vec<crate::drain::Destination>, data_dir: PathBuf) -> Result<u8> {
     let wal_dir = data_dir.join("wal");
     let opts = eds_wal::Options {
         max_bytes: Some(plan.wal_max_bytes),
@@ -327,9 +321,18 @@ async fn serve(plan: ServerPlan, data_dir: PathBuf) -> Result<u8> {
         std::process::exit(130);
     });
 
+    let mut drains = Vec::new();
+    for dest in destinations {
+        tracing::info!(destination = %dest.name, driver = dest.driver.describe().name, "destination: delivering");
+        drains.push(tokio::spawn(crate::drain::run(dest, state.clone(), stop_rx.clone())));
+    }
     tracing::info!(server_id = %plan.server_id, consumer = %plan.ingest.consumer.durable, nats = %plan.ingest.nats_url, "ingest starting");
     let result = ingest::run(plan.ingest, state.clone(), dlq, stop_rx).await;
     state.begin_shutdown();
+    // Drains finish their current batch (their cursors are persisted when the log closes).
+    for d in drains {
+        let _ = d.await;
+    }
     let wal = state.wal.write().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(wal) = wal {
         tokio::task::spawn_blocking(move || wal.close()).await?.context("closing the write-ahead log")?;

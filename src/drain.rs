@@ -1,0 +1,285 @@
+//! Drains: one task per destination, reading the WAL through the destination's own cursor and
+//! handing batches to its driver.
+//!
+//! Invariant: the cursor only moves past records the driver confirmed durable; a crash replays
+//! from the last persisted position, which drivers make harmless.
+//!
+//! This first version serves stream destinations (the file driver). State destinations (folding,
+//! schemas), per-destination dead letters, overflow policies and `eds dlq` arrive with the rest
+//! of the delivery issue.
+
+use crate::ingest::envelope::{self, Kind as EnvelopeKind};
+use crate::server::state::ServerState;
+use anyhow::{bail, Result};
+use eds_drivers::driver::{Batch, Delivery, Driver, ErrorClass, Kind};
+use eds_drivers::event::ChangeEvent;
+use eds_wal::{CursorStart, Reader, Record, Wal};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Where a new destination's cursor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// After the last record: only what arrives from now on.
+    Head,
+    /// At the oldest record the WAL still holds.
+    Oldest,
+    /// At this LSN.
+    Lsn(u64),
+}
+
+/// A configured destination.
+pub struct Destination {
+    /// Stable name: cursor name, log field, metric label. Never holds credentials.
+    pub name: String,
+    /// The driver.
+    pub driver: Arc<dyn Driver>,
+    /// Where a new cursor starts.
+    pub start: Start,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination").field("name", &self.name).field("start", &self.start).finish()
+    }
+}
+
+/// A name usable as a cursor: `[A-Za-z0-9._-]`, at most 128 characters, not starting with a dot.
+fn cursor_safe(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' })
+        .collect();
+    while out.starts_with('.') || out.starts_with('-') {
+        out.remove(0);
+    }
+    out.truncate(128);
+    out
+}
+
+fn query_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|kv| kv.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+}
+
+/// Parse one `--url`. `Ok(None)` for a scheme whose driver is not in this build yet.
+pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!("--url {url:?}: expected <scheme>://…");
+    };
+    let start = match query_param(url, "start") {
+        None | Some("head") => Start::Head,
+        Some("oldest") => Start::Oldest,
+        Some(s) => match s.strip_prefix("lsn:").map(str::parse::<u64>) {
+            Some(Ok(n)) if n > 0 => Start::Lsn(n),
+            _ => bail!("--url {url:?}: start={s:?} is not head, oldest or lsn:N"),
+        },
+    };
+    let (driver, default_name): (Arc<dyn Driver>, String) = match scheme {
+        "file" => {
+            let dir = eds_drivers::file::directory_from_url(url).map_err(|e| anyhow::anyhow!("--url {url:?}: {e}"))?;
+            (Arc::new(eds_drivers::file::FileDriver::new(&dir)), format!("file-{}", dir.display()))
+        }
+        _ => {
+            let _ = rest;
+            return Ok(None);
+        }
+    };
+    let name = cursor_safe(query_param(url, "name").map(str::to_owned).as_deref().unwrap_or(&default_name));
+    if name.is_empty() {
+        bail!("--url {url:?}: the destination name is empty (set name=… in the URL's query)");
+    }
+    Ok(Some(Destination { name, driver, start }))
+}
+
+/// Parse every `--url`; two destinations with one name are a usage error.
+pub fn parse_destinations(urls: &[String]) -> Result<Vec<Destination>> {
+    let mut out: Vec<Destination> = Vec::new();
+    for url in urls {
+        match parse_destination(url)? {
+            Some(d) => {
+                if out.iter().any(|o| o.name == d.name) {
+                    bail!("two destinations are named {:?}: give one a name=… in its URL's query", d.name);
+                }
+                out.push(d);
+            }
+            None => {
+                tracing::warn!(url = %redact(url), "this destination's driver arrives with a later eds version; not delivering to it")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+struct Read {
+    reader: Option<Reader>,
+    records: Vec<Record>,
+}
+
+/// Run one destination until shutdown.
+pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
+    let name = dest.name.clone();
+    let limits = dest.driver.limits();
+    if dest.driver.describe().kind != Kind::Stream {
+        tracing::error!(destination = %name, "state destinations are not supported by this version's drains");
+        return;
+    }
+    let mut reader: Option<(Wal, Reader)> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let Some(wal) = state.wal().filter(|w| !w.is_poisoned()) else {
+            reader = None; // let ingest reopen the log
+            tokio::select! { _ = tokio::time::sleep(Duration::from_millis(100)) => {}, _ = shutdown.changed() => {} }
+            continue;
+        };
+        let (wal, r) = match reader.take() {
+            Some((w, r)) if !w.is_poisoned() => (w, r),
+            _ => {
+                let (w, n, start) = (wal.clone(), name.clone(), dest.start);
+                let opened = tokio::task::spawn_blocking(move || -> Result<Reader, eds_wal::Error> {
+                    if w.cursor(&n).is_err() {
+                        let s = match start {
+                            Start::Head => CursorStart::Head,
+                            Start::Oldest => CursorStart::Oldest,
+                            Start::Lsn(l) => CursorStart::Lsn(l),
+                        };
+                        w.create_cursor(&n, s)?;
+                        tracing::info!(destination = %n, start = ?start, "new destination: cursor created");
+                    }
+                    w.cursor_reader(&n)
+                })
+                .await;
+                match opened {
+                    Ok(Ok(r)) => (wal, r),
+                    Ok(Err(e)) => {
+                        tracing::error!(destination = %name, error = %eds_wal::error_chain(&e), "cannot read the WAL for this destination");
+                        tokio::select! { _ = tokio::time::sleep(Duration::from_secs(5)) => {}, _ = shutdown.changed() => {} }
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
+        };
+        // Read what is there, up to the driver's limits; wait briefly when there is nothing.
+        let (max_rows, max_bytes) = (limits.max_rows.max(1), limits.max_bytes.max(1));
+        let read = tokio::task::spawn_blocking(move || -> Result<Read, eds_wal::Error> {
+            let mut r = r;
+            let mut records = Vec::new();
+            let mut bytes = 0usize;
+            while records.len() < max_rows && bytes < max_bytes {
+                match r.next()? {
+                    Some(rec) => {
+                        bytes += rec.data.len();
+                        records.push(rec);
+                    }
+                    None if records.is_empty() => {
+                        if !r.wait(Duration::from_millis(200))? {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            Ok(Read { reader: Some(r), records })
+        })
+        .await;
+        let (r, records) = match read {
+            Ok(Ok(Read { reader: Some(r), records })) => (r, records),
+            Ok(Ok(Read { reader: None, .. })) | Err(_) => break,
+            Ok(Err(e)) => {
+                tracing::warn!(destination = %name, error = %eds_wal::error_chain(&e), "reading the WAL failed; retrying");
+                tokio::select! { _ = tokio::time::sleep(Duration::from_millis(500)) => {}, _ = shutdown.changed() => {} }
+                continue;
+            }
+        };
+        tracing::trace!(destination = %name, records = records.len(), next = r.next_lsn(), "drain read");
+        let Some(last) = records.last().map(|r| r.lsn) else {
+            reader = Some((wal, r));
+            continue;
+        };
+        // Decode: events go to the driver; dead-letter markers only move the cursor.
+        let mut decoded: Vec<(u64, ChangeEvent, &[u8])> = Vec::with_capacity(records.len());
+        for rec in &records {
+            match envelope::decode(&rec.data) {
+                Ok(env) if env.kind == EnvelopeKind::Event => match ChangeEvent::from_json(env.payload) {
+                    Ok(e) => decoded.push((rec.lsn, e, env.payload)),
+                    Err(e) => {
+                        tracing::error!(destination = %name, lsn = rec.lsn, error = %e, "skipping an event drivers cannot decode")
+                    }
+                },
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(destination = %name, lsn = rec.lsn, error = %e, "skipping a damaged WAL record")
+                }
+            }
+        }
+        let deliveries: Vec<Delivery<'_>> =
+            decoded.iter().map(|(lsn, event, raw)| Delivery { lsn: *lsn, event, raw }).collect();
+        let started = Instant::now();
+        let written = if deliveries.is_empty() { Ok(()) } else { dest.driver.write(Batch::Events(&deliveries)).await };
+        match written {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                let took = started.elapsed().as_secs_f64();
+                state.metrics.observe_flush(&name, took, deliveries.len());
+                let (w, n) = (wal.clone(), name.clone());
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.advance_cursor(&n, last)).await {
+                    tracing::error!(destination = %name, error = %eds_wal::error_chain(&e), "advancing the cursor failed");
+                }
+                reader = Some((wal, r));
+            }
+            Err(e) => {
+                // Re-read the same records next time: a fresh reader from the cursor.
+                drop(r);
+                let wait = match e.class {
+                    ErrorClass::Config => Duration::from_secs(60),
+                    _ => backoff,
+                };
+                tracing::warn!(destination = %name, error = %eds_wal::error_chain(&e), retry_in = ?wait, "delivery failed; retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = shutdown.changed() => {} }
+            }
+        }
+    }
+    drop(reader);
+    tracing::info!(destination = %name, "drain stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_never_hold_credentials_and_must_be_unique() {
+        let d = parse_destination("file:///var/eds/out").unwrap().unwrap();
+        assert_eq!(d.name, "file--var-eds-out");
+        assert_eq!(d.start, Start::Head);
+        let d = parse_destination("file://out?name=archive&start=oldest").unwrap().unwrap();
+        assert_eq!((d.name.as_str(), d.start), ("archive", Start::Oldest));
+        assert_eq!(parse_destination("file://x?start=lsn:42").unwrap().unwrap().start, Start::Lsn(42));
+        assert!(parse_destination("file://x?start=yesterday").unwrap_err().to_string().contains("start=\"yesterday\""));
+        assert!(parse_destination("postgres://u:secret@db/x").unwrap().is_none());
+        let err = parse_destinations(&["file://a?name=same".into(), "file://b?name=same".into()]).unwrap_err();
+        assert!(err.to_string().contains("two destinations are named \"same\""), "{err}");
+        assert_eq!(redact("postgres://user:secret@db:5432/x"), "postgres://user:***@db:5432/x");
+        assert_eq!(redact("file:///x"), "file:///x");
+    }
+}

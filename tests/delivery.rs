@@ -1,0 +1,125 @@
+//! `eds server --url file://…`: events flow from NATS through the WAL to a destination.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+const C1: &str = "6287a4154d1a72cc5ce091bb";
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Ok(tables) = std::fs::read_dir(dir) {
+        for t in tables {
+            let t = t.unwrap().path();
+            for f in std::fs::read_dir(&t).unwrap() {
+                let p = f.unwrap().path();
+                if p.extension().is_some_and(|e| e == "tmp") {
+                    continue; // being written
+                }
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_a_file_destination_once_across_restarts() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let out = data.path().join("out");
+    let url = format!("file://{}?name=archive&start=oldest", out.display());
+    let mut expected = Vec::new();
+    for n in 0..300u64 {
+        if n == 150 {
+            publish(&js, subject("order", "INSERT", C1), b"not an event".to_vec()).await;
+        }
+        publish(&js, subject("order", "UPDATE", C1), event(&format!("k{n}"), n)).await;
+        expected.push(n);
+    }
+    let eds = Eds::start(data.path(), &nats, &["--restart", "--url", &url]);
+    eventually("300 files", Duration::from_secs(30), || async { (files(&out).len() >= 300).then_some(()) }).await;
+    let (_, metrics) = eds.get("/metrics").await;
+    assert!(metrics.contains(r#"eds_flush_count_count{destination="archive"}"#), "{metrics}");
+    assert_eq!(eds.stop(), 0);
+
+    let got = files(&out);
+    assert_eq!(got.len(), 300, "one file per event, the dead letter none");
+    for n in expected {
+        let ts = 1_795_749_176u64; // event(): timestamp 1795749176000 + n ms
+        let secs = ts + n / 1000;
+        let name = format!("order/{secs}-k{n}.json");
+        let body = &got.iter().find(|(p, _)| *p == name).unwrap_or_else(|| panic!("{name} missing")).1;
+        assert_eq!(body, &event(&format!("k{n}"), n));
+    }
+    let o = std::process::Command::new(eds_bin())
+        .args(["wal", "cursor", "list", "--json", "-d", data.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["name"], "archive");
+    assert_eq!(v[0]["position"], 301, "past every record, the dead-letter marker included");
+
+    // Again: a restart replays nothing and delivers what is new.
+    let eds = Eds::start(data.path(), &nats, &["--url", &url]);
+    for n in 300..310u64 {
+        publish(&js, subject("order", "UPDATE", C1), event(&format!("k{n}"), n)).await;
+    }
+    eventually("310 files", Duration::from_secs(30), || async { (files(&out).len() >= 310).then_some(()) }).await;
+    assert_eq!(eds.stop(), 0);
+    assert_eq!(files(&out).len(), 310);
+}
+
+/// A destination that cannot take data holds its cursor; the disk budget fills and ingest
+/// pauses; once the destination recovers, its cursor moves, retention frees segments and ingest
+/// resumes by itself — in the same process, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_budget_resumes_by_itself_when_a_destination_catches_up() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let out = data.path().join("out");
+    // A file where the destination directory should be: every write fails until it is removed.
+    std::fs::write(&out, b"in the way").unwrap();
+    let url = format!("file://{}?name=archive&start=oldest", out.display());
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut seqs = Vec::new();
+    for n in 0..2000u64 {
+        let mut noise = String::new();
+        for _ in 0..128 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            noise.push_str(&format!("{seed:016x}"));
+        }
+        let body = format!(
+            r#"{{"operation":"UPDATE","table":"order","key":["k{n}"],"after":{{"id":"k{n}","note":"{noise}"}},"timestamp":{ts}}}"#,
+            ts = n * 1000
+        );
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), body.into_bytes()).await);
+    }
+    let eds = Eds::start(
+        data.path(),
+        &nats,
+        &["--restart", "--ack-wait", "1s", "--wal-segment-size", "1MiB", "--wal-max-bytes", "2MiB", "--url", &url],
+    );
+    eventually("ingest to pause for disk", Duration::from_secs(30), || async {
+        (eds.status().await["ingest"]["state"] == "paused_for_disk").then_some(())
+    })
+    .await;
+    std::fs::remove_file(&out).unwrap();
+    eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(60)).await;
+    eventually("every event delivered", Duration::from_secs(60), || async {
+        (files(&out).len() >= 2000).then_some(())
+    })
+    .await;
+    assert_eq!(eds.status().await["ingest"]["state"], "running");
+    assert_eq!(eds.stop(), 0);
+    assert_eq!(files(&out).len(), 2000);
+}
