@@ -139,6 +139,11 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         tracing::error!(destination = %name, "state destinations are not supported by this version's drains");
         return;
     }
+    let driver_name = dest.driver.describe().name;
+    state.destination(&name, |d| {
+        d.driver = driver_name.to_owned();
+        d.state = "idle";
+    });
     let mut reader: Option<(Wal, Reader)> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -212,6 +217,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         };
         tracing::trace!(destination = %name, records = records.len(), next = r.next_lsn(), "drain read");
         let Some(last) = records.last().map(|r| r.lsn) else {
+            state.destination(&name, |d| d.state = "idle");
             reader = Some((wal, r));
             continue;
         };
@@ -244,6 +250,13 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.advance_cursor(&n, last)).await {
                     tracing::error!(destination = %name, error = %eds_wal::error_chain(&e), "advancing the cursor failed");
                 }
+                let delivered = deliveries.len() as u64;
+                state.destination(&name, |d| {
+                    d.state = "delivering";
+                    d.position = last;
+                    d.delivered += delivered;
+                    d.last_error = None;
+                });
                 reader = Some((wal, r));
             }
             Err(e) => {
@@ -253,13 +266,21 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                     ErrorClass::Config => Duration::from_secs(60),
                     _ => backoff,
                 };
-                tracing::warn!(destination = %name, error = %eds_wal::error_chain(&e), retry_in = ?wait, "delivery failed; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let msg = eds_wal::error_chain(&e);
+                tracing::warn!(destination = %name, error = %msg, retry_in = ?wait, "delivery failed; retrying");
+                state.destination(&name, |d| {
+                    d.state = "retrying";
+                    d.last_error = Some(msg);
+                });
+                // Capped exponential backoff with jitter, so many destinations do not retry in step.
+                let jitter = Duration::from_millis(u64::from(crate::timefmt::now_micros() as u32 % 100));
+                backoff = (backoff * 2).min(Duration::from_secs(10)) + jitter;
                 tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = shutdown.changed() => {} }
             }
         }
     }
     drop(reader);
+    state.destination(&name, |d| d.state = "stopped");
     tracing::info!(destination = %name, "drain stopped");
 }
 

@@ -47,6 +47,14 @@ async fn events_reach_a_file_destination_once_across_restarts() {
     eventually("300 files", Duration::from_secs(30), || async { (files(&out).len() >= 300).then_some(()) }).await;
     let (_, metrics) = eds.get("/metrics").await;
     assert!(metrics.contains(r#"eds_flush_count_count{destination="archive"}"#), "{metrics}");
+    let status = eventually("the cursor past the last record", Duration::from_secs(10), || async {
+        let s = eds.status().await;
+        (s["destinations"][0]["cursor"] == 301).then_some(s)
+    })
+    .await;
+    let d = &status["destinations"][0];
+    assert_eq!((d["name"].as_str(), d["driver"].as_str()), (Some("archive"), Some("File")), "{status}");
+    assert_eq!((d["delivered"].as_u64(), d["lag_records"].as_u64()), (Some(300), Some(0)), "{status}");
     assert_eq!(eds.stop(), 0);
 
     let got = files(&out);
@@ -113,6 +121,11 @@ async fn a_full_budget_resumes_by_itself_when_a_destination_catches_up() {
         (eds.status().await["ingest"]["state"] == "paused_for_disk").then_some(())
     })
     .await;
+    let status = eds.status().await;
+    let d = &status["destinations"][0];
+    assert_eq!(d["state"], "retrying", "{status}");
+    assert!(d["last_error"].as_str().unwrap().contains("File exists"), "{status}");
+    assert_eq!(d["cursor"], 0, "{status}");
     std::fs::remove_file(&out).unwrap();
     eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(60)).await;
     eventually("every event delivered", Duration::from_secs(60), || async {

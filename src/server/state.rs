@@ -86,6 +86,24 @@ pub struct ServerState {
     pub wal: RwLock<Option<Wal>>,
     shutting_down: AtomicBool,
     ingest: Mutex<IngestStatus>,
+    destinations: Mutex<std::collections::BTreeMap<String, DestinationStatus>>,
+}
+
+/// One destination's figures for `/status`.
+#[derive(Debug, Clone, Default)]
+pub struct DestinationStatus {
+    /// Driver name.
+    pub driver: String,
+    /// `delivering`, `idle`, `retrying` or `stopped`.
+    pub state: &'static str,
+    /// Unix microseconds when it entered that state.
+    pub since: u64,
+    /// Cursor position: LSN of the last delivered record.
+    pub position: u64,
+    /// Events delivered by this process.
+    pub delivered: u64,
+    /// Last error, if any.
+    pub last_error: Option<String>,
 }
 
 impl ServerState {
@@ -95,6 +113,7 @@ impl ServerState {
             metrics,
             wal: RwLock::new(Some(wal)),
             shutting_down: AtomicBool::new(false),
+            destinations: Mutex::new(std::collections::BTreeMap::new()),
             ingest: Mutex::new(IngestStatus {
                 state: IngestState::Starting,
                 since: now_micros(),
@@ -126,6 +145,17 @@ impl ServerState {
     /// The current WAL handle.
     pub fn wal(&self) -> Option<Wal> {
         self.wal.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Update one destination's status.
+    pub fn destination(&self, name: &str, update: impl FnOnce(&mut DestinationStatus)) {
+        let mut all = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = all.entry(name.to_owned()).or_default();
+        let before = entry.state;
+        update(entry);
+        if entry.state != before {
+            entry.since = now_micros();
+        }
     }
 
     /// Mark the process as shutting down (liveness turns 503).
@@ -181,7 +211,14 @@ impl ServerState {
                 "last_error": s.last_error,
             },
             "wal": wal,
-            "destinations": [],
+            "destinations": self.destinations.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(name, d)| {
+                let head = self.wal().map(|w| w.durable_lsn()).unwrap_or(0);
+                json!({
+                    "name": name, "driver": d.driver, "state": d.state, "since": rfc3339_micros(d.since),
+                    "cursor": d.position, "lag_records": head.saturating_sub(d.position),
+                    "delivered": d.delivered, "last_error": d.last_error,
+                })
+            }).collect::<Vec<_>>(),
         })
     }
 }
