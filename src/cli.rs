@@ -66,6 +66,7 @@ enum Command {
     /// Print the version
     Version,
     /// Run the gateway: pull change events from NATS JetStream into the write-ahead log
+    #[command(disable_help_subcommand = true)]
     Server(Box<ServerArgs>),
     /// Look into the write-ahead log (read-only; safe while a server runs)
     Wal {
@@ -178,7 +179,10 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             writeln!(out, "{}", crate::VERSION)?;
             Ok(0)
         }
-        Command::Server(args) => crate::server::run(args, &cli.global.data_dir, cli.global.schema_validator.as_deref()),
+        Command::Server(args) => match &args.command {
+            Some(crate::server::ServerCommand::Help { driver }) => crate::server::help(driver.as_deref(), out),
+            None => crate::server::run(args, &cli.global.data_dir, cli.global.schema_validator.as_deref()),
+        },
         Command::Wal { command } => match command {
             WalCommand::Inspect { json } => wal_cmd::inspect(&wal_dir, *json, out),
             WalCommand::Verify { json } => wal_cmd::verify(&wal_dir, *json, out),

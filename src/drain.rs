@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How long one driver write may take before it counts as a transient failure.
+const WRITE_DEADLINE: Duration = Duration::from_secs(120);
+
 /// Where a new destination's cursor starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -240,7 +243,18 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         let deliveries: Vec<Delivery<'_>> =
             decoded.iter().map(|(lsn, event, raw)| Delivery { lsn: *lsn, event, raw }).collect();
         let started = Instant::now();
-        let written = if deliveries.is_empty() { Ok(()) } else { dest.driver.write(Batch::Events(&deliveries)).await };
+        // Every driver call has a deadline: a half-open connection must not hang the drain.
+        let written = if deliveries.is_empty() {
+            Ok(())
+        } else {
+            match tokio::time::timeout(WRITE_DEADLINE, dest.driver.write(Batch::Events(&deliveries))).await {
+                Ok(r) => r,
+                Err(_) => Err(eds_drivers::driver::DriverError::new(
+                    ErrorClass::Transient,
+                    format!("writing {} events did not finish within {WRITE_DEADLINE:?}", deliveries.len()),
+                )),
+            }
+        };
         match written {
             Ok(()) => {
                 backoff = Duration::from_millis(100);

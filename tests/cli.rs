@@ -221,3 +221,18 @@ fn inspect_reports_stream_gaps_recorded_by_ingest() {
         stdout(&o)
     );
 }
+
+#[test]
+fn server_help_finds_drivers_by_scheme() {
+    let o = eds(&["server", "help"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("file         File                     file:///var/eds/out"), "{}", stdout(&o));
+    // By scheme, any case (EDS compared the display name, so `server help s3` never worked).
+    let o = eds(&["server", "help", "FILE"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).starts_with("File (file://)\n"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("directory    directory, required"), "{}", stdout(&o));
+    let o = eds(&["server", "help", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no driver for scheme \"nope\" in this build (known: file)"), "{}", stderr(&o));
+}

@@ -11,3 +11,19 @@ pub mod event;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod schema;
+
+/// Every driver compiled into this build, in a stable order.
+pub fn descriptions() -> Vec<&'static driver::Description> {
+    let all: &[&'static driver::Description] = &[
+        #[cfg(feature = "file")]
+        &file::DESCRIPTION,
+    ];
+    all.to_vec()
+}
+
+/// The driver for a URL scheme or one of its aliases (case-insensitive).
+pub fn find(scheme: &str) -> Option<&'static driver::Description> {
+    descriptions()
+        .into_iter()
+        .find(|d| d.scheme.eq_ignore_ascii_case(scheme) || d.aliases.iter().any(|a| a.eq_ignore_ascii_case(scheme)))
+}

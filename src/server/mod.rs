@@ -48,9 +48,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
+/// `eds server` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServerCommand {
+    /// List the destination drivers, or describe one by its URL scheme (e.g. `eds server help file`)
+    Help {
+        /// URL scheme or alias
+        driver: Option<String>,
+    },
+}
+
 /// `eds server` flags: every flag EDS v3 accepts (hidden ones too), plus eds's own.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    /// `help [driver]`
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
     /// Destination URL; repeat for several destinations. With none, the server only ingests
     #[arg(long = "url", value_name = "URL")]
     pub urls: Vec<String>,
@@ -133,6 +146,59 @@ pub struct ServerArgs {
     /// Exit with the worker's exit code instead of restarting it
     #[arg(long, hide = true)]
     pub no_restart: bool,
+}
+
+/// `eds server help [scheme]`: the drivers of this build, found by URL scheme or alias (EDS
+/// looked the argument up by display name, so its documented `server help s3` never worked).
+pub fn help(scheme: Option<&str>, out: &mut dyn std::io::Write) -> Result<u8> {
+    use eds_drivers::driver::{FieldKind, Kind};
+    match scheme {
+        None => {
+            writeln!(out, "Destination drivers in this build (eds server help <scheme> for details):\n")?;
+            for d in eds_drivers::descriptions() {
+                writeln!(out, "  {:<12} {:<24} {}", d.scheme, d.name, d.example_url)?;
+            }
+            writeln!(
+                out,
+                "\nExample: eds server --url {}",
+                eds_drivers::descriptions().first().map(|d| d.example_url).unwrap_or("file:///var/eds/out")
+            )?;
+            Ok(0)
+        }
+        Some(s) => {
+            let Some(d) = eds_drivers::find(s) else {
+                let known: Vec<&str> = eds_drivers::descriptions().iter().map(|d| d.scheme).collect();
+                return Err(UsageError(format!(
+                    "no driver for scheme {s:?} in this build (known: {})",
+                    known.join(", ")
+                ))
+                .into());
+            };
+            writeln!(out, "{} ({}://)", d.name, d.scheme)?;
+            if !d.aliases.is_empty() {
+                writeln!(out, "aliases: {}", d.aliases.join(", "))?;
+            }
+            writeln!(out, "example: {}", d.example_url)?;
+            let kind = match d.kind {
+                Kind::State => "state (keeps the current row per key; batches are folded per key)",
+                Kind::Stream => "stream (receives every event)",
+            };
+            writeln!(out, "kind:    {kind}\n\n{}\n", d.help)?;
+            writeln!(out, "fields:")?;
+            for f in d.fields {
+                let kind = match f.kind {
+                    FieldKind::Text => "text",
+                    FieldKind::Password => "password",
+                    FieldKind::Number => "number",
+                    FieldKind::Directory => "directory",
+                };
+                let req = if f.required { "required" } else { "optional" };
+                let default = f.default.map(|v| format!(", default {v}")).unwrap_or_default();
+                writeln!(out, "  {:<12} {kind}, {req}{default}: {}", f.name, f.help)?;
+            }
+            Ok(0)
+        }
+    }
 }
 
 /// True for a NATS URL on this machine (EDS's dev-mode test).
