@@ -50,9 +50,9 @@ struct GlobalArgs {
     /// Prefix every log line with [LABEL]
     #[arg(long, global = true, hide = true, value_name = "LABEL")]
     log_label: Option<String>,
-    /// Data directory (config.toml, wal/, tracker, dlq/, logs/)
-    #[arg(short = 'd', long, global = true, value_name = "DIR", default_value = "data")]
-    data_dir: PathBuf,
+    /// Data directory (config.toml, wal/, tracker, dlq/, logs/) [default: data; demo-data for `eds demo`]
+    #[arg(short = 'd', long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Directory with a JSON-Schema validator configuration
     #[arg(long, global = true, value_name = "DIR")]
     schema_validator: Option<PathBuf>,
@@ -65,6 +65,8 @@ struct GlobalArgs {
 enum Command {
     /// Print the version
     Version,
+    /// Run the whole pipeline with generated Shopmonkey-shaped events and no external server
+    Demo(crate::demo::DemoArgs),
     /// Run the gateway: pull change events from NATS JetStream into the write-ahead log
     #[command(disable_help_subcommand = true)]
     Server(Box<ServerArgs>),
@@ -173,15 +175,19 @@ where
 }
 
 fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let wal_dir = cli.global.data_dir.join("wal");
+    let data_dir = cli.global.data_dir.clone().unwrap_or_else(|| PathBuf::from("data"));
+    let wal_dir = data_dir.join("wal");
     match &cli.command {
+        Command::Demo(args) => {
+            crate::demo::run(args, cli.global.data_dir.as_deref().unwrap_or(std::path::Path::new("demo-data")))
+        }
         Command::Version => {
             writeln!(out, "{}", crate::VERSION)?;
             Ok(0)
         }
         Command::Server(args) => match &args.command {
             Some(crate::server::ServerCommand::Help { driver }) => crate::server::help(driver.as_deref(), out),
-            None => crate::server::run(args, &cli.global.data_dir, cli.global.schema_validator.as_deref()),
+            None => crate::server::run(args, &data_dir, cli.global.schema_validator.as_deref()),
         },
         Command::Wal { command } => match command {
             WalCommand::Inspect { json } => wal_cmd::inspect(&wal_dir, *json, out),
@@ -191,7 +197,7 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             WalCommand::Cursor { command: CursorCommand::Delete { name } } => {
                 wal_cmd::cursor_delete(&wal_dir, name, out)
             }
-            WalCommand::Dlq { json } => wal_cmd::dlq(&cli.global.data_dir, *json, out),
+            WalCommand::Dlq { json } => wal_cmd::dlq(&data_dir, *json, out),
             WalCommand::Sample { records, batch } => wal_cmd::sample(&wal_dir, *records, *batch, out),
         },
     }
@@ -210,7 +216,7 @@ mod tests {
     #[test]
     fn global_flags_parse_after_the_subcommand() {
         let cli = Cli::try_parse_from(["eds", "wal", "inspect", "-d", "/x", "-v", "-t", "--json"]).unwrap();
-        assert_eq!(cli.global.data_dir, PathBuf::from("/x"));
+        assert_eq!(cli.global.data_dir, Some(PathBuf::from("/x")));
         assert!(cli.global.verbose && cli.global.timestamp && !cli.global.silent);
         assert!(matches!(cli.command, Command::Wal { command: WalCommand::Inspect { json: true } }));
     }

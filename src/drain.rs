@@ -129,6 +129,36 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Create the destination's cursor if it has none, where its `start` says. Called before
+/// anything is appended, so a new destination's "head" is the head at start-up.
+pub fn ensure_cursor(wal: &Wal, name: &str, start: Start) -> Result<(), eds_wal::Error> {
+    if wal.cursor(name).is_ok() {
+        return Ok(());
+    }
+    let s = match start {
+        Start::Head => CursorStart::Head,
+        Start::Oldest => CursorStart::Oldest,
+        Start::Lsn(l) => CursorStart::Lsn(l),
+    };
+    wal.create_cursor(name, s)?;
+    tracing::info!(destination = %name, start = ?start, "new destination: cursor created");
+    Ok(())
+}
+
+/// [`ensure_cursor`] for every destination, off the async threads.
+pub async fn ensure_cursors(wal: Wal, destinations: &[Destination]) -> Result<()> {
+    let dests: Vec<(String, Start)> = destinations.iter().map(|d| (d.name.clone(), d.start)).collect();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for (name, start) in dests {
+            ensure_cursor(&wal, &name, start).map_err(|e| {
+                anyhow::anyhow!("creating the cursor of destination {name:?}: {}", eds_wal::error_chain(&e))
+            })?;
+        }
+        Ok(())
+    })
+    .await?
+}
+
 struct Read {
     reader: Option<Reader>,
     records: Vec<Record>,
@@ -163,15 +193,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
             _ => {
                 let (w, n, start) = (wal.clone(), name.clone(), dest.start);
                 let opened = tokio::task::spawn_blocking(move || -> Result<Reader, eds_wal::Error> {
-                    if w.cursor(&n).is_err() {
-                        let s = match start {
-                            Start::Head => CursorStart::Head,
-                            Start::Oldest => CursorStart::Oldest,
-                            Start::Lsn(l) => CursorStart::Lsn(l),
-                        };
-                        w.create_cursor(&n, s)?;
-                        tracing::info!(destination = %n, start = ?start, "new destination: cursor created");
-                    }
+                    ensure_cursor(&w, &n, start)?;
                     w.cursor_reader(&n)
                 })
                 .await;

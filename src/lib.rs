@@ -5,6 +5,7 @@
 //! neither of them knows about it.
 
 pub mod cli;
+pub mod demo;
 pub mod drain;
 pub mod ingest;
 pub mod logging;

@@ -236,3 +236,47 @@ fn server_help_finds_drivers_by_scheme() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no driver for scheme \"nope\" in this build (known: file)"), "{}", stderr(&o));
 }
+
+#[test]
+fn demo_delivers_every_generated_event_and_keeps_off_server_data() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("demo-data");
+    let out = d.path().join("out");
+    let url = format!("file://{}", out.display());
+    let o = Command::new(env!("CARGO_BIN_EXE_eds"))
+        .args([
+            "demo",
+            "--events",
+            "1500",
+            "--rate",
+            "20000",
+            "--port",
+            "0",
+            "--url",
+            &url,
+            "-d",
+            data.to_str().unwrap(),
+        ])
+        .env_remove("PORT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("done: 1500 events generated and delivered"), "{}", stdout(&o));
+    let mut files = 0;
+    for table in std::fs::read_dir(&out).unwrap() {
+        files += std::fs::read_dir(table.unwrap().path()).unwrap().count();
+    }
+    assert_eq!(files, 1500, "one file per generated event");
+    // The log agrees: 1500 records, the destination's cursor at the end.
+    let o = eds(&["wal", "cursor", "list", "--json", "-d", data.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["position"], 1500);
+    assert_eq!(v[0]["lag_records"], 0);
+
+    // A server's data directory is refused.
+    let server = d.path().join("server");
+    std::fs::create_dir_all(server.join("wal")).unwrap();
+    let o = eds(&["demo", "--events", "10", "--port", "0", "-d", server.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("holds a write-ahead log the demo did not create"), "{}", stderr(&o));
+}

@@ -328,7 +328,8 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-fn create_data_dir(dir: &Path) -> Result<()> {
+/// Create the data directory (0700).
+pub fn create_data_dir(dir: &Path) -> Result<()> {
     let mut b = std::fs::DirBuilder::new();
     b.recursive(true);
     #[cfg(unix)]
@@ -387,6 +388,10 @@ async fn serve(plan: ServerPlan, destinations: Vec<crate::drain::Destination>, d
         std::process::exit(130);
     });
 
+    // Cursors exist before anything is appended: a new destination's "head" is the head now.
+    if let Some(w) = state.wal() {
+        crate::drain::ensure_cursors(w, &destinations).await?;
+    }
     let mut drains = Vec::new();
     for dest in destinations {
         tracing::info!(destination = %dest.name, driver = dest.driver.describe().name, "destination: delivering");
@@ -408,7 +413,8 @@ async fn serve(plan: ServerPlan, destinations: Vec<crate::drain::Destination>, d
     Ok(0)
 }
 
-async fn wait_for_signal() {
+/// Resolves at SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -158,6 +158,16 @@ impl ServerState {
         }
     }
 
+    /// Every destination's cursor position.
+    pub fn destination_positions(&self) -> Vec<(String, u64)> {
+        self.destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, d)| (n.clone(), d.position))
+            .collect()
+    }
+
     /// Mark the process as shutting down (liveness turns 503).
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
