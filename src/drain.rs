@@ -281,7 +281,9 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
             Ok(()) => {
                 backoff = Duration::from_millis(100);
                 let took = started.elapsed().as_secs_f64();
-                state.metrics.observe_flush(&name, took, deliveries.len());
+                let oldest = records.first().map(|r| r.appended_at).unwrap_or(0);
+                let waited = crate::timefmt::now_micros().saturating_sub(oldest) as f64 / 1e6;
+                state.metrics.observe_flush(&name, took, deliveries.len(), waited);
                 let (w, n) = (wal.clone(), name.clone());
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.advance_cursor(&n, last)).await {
                     tracing::error!(destination = %name, error = %eds_wal::error_chain(&e), "advancing the cursor failed");

@@ -13,6 +13,10 @@ pub const TOTAL_EVENTS: &str = "eds_total_events";
 pub const FLUSH_DURATION: &str = "eds_flush_duration_seconds";
 /// EDS: events per destination write (label `destination`).
 pub const FLUSH_COUNT: &str = "eds_flush_count";
+/// EDS: time from receiving events to delivering them (label `destination`).
+pub const PROCESSING_DURATION: &str = "eds_processing_duration_seconds";
+/// Records a destination still has to deliver (label `destination`).
+pub const DESTINATION_LAG: &str = "eds_destination_lag_records";
 /// Bytes of all WAL segments.
 pub const WAL_BYTES: &str = "eds_wal_bytes";
 /// WAL segment files.
@@ -62,6 +66,10 @@ pub struct Metrics {
     pub flush_duration: HistogramVec,
     /// Events per destination write.
     pub flush_count: HistogramVec,
+    /// Receive-to-delivery latency.
+    pub processing_duration: HistogramVec,
+    /// Records not yet delivered, per destination.
+    pub destination_lag: prometheus::IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,6 +112,20 @@ impl Metrics {
                     .buckets(vec![1.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0]),
                 &["destination"],
             )?,
+            processing_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    PROCESSING_DURATION,
+                    "The latency in duration of processing events from receiving them to flushing them",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.02, 0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+                ]),
+                &["destination"],
+            )?,
+            destination_lag: prometheus::IntGaugeVec::new(
+                Opts::new(DESTINATION_LAG, "records in the write-ahead log the destination has not received yet"),
+                &["destination"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.pending_events.clone()))?;
@@ -119,6 +141,8 @@ impl Metrics {
         m.registry.register(Box::new(m.paused_for_disk.clone()))?;
         m.registry.register(Box::new(m.flush_duration.clone()))?;
         m.registry.register(Box::new(m.flush_count.clone()))?;
+        m.registry.register(Box::new(m.processing_duration.clone()))?;
+        m.registry.register(Box::new(m.destination_lag.clone()))?;
         Ok(m)
     }
 
@@ -129,10 +153,12 @@ impl Metrics {
         self.wal_durable_lsn.set(stats.durable_lsn as i64);
     }
 
-    /// Record one destination write.
-    pub fn observe_flush(&self, destination: &str, seconds: f64, events: usize) {
+    /// Record one destination write: its duration, its size, and how long its oldest event
+    /// waited since it was received.
+    pub fn observe_flush(&self, destination: &str, seconds: f64, events: usize, waited: f64) {
         self.flush_duration.with_label_values(&[destination]).observe(seconds);
         self.flush_count.with_label_values(&[destination]).observe(events as f64);
+        self.processing_duration.with_label_values(&[destination]).observe(waited);
     }
 
     /// Prometheus text exposition.

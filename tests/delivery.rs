@@ -54,6 +54,11 @@ async fn events_reach_a_file_destination_once_across_restarts() {
     .await;
     let d = &status["destinations"][0];
     assert_eq!((d["name"].as_str(), d["driver"].as_str()), (Some("archive"), Some("File")), "{status}");
+    let (_, metrics) = eds.get("/metrics").await;
+    for line in [r#"eds_destination_lag_records{destination="archive"} 0"#, "eds_pending_events 0"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing in\n{metrics}");
+    }
+    assert!(metrics.contains(r#"eds_processing_duration_seconds_count{destination="archive"}"#), "{metrics}");
     assert_eq!((d["delivered"].as_u64(), d["lag_records"].as_u64()), (Some(300), Some(0)), "{status}");
     assert_eq!(eds.stop(), 0);
 

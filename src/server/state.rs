@@ -189,8 +189,21 @@ impl ServerState {
 
     /// Copy the WAL's counters into the metrics.
     pub fn refresh_metrics(&self) {
-        if let Some(w) = self.wal() {
-            self.metrics.observe_wal(&w.stats());
+        let Some(w) = self.wal() else { return };
+        let stats = w.stats();
+        self.metrics.observe_wal(&stats);
+        let positions = self.destination_positions();
+        for (name, position) in &positions {
+            self.metrics
+                .destination_lag
+                .with_label_values(&[name])
+                .set(stats.durable_lsn.saturating_sub(*position) as i64);
+        }
+        // EDS's meaning, received and not yet delivered, once there are destinations: what the
+        // slowest one still has to receive, plus what is received but not yet durable.
+        if let Some(slowest) = positions.iter().map(|(_, p)| *p).min() {
+            let not_durable = stats.written_lsn.saturating_sub(stats.durable_lsn);
+            self.metrics.pending_events.set((stats.durable_lsn.saturating_sub(slowest) + not_durable) as i64);
         }
     }
 
