@@ -56,6 +56,10 @@ pub fn run(args: &DemoArgs, data_dir: &Path) -> Result<u8> {
         .into());
     }
     crate::server::create_data_dir(data_dir)?;
+    let mut destinations = destinations;
+    for d in &mut destinations {
+        d.dead_letters = Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);
+    }
     std::fs::write(data_dir.join(MARKER), b"this data directory belongs to `eds demo`\n")
         .with_context(|| format!("marking {} as the demo's", data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -40,6 +40,8 @@ pub struct Destination {
     pub driver: Arc<dyn Driver>,
     /// Where a new cursor starts.
     pub start: Start,
+    /// Where events the destination rejects go (set by the caller, under the data dir).
+    pub dead_letters: Option<crate::ingest::dlq::DeadLetters>,
 }
 
 impl std::fmt::Debug for Destination {
@@ -93,7 +95,7 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
     if name.is_empty() {
         bail!("--url {url:?}: the destination name is empty (set name=… in the URL's query)");
     }
-    Ok(Some(Destination { name, driver, start }))
+    Ok(Some(Destination { name, driver, start, dead_letters: None }))
 }
 
 /// Parse every `--url`; two destinations with one name are a usage error.
@@ -159,6 +161,47 @@ pub async fn ensure_cursors(wal: Wal, destinations: &[Destination]) -> Result<()
     .await?
 }
 
+/// Write `batch`; when the destination rejects data or finds the batch too large, split it in
+/// halves until the rejected events stand alone, and collect those (index in `batch`, reason)
+/// instead of failing. Replayed halves are harmless: writes are idempotent.
+fn deliver<'a>(
+    driver: &'a dyn Driver,
+    batch: &'a [Delivery<'a>],
+    offset: usize,
+    rejected: &'a mut Vec<(usize, String)>,
+) -> eds_drivers::driver::BoxFuture<'a, Result<(), eds_drivers::driver::DriverError>> {
+    Box::pin(async move {
+        let result = match tokio::time::timeout(WRITE_DEADLINE, driver.write(Batch::Events(batch))).await {
+            Ok(r) => r,
+            Err(_) => Err(eds_drivers::driver::DriverError::new(
+                ErrorClass::Transient,
+                format!("writing {} events did not finish within {WRITE_DEADLINE:?}", batch.len()),
+            )),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.class, ErrorClass::Rejected | ErrorClass::TooLarge) && batch.len() > 1 => {
+                let mid = batch.len() / 2;
+                let (left, right) = batch.split_at(mid);
+                deliver(driver, left, offset, rejected).await?;
+                deliver(driver, right, offset + mid, rejected).await
+            }
+            Err(e) if e.class == ErrorClass::Rejected => {
+                rejected.push((offset, eds_wal::error_chain(&e)));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// At least this many rejected events in a row (across batches), or at least this many making up
+/// [`SYSTEMATIC_SHARE`] of one batch, means something systematic: the destination is stopped
+/// with that error rather than dead-lettering a whole table.
+const SYSTEMATIC_MIN: usize = 10;
+/// See [`SYSTEMATIC_MIN`].
+const SYSTEMATIC_SHARE: f64 = 0.5;
+
 struct Read {
     reader: Option<Reader>,
     records: Vec<Record>,
@@ -179,6 +222,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
     });
     let mut reader: Option<(Wal, Reader)> = None;
     let mut backoff = Duration::from_millis(100);
+    let mut consecutive_rejected = 0usize;
     loop {
         if *shutdown.borrow() {
             break;
@@ -265,18 +309,31 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         let deliveries: Vec<Delivery<'_>> =
             decoded.iter().map(|(lsn, event, raw)| Delivery { lsn: *lsn, event, raw }).collect();
         let started = Instant::now();
-        // Every driver call has a deadline: a half-open connection must not hang the drain.
-        let written = if deliveries.is_empty() {
-            Ok(())
-        } else {
-            match tokio::time::timeout(WRITE_DEADLINE, dest.driver.write(Batch::Events(&deliveries))).await {
-                Ok(r) => r,
-                Err(_) => Err(eds_drivers::driver::DriverError::new(
-                    ErrorClass::Transient,
-                    format!("writing {} events did not finish within {WRITE_DEADLINE:?}", deliveries.len()),
-                )),
-            }
-        };
+        let mut rejected = Vec::new();
+        let mut written =
+            if deliveries.is_empty() { Ok(()) } else { deliver(&*dest.driver, &deliveries, 0, &mut rejected).await };
+        if written.is_ok() && !rejected.is_empty() {
+            // Rejections in a row (across batches) or most of a big batch: something systematic
+            // (a type mismatch, a NOT NULL column) — stop instead of dead-lettering a whole table.
+            let all_rejected = rejected.len() == deliveries.len();
+            let in_a_row = if all_rejected { consecutive_rejected + rejected.len() } else { rejected.len() };
+            let share = rejected.len() as f64 / deliveries.len().max(1) as f64;
+            let systematic = in_a_row >= SYSTEMATIC_MIN && (all_rejected || share >= SYSTEMATIC_SHARE);
+            let first = rejected.first().map(|(_, r)| r.clone()).unwrap_or_default();
+            written = if systematic {
+                Err(eds_drivers::driver::DriverError::new(
+                    ErrorClass::Config,
+                    format!(
+                        "{in_a_row} events in a row were rejected, so the destination is stopped instead of dead-lettering them; first reason: {first}"
+                    ),
+                ))
+            } else {
+                consecutive_rejected = if all_rejected { in_a_row } else { 0 };
+                dead_letter(&dest, &name, &records, &decoded, &rejected).await
+            };
+        } else if written.is_ok() && !deliveries.is_empty() {
+            consecutive_rejected = 0;
+        }
         match written {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
@@ -288,7 +345,8 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.advance_cursor(&n, last)).await {
                     tracing::error!(destination = %name, error = %eds_wal::error_chain(&e), "advancing the cursor failed");
                 }
-                let delivered = deliveries.len() as u64;
+                let delivered = (deliveries.len() - rejected.len()) as u64;
+                state.metrics.dead_lettered.inc_by(rejected.len() as u64);
                 state.destination(&name, |d| {
                     d.state = "delivering";
                     d.position = last;
@@ -306,8 +364,9 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 };
                 let msg = eds_wal::error_chain(&e);
                 tracing::warn!(destination = %name, error = %msg, retry_in = ?wait, "delivery failed; retrying");
+                let stopped = e.class == ErrorClass::Config;
                 state.destination(&name, |d| {
-                    d.state = "retrying";
+                    d.state = if stopped { "stopped" } else { "retrying" };
                     d.last_error = Some(msg);
                 });
                 // Capped exponential backoff with jitter, so many destinations do not retry in step.
@@ -320,6 +379,52 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
     drop(reader);
     state.destination(&name, |d| d.state = "stopped");
     tracing::info!(destination = %name, "drain stopped");
+}
+
+/// Make the rejected events durable in the destination's dead-letter log, with their reasons.
+async fn dead_letter(
+    dest: &Destination,
+    name: &str,
+    records: &[Record],
+    decoded: &[(u64, ChangeEvent, &[u8])],
+    rejected: &[(usize, String)],
+) -> Result<(), eds_drivers::driver::DriverError> {
+    let Some(dlq) = dest.dead_letters.clone() else {
+        return Err(eds_drivers::driver::DriverError::new(
+            ErrorClass::Config,
+            format!("destination {name:?} rejected {} events and has no dead-letter log", rejected.len()),
+        ));
+    };
+    let mut entries = Vec::with_capacity(rejected.len());
+    for (i, reason) in rejected {
+        let Some((lsn, _, raw)) = decoded.get(*i) else { continue };
+        let Some(rec) = records.iter().find(|r| r.lsn == *lsn) else { continue };
+        let env = envelope::decode(&rec.data).map_err(|e| {
+            eds_drivers::driver::DriverError::new(ErrorClass::Config, format!("WAL record {lsn} is damaged: {e}"))
+        })?;
+        tracing::warn!(destination = %name, lsn, stream_seq = env.stream_seq, reason = %reason, "the destination rejected an event: dead-lettered");
+        entries.push(
+            envelope::Envelope {
+                kind: EnvelopeKind::DeadLetter,
+                reason: format!("destination {name} rejected it: {reason}").into(),
+                payload: raw,
+                ..env
+            }
+            .encode(),
+        );
+    }
+    tokio::task::spawn_blocking(move || dlq.append(&entries))
+        .await
+        .map_err(|e| {
+            eds_drivers::driver::DriverError::new(ErrorClass::Transient, format!("dead-letter task failed: {e}"))
+        })?
+        .map_err(|e| {
+            eds_drivers::driver::DriverError::caused(
+                ErrorClass::Transient,
+                "writing the destination's dead-letter log",
+                e,
+            )
+        })
 }
 
 #[cfg(test)]
@@ -340,5 +445,129 @@ mod tests {
         assert!(err.to_string().contains("two destinations are named \"same\""), "{err}");
         assert_eq!(redact("postgres://user:secret@db:5432/x"), "postgres://user:***@db:5432/x");
         assert_eq!(redact("file:///x"), "file:///x");
+    }
+}
+
+#[cfg(test)]
+mod rejection_tests {
+    use super::*;
+    use crate::ingest::dlq::DeadLetters;
+    use eds_drivers::driver::{Description, DriverError, Limits};
+    use std::sync::Mutex;
+
+    static PICKY: Description = Description {
+        name: "Picky",
+        scheme: "picky",
+        aliases: &[],
+        example_url: "picky://x",
+        help: "rejects rows whose key starts with bad",
+        fields: &[],
+        kind: Kind::Stream,
+        needs_schema: false,
+    };
+
+    /// Rejects (atomically, like a SQL transaction) any batch holding a key starting with "bad".
+    struct Picky {
+        written: Mutex<Vec<u64>>,
+        reject_all: bool,
+    }
+
+    impl Driver for Picky {
+        fn describe(&self) -> &'static Description {
+            &PICKY
+        }
+        fn limits(&self) -> Limits {
+            Limits { max_rows: 8, max_bytes: 1 << 20, max_bind_params: usize::MAX }
+        }
+        fn test(&self) -> eds_drivers::driver::BoxFuture<'_, Result<(), DriverError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn write<'a>(&'a self, batch: Batch<'a>) -> eds_drivers::driver::BoxFuture<'a, Result<(), DriverError>> {
+            Box::pin(async move {
+                let Batch::Events(events) = batch else { unreachable!() };
+                if self.reject_all || events.iter().any(|d| d.event.primary_key().starts_with("bad")) {
+                    return Err(DriverError::new(ErrorClass::Rejected, "value out of range for column \"number\""));
+                }
+                self.written.lock().unwrap().extend(events.iter().map(|d| d.lsn));
+                Ok(())
+            })
+        }
+    }
+
+    async fn run_with(reject_all: bool) -> (Vec<u64>, Vec<crate::ingest::dlq::Listed>, serde_json::Value, Vec<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
+        let records: Vec<Vec<u8>> = (1..=20u64)
+            .map(|n| {
+                let key = if [4, 9, 17].contains(&n) { format!("bad{n}") } else { format!("k{n}") };
+                let payload =
+                    format!(r#"{{"operation":"INSERT","table":"t","key":["{key}"],"after":{{"id":"{key}"}}}}"#);
+                envelope::Envelope {
+                    kind: EnvelopeKind::Event,
+                    stream_seq: n,
+                    received_at: 1,
+                    subject: "dbchange.t.INSERT.c.l.PUBLIC.1".into(),
+                    msg_id: "".into(),
+                    reason: "".into(),
+                    payload: payload.as_bytes(),
+                }
+                .encode()
+            })
+            .collect();
+        wal.append(&records).unwrap();
+        let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
+        let driver = Arc::new(Picky { written: Mutex::new(Vec::new()), reject_all });
+        let dest = Destination {
+            name: "picky".into(),
+            driver: driver.clone(),
+            start: Start::Oldest,
+            dead_letters: Some(DeadLetters::open_for_destination(dir.path(), "picky").unwrap()),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(dest, state.clone(), stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = state.status_json();
+            let d = &s["destinations"][0];
+            if d["cursor"] == 20 || d["state"] == "stopped" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "drain made no progress: {s}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let status = state.status_json();
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        let mut written = driver.written.lock().unwrap().clone();
+        written.sort_unstable();
+        let letters = crate::ingest::dlq::list_at(&dir.path().join("dlq").join("picky")).unwrap();
+        let positions = state.destination_positions().into_iter().map(|(_, p)| p).collect();
+        (written, letters, status, positions)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejected_event_is_isolated_and_dead_lettered_the_rest_delivered() {
+        let (written, letters, status, positions) = run_with(false).await;
+        let good: Vec<u64> = (1..=20).filter(|n| ![4, 9, 17].contains(n)).collect();
+        assert_eq!(written, good, "every other event exactly once");
+        let dead: Vec<u64> = letters.iter().map(|l| l.stream_seq).collect();
+        assert_eq!(dead, vec![4, 9, 17]);
+        assert!(letters
+            .iter()
+            .all(|l| l.reason == "destination picky rejected it: value out of range for column \"number\""));
+        assert_eq!(positions, vec![20], "the cursor passes dead letters: {status}");
+        assert_eq!(status["destinations"][0]["delivered"], 17);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_systematic_rejection_stops_the_destination_instead_of_dead_lettering_everything() {
+        let (written, letters, status, positions) = run_with(true).await;
+        assert!(written.is_empty());
+        // The first batch (8 < 10 in a row) is dead-lettered; the second proves it systematic.
+        assert_eq!(letters.len(), 8, "at most one batch below the threshold is dead-lettered");
+        let d = &status["destinations"][0];
+        assert_eq!(d["state"], "stopped", "{status}");
+        assert!(d["last_error"].as_str().unwrap().contains("16 events in a row were rejected"), "{status}");
+        assert_eq!(positions, vec![8], "the cursor stops before the batch that proved it");
     }
 }

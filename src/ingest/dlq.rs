@@ -29,7 +29,15 @@ fn options() -> Options {
 impl DeadLetters {
     /// Open (or create) it.
     pub fn open(data_dir: &Path) -> Result<DeadLetters> {
-        let d = dir(data_dir);
+        DeadLetters::open_at(dir(data_dir))
+    }
+
+    /// Open (or create) the dead-letter log of one destination, `<data-dir>/dlq/<destination>`.
+    pub fn open_for_destination(data_dir: &Path, destination: &str) -> Result<DeadLetters> {
+        DeadLetters::open_at(data_dir.join("dlq").join(destination))
+    }
+
+    fn open_at(d: PathBuf) -> Result<DeadLetters> {
         let wal =
             Wal::open(&d, options()).with_context(|| format!("opening the dead-letter log at {}", d.display()))?;
         Ok(DeadLetters { dir: d, wal: Arc::new(Mutex::new(Some(wal))) })
@@ -70,9 +78,14 @@ pub struct Listed {
     pub payload: Vec<u8>,
 }
 
-/// Read every dead letter (read-only; safe while the server runs).
+/// Read every dead letter ingest wrote (read-only; safe while the server runs).
 pub fn list(data_dir: &Path) -> Result<Vec<Listed>> {
-    let d = dir(data_dir);
+    list_at(&dir(data_dir))
+}
+
+/// Read every dead letter of the dead-letter log in `d`.
+pub fn list_at(d: &Path) -> Result<Vec<Listed>> {
+    let d = d.to_path_buf();
     if !d.is_dir() {
         return Ok(Vec::new());
     }

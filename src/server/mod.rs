@@ -306,8 +306,11 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
     if schema_validator.is_some() {
         tracing::warn!(flag = "--schema-validator", "accepted but not active yet in this version of eds");
     }
-    let destinations = crate::drain::parse_destinations(&args.urls).map_err(|e| UsageError(format!("{e:#}")))?;
+    let mut destinations = crate::drain::parse_destinations(&args.urls).map_err(|e| UsageError(format!("{e:#}")))?;
     create_data_dir(data_dir)?;
+    for d in &mut destinations {
+        d.dead_letters = Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
