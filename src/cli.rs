@@ -105,11 +105,14 @@ enum WalCommand {
         #[command(subcommand)]
         command: CursorCommand,
     },
-    /// List messages ingest dead-lettered, with the reason
+    /// List dead letters with their reasons: messages ingest refused, or events a destination rejected
     Dlq {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        /// A destination's dead letters (events it rejected) instead of ingest's
+        #[arg(long, value_name = "NAME")]
+        destination: Option<String>,
     },
     /// Write sample order events into the data directory's log, then inspect it
     Sample {
@@ -197,7 +200,7 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             WalCommand::Cursor { command: CursorCommand::Delete { name } } => {
                 wal_cmd::cursor_delete(&wal_dir, name, out)
             }
-            WalCommand::Dlq { json } => wal_cmd::dlq(&data_dir, *json, out),
+            WalCommand::Dlq { json, destination } => wal_cmd::dlq(&data_dir, destination.as_deref(), *json, out),
             WalCommand::Sample { records, batch } => wal_cmd::sample(&wal_dir, *records, *batch, out),
         },
     }

@@ -288,8 +288,14 @@ pub(crate) fn cursor_delete(dir: &Path, name: &str, out: &mut dyn Write) -> Resu
     }
 }
 
-pub(crate) fn dlq(data_dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<u8> {
-    let letters = crate::ingest::dlq::list(data_dir)?;
+pub(crate) fn dlq(data_dir: &Path, destination: Option<&str>, as_json: bool, out: &mut dyn Write) -> Result<u8> {
+    let letters = match destination {
+        None => crate::ingest::dlq::list(data_dir)?,
+        Some(name) => {
+            eds_wal::cursor::validate_name(name).map_err(|why| anyhow::anyhow!("--destination {name:?}: {why}"))?;
+            crate::ingest::dlq::list_at(&data_dir.join("dlq").join(name))?
+        }
+    };
     if as_json {
         let doc: Vec<_> = letters
             .iter()

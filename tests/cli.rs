@@ -280,3 +280,29 @@ fn demo_delivers_every_generated_event_and_keeps_off_server_data() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("holds a write-ahead log the demo did not create"), "{}", stderr(&o));
 }
+
+#[test]
+fn dlq_lists_a_destinations_dead_letters() {
+    let d = tempfile::tempdir().unwrap();
+    let dlq = eds::ingest::dlq::DeadLetters::open_for_destination(d.path(), "pg-main").unwrap();
+    let rec = eds::ingest::envelope::Envelope {
+        kind: eds::ingest::envelope::Kind::DeadLetter,
+        stream_seq: 42,
+        received_at: 0,
+        subject: "dbchange.order.UPDATE.c.l.PUBLIC.2".into(),
+        msg_id: "".into(),
+        reason: "destination pg-main rejected it: value too long".into(),
+        payload: br#"{"operation":"UPDATE"}"#,
+    }
+    .encode();
+    dlq.append(&[rec]).unwrap();
+    drop(dlq);
+    let o = eds(&["wal", "dlq", "--destination", "pg-main", "--json", "-d", d.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["stream_seq"], 42);
+    assert_eq!(v[0]["reason"], "destination pg-main rejected it: value too long");
+    // Ingest's own dead letters are separate.
+    let o = eds(&["wal", "dlq", "-d", d.path().to_str().unwrap()]);
+    assert_eq!(stdout(&o), "no dead letters\n");
+}
