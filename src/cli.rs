@@ -70,6 +70,11 @@ enum Command {
     /// Run the gateway: pull change events from NATS JetStream into the write-ahead log
     #[command(disable_help_subcommand = true)]
     Server(Box<ServerArgs>),
+    /// Dead letters: list them, or re-deliver a destination's after fixing what rejected them
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Look into the write-ahead log (read-only; safe while a server runs)
     Wal {
         #[command(subcommand)]
@@ -122,6 +127,28 @@ enum WalCommand {
         /// Events per appended batch
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
         batch: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// List dead letters (ingest's, or a destination's) with their reasons
+    List {
+        /// A destination's dead letters (events it rejected) instead of ingest's
+        #[arg(long, value_name = "NAME")]
+        destination: Option<String>,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-deliver a destination's dead letters not replayed yet (stop the server first)
+    Replay {
+        /// The destination whose dead letters to replay
+        #[arg(long, value_name = "NAME")]
+        destination: String,
+        /// The destination's URL, as given to the server
+        #[arg(long, value_name = "URL")]
+        url: String,
     },
 }
 
@@ -181,6 +208,12 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
     let data_dir = cli.global.data_dir.clone().unwrap_or_else(|| PathBuf::from("data"));
     let wal_dir = data_dir.join("wal");
     match &cli.command {
+        Command::Dlq { command: DlqCommand::List { destination, json } } => {
+            wal_cmd::dlq(&data_dir, destination.as_deref(), *json, out)
+        }
+        Command::Dlq { command: DlqCommand::Replay { destination, url } } => {
+            wal_cmd::dlq_replay(&data_dir, destination, url, out)
+        }
         Command::Demo(args) => {
             crate::demo::run(args, cli.global.data_dir.as_deref().unwrap_or(std::path::Path::new("demo-data")))
         }

@@ -302,7 +302,7 @@ pub(crate) fn dlq(data_dir: &Path, destination: Option<&str>, as_json: bool, out
             .map(|d| {
                 json!({
                     "lsn": d.lsn, "stream_seq": d.stream_seq, "received_at": rfc3339_micros(d.received_at),
-                    "subject": d.subject, "reason": d.reason,
+                    "subject": d.subject, "reason": d.reason, "replayed": d.replayed,
                     "payload": String::from_utf8(d.payload.clone()).unwrap_or_else(|_| hex(&d.payload)),
                 })
             })
@@ -318,9 +318,10 @@ pub(crate) fn dlq(data_dir: &Path, destination: Option<&str>, as_json: bool, out
             Ok(t) => format!("text\t{}", escape_text(t)),
             Err(_) => format!("hex\t{}", hex(&d.payload)),
         };
+        let replayed = if d.replayed { "\treplayed" } else { "" };
         writeln!(
             out,
-            "{}\t{}\tseq {}\t{}\t{}\t{payload}",
+            "{}\t{}\tseq {}\t{}\t{}\t{payload}{replayed}",
             d.lsn,
             rfc3339_micros(d.received_at),
             d.stream_seq,
@@ -329,6 +330,24 @@ pub(crate) fn dlq(data_dir: &Path, destination: Option<&str>, as_json: bool, out
         )?;
     }
     Ok(0)
+}
+
+pub(crate) fn dlq_replay(data_dir: &Path, destination: &str, url: &str, out: &mut dyn Write) -> Result<u8> {
+    eds_wal::cursor::validate_name(destination)
+        .map_err(|why| anyhow::anyhow!("--destination {destination:?}: {why}"))?;
+    let Some(dest) = crate::drain::parse_destination(url)? else {
+        bail!("--url {}: this build has no driver for it", crate::drain::redact(url));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (delivered, still) = runtime.block_on(crate::ingest::dlq::replay(data_dir, destination, &*dest.driver))?;
+    writeln!(out, "re-delivered {delivered} dead letter(s) of {destination:?}")?;
+    for (seq, reason) in &still {
+        writeln!(
+            out,
+            "still rejected: stream sequence {seq}: {reason} (it and those after it stay for a later replay)"
+        )?;
+    }
+    Ok(if still.is_empty() { 0 } else { crate::cli::EXIT_FAILURE })
 }
 
 pub(crate) fn sample(dir: &Path, records: u64, batch: u64, out: &mut dyn Write) -> Result<u8> {

@@ -306,3 +306,50 @@ fn dlq_lists_a_destinations_dead_letters() {
     let o = eds(&["wal", "dlq", "-d", d.path().to_str().unwrap()]);
     assert_eq!(stdout(&o), "no dead letters\n");
 }
+
+#[test]
+fn dlq_replay_redelivers_a_destinations_dead_letters_once() {
+    let d = tempfile::tempdir().unwrap();
+    let dlq = eds::ingest::dlq::DeadLetters::open_for_destination(d.path(), "archive").unwrap();
+    let payloads: Vec<String> = (1..=3)
+        .map(|n| {
+            format!(
+                r#"{{"operation":"INSERT","table":"order","key":["k{n}"],"after":{{"id":"k{n}"}},"timestamp":{n}000}}"#
+            )
+        })
+        .collect();
+    let recs: Vec<Vec<u8>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            eds::ingest::envelope::Envelope {
+                kind: eds::ingest::envelope::Kind::DeadLetter,
+                stream_seq: 10 + i as u64,
+                received_at: 0,
+                subject: "dbchange.order.INSERT.c.l.PUBLIC.2".into(),
+                msg_id: "".into(),
+                reason: "destination archive rejected it: disk full".into(),
+                payload: p.as_bytes(),
+            }
+            .encode()
+        })
+        .collect();
+    dlq.append(&recs).unwrap();
+    drop(dlq);
+    let out = d.path().join("out");
+    let url = format!("file://{}", out.display());
+    let dir = d.path().to_str().unwrap();
+    let o = eds(&["dlq", "replay", "--destination", "archive", "--url", &url, "-d", dir]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "re-delivered 3 dead letter(s) of \"archive\"\n");
+    for (n, p) in payloads.iter().enumerate() {
+        let f = out.join("order").join(format!("{}-k{}.json", n + 1, n + 1));
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), *p);
+    }
+    // Listed as replayed; a second replay has nothing left to do.
+    let o = eds(&["dlq", "list", "--destination", "archive", "--json", "-d", dir]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.as_array().unwrap().iter().all(|l| l["replayed"] == true), "{v}");
+    let o = eds(&["dlq", "replay", "--destination", "archive", "--url", &url, "-d", dir]);
+    assert_eq!(stdout(&o), "re-delivered 0 dead letter(s) of \"archive\"\n");
+}

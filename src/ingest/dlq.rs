@@ -76,7 +76,12 @@ pub struct Listed {
     pub reason: String,
     /// The message as received.
     pub payload: Vec<u8>,
+    /// Already re-delivered by `eds dlq replay`.
+    pub replayed: bool,
 }
+
+/// Cursor in a destination's dead-letter log: the last dead letter `eds dlq replay` re-delivered.
+pub const REPLAYED_CURSOR: &str = "replayed";
 
 /// Read every dead letter ingest wrote (read-only; safe while the server runs).
 pub fn list(data_dir: &Path) -> Result<Vec<Listed>> {
@@ -90,6 +95,7 @@ pub fn list_at(d: &Path) -> Result<Vec<Listed>> {
         return Ok(Vec::new());
     }
     let wal = Wal::open_read_only(&d, Options::default()).with_context(|| format!("opening {}", d.display()))?;
+    let replayed_up_to = wal.cursor(REPLAYED_CURSOR).map(|c| c.position).unwrap_or(0);
     let mut r = wal.reader(wal.oldest_lsn())?;
     let mut out = Vec::new();
     while let Some(rec) = r.next()? {
@@ -104,7 +110,58 @@ pub fn list_at(d: &Path) -> Result<Vec<Listed>> {
             subject: env.subject.into_owned(),
             reason: env.reason.into_owned(),
             payload: env.payload.to_vec(),
+            replayed: rec.lsn <= replayed_up_to,
         });
     }
     Ok(out)
+}
+
+/// Re-deliver a destination's dead letters not replayed yet through `driver` (after the operator
+/// fixed what made the destination reject them). Needs the server stopped: it takes the dead-letter
+/// log's lock. Returns how many were delivered; those still rejected stay for a later replay.
+pub async fn replay(
+    data_dir: &Path,
+    destination: &str,
+    driver: &dyn eds_drivers::driver::Driver,
+) -> Result<(u64, Vec<(u64, String)>)> {
+    use eds_drivers::driver::{Batch, Delivery};
+    let d = data_dir.join("dlq").join(destination);
+    if !d.is_dir() {
+        anyhow::bail!("destination {destination:?} has no dead-letter log at {}", d.display());
+    }
+    let wal = Wal::open(&d, options()).map_err(|e| match e {
+        eds_wal::Error::Locked { .. } => {
+            anyhow::anyhow!("{} is in use: stop the server before replaying dead letters", d.display())
+        }
+        e => anyhow::Error::new(e).context(format!("opening {}", d.display())),
+    })?;
+    if wal.cursor(REPLAYED_CURSOR).is_err() {
+        wal.create_cursor(REPLAYED_CURSOR, eds_wal::CursorStart::Oldest)?;
+    }
+    let mut r = wal.cursor_reader(REPLAYED_CURSOR)?;
+    let (mut delivered, mut still_rejected) = (0u64, Vec::new());
+    let mut last = wal.cursor(REPLAYED_CURSOR)?.position;
+    while let Some(rec) = r.next()? {
+        let env = envelope::decode(&rec.data).with_context(|| format!("dead-letter record {} is damaged", rec.lsn))?;
+        if env.kind == Kind::DeadLetter {
+            let event = eds_drivers::event::ChangeEvent::from_json(env.payload).with_context(|| {
+                format!("dead letter {} (stream sequence {}) is not a change event", rec.lsn, env.stream_seq)
+            })?;
+            let one = [Delivery { lsn: rec.lsn, event: &event, raw: env.payload }];
+            match driver.write(Batch::Events(&one)).await {
+                Ok(()) => delivered += 1,
+                Err(e) if e.class == eds_drivers::driver::ErrorClass::Rejected => {
+                    // Still refused: stop here so it stays pending, in order, for a later replay.
+                    still_rejected.push((env.stream_seq, eds_wal::error_chain(&e)));
+                    break;
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("replaying dead letter {}", rec.lsn))),
+            }
+        }
+        last = rec.lsn;
+    }
+    drop(r);
+    wal.advance_cursor(REPLAYED_CURSOR, last)?;
+    wal.close()?;
+    Ok((delivered, still_rejected))
 }
