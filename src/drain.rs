@@ -42,6 +42,18 @@ pub struct Destination {
     pub start: Start,
     /// Where events the destination rejects go (set by the caller, under the data dir).
     pub dead_letters: Option<crate::ingest::dlq::DeadLetters>,
+    /// What happens when the disk budget is full and this destination holds the oldest data.
+    pub overflow: Overflow,
+}
+
+/// A destination's overflow policy (`overflow=` in its URL's query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Ingest pauses until the destination catches up (upstream keeps the data). The default.
+    Block,
+    /// The destination's cursor jumps past the oldest segment so ingest can go on; what it skips
+    /// is recorded as a gap, logged and counted.
+    DropOldest,
 }
 
 impl std::fmt::Debug for Destination {
@@ -95,7 +107,12 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
     if name.is_empty() {
         bail!("--url {url:?}: the destination name is empty (set name=… in the URL's query)");
     }
-    Ok(Some(Destination { name, driver, start, dead_letters: None }))
+    let overflow = match query_param(url, "overflow") {
+        None | Some("block") => Overflow::Block,
+        Some("drop-oldest") => Overflow::DropOldest,
+        Some(o) => bail!("--url {url:?}: overflow={o:?} is not block or drop-oldest"),
+    };
+    Ok(Some(Destination { name, driver, start, dead_letters: None, overflow }))
 }
 
 /// Parse every `--url`; two destinations with one name are a usage error.
@@ -216,9 +233,11 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         return;
     }
     let driver_name = dest.driver.describe().name;
+    let drop_oldest = dest.overflow == Overflow::DropOldest;
     state.destination(&name, |d| {
         d.driver = driver_name.to_owned();
         d.state = "idle";
+        d.drop_oldest = drop_oldest;
     });
     let mut reader: Option<(Wal, Reader)> = None;
     let mut backoff = Duration::from_millis(100);
@@ -232,8 +251,10 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
             tokio::select! { _ = tokio::time::sleep(Duration::from_millis(100)) => {}, _ = shutdown.changed() => {} }
             continue;
         };
+        // A reader behind its cursor means the cursor was moved (overflow=drop-oldest): reopen.
+        let moved = |w: &Wal, r: &Reader| w.cursor(&name).map(|c| r.next_lsn() <= c.position).unwrap_or(true);
         let (wal, r) = match reader.take() {
-            Some((w, r)) if !w.is_poisoned() => (w, r),
+            Some((w, r)) if !w.is_poisoned() && !moved(&w, &r) => (w, r),
             _ => {
                 let (w, n, start) = (wal.clone(), name.clone(), dest.start);
                 let opened = tokio::task::spawn_blocking(move || -> Result<Reader, eds_wal::Error> {
@@ -440,6 +461,9 @@ mod tests {
         assert_eq!((d.name.as_str(), d.start), ("archive", Start::Oldest));
         assert_eq!(parse_destination("file://x?start=lsn:42").unwrap().unwrap().start, Start::Lsn(42));
         assert!(parse_destination("file://x?start=yesterday").unwrap_err().to_string().contains("start=\"yesterday\""));
+        assert_eq!(parse_destination("file://x").unwrap().unwrap().overflow, Overflow::Block);
+        assert_eq!(parse_destination("file://x?overflow=drop-oldest").unwrap().unwrap().overflow, Overflow::DropOldest);
+        assert!(parse_destination("file://x?overflow=maybe").unwrap_err().to_string().contains("overflow=\"maybe\""));
         assert!(parse_destination("postgres://u:secret@db/x").unwrap().is_none());
         let err = parse_destinations(&["file://a?name=same".into(), "file://b?name=same".into()]).unwrap_err();
         assert!(err.to_string().contains("two destinations are named \"same\""), "{err}");
@@ -522,6 +546,7 @@ mod rejection_tests {
             driver: driver.clone(),
             start: Start::Oldest,
             dead_letters: Some(DeadLetters::open_for_destination(dir.path(), "picky").unwrap()),
+            overflow: Overflow::Block,
         };
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(dest, state.clone(), stop_rx));

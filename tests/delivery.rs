@@ -141,3 +141,58 @@ async fn a_full_budget_resumes_by_itself_when_a_destination_catches_up() {
     assert_eq!(eds.stop(), 0);
     assert_eq!(files(&out).len(), 2000);
 }
+
+/// overflow=drop-oldest: a destination that stays down does not stop ingest when the budget is
+/// full; its cursor jumps past the oldest segment and what it skipped is recorded as a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_lets_ingest_go_on_and_records_what_the_destination_skipped() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let out = data.path().join("out");
+    std::fs::write(&out, b"in the way").unwrap();
+    let url = format!("file://{}?name=lossy&start=oldest&overflow=drop-oldest", out.display());
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut seqs = Vec::new();
+    for n in 0..2000u64 {
+        let mut noise = String::new();
+        for _ in 0..128 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            noise.push_str(&format!("{seed:016x}"));
+        }
+        let body = format!(
+            r#"{{"operation":"UPDATE","table":"order","key":["k{n}"],"after":{{"id":"k{n}","note":"{noise}"}},"timestamp":{}}}"#,
+            n * 1000
+        );
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), body.into_bytes()).await);
+    }
+    let eds = Eds::start(
+        data.path(),
+        &nats,
+        &["--restart", "--ack-wait", "1s", "--wal-segment-size", "1MiB", "--wal-max-bytes", "2MiB", "--url", &url],
+    );
+    // The destination never recovers, yet everything gets stored.
+    eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(60)).await;
+    let status = eds.status().await;
+    let gaps = status["ingest"]["gaps"].as_array().unwrap();
+    assert!(!gaps.is_empty(), "{status}");
+    assert!(
+        gaps[0]["reason"].as_str().unwrap().contains("destination lossy (overflow=drop-oldest) skipped WAL records"),
+        "{status}"
+    );
+    assert!(status["destinations"][0]["cursor"].as_u64().unwrap() > 0, "the cursor jumped: {status}");
+    let recorded = std::fs::read_to_string(data.path().join("gaps.jsonl")).unwrap();
+    assert!(recorded.contains("destination lossy"), "{recorded}");
+    // Once it is back, it delivers what it still has, none of what it skipped.
+    std::fs::remove_file(&out).unwrap();
+    eventually("the destination to catch up", Duration::from_secs(60), || async {
+        let s = eds.status().await;
+        (s["destinations"][0]["lag_records"] == 0 && s["destinations"][0]["state"] != "retrying").then_some(())
+    })
+    .await;
+    assert_eq!(eds.stop(), 0);
+    let delivered = files(&out).len();
+    assert!(delivered > 0 && delivered < 2000, "delivered {delivered}");
+}

@@ -83,6 +83,28 @@ struct Pending {
     msg: Message,
 }
 
+/// For each drop-oldest destination whose cursor is inside the oldest segment, move its cursor
+/// past that segment (so retention can delete it). Returns (destination, first, last) of the
+/// LSNs skipped.
+fn drop_oldest(wal: &eds_wal::Wal, destinations: &[String]) -> Vec<(String, u64, u64)> {
+    let starts = wal.segment_starts();
+    let Some(&second) = starts.get(1) else { return Vec::new() };
+    let mut skipped = Vec::new();
+    for name in destinations {
+        let Ok(c) = wal.cursor(name) else { continue };
+        if c.position + 1 < second {
+            let to = second - 1;
+            match wal.reset_cursor(name, to) {
+                Ok(()) => skipped.push((name.clone(), c.position + 1, to)),
+                Err(e) => {
+                    tracing::error!(destination = %name, error = %eds_wal::error_chain(&e), "could not move a drop-oldest cursor")
+                }
+            }
+        }
+    }
+    skipped
+}
+
 /// Why the inner loop stopped.
 enum Stop {
     Shutdown,
@@ -704,6 +726,19 @@ impl Ingest {
                 }
                 _ = check.tick() => {
                     let Some(wal) = self.state.wal() else { continue };
+                    let w = wal.clone();
+                    let dropping = self.state.drop_oldest_destinations();
+                    let skipped = tokio::task::spawn_blocking(move || drop_oldest(&w, &dropping)).await.unwrap_or_default();
+                    for (name, from, to) in skipped {
+                        self.state.destination(&name, |d| d.position = d.position.max(to));
+                        self.record_gap(Gap {
+                            from_seq: from,
+                            to_seq: to,
+                            missing: to - from + 1,
+                            reason: format!("destination {name} (overflow=drop-oldest) skipped WAL records LSN {from}..{to} to make room while the disk budget was full"),
+                            at: now_micros(),
+                        });
+                    }
                     let free = tokio::task::spawn_blocking(move || -> bool {
                         let _ = wal.persist_cursors();
                         let st = wal.stats();

@@ -104,6 +104,8 @@ pub struct DestinationStatus {
     pub delivered: u64,
     /// Last error, if any.
     pub last_error: Option<String>,
+    /// Its overflow policy is drop-oldest.
+    pub drop_oldest: bool,
 }
 
 impl ServerState {
@@ -156,6 +158,12 @@ impl ServerState {
         if entry.state != before {
             entry.since = now_micros();
         }
+    }
+
+    /// Names of the destinations whose overflow policy is drop-oldest.
+    pub fn drop_oldest_destinations(&self) -> Vec<String> {
+        let all = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter().filter(|(_, d)| d.drop_oldest).map(|(n, _)| n.clone()).collect()
     }
 
     /// Every destination's cursor position.

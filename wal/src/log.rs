@@ -483,6 +483,11 @@ impl Wal {
         self.inner.oldest_lsn()
     }
 
+    /// First LSN of every segment, oldest first.
+    pub fn segment_starts(&self) -> Vec<u64> {
+        read(&self.inner.segments).keys().copied().collect()
+    }
+
     /// Holes recorded in this log.
     pub fn holes(&self) -> Vec<Hole> {
         read(&self.inner.holes).clone()
