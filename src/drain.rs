@@ -313,12 +313,13 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         };
         // Decode: events go to the driver; dead-letter markers only move the cursor.
         let mut decoded: Vec<(u64, ChangeEvent, &[u8])> = Vec::with_capacity(records.len());
+        let mut undecodable: Vec<(u64, String)> = Vec::new();
         for rec in &records {
             match envelope::decode(&rec.data) {
                 Ok(env) if env.kind == EnvelopeKind::Event => match ChangeEvent::from_json(env.payload) {
                     Ok(e) => decoded.push((rec.lsn, e, env.payload)),
                     Err(e) => {
-                        tracing::error!(destination = %name, lsn = rec.lsn, error = %e, "skipping an event drivers cannot decode")
+                        undecodable.push((rec.lsn, format!("drivers cannot decode it: {}", eds_wal::error_chain(&e))))
                     }
                 },
                 Ok(_) => {}
@@ -333,6 +334,9 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         let mut rejected = Vec::new();
         let mut written =
             if deliveries.is_empty() { Ok(()) } else { deliver(&*dest.driver, &deliveries, 0, &mut rejected).await };
+        if written.is_ok() && !undecodable.is_empty() {
+            written = dead_letter(&dest, &name, &records, &undecodable).await;
+        }
         if written.is_ok() && !rejected.is_empty() {
             // Rejections in a row (across batches) or most of a big batch: something systematic
             // (a type mismatch, a NOT NULL column) — stop instead of dead-lettering a whole table.
@@ -350,7 +354,9 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 ))
             } else {
                 consecutive_rejected = if all_rejected { in_a_row } else { 0 };
-                dead_letter(&dest, &name, &records, &decoded, &rejected).await
+                let by_lsn: Vec<(u64, String)> =
+                    rejected.iter().filter_map(|(i, why)| decoded.get(*i).map(|d| (d.0, why.clone()))).collect();
+                dead_letter(&dest, &name, &records, &by_lsn).await
             };
         } else if written.is_ok() && !deliveries.is_empty() {
             consecutive_rejected = 0;
@@ -367,10 +373,10 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                     tracing::error!(destination = %name, error = %eds_wal::error_chain(&e), "advancing the cursor failed");
                 }
                 let delivered = (deliveries.len() - rejected.len()) as u64;
-                state.metrics.dead_lettered.inc_by(rejected.len() as u64);
+                state.metrics.dead_lettered.inc_by((rejected.len() + undecodable.len()) as u64);
                 state.destination(&name, |d| {
                     d.state = "delivering";
-                    d.position = last;
+                    d.position = d.position.max(last);
                     d.delivered += delivered;
                     d.last_error = None;
                 });
@@ -407,8 +413,7 @@ async fn dead_letter(
     dest: &Destination,
     name: &str,
     records: &[Record],
-    decoded: &[(u64, ChangeEvent, &[u8])],
-    rejected: &[(usize, String)],
+    rejected: &[(u64, String)],
 ) -> Result<(), eds_drivers::driver::DriverError> {
     let Some(dlq) = dest.dead_letters.clone() else {
         return Err(eds_drivers::driver::DriverError::new(
@@ -417,8 +422,7 @@ async fn dead_letter(
         ));
     };
     let mut entries = Vec::with_capacity(rejected.len());
-    for (i, reason) in rejected {
-        let Some((lsn, _, raw)) = decoded.get(*i) else { continue };
+    for (lsn, reason) in rejected {
         let Some(rec) = records.iter().find(|r| r.lsn == *lsn) else { continue };
         let env = envelope::decode(&rec.data).map_err(|e| {
             eds_drivers::driver::DriverError::new(ErrorClass::Config, format!("WAL record {lsn} is damaged: {e}"))
@@ -428,7 +432,6 @@ async fn dead_letter(
             envelope::Envelope {
                 kind: EnvelopeKind::DeadLetter,
                 reason: format!("destination {name} rejected it: {reason}").into(),
-                payload: raw,
                 ..env
             }
             .encode(),
@@ -518,14 +521,20 @@ mod rejection_tests {
         }
     }
 
-    async fn run_with(reject_all: bool) -> (Vec<u64>, Vec<crate::ingest::dlq::Listed>, serde_json::Value, Vec<u64>) {
+    async fn run_with(
+        reject_all: bool,
+        undecodable: &[u64],
+    ) -> (Vec<u64>, Vec<crate::ingest::dlq::Listed>, serde_json::Value, Vec<u64>) {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
         let records: Vec<Vec<u8>> = (1..=20u64)
             .map(|n| {
                 let key = if [4, 9, 17].contains(&n) { format!("bad{n}") } else { format!("k{n}") };
-                let payload =
-                    format!(r#"{{"operation":"INSERT","table":"t","key":["{key}"],"after":{{"id":"{key}"}}}}"#);
+                // Ingest's validation does not look at `timestamp`; drivers' decoding does.
+                let ts = if undecodable.contains(&n) { r#""soon""#.to_string() } else { n.to_string() };
+                let payload = format!(
+                    r#"{{"operation":"INSERT","table":"t","key":["{key}"],"after":{{"id":"{key}"}},"timestamp":{ts}}}"#
+                );
                 envelope::Envelope {
                     kind: EnvelopeKind::Event,
                     stream_seq: n,
@@ -572,7 +581,7 @@ mod rejection_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rejected_event_is_isolated_and_dead_lettered_the_rest_delivered() {
-        let (written, letters, status, positions) = run_with(false).await;
+        let (written, letters, status, positions) = run_with(false, &[]).await;
         let good: Vec<u64> = (1..=20).filter(|n| ![4, 9, 17].contains(n)).collect();
         assert_eq!(written, good, "every other event exactly once");
         let dead: Vec<u64> = letters.iter().map(|l| l.stream_seq).collect();
@@ -585,8 +594,18 @@ mod rejection_tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_drivers_cannot_decode_is_dead_lettered_not_dropped() {
+        let (written, letters, _, positions) = run_with(false, &[2]).await;
+        assert!(!written.contains(&2));
+        let undecodable: Vec<&crate::ingest::dlq::Listed> = letters.iter().filter(|l| l.stream_seq == 2).collect();
+        assert_eq!(undecodable.len(), 1);
+        assert!(undecodable[0].reason.contains("drivers cannot decode it"), "{}", undecodable[0].reason);
+        assert_eq!(positions, vec![20]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_systematic_rejection_stops_the_destination_instead_of_dead_lettering_everything() {
-        let (written, letters, status, positions) = run_with(true).await;
+        let (written, letters, status, positions) = run_with(true, &[]).await;
         assert!(written.is_empty());
         // The first batch (8 < 10 in a row) is dead-lettered; the second proves it systematic.
         assert_eq!(letters.len(), 8, "at most one batch below the threshold is dead-lettered");
