@@ -104,18 +104,7 @@ async fn a_full_budget_resumes_by_itself_when_a_destination_catches_up() {
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     let mut seqs = Vec::new();
     for n in 0..2000u64 {
-        let mut noise = String::new();
-        for _ in 0..128 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            noise.push_str(&format!("{seed:016x}"));
-        }
-        let body = format!(
-            r#"{{"operation":"UPDATE","table":"order","key":["k{n}"],"after":{{"id":"k{n}","note":"{noise}"}},"timestamp":{ts}}}"#,
-            ts = n * 1000
-        );
-        seqs.push(publish(&js, subject("order", "UPDATE", C1), body.into_bytes()).await);
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), bulky_event(n, &mut seed)).await);
     }
     let eds = Eds::start(
         data.path(),
@@ -155,18 +144,7 @@ async fn drop_oldest_lets_ingest_go_on_and_records_what_the_destination_skipped(
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut seqs = Vec::new();
     for n in 0..2000u64 {
-        let mut noise = String::new();
-        for _ in 0..128 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            noise.push_str(&format!("{seed:016x}"));
-        }
-        let body = format!(
-            r#"{{"operation":"UPDATE","table":"order","key":["k{n}"],"after":{{"id":"k{n}","note":"{noise}"}},"timestamp":{}}}"#,
-            n * 1000
-        );
-        seqs.push(publish(&js, subject("order", "UPDATE", C1), body.into_bytes()).await);
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), bulky_event(n, &mut seed)).await);
     }
     let eds = Eds::start(
         data.path(),

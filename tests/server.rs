@@ -264,19 +264,6 @@ async fn liveness_turns_503_during_shutdown_and_the_exit_is_clean() {
     eds_wal::Wal::open(data.path().join("wal"), eds_wal::Options::default()).unwrap();
 }
 
-/// An event whose payload does not compress (random hex), about 2.2 KB.
-fn bulky_event(n: u64, seed: &mut u64) -> Vec<u8> {
-    let mut noise = String::with_capacity(2048);
-    for _ in 0..128 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        noise.push_str(&format!("{:016x}", *seed));
-    }
-    format!(r#"{{"operation":"UPDATE","table":"order","key":["k{n}"],"after":{{"id":"k{n}","note":"{noise}"}}}}"#)
-        .into_bytes()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_budget_pauses_ingest_keeps_the_consumer_alive_and_loses_nothing() {
     let nats = Nats::start().await;

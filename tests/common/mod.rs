@@ -264,3 +264,20 @@ pub fn wal_envelopes(data_dir: &Path) -> Vec<(u64, u8, Vec<u8>)> {
     }
     out
 }
+
+/// An UPDATE whose payload does not compress (random hex), about 2.2 KB, timestamped `n`
+/// seconds after the epoch (so the file driver gives each its own file).
+pub fn bulky_event(n: u64, seed: &mut u64) -> Vec<u8> {
+    let mut noise = String::with_capacity(2048);
+    for _ in 0..128 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        noise.push_str(&format!("{:016x}", *seed));
+    }
+    format!(
+        r#"{{"operation":"UPDATE","table":"order","key":["k{n}"],"after":{{"id":"k{n}","note":"{noise}"}},"timestamp":{}}}"#,
+        n * 1000
+    )
+    .into_bytes()
+}
