@@ -77,6 +77,7 @@ async fn demo(args: &DemoArgs, destinations: Vec<drain::Destination>, data_dir: 
         tokio::task::spawn_blocking(move || crate::ingest::last_stream_seq(&w)).await?? + 1
     };
     let state = Arc::new(ServerState::new(Metrics::new()?, wal.clone(), "demo".into()));
+    crate::drain::register(&state, &destinations);
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port))
         .await
         .with_context(|| format!("listening on {}:{}", args.bind, args.port))?;

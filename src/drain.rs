@@ -164,6 +164,18 @@ pub fn ensure_cursor(wal: &Wal, name: &str, start: Start) -> Result<(), eds_wal:
     Ok(())
 }
 
+/// Make every destination known to `/status` (and to pause/resume) before anything serves HTTP.
+pub fn register(state: &ServerState, destinations: &[Destination]) {
+    for dest in destinations {
+        let (driver, drop_oldest) = (dest.driver.describe().name, dest.overflow == Overflow::DropOldest);
+        state.destination(&dest.name, |d| {
+            d.driver = driver.to_owned();
+            d.state = "idle";
+            d.drop_oldest = drop_oldest;
+        });
+    }
+}
+
 /// [`ensure_cursor`] for every destination, off the async threads.
 pub async fn ensure_cursors(wal: Wal, destinations: &[Destination]) -> Result<()> {
     let dests: Vec<(String, Start)> = destinations.iter().map(|d| (d.name.clone(), d.start)).collect();
@@ -232,19 +244,18 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         tracing::error!(destination = %name, "state destinations are not supported by this version's drains");
         return;
     }
-    let driver_name = dest.driver.describe().name;
-    let drop_oldest = dest.overflow == Overflow::DropOldest;
-    state.destination(&name, |d| {
-        d.driver = driver_name.to_owned();
-        d.state = "idle";
-        d.drop_oldest = drop_oldest;
-    });
+    register(&state, std::slice::from_ref(&dest));
     let mut reader: Option<(Wal, Reader)> = None;
     let mut backoff = Duration::from_millis(100);
     let mut consecutive_rejected = 0usize;
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        if state.is_paused(&name) {
+            state.destination(&name, |d| d.state = "paused");
+            tokio::select! { _ = tokio::time::sleep(Duration::from_millis(100)) => {}, _ = shutdown.changed() => {} }
+            continue;
         }
         let Some(wal) = state.wal().filter(|w| !w.is_poisoned()) else {
             reader = None; // let ingest reopen the log

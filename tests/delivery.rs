@@ -174,3 +174,35 @@ async fn drop_oldest_lets_ingest_go_on_and_records_what_the_destination_skipped(
     let delivered = files(&out).len();
     assert!(delivered > 0 && delivered < 2000, "delivered {delivered}");
 }
+
+/// An operator can hold one destination and release it; nothing is delivered meanwhile and
+/// nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_can_be_paused_and_resumed() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let out = data.path().join("out");
+    let url = format!("file://{}?name=archive", out.display());
+    // --restart: the consumer starts at the beginning, whenever it gets created.
+    let eds = Eds::start(data.path(), &nats, &["--restart", "--url", &url]);
+    let (code, body) = http_request(&eds.http, "POST", "/destinations/archive/pause").await;
+    assert_eq!((code, body.as_str()), (200, r#"{"destination":"archive","paused":true}"#));
+    assert_eq!(http_request(&eds.http, "POST", "/destinations/nope/pause").await.0, 404);
+    let mut last = 0;
+    for n in 0..20u64 {
+        last = publish(&js, subject("order", "UPDATE", C1), event(&format!("k{n}"), n)).await;
+    }
+    eds.wait_stored(last, Duration::from_secs(20)).await;
+    eventually("the paused destination to show its lag", Duration::from_secs(10), || async {
+        let s = eds.status().await;
+        let d = &s["destinations"][0];
+        (d["state"] == "paused" && d["lag_records"] == 20 && d["paused"] == true).then_some(())
+    })
+    .await;
+    assert!(files(&out).is_empty(), "nothing delivered while paused");
+    let (code, _) = http_request(&eds.http, "POST", "/destinations/archive/resume").await;
+    assert_eq!(code, 200);
+    eventually("20 files", Duration::from_secs(20), || async { (files(&out).len() == 20).then_some(()) }).await;
+    assert_eq!(eds.stop(), 0);
+}

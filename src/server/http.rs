@@ -26,6 +26,23 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
 }
 
 async fn handle(req: Request<Incoming>, state: Arc<ServerState>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // POST /destinations/<name>/pause and …/resume: hold or release one drain.
+    if req.method() == Method::POST {
+        let path = req.uri().path();
+        let action = path.strip_prefix("/destinations/").and_then(|rest| rest.rsplit_once('/'));
+        let resp = match action {
+            Some((name, verb @ ("pause" | "resume"))) => match state.set_paused(name, verb == "pause") {
+                true => reply(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::json!({"destination": name, "paused": verb == "pause"}).to_string(),
+                ),
+                false => reply(StatusCode::NOT_FOUND, "text/plain", format!("no destination named {name:?}\n")),
+            },
+            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+        };
+        return Ok(resp);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into()));
     }

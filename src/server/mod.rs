@@ -364,6 +364,7 @@ async fn serve(plan: ServerPlan, destinations: Vec<crate::drain::Destination>, d
     };
     let metrics = Metrics::new().context("registering metrics")?;
     let state = Arc::new(ServerState::new(metrics, wal, plan.ingest.consumer.durable.clone()));
+    crate::drain::register(&state, &destinations);
 
     let listener =
         tokio::net::TcpListener::bind(plan.http).await.with_context(|| format!("listening on {}", plan.http))?;

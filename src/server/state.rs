@@ -106,6 +106,8 @@ pub struct DestinationStatus {
     pub last_error: Option<String>,
     /// Its overflow policy is drop-oldest.
     pub drop_oldest: bool,
+    /// Held by an operator (`POST /destinations/<name>/pause`).
+    pub paused: bool,
 }
 
 impl ServerState {
@@ -158,6 +160,24 @@ impl ServerState {
         if entry.state != before {
             entry.since = now_micros();
         }
+    }
+
+    /// Pause or resume a destination's drain. False when there is no such destination.
+    pub fn set_paused(&self, name: &str, paused: bool) -> bool {
+        let mut all = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        match all.get_mut(name) {
+            Some(d) => {
+                d.paused = paused;
+                tracing::info!(destination = %name, paused, "destination paused or resumed by an operator");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether an operator paused this destination.
+    pub fn is_paused(&self, name: &str) -> bool {
+        self.destinations.lock().unwrap_or_else(|p| p.into_inner()).get(name).is_some_and(|d| d.paused)
     }
 
     /// Names of the destinations whose overflow policy is drop-oldest.
@@ -247,7 +267,7 @@ impl ServerState {
                 json!({
                     "name": name, "driver": d.driver, "state": d.state, "since": rfc3339_micros(d.since),
                     "cursor": d.position, "lag_records": head.saturating_sub(d.position),
-                    "delivered": d.delivered, "last_error": d.last_error,
+                    "delivered": d.delivered, "last_error": d.last_error, "paused": d.paused,
                 })
             }).collect::<Vec<_>>(),
         })
