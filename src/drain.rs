@@ -231,11 +231,6 @@ const SYSTEMATIC_MIN: usize = 10;
 /// See [`SYSTEMATIC_MIN`].
 const SYSTEMATIC_SHARE: f64 = 0.5;
 
-struct Read {
-    reader: Option<Reader>,
-    records: Vec<Record>,
-}
-
 /// Run one destination until shutdown.
 pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
     let name = dest.name.clone();
@@ -286,7 +281,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         };
         // Read what is there, up to the driver's limits; wait briefly when there is nothing.
         let (max_rows, max_bytes) = (limits.max_rows.max(1), limits.max_bytes.max(1));
-        let read = tokio::task::spawn_blocking(move || -> Result<Read, eds_wal::Error> {
+        let read = tokio::task::spawn_blocking(move || -> Result<(Reader, Vec<Record>), eds_wal::Error> {
             let mut r = r;
             let mut records = Vec::new();
             let mut bytes = 0usize;
@@ -304,12 +299,12 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                     None => break,
                 }
             }
-            Ok(Read { reader: Some(r), records })
+            Ok((r, records))
         })
         .await;
         let (r, records) = match read {
-            Ok(Ok(Read { reader: Some(r), records })) => (r, records),
-            Ok(Ok(Read { reader: None, .. })) | Err(_) => break,
+            Ok(Ok(read)) => read,
+            Err(_) => break,
             Ok(Err(e)) => {
                 tracing::warn!(destination = %name, error = %eds_wal::error_chain(&e), "reading the WAL failed; retrying");
                 tokio::select! { _ = tokio::time::sleep(Duration::from_millis(500)) => {}, _ = shutdown.changed() => {} }

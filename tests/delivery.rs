@@ -89,19 +89,24 @@ async fn events_reach_a_file_destination_once_across_restarts() {
     assert_eq!(files(&out).len(), 310);
 }
 
-/// A destination that cannot take data holds its cursor; the disk budget fills and ingest
-/// pauses; once the destination recovers, its cursor moves, retention frees segments and ingest
-/// resumes by itself — in the same process, nothing lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_budget_resumes_by_itself_when_a_destination_catches_up() {
+/// A private NATS with 2,000 incompressible events, and `eds server` with a 2 MiB budget
+/// delivering to `file://<data>/out?<query>`, where a file blocks the directory (every write
+/// fails until the test removes it).
+struct Blocked {
+    nats: Nats,
+    data: tempfile::TempDir,
+    out: std::path::PathBuf,
+    seqs: Vec<u64>,
+    eds: Eds,
+}
+
+async fn blocked_destination(query: &str, mut seed: u64) -> Blocked {
     let nats = Nats::start().await;
     let js = nats.create_stream().await;
     let data = tempfile::tempdir().unwrap();
     let out = data.path().join("out");
-    // A file where the destination directory should be: every write fails until it is removed.
     std::fs::write(&out, b"in the way").unwrap();
-    let url = format!("file://{}?name=archive&start=oldest", out.display());
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let url = format!("file://{}?{query}", out.display());
     let mut seqs = Vec::new();
     for n in 0..2000u64 {
         seqs.push(publish(&js, subject("order", "UPDATE", C1), bulky_event(n, &mut seed)).await);
@@ -111,6 +116,17 @@ async fn a_full_budget_resumes_by_itself_when_a_destination_catches_up() {
         &nats,
         &["--restart", "--ack-wait", "1s", "--wal-segment-size", "1MiB", "--wal-max-bytes", "2MiB", "--url", &url],
     );
+    Blocked { nats, data, out, seqs, eds }
+}
+
+/// A destination that cannot take data holds its cursor; the disk budget fills and ingest
+/// pauses; once the destination recovers, its cursor moves, retention frees segments and ingest
+/// resumes by itself — in the same process, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_budget_resumes_by_itself_when_a_destination_catches_up() {
+    // Every field bound: the server, NATS and the temp dir live to the end of the test.
+    let Blocked { nats: _nats, data: _data, out, seqs, eds } =
+        blocked_destination("name=archive&start=oldest", 0x2545_F491_4F6C_DD1D).await;
     eventually("ingest to pause for disk", Duration::from_secs(30), || async {
         (eds.status().await["ingest"]["state"] == "paused_for_disk").then_some(())
     })
@@ -135,22 +151,8 @@ async fn a_full_budget_resumes_by_itself_when_a_destination_catches_up() {
 /// full; its cursor jumps past the oldest segment and what it skipped is recorded as a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_lets_ingest_go_on_and_records_what_the_destination_skipped() {
-    let nats = Nats::start().await;
-    let js = nats.create_stream().await;
-    let data = tempfile::tempdir().unwrap();
-    let out = data.path().join("out");
-    std::fs::write(&out, b"in the way").unwrap();
-    let url = format!("file://{}?name=lossy&start=oldest&overflow=drop-oldest", out.display());
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut seqs = Vec::new();
-    for n in 0..2000u64 {
-        seqs.push(publish(&js, subject("order", "UPDATE", C1), bulky_event(n, &mut seed)).await);
-    }
-    let eds = Eds::start(
-        data.path(),
-        &nats,
-        &["--restart", "--ack-wait", "1s", "--wal-segment-size", "1MiB", "--wal-max-bytes", "2MiB", "--url", &url],
-    );
+    let Blocked { nats: _nats, data, out, seqs, eds } =
+        blocked_destination("name=lossy&start=oldest&overflow=drop-oldest", 0x9E37_79B9_7F4A_7C15).await;
     // The destination never recovers, yet everything gets stored.
     eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(60)).await;
     let status = eds.status().await;

@@ -485,14 +485,17 @@ impl Ingest {
                 continue;
             }
             top = p.seq;
-            let msg_id = p
-                .msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Msg-Id"))
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default();
-            let subject = p.msg.subject.as_str().to_owned();
+            // Borrowed from the message: one envelope, encoded once per record kind.
+            let msg_id = p.msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str()).unwrap_or("");
+            let event = Envelope {
+                kind: Kind::Event,
+                stream_seq: p.seq,
+                received_at,
+                subject: p.msg.subject.as_str().into(),
+                msg_id: msg_id.into(),
+                reason: "".into(),
+                payload: &p.msg.payload,
+            };
             let checked = if envelope_size(&p.msg) > self.cfg.max_batch_bytes {
                 Err(format!(
                     "message of {} bytes is larger than the write-ahead log's largest batch ({} bytes)",
@@ -503,44 +506,11 @@ impl Ingest {
                 validate::check(&p.msg.payload)
             };
             match checked {
-                Ok(_) => records.push(
-                    Envelope {
-                        kind: Kind::Event,
-                        stream_seq: p.seq,
-                        received_at,
-                        subject: subject.into(),
-                        msg_id: msg_id.into(),
-                        reason: "".into(),
-                        payload: &p.msg.payload,
-                    }
-                    .encode(),
-                ),
+                Ok(_) => records.push(event.encode()),
                 Err(reason) => {
-                    tracing::warn!(stream_seq = p.seq, subject = %subject, reason = %reason, "dead-lettering an invalid message");
-                    dead.push(
-                        Envelope {
-                            kind: Kind::DeadLetter,
-                            stream_seq: p.seq,
-                            received_at,
-                            subject: subject.clone().into(),
-                            msg_id: msg_id.clone().into(),
-                            reason: reason.into(),
-                            payload: &p.msg.payload,
-                        }
-                        .encode(),
-                    );
-                    records.push(
-                        Envelope {
-                            kind: Kind::DeadLetterMarker,
-                            stream_seq: p.seq,
-                            received_at,
-                            subject: subject.into(),
-                            msg_id: msg_id.into(),
-                            reason: "".into(),
-                            payload: &[],
-                        }
-                        .encode(),
-                    );
+                    tracing::warn!(stream_seq = p.seq, subject = %event.subject, reason = %reason, "dead-lettering an invalid message");
+                    dead.push(Envelope { kind: Kind::DeadLetter, reason: reason.into(), ..event.clone() }.encode());
+                    records.push(Envelope { kind: Kind::DeadLetterMarker, payload: &[], ..event }.encode());
                 }
             }
             stored.push(p.msg);
