@@ -6,6 +6,7 @@
 //! they never sleep or retry: the drain decides.
 
 use crate::event::{ChangeEvent, FoldedChange};
+use crate::schema::Schema;
 use std::future::Future;
 use std::pin::Pin;
 use thiserror::Error;
@@ -93,13 +94,40 @@ pub struct Delivery<'a> {
     pub raw: &'a [u8],
 }
 
+/// One folded change as a state destination receives it, with the schema to write it by.
+///
+/// The drain has already dropped the properties `schema` does not know from the row, and has
+/// called [`Driver::ensure_schema`] with `schema` before the batch's write.
+#[derive(Debug, Clone, Copy)]
+pub struct StateChange<'a> {
+    /// The change of one (table, key) after folding the batch.
+    pub change: &'a FoldedChange,
+    /// The schema of the version of the last event folded into it (`change.model_version`).
+    pub schema: &'a Schema,
+}
+
 /// What the drain hands a driver: every event, or the per-key fold, by the driver's [`Kind`].
 #[derive(Debug, Clone, Copy)]
 pub enum Batch<'a> {
     /// Stream destinations.
     Events(&'a [Delivery<'a>]),
-    /// State destinations.
-    Folded(&'a [FoldedChange]),
+    /// State destinations. At most one change per (table, key array).
+    Folded(&'a [StateChange<'a>]),
+}
+
+impl Batch<'_> {
+    /// How many events or folded changes the batch holds.
+    pub fn len(&self) -> usize {
+        match self {
+            Batch::Events(e) => e.len(),
+            Batch::Folded(c) => c.len(),
+        }
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How the drain should treat a failure.
@@ -152,6 +180,21 @@ pub trait Driver: Send + Sync {
     fn limits(&self) -> Limits;
     /// Check connectivity and permissions without writing data.
     fn test(&self) -> BoxFuture<'_, Result<(), DriverError>>;
-    /// Write a batch durably. Must be idempotent (see the module invariant).
+    /// Write a batch durably. Must be idempotent (see the module invariant). State drivers get
+    /// [`Batch::Folded`] and apply it in one transaction; stream drivers get [`Batch::Events`].
     fn write<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>>;
+
+    /// Make sure `schema`'s table exists at the destination and has every one of its columns,
+    /// checked against the destination's own catalog (cached by the driver). Never drops a table
+    /// or a column and never moves a table "backwards": an older version's schema only ever adds
+    /// what is missing. A non-key column that is NOT NULL at the destination but absent from, or
+    /// nullable in, `schema` gets its NOT NULL dropped; a column whose type cannot hold the
+    /// schema's type is a [`ErrorClass::Config`] error naming table, column and both types. Runs
+    /// its DDL outside any batch transaction. Called by the drain before every write that uses
+    /// `schema`, so it must be cheap when nothing changed. Drivers that need no schema (stream
+    /// kinds) keep the default, which does nothing.
+    fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = schema;
+        Box::pin(async { Ok(()) })
+    }
 }

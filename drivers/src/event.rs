@@ -217,6 +217,9 @@ pub struct FoldedChange {
     pub last_pos: u64,
     /// How many events were folded into this change.
     pub events: usize,
+    /// The schema version (`modelVersion`) of the last event folded in: its row image is the
+    /// one written.
+    pub model_version: String,
 }
 
 fn apply(acc: Option<Folded>, event: &ChangeEvent) -> Folded {
@@ -263,6 +266,9 @@ pub fn fold<'a>(events: impl IntoIterator<Item = (u64, &'a ChangeEvent)>) -> Vec
                 slot.change = apply(Some(prev), event);
                 slot.last_pos = pos;
                 slot.events += 1;
+                if slot.model_version != event.model_version {
+                    slot.model_version.clone_from(&event.model_version);
+                }
             }
             None => {
                 index.insert(id, out.len());
@@ -274,6 +280,7 @@ pub fn fold<'a>(events: impl IntoIterator<Item = (u64, &'a ChangeEvent)>) -> Vec
                     first_pos: pos,
                     last_pos: pos,
                     events: 1,
+                    model_version: event.model_version.clone(),
                 });
             }
         }
