@@ -60,6 +60,11 @@ pub fn run(args: &DemoArgs, data_dir: &Path) -> Result<u8> {
     for d in &mut destinations {
         d.dead_letters = Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);
     }
+    // The demo's tables come from schemas built in, never from HQ.
+    drain::attach_registry(&mut destinations, || {
+        let source = Arc::new(crate::demo_schemas::EmbeddedSchemas::new());
+        Ok(Arc::new(crate::registry::Registry::new(source, None)))
+    })?;
     std::fs::write(data_dir.join(MARKER), b"this data directory belongs to `eds demo`\n")
         .with_context(|| format!("marking {} as the demo's", data_dir.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

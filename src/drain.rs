@@ -4,16 +4,20 @@
 //! Invariant: the cursor only moves past records the driver confirmed durable; a crash replays
 //! from the last persisted position, which drivers make harmless.
 //!
-//! This first version serves stream destinations (the file driver). State destinations (folding,
-//! schemas), per-destination dead letters, overflow policies and `eds dlq` arrive with the rest
-//! of the delivery issue.
+//! Stream destinations (files) receive every event. State destinations (SQL databases) receive
+//! the batch folded per (table, key): the drain looks up each event's schema in the registry,
+//! drops the properties the schema does not know, asks the driver to make sure the table and its
+//! columns exist (DDL, outside the batch's transaction), then hands it the folded changes.
 
 use crate::ingest::envelope::{self, Kind as EnvelopeKind};
+use crate::registry::Registry;
 use crate::server::state::ServerState;
 use anyhow::{bail, Result};
-use eds_drivers::driver::{Batch, Delivery, Driver, ErrorClass, Kind};
-use eds_drivers::event::ChangeEvent;
+use eds_drivers::driver::{Batch, Delivery, Driver, DriverError, ErrorClass, Kind, StateChange};
+use eds_drivers::event::{fold, ChangeEvent, Row};
+use eds_drivers::schema::Schema;
 use eds_wal::{CursorStart, Reader, Record, Wal};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -44,6 +48,11 @@ pub struct Destination {
     pub dead_letters: Option<crate::ingest::dlq::DeadLetters>,
     /// What happens when the disk budget is full and this destination holds the oldest data.
     pub overflow: Overflow,
+    /// Where schemas come from, for drivers that need them (set by the caller).
+    pub registry: Option<Arc<Registry>>,
+    /// Per table: events older than this (unix milliseconds) are skipped — an import already
+    /// wrote the table as of that time.
+    pub skip_before: HashMap<String, i64>,
 }
 
 /// A destination's overflow policy (`overflow=` in its URL's query).
@@ -94,14 +103,18 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
         },
     };
     let (driver, default_name): (Arc<dyn Driver>, String) = match scheme {
+        #[cfg(feature = "file")]
         "file" => {
             let dir = eds_drivers::file::directory_from_url(url).map_err(|e| anyhow::anyhow!("--url {url:?}: {e}"))?;
             (Arc::new(eds_drivers::file::FileDriver::new(&dir)), format!("file-{}", dir.display()))
         }
-        _ => {
-            let _ = rest;
-            return Ok(None);
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let driver = eds_drivers::postgres::PostgresDriver::new(url)
+                .map_err(|e| anyhow::anyhow!("--url {}: {}", redact(url), eds_wal::error_chain(&e)))?;
+            (Arc::new(driver), format!("postgres-{}", host_and_path(rest)))
         }
+        _ => return Ok(None),
     };
     let name = cursor_safe(query_param(url, "name").map(str::to_owned).as_deref().unwrap_or(&default_name));
     if name.is_empty() {
@@ -112,7 +125,28 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
         Some("drop-oldest") => Overflow::DropOldest,
         Some(o) => bail!("--url {url:?}: overflow={o:?} is not block or drop-oldest"),
     };
-    Ok(Some(Destination { name, driver, start, dead_letters: None, overflow }))
+    Ok(Some(Destination {
+        name,
+        driver,
+        start,
+        dead_letters: None,
+        overflow,
+        registry: None,
+        skip_before: HashMap::new(),
+    }))
+}
+
+/// `host[:port][-database]` of the part of a URL after `scheme://`, without user info or query.
+fn host_and_path(rest: &str) -> String {
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path = path.trim_matches('/');
+    if path.is_empty() {
+        host.to_owned()
+    } else {
+        format!("{host}-{path}")
+    }
 }
 
 /// Parse every `--url`; two destinations with one name are a usage error.
@@ -164,6 +198,19 @@ pub fn ensure_cursor(wal: &Wal, name: &str, start: Start) -> Result<(), eds_wal:
     Ok(())
 }
 
+/// Give every destination whose driver needs table schemas the registry `make` returns (called
+/// only when there is such a destination, so no tracker or HQ client exists without need).
+pub fn attach_registry(destinations: &mut [Destination], make: impl FnOnce() -> Result<Arc<Registry>>) -> Result<()> {
+    if !destinations.iter().any(|d| d.driver.describe().needs_schema) {
+        return Ok(());
+    }
+    let registry = make()?;
+    for d in destinations.iter_mut().filter(|d| d.driver.describe().needs_schema) {
+        d.registry = Some(registry.clone());
+    }
+    Ok(())
+}
+
 /// Make every destination known to `/status` (and to pause/resume) before anything serves HTTP.
 pub fn register(state: &ServerState, destinations: &[Destination]) {
     for dest in destinations {
@@ -191,20 +238,20 @@ pub async fn ensure_cursors(wal: Wal, destinations: &[Destination]) -> Result<()
 }
 
 /// Write `batch`; when the destination rejects data or finds the batch too large, split it in
-/// halves until the rejected events stand alone, and collect those (index in `batch`, reason)
+/// halves until the rejected items stand alone, and collect those (index in `batch`, reason)
 /// instead of failing. Replayed halves are harmless: writes are idempotent.
 fn deliver<'a>(
     driver: &'a dyn Driver,
-    batch: &'a [Delivery<'a>],
+    batch: Batch<'a>,
     offset: usize,
     rejected: &'a mut Vec<(usize, String)>,
-) -> eds_drivers::driver::BoxFuture<'a, Result<(), eds_drivers::driver::DriverError>> {
+) -> eds_drivers::driver::BoxFuture<'a, Result<(), DriverError>> {
     Box::pin(async move {
-        let result = match tokio::time::timeout(WRITE_DEADLINE, driver.write(Batch::Events(batch))).await {
+        let result = match tokio::time::timeout(WRITE_DEADLINE, driver.write(batch)).await {
             Ok(r) => r,
-            Err(_) => Err(eds_drivers::driver::DriverError::new(
+            Err(_) => Err(DriverError::new(
                 ErrorClass::Transient,
-                format!("writing {} events did not finish within {WRITE_DEADLINE:?}", batch.len()),
+                format!("writing {} changes did not finish within {WRITE_DEADLINE:?}", batch.len()),
             )),
         };
         match result {
@@ -224,6 +271,135 @@ fn deliver<'a>(
     })
 }
 
+/// Deliver every event to a stream destination.
+async fn write_stream(
+    driver: &dyn Driver,
+    decoded: &[(u64, ChangeEvent, &[u8])],
+    rejected: &mut Vec<(u64, String)>,
+) -> Result<(), DriverError> {
+    let deliveries: Vec<Delivery<'_>> =
+        decoded.iter().map(|(lsn, event, raw)| Delivery { lsn: *lsn, event, raw }).collect();
+    let mut refused = Vec::new();
+    deliver(driver, Batch::Events(&deliveries), 0, &mut refused).await?;
+    rejected.extend(refused.into_iter().filter_map(|(i, why)| deliveries.get(i).map(|d| (d.lsn, why))));
+    Ok(())
+}
+
+/// Schemas by table, then model version.
+type Schemas = HashMap<String, HashMap<String, Arc<Schema>>>;
+
+fn lookup<'s>(schemas: &'s Schemas, table: &str, version: &str) -> Option<&'s Arc<Schema>> {
+    schemas.get(table).and_then(|v| v.get(version))
+}
+
+/// Drop the properties `schema` does not know (EDS does the same for state destinations).
+fn keep_known(row: &mut Option<Row>, schema: &Schema) {
+    if let Some(r) = row {
+        r.retain(|k, _| schema.column(k).is_some());
+    }
+}
+
+/// Deliver a batch to a state destination: look up every event's schema, cut its rows to the
+/// schema, fold per (table, key), make sure the tables and columns exist, write the changes.
+/// A change the destination rejects makes every event folded into it a rejected event.
+async fn write_state(
+    dest: &Destination,
+    decoded: Vec<(u64, ChangeEvent, &[u8])>,
+    rejected: &mut Vec<(u64, String)>,
+) -> Result<(), DriverError> {
+    let driver = &*dest.driver;
+    let Some(registry) = dest.registry.as_ref().filter(|_| driver.describe().needs_schema) else {
+        return Err(DriverError::new(
+            ErrorClass::Config,
+            format!("destination {:?} holds tables but has no schema registry to create them from", dest.name),
+        ));
+    };
+    let mut schemas: Schemas = HashMap::new();
+    // (table, version) → why it has no schema.
+    let mut unknown: HashMap<(String, String), String> = HashMap::new();
+    for (_, e, _) in &decoded {
+        let key = (e.table.clone(), e.model_version.clone());
+        if lookup(&schemas, &e.table, &e.model_version).is_some() || unknown.contains_key(&key) {
+            continue;
+        }
+        match registry.schema(&e.table, &e.model_version).await {
+            Ok(s) => {
+                schemas.entry(key.0).or_default().insert(key.1, s);
+            }
+            Err(err) if err.is_transient() => {
+                return Err(DriverError::caused(ErrorClass::Transient, "looking up table schemas", err))
+            }
+            Err(err) => {
+                unknown.insert(key, err.to_string());
+            }
+        }
+    }
+    let mut events: Vec<(u64, ChangeEvent)> = Vec::with_capacity(decoded.len());
+    for (lsn, mut e, _) in decoded {
+        match lookup(&schemas, &e.table, &e.model_version) {
+            Some(schema) => {
+                keep_known(&mut e.after, schema);
+                keep_known(&mut e.before, schema);
+                events.push((lsn, e));
+            }
+            None => {
+                let why = unknown.get(&(e.table.clone(), e.model_version.clone())).cloned().unwrap_or_default();
+                rejected.push((lsn, why));
+            }
+        }
+    }
+    let folded = fold(events.iter().map(|(lsn, e)| (*lsn, e)));
+    // DDL first, outside the batch's transaction, once per schema the batch writes with. A
+    // schema the destination refuses (a table name it cannot hold) rejects that table's events.
+    let mut ensured: Vec<&Arc<Schema>> = Vec::new();
+    let mut refused_tables: HashMap<&str, String> = HashMap::new();
+    for c in &folded {
+        let Some(schema) = lookup(&schemas, &c.table, &c.model_version) else { continue };
+        if ensured.iter().any(|s| Arc::ptr_eq(s, schema)) {
+            continue;
+        }
+        ensured.push(schema);
+        let ensure = tokio::time::timeout(WRITE_DEADLINE, driver.ensure_schema(schema)).await.unwrap_or_else(|_| {
+            Err(DriverError::new(
+                ErrorClass::Transient,
+                format!("creating or migrating table {:?} did not finish within {WRITE_DEADLINE:?}", c.table),
+            ))
+        });
+        match ensure {
+            Ok(()) => {}
+            Err(e) if e.class == ErrorClass::Rejected => {
+                refused_tables.insert(&c.table, eds_wal::error_chain(&e));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut changes: Vec<StateChange<'_>> = Vec::with_capacity(folded.len());
+    for c in &folded {
+        if let Some(why) = refused_tables.get(c.table.as_str()) {
+            rejected.extend(
+                events.iter().filter(|(_, e)| e.table == c.table && e.key == c.key).map(|(lsn, _)| (*lsn, why.clone())),
+            );
+        } else if let Some(schema) = lookup(&schemas, &c.table, &c.model_version) {
+            changes.push(StateChange { change: c, schema });
+        }
+    }
+    let mut refused = Vec::new();
+    if !changes.is_empty() {
+        deliver(driver, Batch::Folded(&changes), 0, &mut refused).await?;
+    }
+    for (i, why) in refused {
+        let Some(c) = changes.get(i).map(|s| s.change) else { continue };
+        rejected.extend(
+            events
+                .iter()
+                .filter(|(_, e)| e.table == c.table && e.key == c.key && e.primary_key() == c.primary_key)
+                .map(|(lsn, _)| (*lsn, why.clone())),
+        );
+    }
+    rejected.sort_by_key(|r| r.0);
+    Ok(())
+}
+
 /// At least this many rejected events in a row (across batches), or at least this many making up
 /// [`SYSTEMATIC_SHARE`] of one batch, means something systematic: the destination is stopped
 /// with that error rather than dead-lettering a whole table.
@@ -235,10 +411,7 @@ const SYSTEMATIC_SHARE: f64 = 0.5;
 pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
     let name = dest.name.clone();
     let limits = dest.driver.limits();
-    if dest.driver.describe().kind != Kind::Stream {
-        tracing::error!(destination = %name, "state destinations are not supported by this version's drains");
-        return;
-    }
+    let kind = dest.driver.describe().kind;
     register(&state, std::slice::from_ref(&dest));
     let mut reader: Option<(Wal, Reader)> = None;
     let mut backoff = Duration::from_millis(100);
@@ -312,6 +485,9 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
             }
         };
         tracing::trace!(destination = %name, records = records.len(), next = r.next_lsn(), "drain read");
+        let age =
+            records.first().map_or(0.0, |r| crate::timefmt::now_micros().saturating_sub(r.appended_at) as f64 / 1e6);
+        state.metrics.destination_lag_seconds.with_label_values(&[&name]).set(age);
         let Some(last) = records.last().map(|r| r.lsn) else {
             state.destination(&name, |d| d.state = "idle");
             reader = Some((wal, r));
@@ -320,9 +496,11 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         // Decode: events go to the driver; dead-letter markers only move the cursor.
         let mut decoded: Vec<(u64, ChangeEvent, &[u8])> = Vec::with_capacity(records.len());
         let mut undecodable: Vec<(u64, String)> = Vec::new();
+        let mut skipped = 0usize;
         for rec in &records {
             match envelope::decode(&rec.data) {
                 Ok(env) if env.kind == EnvelopeKind::Event => match ChangeEvent::from_json(env.payload) {
+                    Ok(e) if dest.skip_before.get(&e.table).is_some_and(|&t| e.timestamp < t) => skipped += 1,
                     Ok(e) => decoded.push((rec.lsn, e, env.payload)),
                     Err(e) => {
                         undecodable.push((rec.lsn, format!("drivers cannot decode it: {}", eds_wal::error_chain(&e))))
@@ -334,25 +512,31 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 }
             }
         }
-        let deliveries: Vec<Delivery<'_>> =
-            decoded.iter().map(|(lsn, event, raw)| Delivery { lsn: *lsn, event, raw }).collect();
+        if skipped > 0 {
+            tracing::debug!(destination = %name, skipped, "skipped events older than the table's import");
+        }
         let started = Instant::now();
-        let mut rejected = Vec::new();
-        let mut written =
-            if deliveries.is_empty() { Ok(()) } else { deliver(&*dest.driver, &deliveries, 0, &mut rejected).await };
+        let attempted = decoded.len();
+        // Events the destination refused: (LSN, reason).
+        let mut rejected: Vec<(u64, String)> = Vec::new();
+        let mut written = match kind {
+            _ if decoded.is_empty() => Ok(()),
+            Kind::Stream => write_stream(&*dest.driver, &decoded, &mut rejected).await,
+            Kind::State => write_state(&dest, decoded, &mut rejected).await,
+        };
         if written.is_ok() && !undecodable.is_empty() {
             written = dead_letter(&dest, &name, &records, &undecodable).await;
         }
         if written.is_ok() && !rejected.is_empty() {
             // Rejections in a row (across batches) or most of a big batch: something systematic
             // (a type mismatch, a NOT NULL column) — stop instead of dead-lettering a whole table.
-            let all_rejected = rejected.len() == deliveries.len();
+            let all_rejected = rejected.len() == attempted;
             let in_a_row = if all_rejected { consecutive_rejected + rejected.len() } else { rejected.len() };
-            let share = rejected.len() as f64 / deliveries.len().max(1) as f64;
+            let share = rejected.len() as f64 / attempted.max(1) as f64;
             let systematic = in_a_row >= SYSTEMATIC_MIN && (all_rejected || share >= SYSTEMATIC_SHARE);
             let first = rejected.first().map(|(_, r)| r.clone()).unwrap_or_default();
             written = if systematic {
-                Err(eds_drivers::driver::DriverError::new(
+                Err(DriverError::new(
                     ErrorClass::Config,
                     format!(
                         "{in_a_row} events in a row were rejected, so the destination is stopped instead of dead-lettering them; first reason: {first}"
@@ -360,11 +544,9 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 ))
             } else {
                 consecutive_rejected = if all_rejected { in_a_row } else { 0 };
-                let by_lsn: Vec<(u64, String)> =
-                    rejected.iter().filter_map(|(i, why)| decoded.get(*i).map(|d| (d.0, why.clone()))).collect();
-                dead_letter(&dest, &name, &records, &by_lsn).await
+                dead_letter(&dest, &name, &records, &rejected).await
             };
-        } else if written.is_ok() && !deliveries.is_empty() {
+        } else if written.is_ok() && attempted > 0 {
             consecutive_rejected = 0;
         }
         match written {
@@ -373,13 +555,16 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 let took = started.elapsed().as_secs_f64();
                 let oldest = records.first().map(|r| r.appended_at).unwrap_or(0);
                 let waited = crate::timefmt::now_micros().saturating_sub(oldest) as f64 / 1e6;
-                state.metrics.observe_flush(&name, took, deliveries.len(), waited);
+                state.metrics.observe_flush(&name, took, attempted, waited);
                 let (w, n) = (wal.clone(), name.clone());
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.advance_cursor(&n, last)).await {
                     tracing::error!(destination = %name, error = %eds_wal::error_chain(&e), "advancing the cursor failed");
                 }
-                let delivered = (deliveries.len() - rejected.len()) as u64;
-                state.metrics.dead_lettered.inc_by((rejected.len() + undecodable.len()) as u64);
+                let delivered = attempted.saturating_sub(rejected.len()) as u64;
+                let dead = (rejected.len() + undecodable.len()) as u64;
+                state.metrics.dead_lettered.inc_by(dead);
+                state.metrics.destination_dead_lettered.with_label_values(&[&name]).inc_by(dead);
+                state.metrics.destination_delivered.with_label_values(&[&name]).inc_by(delivered);
                 state.destination(&name, |d| {
                     d.state = "delivering";
                     d.position = d.position.max(last);
@@ -398,6 +583,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 let msg = eds_wal::error_chain(&e);
                 tracing::warn!(destination = %name, error = %msg, retry_in = ?wait, "delivery failed; retrying");
                 let stopped = e.class == ErrorClass::Config;
+                state.metrics.destination_retries.with_label_values(&[&name]).inc();
                 state.destination(&name, |d| {
                     d.state = if stopped { "stopped" } else { "retrying" };
                     d.last_error = Some(msg);
@@ -473,7 +659,10 @@ mod tests {
         assert_eq!(parse_destination("file://x").unwrap().unwrap().overflow, Overflow::Block);
         assert_eq!(parse_destination("file://x?overflow=drop-oldest").unwrap().unwrap().overflow, Overflow::DropOldest);
         assert!(parse_destination("file://x?overflow=maybe").unwrap_err().to_string().contains("overflow=\"maybe\""));
-        assert!(parse_destination("postgres://u:secret@db/x").unwrap().is_none());
+        let pg = parse_destination("postgres://u:secret@db:5433/shop?sslmode=require").unwrap().unwrap();
+        assert_eq!(pg.name, "postgres-db-5433-shop", "no user, no password, no query");
+        assert_eq!(pg.driver.describe().kind, Kind::State);
+        assert!(parse_destination("kafka://u:secret@broker/x").unwrap().is_none(), "no driver in this build yet");
         let err = parse_destinations(&["file://a?name=same".into(), "file://b?name=same".into()]).unwrap_err();
         assert!(err.to_string().contains("two destinations are named \"same\""), "{err}");
         assert_eq!(redact("postgres://user:secret@db:5432/x"), "postgres://user:***@db:5432/x");
@@ -562,6 +751,8 @@ mod rejection_tests {
             start: Start::Oldest,
             dead_letters: Some(DeadLetters::open_for_destination(dir.path(), "picky").unwrap()),
             overflow: Overflow::Block,
+            registry: None,
+            skip_before: HashMap::new(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(dest, state.clone(), stop_rx));
@@ -619,5 +810,191 @@ mod rejection_tests {
         assert_eq!(d["state"], "stopped", "{status}");
         assert!(d["last_error"].as_str().unwrap().contains("16 events in a row were rejected"), "{status}");
         assert_eq!(positions, vec![8], "the cursor stops before the batch that proved it");
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::ingest::dlq::DeadLetters;
+    use crate::registry::{SchemaSource, SourceError};
+    use eds_drivers::driver::{BoxFuture, Description, Limits};
+    use eds_drivers::event::Folded;
+    use eds_drivers::schema::LatestSchemas;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    static MEMORY: Description = Description {
+        name: "Memory",
+        scheme: "memory",
+        aliases: &[],
+        example_url: "memory://x",
+        help: "a table store in memory; rejects rows whose n is 13",
+        fields: &[],
+        kind: Kind::State,
+        needs_schema: true,
+    };
+
+    /// Tables in memory: (table, primary key) → row. Rejects, atomically, a batch holding n = 13.
+    #[derive(Default)]
+    struct Memory {
+        rows: Mutex<BTreeMap<(String, String), Row>>,
+        ensured: Mutex<Vec<(String, String)>>,
+        writes: Mutex<usize>,
+    }
+
+    impl Driver for Memory {
+        fn describe(&self) -> &'static Description {
+            &MEMORY
+        }
+        fn limits(&self) -> Limits {
+            Limits { max_rows: 100, max_bytes: 1 << 20, max_bind_params: usize::MAX }
+        }
+        fn test(&self) -> BoxFuture<'_, Result<(), DriverError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
+            Box::pin(async move {
+                let id = (schema.table().to_owned(), schema.model_version().to_owned());
+                self.ensured.lock().unwrap().push(id);
+                Ok(())
+            })
+        }
+        fn write<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+            Box::pin(async move {
+                let Batch::Folded(changes) = batch else { unreachable!() };
+                *self.writes.lock().unwrap() += 1;
+                let bad = changes.iter().any(|c| match &c.change.change {
+                    Folded::Upsert { row, .. } => row.get("n") == Some(&serde_json::json!(13)),
+                    Folded::Delete { .. } => false,
+                });
+                if bad {
+                    return Err(DriverError::new(ErrorClass::Rejected, "n must not be 13"));
+                }
+                let mut rows = self.rows.lock().unwrap();
+                for c in changes {
+                    let id = (c.change.table.clone(), c.change.primary_key.clone());
+                    match &c.change.change {
+                        Folded::Delete { .. } => {
+                            rows.remove(&id);
+                        }
+                        Folded::Upsert { row, changed: None } => {
+                            rows.insert(id, row.clone());
+                        }
+                        Folded::Upsert { row, changed: Some(cols) } => {
+                            let r = rows.entry(id).or_insert_with(|| row.clone());
+                            for c in cols {
+                                if let Some(v) = row.get(c) {
+                                    r.insert(c.clone(), v.clone());
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            })
+        }
+    }
+
+    /// Table `t` at v1 (id, n) and v2 (id, n, added); nothing else.
+    struct Source;
+
+    fn doc(version: &str) -> Schema {
+        let mut props = serde_json::json!({"id": {"type": "string"}, "n": {"type": "integer", "nullable": true}});
+        if version == "v2" {
+            props["added"] = serde_json::json!({"type": "string", "nullable": true});
+        }
+        let d = serde_json::json!({"table": "t", "modelVersion": version, "primaryKeys": ["id"], "required": ["id"], "properties": props});
+        Schema::from_json(d.to_string().as_bytes()).unwrap()
+    }
+
+    impl SchemaSource for Source {
+        fn latest(&self) -> BoxFuture<'_, Result<LatestSchemas, SourceError>> {
+            Box::pin(async {
+                let d = serde_json::json!({"t": {"table": "t", "modelVersion": "v2", "primaryKeys": ["id"], "required": ["id"],
+                    "properties": {"id": {"type": "string"}, "n": {"type": "integer", "nullable": true}, "added": {"type": "string", "nullable": true}}}});
+                Ok(LatestSchemas::from_json(d.to_string().as_bytes()).unwrap())
+            })
+        }
+        fn version<'a>(
+            &'a self,
+            object: &'a str,
+            version: &'a str,
+        ) -> BoxFuture<'a, Result<Option<Schema>, SourceError>> {
+            Box::pin(async move { Ok((object == "t" && (version == "v1" || version == "v2")).then(|| doc(version))) })
+        }
+    }
+
+    fn record(n: u64, payload: serde_json::Value) -> Vec<u8> {
+        let payload = payload.to_string();
+        envelope::Envelope {
+            kind: EnvelopeKind::Event,
+            stream_seq: n,
+            received_at: 1,
+            subject: "dbchange.t.INSERT.c.l.PUBLIC.1".into(),
+            msg_id: "".into(),
+            reason: "".into(),
+            payload: payload.as_bytes(),
+        }
+        .encode()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_batches_are_cut_to_the_schema_folded_and_bad_rows_dead_lettered() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
+        let ev = |op: &str, table: &str, v: &str, id: &str, after: serde_json::Value, ts: i64| {
+            json!({"operation": op, "table": table, "modelVersion": v, "key": ["gcp-us-west1", id], "after": after,
+                "before": {"id": id}, "diff": ["n"], "timestamp": ts})
+        };
+        let events = [
+            ev("INSERT", "t", "v1", "a", json!({"id": "a", "n": 1, "unknown": "dropped"}), 100),
+            ev("UPDATE", "t", "v1", "a", json!({"id": "a", "n": 2}), 101),
+            ev("INSERT", "t", "v2", "b", json!({"id": "b", "n": 5, "added": "x"}), 102),
+            ev("INSERT", "ghost", "v1", "g", json!({"id": "g"}), 103),
+            ev("INSERT", "t", "v1", "bad", json!({"id": "bad", "n": 12}), 104),
+            ev("UPDATE", "t", "v1", "bad", json!({"id": "bad", "n": 13}), 105),
+            ev("INSERT", "t", "v1", "old", json!({"id": "old", "n": 0}), 50),
+            ev("DELETE", "t", "v1", "c", json!(null), 106),
+        ];
+        let records: Vec<Vec<u8>> = events.iter().enumerate().map(|(i, e)| record(i as u64 + 1, e.clone())).collect();
+        wal.append(&records).unwrap();
+        let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
+        let driver = Arc::new(Memory::default());
+        driver.rows.lock().unwrap().insert(("t".into(), "c".into()), Row::new());
+        let dest = Destination {
+            name: "mem".into(),
+            driver: driver.clone(),
+            start: Start::Oldest,
+            dead_letters: Some(DeadLetters::open_for_destination(dir.path(), "mem").unwrap()),
+            overflow: Overflow::Block,
+            registry: Some(Arc::new(Registry::new(Arc::new(Source), None))),
+            skip_before: HashMap::from([("t".to_owned(), 60)]),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(dest, state.clone(), stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.destination_positions() != vec![("mem".to_owned(), 8)] {
+            assert!(Instant::now() < deadline, "drain made no progress: {}", state.status_json());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        let rows = driver.rows.lock().unwrap().clone();
+        let row = |id: &str| rows.get(&("t".to_owned(), id.to_owned())).cloned();
+        assert_eq!(row("a"), Some(json!({"id": "a", "n": 2}).as_object().unwrap().clone()), "folded, unknown dropped");
+        assert_eq!(row("b"), Some(json!({"id": "b", "n": 5, "added": "x"}).as_object().unwrap().clone()));
+        assert_eq!(row("bad"), None, "the rejected key's events are all dead-lettered");
+        assert_eq!(row("old"), None, "older than the table's import: skipped");
+        assert_eq!(row("c"), None, "deleted");
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let mut ensured = driver.ensured.lock().unwrap().clone();
+        ensured.sort();
+        assert_eq!(ensured, vec![("t".to_owned(), "v1".to_owned()), ("t".to_owned(), "v2".to_owned())]);
+        let letters = crate::ingest::dlq::list_at(&dir.path().join("dlq").join("mem")).unwrap();
+        let dead: Vec<(u64, bool)> =
+            letters.iter().map(|l| (l.stream_seq, l.reason.contains("ghost") || l.reason.contains("13"))).collect();
+        assert_eq!(dead, vec![(4, true), (5, true), (6, true)], "{letters:?}");
     }
 }

@@ -6,13 +6,16 @@
 
 pub mod cli;
 pub mod demo;
+pub mod demo_schemas;
 pub mod drain;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod registry;
 pub mod sample;
 pub mod server;
 pub mod timefmt;
+pub mod tracker;
 mod wal_cmd;
 
 /// The version string: `EDS_VERSION` from the build environment when set (release builds),

@@ -17,6 +17,16 @@ pub const FLUSH_COUNT: &str = "eds_flush_count";
 pub const PROCESSING_DURATION: &str = "eds_processing_duration_seconds";
 /// Records a destination still has to deliver (label `destination`).
 pub const DESTINATION_LAG: &str = "eds_destination_lag_records";
+/// Estimated WAL bytes a destination still has to deliver (label `destination`).
+pub const DESTINATION_LAG_BYTES: &str = "eds_destination_lag_bytes";
+/// Age of the oldest record a destination has not delivered yet (label `destination`).
+pub const DESTINATION_LAG_SECONDS: &str = "eds_destination_lag_seconds";
+/// Events a destination confirmed (label `destination`).
+pub const DESTINATION_DELIVERED: &str = "eds_destination_delivered_total";
+/// Failed destination writes that will be retried (label `destination`).
+pub const DESTINATION_RETRIES: &str = "eds_destination_retries_total";
+/// Events a destination rejected, now in its dead-letter log (label `destination`).
+pub const DESTINATION_DEAD_LETTERED: &str = "eds_destination_dead_lettered_total";
 /// Bytes of all WAL segments.
 pub const WAL_BYTES: &str = "eds_wal_bytes";
 /// WAL segment files.
@@ -70,6 +80,16 @@ pub struct Metrics {
     pub processing_duration: HistogramVec,
     /// Records not yet delivered, per destination.
     pub destination_lag: prometheus::IntGaugeVec,
+    /// Estimated bytes not yet delivered, per destination.
+    pub destination_lag_bytes: prometheus::IntGaugeVec,
+    /// Age of the oldest undelivered record, per destination.
+    pub destination_lag_seconds: prometheus::GaugeVec,
+    /// Delivered events, per destination.
+    pub destination_delivered: prometheus::IntCounterVec,
+    /// Retried writes, per destination.
+    pub destination_retries: prometheus::IntCounterVec,
+    /// Dead-lettered events, per destination.
+    pub destination_dead_lettered: prometheus::IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,6 +146,29 @@ impl Metrics {
                 Opts::new(DESTINATION_LAG, "records in the write-ahead log the destination has not received yet"),
                 &["destination"],
             )?,
+            destination_lag_bytes: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    DESTINATION_LAG_BYTES,
+                    "estimated write-ahead log bytes the destination has not received yet",
+                ),
+                &["destination"],
+            )?,
+            destination_lag_seconds: prometheus::GaugeVec::new(
+                Opts::new(DESTINATION_LAG_SECONDS, "age of the oldest record the destination has not received yet"),
+                &["destination"],
+            )?,
+            destination_delivered: prometheus::IntCounterVec::new(
+                Opts::new(DESTINATION_DELIVERED, "events the destination confirmed"),
+                &["destination"],
+            )?,
+            destination_retries: prometheus::IntCounterVec::new(
+                Opts::new(DESTINATION_RETRIES, "failed destination writes that are retried"),
+                &["destination"],
+            )?,
+            destination_dead_lettered: prometheus::IntCounterVec::new(
+                Opts::new(DESTINATION_DEAD_LETTERED, "events the destination rejected, kept in its dead-letter log"),
+                &["destination"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.pending_events.clone()))?;
@@ -143,6 +186,11 @@ impl Metrics {
         m.registry.register(Box::new(m.flush_count.clone()))?;
         m.registry.register(Box::new(m.processing_duration.clone()))?;
         m.registry.register(Box::new(m.destination_lag.clone()))?;
+        m.registry.register(Box::new(m.destination_lag_bytes.clone()))?;
+        m.registry.register(Box::new(m.destination_lag_seconds.clone()))?;
+        m.registry.register(Box::new(m.destination_delivered.clone()))?;
+        m.registry.register(Box::new(m.destination_retries.clone()))?;
+        m.registry.register(Box::new(m.destination_dead_lettered.clone()))?;
         Ok(m)
     }
 

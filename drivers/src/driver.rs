@@ -115,7 +115,7 @@ pub enum Batch<'a> {
     Folded(&'a [StateChange<'a>]),
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
     /// How many events or folded changes the batch holds.
     pub fn len(&self) -> usize {
         match self {
@@ -127,6 +127,20 @@ impl Batch<'_> {
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The first `mid` items and the rest (for splitting a batch the destination refused).
+    pub fn split_at(self, mid: usize) -> (Batch<'a>, Batch<'a>) {
+        match self {
+            Batch::Events(e) => {
+                let (l, r) = e.split_at(mid.min(e.len()));
+                (Batch::Events(l), Batch::Events(r))
+            }
+            Batch::Folded(c) => {
+                let (l, r) = c.split_at(mid.min(c.len()));
+                (Batch::Folded(l), Batch::Folded(r))
+            }
+        }
     }
 }
 

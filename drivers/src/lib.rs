@@ -10,6 +10,8 @@ pub mod driver;
 pub mod event;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod schema;
 
 /// Every driver compiled into this build, in a stable order.
@@ -17,6 +19,8 @@ pub fn descriptions() -> Vec<&'static driver::Description> {
     let all: &[&'static driver::Description] = &[
         #[cfg(feature = "file")]
         &file::DESCRIPTION,
+        #[cfg(feature = "postgres")]
+        &postgres::DESCRIPTION,
     ];
     all.to_vec()
 }

@@ -311,6 +311,12 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
     for d in &mut destinations {
         d.dead_letters = Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);
     }
+    crate::drain::attach_registry(&mut destinations, || {
+        let tracker = crate::tracker::Tracker::open(data_dir)?;
+        let source = crate::registry::HqSchemas::new(&args.api_url)
+            .map_err(|e| UsageError(format!("--api-url {:?}: {e:#}", args.api_url)))?;
+        Ok(std::sync::Arc::new(crate::registry::Registry::new(std::sync::Arc::new(source), Some(tracker))))
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -221,11 +221,14 @@ impl ServerState {
         let stats = w.stats();
         self.metrics.observe_wal(&stats);
         let positions = self.destination_positions();
+        // Bytes are estimated from the log's average record size: segments are compressed and
+        // records vary, so an exact figure would need a scan.
+        let kept = stats.durable_lsn.saturating_sub(stats.oldest_lsn) + 1;
+        let per_record = stats.bytes as f64 / kept.max(1) as f64;
         for (name, position) in &positions {
-            self.metrics
-                .destination_lag
-                .with_label_values(&[name])
-                .set(stats.durable_lsn.saturating_sub(*position) as i64);
+            let lag = stats.durable_lsn.saturating_sub(*position);
+            self.metrics.destination_lag.with_label_values(&[name]).set(lag as i64);
+            self.metrics.destination_lag_bytes.with_label_values(&[name]).set((lag as f64 * per_record) as i64);
         }
         // EDS's meaning, received and not yet delivered, once there are destinations: what the
         // slowest one still has to receive, plus what is received but not yet durable.

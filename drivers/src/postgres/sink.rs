@@ -1,0 +1,932 @@
+//! Writing folded changes to PostgreSQL, and keeping tables in step with HQ's schemas.
+//!
+//! Statements: every identifier goes through [`quote_ident`]; every value is bound as text (one
+//! `text[]` parameter per column, or one COPY stream) and cast in SQL to the column's real type as
+//! the catalog reports it, so tables made earlier by EDS or by hand (`TIMESTAMP` without time zone,
+//! `VARCHAR(64)`, `NUMERIC`, `INTEGER`…) are written by their own types. Casts go to the type
+//! without its modifier (`character varying`, not `character varying(64)`): an explicit cast to
+//! `varchar(64)` would silently cut a longer value, while the assignment to the column refuses it.
+//!
+//! Batches: one transaction per batch. Upserts are grouped by (table, schema version, columns to
+//! update); each group is one `INSERT … SELECT … FROM unnest($1::text[], …) ON CONFLICT (<primary
+//! keys>) DO UPDATE SET …` — or, from [`COPY_THRESHOLD`] rows, a COPY into a temporary all-text
+//! staging table followed by the same `INSERT … SELECT` from it, so both paths cast and conflict
+//! identically. Deletes are one `DELETE … WHERE (<keys>) IN (SELECT … FROM unnest(…))` per table.
+//!
+//! Schema: the catalog of each table (column types, NOT NULL, unique keys) is cached and re-read
+//! after DDL; which (table, model version) pairs were already ensured is remembered, so
+//! [`Driver::ensure_schema`] is a set lookup when nothing changed. DDL is serialised by a mutex and
+//! runs in its own statements, never inside a batch's transaction.
+
+use super::config::{connect_options, redact, DESCRIPTION};
+use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
+use crate::event::{Folded, Row};
+use crate::schema::{ColumnType, Schema};
+use serde_json::{Number, Value};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Upsert groups of at least this many rows go through COPY and a staging table; smaller ones
+/// through one `INSERT … SELECT FROM unnest(…)`. Below a few thousand rows the single statement is
+/// as fast and creates no temporary table; above, COPY's streaming wins.
+pub const COPY_THRESHOLD: usize = 2_000;
+
+/// How long a write waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Driver::test`] waits for the server.
+const TEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// COPY data is sent in chunks of about this many bytes.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// `name` as a PostgreSQL identifier: always double-quoted, with every `"` doubled, so case,
+/// spaces and punctuation are kept exactly ("updatedDate" stays "updatedDate"). Names PostgreSQL
+/// cannot hold — empty, containing a NUL byte, or longer than 63 bytes (which PostgreSQL would
+/// silently truncate) — are an [`ErrorClass::Rejected`] error.
+pub fn quote_ident(name: &str) -> Result<String, DriverError> {
+    let problem = if name.is_empty() {
+        Some("is empty")
+    } else if name.contains('\0') {
+        Some("contains a NUL byte")
+    } else if name.len() > MAX_IDENTIFIER_BYTES {
+        Some("is longer than PostgreSQL's 63-byte identifier limit")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(DriverError::new(
+            ErrorClass::Rejected,
+            format!("PostgreSQL: the name {name:?} {problem}, so it cannot be a table or column name"),
+        ));
+    }
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for ch in name.chars() {
+        if ch == '"' {
+            out.push('"');
+        }
+        out.push(ch);
+    }
+    out.push('"');
+    Ok(out)
+}
+
+/// How a destination column stores values, from its catalog type (domains by their base type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Storage {
+    /// `text`, `varchar`, `char`, `citext` and any other string-category type.
+    Text,
+    /// `timestamp with time zone`.
+    TimestampTz,
+    /// `timestamp without time zone`: written as UTC wall-clock time.
+    Timestamp,
+    /// `bigint`, `integer`, `smallint`.
+    Integer,
+    /// `numeric`.
+    Numeric,
+    /// `double precision`, `real`.
+    Float,
+    /// `boolean`.
+    Boolean,
+    /// `json`, `jsonb`.
+    Json,
+    /// `uuid`.
+    Uuid,
+    /// A user-defined enum type.
+    PgEnum,
+    /// Anything else (date, bytea, arrays…): holds no schema type.
+    Other,
+}
+
+impl Storage {
+    fn of(base_type: &str, category: &str) -> Storage {
+        match base_type {
+            "timestamp with time zone" => Storage::TimestampTz,
+            "timestamp without time zone" => Storage::Timestamp,
+            "bigint" | "integer" | "smallint" => Storage::Integer,
+            "numeric" => Storage::Numeric,
+            "double precision" | "real" => Storage::Float,
+            "boolean" => Storage::Boolean,
+            "json" | "jsonb" => Storage::Json,
+            "uuid" => Storage::Uuid,
+            _ if category == "S" => Storage::Text,
+            _ if category == "E" => Storage::PgEnum,
+            _ => Storage::Other,
+        }
+    }
+
+    /// Whether a column stored this way can hold the schema's type. Text columns hold anything
+    /// (every value is bound as text); otherwise:
+    ///
+    /// | schema type | destination types accepted besides text |
+    /// |---|---|
+    /// | string | uuid, enum types |
+    /// | date-time string | timestamptz, timestamp |
+    /// | integer | bigint, integer, smallint, numeric, double precision, real |
+    /// | number | double precision, real, numeric |
+    /// | boolean | boolean |
+    /// | object, array | jsonb, json |
+    /// | enum | enum types |
+    /// | unknown | — |
+    fn holds(self, kind: &ColumnType) -> bool {
+        matches!(
+            (kind, self),
+            (_, Storage::Text)
+                | (ColumnType::Text, Storage::Uuid | Storage::PgEnum)
+                | (ColumnType::DateTime, Storage::TimestampTz | Storage::Timestamp)
+                | (ColumnType::Integer, Storage::Integer | Storage::Numeric | Storage::Float)
+                | (ColumnType::Number, Storage::Float | Storage::Numeric)
+                | (ColumnType::Boolean, Storage::Boolean)
+                | (ColumnType::Object | ColumnType::Array { .. }, Storage::Json)
+                | (ColumnType::Enum { .. }, Storage::PgEnum)
+        )
+    }
+}
+
+/// The column type CREATE TABLE and ADD COLUMN use for a schema type (spec §6.2).
+pub fn ddl_type(kind: &ColumnType) -> &'static str {
+    match kind {
+        ColumnType::Text | ColumnType::Unknown(_) => "TEXT",
+        ColumnType::DateTime => "TIMESTAMP WITH TIME ZONE",
+        ColumnType::Integer => "BIGINT",
+        ColumnType::Number => "DOUBLE PRECISION",
+        ColumnType::Boolean => "BOOLEAN",
+        ColumnType::Object | ColumnType::Array { .. } => "JSONB",
+        ColumnType::Enum { .. } => "VARCHAR(64)",
+    }
+}
+
+/// Whether a type name read from the catalog is safe to put into SQL as a cast target.
+fn is_plain_type_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '(' | ')' | ',' | '.' | '"' | '[' | ']'))
+}
+
+/// One column of a destination table, as the catalog describes it.
+#[derive(Debug, Clone)]
+struct DestColumn {
+    /// The full type, for messages (`character varying(64)`).
+    display: String,
+    /// The cast target (the type without its modifier), `None` when its name is not plain.
+    cast: Option<String>,
+    storage: Storage,
+    not_null: bool,
+}
+
+/// A destination table, as the catalog describes it.
+#[derive(Debug, Clone, Default)]
+struct TableInfo {
+    columns: HashMap<String, DestColumn>,
+    /// The primary key's columns.
+    primary_key: BTreeSet<String>,
+    /// Column sets of the unique indexes usable as an ON CONFLICT target (primary key included).
+    unique_keys: Vec<BTreeSet<String>>,
+}
+
+const COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+format_type(a.atttypid, NULL), \
+format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, NULL), \
+t.typcategory::text, a.attnotnull \
+FROM pg_catalog.pg_attribute a \
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+WHERE n.nspname = current_schema() AND c.relname = $1 AND c.relkind IN ('r', 'p') \
+AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+
+const KEYS_SQL: &str = "SELECT i.indisprimary, array_agg(a.attname::text) \
+FROM pg_catalog.pg_index i \
+JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
+WHERE n.nspname = current_schema() AND c.relname = $1 AND i.indisunique AND i.indimmediate \
+AND i.indpred IS NULL AND i.indexprs IS NULL GROUP BY i.indexrelid, i.indisprimary";
+
+/// Reads `table` of the current schema from the catalog; `None` when there is no such table.
+async fn load_table(conn: &mut PgConnection, table: &str) -> Result<Option<TableInfo>, sqlx::Error> {
+    let rows: Vec<(String, String, String, String, String, bool)> =
+        sqlx::query_as(COLUMNS_SQL).bind(table).fetch_all(&mut *conn).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut info = TableInfo::default();
+    for (name, display, cast, base, category, not_null) in rows {
+        let storage = Storage::of(&base, &category);
+        let cast = is_plain_type_name(&cast).then_some(cast);
+        info.columns.insert(name, DestColumn { display, cast, storage, not_null });
+    }
+    let keys: Vec<(bool, Vec<String>)> = sqlx::query_as(KEYS_SQL).bind(table).fetch_all(&mut *conn).await?;
+    for (primary, columns) in keys {
+        let columns: BTreeSet<String> = columns.into_iter().collect();
+        if primary {
+            info.primary_key = columns.clone();
+        }
+        info.unique_keys.push(columns);
+    }
+    Ok(Some(info))
+}
+
+/// How the drain should treat a PostgreSQL SQLSTATE.
+pub fn classify_sqlstate(code: &str) -> ErrorClass {
+    match code {
+        // Serialization failure, deadlock.
+        "40001" | "40P01" => ErrorClass::Transient,
+        // No such database, no permission, no schema to create in (search_path), no unique index
+        // for the ON CONFLICT target.
+        "3D000" | "42501" | "3F000" | "42P10" => ErrorClass::Config,
+        // Connection, resources, operator intervention (shutdown, cancel).
+        c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57") => ErrorClass::Transient,
+        // Authentication.
+        c if c.starts_with("28") => ErrorClass::Config,
+        // Data exceptions (invalid text, out of range, NUL byte), constraint violations,
+        // cardinality (a key twice in one statement).
+        c if c.starts_with("22") || c.starts_with("23") || c.starts_with("21") => ErrorClass::Rejected,
+        // Program limits.
+        c if c.starts_with("54") => ErrorClass::TooLarge,
+        // Other syntax/access errors: an undefined table or column after a concurrent change; the
+        // catalog cache is dropped and the retry re-reads it.
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// How the drain should treat an sqlx error.
+pub fn classify(e: &sqlx::Error) -> ErrorClass {
+    match e {
+        sqlx::Error::Database(db) => classify_sqlstate(db.code().as_deref().unwrap_or("")),
+        sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => ErrorClass::Config,
+        // I/O, protocol, pool timeouts and the rest.
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// "SQLSTATE 23502: null value in column …" for database errors, sqlx's text otherwise.
+fn describe_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => format!("SQLSTATE {}: {}", db.code().as_deref().unwrap_or("?????"), db.message()),
+        other => other.to_string(),
+    }
+}
+
+fn sql_error(what: &str, e: sqlx::Error) -> DriverError {
+    let class = classify(&e);
+    DriverError::caused(class, format!("PostgreSQL: {what} failed: {}", describe_error(&e)), e)
+}
+
+/// Like [`sql_error`], for DDL: a unique violation or "already exists" there means another session
+/// created the same table or column at the same moment, which a retry resolves; a program limit
+/// (too many columns) cannot be fixed by splitting a batch.
+fn ddl_error(what: &str, e: sqlx::Error) -> DriverError {
+    let mut err = sql_error(what, e);
+    err.class = match err.class {
+        ErrorClass::Rejected => ErrorClass::Transient,
+        ErrorClass::TooLarge => ErrorClass::Config,
+        other => other,
+    };
+    err
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; a poisoned one still holds consistent data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The PostgreSQL destination.
+pub struct PostgresDriver {
+    pool: PgPool,
+    options: PgConnectOptions,
+    target: String,
+    copy_threshold: usize,
+    catalog: Mutex<HashMap<String, Arc<TableInfo>>>,
+    ensured: Mutex<HashSet<(String, String)>>,
+    ddl: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for PostgresDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresDriver")
+            .field("target", &self.target)
+            .field("copy_threshold", &self.copy_threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one schema column is written: its destination column and value conversion.
+#[derive(Debug)]
+struct ColumnPlan<'s> {
+    name: &'s str,
+    quoted: String,
+    storage: Storage,
+    cast: String,
+    /// JSON default for a missing or null value (`{}`/`[]`), as EDS writes for not-null object
+    /// and array columns.
+    default: Option<&'static str>,
+}
+
+impl ColumnPlan<'_> {
+    /// The SELECT expression turning text column `c<i>` of source `u` into the column's type.
+    fn select_expr(&self, i: usize) -> String {
+        match self.storage {
+            // Through timestamptz, so an offset in the text is honoured; stored as UTC.
+            Storage::Timestamp => format!("(u.c{i}::timestamptz AT TIME ZONE 'UTC')"),
+            _ => format!("u.c{i}::{}", self.cast),
+        }
+    }
+
+    fn cell(&self, value: Option<&Value>) -> Option<String> {
+        match value {
+            None | Some(Value::Null) => self.default.map(str::to_owned),
+            Some(v) => Some(value_text(v, self.storage)),
+        }
+    }
+}
+
+/// A value as the text PostgreSQL casts to the column's type: JSON columns get the value's JSON
+/// text (a string becomes a JSON string); otherwise strings as they are, booleans `true`/`false`,
+/// integers exactly, floats in shortest round-trip form, objects and arrays as compact JSON.
+pub(super) fn value_text(v: &Value, storage: Storage) -> String {
+    match v {
+        _ if storage == Storage::Json => v.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => number_text(n, storage == Storage::Integer),
+        _ => v.to_string(),
+    }
+}
+
+/// Integers exactly (never through f64); floats in the shortest form that reads back to the same
+/// f64, without exponent. A float with no fraction headed for an integer column is written as an
+/// integer (`3.0` → `3`), which PostgreSQL's integer input requires.
+pub(super) fn number_text(n: &Number, integer_column: bool) -> String {
+    if let Some(i) = n.as_i64() {
+        i.to_string()
+    } else if let Some(u) = n.as_u64() {
+        u.to_string()
+    } else if let Some(f) = n.as_f64() {
+        if integer_column && f.is_finite() && f.fract() == 0.0 {
+            format!("{f:.0}")
+        } else {
+            format!("{f}")
+        }
+    } else {
+        n.to_string()
+    }
+}
+
+/// Appends `value` as a field of COPY's text format.
+pub(super) fn copy_field(out: &mut Vec<u8>, value: Option<&str>) {
+    let Some(s) = value else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for &b in s.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Upserts of one table and schema version that update the same columns, column-major.
+struct UpsertGroup<'b> {
+    round: usize,
+    schema: &'b Schema,
+    /// Names of the columns `DO UPDATE SET` writes (empty: `DO NOTHING`).
+    update: Vec<&'b str>,
+    /// One vector per schema column, one entry per row.
+    values: Vec<Vec<Option<String>>>,
+}
+
+/// Deletes of one table by the same primary-key columns, column-major.
+struct DeleteGroup<'b> {
+    round: usize,
+    schema: &'b Schema,
+    /// One vector per primary-key column, one entry per row.
+    values: Vec<Vec<Option<String>>>,
+}
+
+/// What a batch does, in rounds: within a round every (table, primary key) appears once, so its
+/// statements commute; a key that appears twice (the same id under two key arrays) goes to a later
+/// round, in the order of the changes' last events.
+#[derive(Default)]
+struct Plan<'b> {
+    upserts: Vec<UpsertGroup<'b>>,
+    deletes: Vec<DeleteGroup<'b>>,
+    rounds: usize,
+}
+
+impl PostgresDriver {
+    /// A driver for `url` (see [`connect_options`]). Connects lazily: the first write, ensure or
+    /// test opens the connection. At most two connections; a write waits up to 10 s for one.
+    /// Sessions run in UTC (sqlx sets `TimeZone=UTC` at connect). Called outside a tokio runtime,
+    /// the pool's idle-connection reaper is left off.
+    pub fn new(url: &str) -> Result<PostgresDriver, DriverError> {
+        let options = connect_options(url)?;
+        let mut pool = PgPoolOptions::new().max_connections(2).acquire_timeout(ACQUIRE_TIMEOUT);
+        if tokio::runtime::Handle::try_current().is_err() {
+            pool = pool.idle_timeout(None).max_lifetime(None);
+        }
+        Ok(PostgresDriver {
+            pool: pool.connect_lazy_with(options.clone()),
+            options,
+            target: redact(url),
+            copy_threshold: COPY_THRESHOLD,
+            catalog: Mutex::new(HashMap::new()),
+            ensured: Mutex::new(HashSet::new()),
+            ddl: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Sets from how many rows an upsert group goes through COPY ([`COPY_THRESHOLD`] by default):
+    /// `0` always uses COPY, `usize::MAX` never does. Both paths write the same rows.
+    pub fn with_copy_threshold(mut self, rows: usize) -> PostgresDriver {
+        self.copy_threshold = rows;
+        self
+    }
+
+    /// Forgets every cached catalog entry and ensured schema, so the next ensure re-reads the
+    /// destination (after an error that suggests the catalog changed behind our back).
+    fn forget_catalog(&self) {
+        lock(&self.catalog).clear();
+        lock(&self.ensured).clear();
+    }
+
+    fn cached(&self, table: &str) -> Option<Arc<TableInfo>> {
+        lock(&self.catalog).get(table).cloned()
+    }
+
+    async fn ensure(&self, schema: &Schema) -> Result<(), DriverError> {
+        let id = (schema.table().to_owned(), schema.model_version().to_owned());
+        if lock(&self.ensured).contains(&id) {
+            return Ok(());
+        }
+        let _ddl = self.ddl.lock().await;
+        if lock(&self.ensured).contains(&id) {
+            return Ok(());
+        }
+        let table = schema.table();
+        let quoted = quote_ident(table)?;
+        for c in schema.columns() {
+            quote_ident(&c.name)?;
+        }
+        let mut conn = self.pool.acquire().await.map_err(|e| sql_error("connecting", e))?;
+        let reading = format!("reading the catalog of table {table:?}");
+        let existing = load_table(&mut conn, table).await.map_err(|e| sql_error(&reading, e))?;
+        match existing {
+            None => {
+                let sql = create_table_sql(&quoted, schema)?;
+                conn.execute(sql.as_str()).await.map_err(|e| ddl_error(&format!("creating table {table:?}"), e))?;
+            }
+            Some(info) => {
+                check_types(schema, &info)?;
+                let actions = migration_actions(schema, &info)?;
+                if !actions.is_empty() {
+                    let sql = format!("ALTER TABLE {quoted} {}", actions.join(", "));
+                    conn.execute(sql.as_str()).await.map_err(|e| ddl_error(&format!("altering table {table:?}"), e))?;
+                }
+            }
+        }
+        let info = load_table(&mut conn, table).await.map_err(|e| sql_error(&reading, e))?.ok_or_else(|| {
+            // CREATE TABLE IF NOT EXISTS skips when any relation has the name (a view, a sequence).
+            DriverError::new(
+                ErrorClass::Config,
+                format!("PostgreSQL: {table:?} exists in the current schema but is not a table"),
+            )
+        })?;
+        // A concurrent creator may have made other types; the conflict target must exist.
+        check_types(schema, &info)?;
+        if let Some(c) = schema.columns().iter().find(|c| !info.columns.contains_key(&c.name)) {
+            return Err(DriverError::new(
+                ErrorClass::Transient,
+                format!("PostgreSQL: column {:?} of table {table:?} is still missing after ALTER TABLE", c.name),
+            ));
+        }
+        let keys: BTreeSet<String> = schema.primary_keys().iter().cloned().collect();
+        if !info.unique_keys.contains(&keys) {
+            return Err(DriverError::new(
+                ErrorClass::Config,
+                format!(
+                    "PostgreSQL: table {table:?} has no primary key or unique index on exactly ({}), \
+                     the schema's primary key, so rows cannot be upserted",
+                    schema.primary_keys().join(", ")
+                ),
+            ));
+        }
+        lock(&self.catalog).insert(table.to_owned(), Arc::new(info));
+        lock(&self.ensured).insert(id);
+        Ok(())
+    }
+
+    /// How each column of `schema` is written to `info`'s table, in schema column order.
+    fn column_plans<'s>(&self, schema: &'s Schema, info: &TableInfo) -> Result<Vec<ColumnPlan<'s>>, DriverError> {
+        let table = schema.table();
+        schema
+            .columns()
+            .iter()
+            .map(|c| {
+                let Some(dest) = info.columns.get(&c.name) else {
+                    self.forget_catalog();
+                    return Err(DriverError::new(
+                        ErrorClass::Transient,
+                        format!("PostgreSQL: column {:?} of table {table:?} is missing at the destination", c.name),
+                    ));
+                };
+                let cast = dest.cast.clone().ok_or_else(|| {
+                    DriverError::new(
+                        ErrorClass::Config,
+                        format!(
+                            "PostgreSQL: column {:?} of table {table:?} has type {:?}, whose name eds does not put into SQL",
+                            c.name, dest.display
+                        ),
+                    )
+                })?;
+                let default = match c.kind {
+                    ColumnType::Object if c.not_null_for_json_default() => Some("{}"),
+                    ColumnType::Array { .. } if c.not_null_for_json_default() => Some("[]"),
+                    _ => None,
+                };
+                Ok(ColumnPlan { name: &c.name, quoted: quote_ident(&c.name)?, storage: dest.storage, cast, default })
+            })
+            .collect()
+    }
+
+    /// Turns a batch into grouped statements (see [`Plan`]).
+    fn plan<'b>(
+        &self,
+        changes: &'b [StateChange<'b>],
+        plans: &HashMap<(&'b str, &'b str), Vec<ColumnPlan<'b>>>,
+    ) -> Result<Plan<'b>, DriverError> {
+        let mut order: Vec<&StateChange<'b>> = changes.iter().collect();
+        order.sort_by_key(|c| c.change.last_pos);
+        let mut seen: HashMap<(&str, Vec<Option<String>>), usize> = HashMap::new();
+        let mut upsert_index: HashMap<(usize, &str, &str, Vec<&str>), usize> = HashMap::new();
+        let mut delete_index: HashMap<(usize, &str, &str), usize> = HashMap::new();
+        let mut plan = Plan::default();
+        for sc in order {
+            let schema = sc.schema;
+            let (table, version) = (schema.table(), schema.model_version());
+            let Some(columns) = plans.get(&(table, version)) else {
+                return Err(DriverError::new(
+                    ErrorClass::Transient,
+                    format!("PostgreSQL: no plan for table {table:?}"),
+                ));
+            };
+            let npk = schema.primary_keys().len();
+            let image: Option<&Row> = match &sc.change.change {
+                Folded::Upsert { row, .. } => Some(row),
+                Folded::Delete { before } => before.as_ref(),
+            };
+            let width = match sc.change.change {
+                Folded::Upsert { .. } => columns.len(),
+                Folded::Delete { .. } => npk,
+            };
+            // Primary keys are the first columns of the schema's column order.
+            let mut cells: Vec<Option<String>> =
+                columns.iter().take(width).map(|p| p.cell(image.and_then(|r| r.get(p.name)))).collect();
+            if npk == 1 {
+                if let Some(first) = cells.first_mut().filter(|v| v.is_none()) {
+                    *first = Some(sc.change.primary_key.clone());
+                }
+            }
+            if let Some(missing) = columns.iter().take(npk).zip(&cells).find(|(_, v)| v.is_none()) {
+                return Err(DriverError::new(
+                    ErrorClass::Rejected,
+                    format!(
+                        "PostgreSQL: a change of table {table:?} with key {:?} has no value for primary key column {:?}",
+                        sc.change.key, missing.0.name
+                    ),
+                ));
+            }
+            let round = {
+                let r = seen.entry((table, cells[..npk].to_vec())).or_insert(0);
+                *r += 1;
+                *r - 1
+            };
+            plan.rounds = plan.rounds.max(round + 1);
+            match &sc.change.change {
+                Folded::Upsert { changed, .. } => {
+                    let update: Vec<&str> = columns
+                        .iter()
+                        .skip(npk)
+                        .map(|p| p.name)
+                        .filter(|name| changed.as_ref().is_none_or(|set| set.contains(*name)))
+                        .collect();
+                    let i = *upsert_index.entry((round, table, version, update.clone())).or_insert_with(|| {
+                        plan.upserts.push(UpsertGroup {
+                            round,
+                            schema,
+                            update,
+                            values: vec![Vec::new(); columns.len()],
+                        });
+                        plan.upserts.len() - 1
+                    });
+                    if let Some(group) = plan.upserts.get_mut(i) {
+                        group.values.iter_mut().zip(cells).for_each(|(col, v)| col.push(v));
+                    }
+                }
+                Folded::Delete { .. } => {
+                    let i = *delete_index.entry((round, table, version)).or_insert_with(|| {
+                        plan.deletes.push(DeleteGroup { round, schema, values: vec![Vec::new(); npk] });
+                        plan.deletes.len() - 1
+                    });
+                    if let Some(group) = plan.deletes.get_mut(i) {
+                        group.values.iter_mut().zip(cells).for_each(|(col, v)| col.push(v));
+                    }
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn write_folded(&self, changes: &[StateChange<'_>]) -> Result<(), DriverError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // Tables and columns first (cheap when nothing changed), outside the batch's transaction.
+        let mut infos: HashMap<(&str, &str), Arc<TableInfo>> = HashMap::new();
+        for sc in changes {
+            let schema = sc.schema;
+            if sc.change.table != schema.table() {
+                return Err(DriverError::new(
+                    ErrorClass::Config,
+                    format!(
+                        "PostgreSQL: a change of table {:?} came with the schema of table {:?}",
+                        sc.change.table,
+                        schema.table()
+                    ),
+                ));
+            }
+            let id = (schema.table(), schema.model_version());
+            if infos.contains_key(&id) {
+                continue;
+            }
+            self.ensure(schema).await?;
+            let info = self.cached(schema.table()).ok_or_else(|| {
+                DriverError::new(
+                    ErrorClass::Transient,
+                    format!("PostgreSQL: the catalog of table {:?} was dropped during the write", schema.table()),
+                )
+            })?;
+            infos.insert(id, info);
+        }
+        let mut plans: HashMap<(&str, &str), Vec<ColumnPlan<'_>>> = HashMap::new();
+        for sc in changes {
+            let id = (sc.schema.table(), sc.schema.model_version());
+            if let (false, Some(info)) = (plans.contains_key(&id), infos.get(&id)) {
+                plans.insert(id, self.column_plans(sc.schema, info)?);
+            }
+        }
+        let plan = self.plan(changes, &plans)?;
+
+        let mut tx = self.pool.begin().await.map_err(|e| sql_error("starting a transaction", e))?;
+        let mut staging = 0usize;
+        for round in 0..plan.rounds {
+            for g in plan.deletes.iter().filter(|g| g.round == round) {
+                let table = g.schema.table();
+                let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
+                let rows = g.values.first().map_or(0, Vec::len);
+                let sql = delete_sql(g.schema, columns)?;
+                let mut q = sqlx::query(&sql);
+                for v in &g.values {
+                    q = q.bind(v.as_slice());
+                }
+                q.execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.write_error(&format!("deleting {rows} rows from table {table:?}"), e))?;
+            }
+            for g in plan.upserts.iter().filter(|g| g.round == round) {
+                let table = g.schema.table();
+                let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
+                let rows = g.values.first().map_or(0, Vec::len);
+                if rows >= self.copy_threshold {
+                    let what = format!("upserting {rows} rows into table {table:?} through COPY");
+                    let stage = format!("eds_stage_{staging}");
+                    let sql = upsert_sql(g, columns, Some(&stage))?;
+                    copy_upsert(&mut tx, g, &stage, &sql).await.map_err(|e| self.write_error(&what, e))?;
+                    staging += 1;
+                } else {
+                    let sql = upsert_sql(g, columns, None)?;
+                    let mut q = sqlx::query(&sql);
+                    for v in &g.values {
+                        q = q.bind(v.as_slice());
+                    }
+                    q.execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.write_error(&format!("upserting {rows} rows into table {table:?}"), e))?;
+                }
+            }
+        }
+        tx.commit().await.map_err(|e| self.write_error("committing the batch", e))
+    }
+
+    /// Classifies a write error; one that suggests the catalog changed drops the cache.
+    fn write_error(&self, what: &str, e: sqlx::Error) -> DriverError {
+        if let sqlx::Error::Database(db) = &e {
+            if db.code().is_some_and(|c| c.starts_with("42")) {
+                self.forget_catalog();
+            }
+        }
+        sql_error(what, e)
+    }
+
+    async fn check(&self) -> Result<(), DriverError> {
+        let probe = async {
+            let mut conn = PgConnection::connect_with(&self.options).await?;
+            let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()").fetch_one(&mut conn).await?;
+            // Closing politely is a courtesy; the check already succeeded.
+            let _ = conn.close().await;
+            Ok::<_, sqlx::Error>(schema)
+        };
+        let target = &self.target;
+        match tokio::time::timeout(TEST_TIMEOUT, probe).await {
+            Err(_) => Err(DriverError::new(
+                ErrorClass::Transient,
+                format!("PostgreSQL: {target} did not answer within {} s", TEST_TIMEOUT.as_secs()),
+            )),
+            Ok(Err(e)) => Err(sql_error(&format!("connecting to {target}"), e)),
+            Ok(Ok(None)) => Err(DriverError::new(
+                ErrorClass::Config,
+                format!("PostgreSQL: {target} has no current schema (search_path names no existing schema)"),
+            )),
+            Ok(Ok(Some(_))) => Ok(()),
+        }
+    }
+}
+
+/// Fails with [`ErrorClass::Config`] for the first schema column whose destination column cannot
+/// hold its type.
+fn check_types(schema: &Schema, info: &TableInfo) -> Result<(), DriverError> {
+    for c in schema.columns() {
+        if let Some(dest) = info.columns.get(&c.name) {
+            if !dest.storage.holds(&c.kind) {
+                return Err(DriverError::new(
+                    ErrorClass::Config,
+                    format!(
+                        "PostgreSQL: column {} of table {} is {} at the destination but the schema says {}",
+                        c.name,
+                        schema.table(),
+                        dest.display,
+                        c.kind
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `CREATE TABLE IF NOT EXISTS` with every schema column in EDS order (spec §7.1, minus the DROP).
+fn create_table_sql(quoted_table: &str, schema: &Schema) -> Result<String, DriverError> {
+    let mut lines = Vec::with_capacity(schema.columns().len() + 1);
+    for c in schema.columns() {
+        let not_null = if c.not_null_in_ddl() { " NOT NULL" } else { "" };
+        lines.push(format!("\t{} {}{not_null}", quote_ident(&c.name)?, ddl_type(&c.kind)));
+    }
+    let keys = schema.primary_keys().iter().map(|k| quote_ident(k)).collect::<Result<Vec<_>, _>>()?;
+    lines.push(format!("\tPRIMARY KEY ({})", keys.join(", ")));
+    Ok(format!("CREATE TABLE IF NOT EXISTS {quoted_table} (\n{}\n)", lines.join(",\n")))
+}
+
+/// The ALTER TABLE actions that bring an existing table up to `schema`: every missing column
+/// added (nullable), and NOT NULL dropped from every non-key column the schema lacks or does not
+/// declare NOT NULL. Never drops or retypes anything.
+fn migration_actions(schema: &Schema, info: &TableInfo) -> Result<Vec<String>, DriverError> {
+    let mut actions = Vec::new();
+    for c in schema.columns().iter().filter(|c| !info.columns.contains_key(&c.name)) {
+        actions.push(format!("ADD COLUMN IF NOT EXISTS {} {}", quote_ident(&c.name)?, ddl_type(&c.kind)));
+    }
+    let mut loosen: Vec<&String> = info
+        .columns
+        .iter()
+        .filter(|(name, dest)| {
+            dest.not_null
+                && !info.primary_key.contains(*name)
+                && !schema.primary_keys().contains(name)
+                && schema.column(name).is_none_or(|c| !c.not_null_in_ddl())
+        })
+        .map(|(name, _)| name)
+        .collect();
+    loosen.sort();
+    for name in loosen {
+        actions.push(format!("ALTER COLUMN {} DROP NOT NULL", quote_ident(name)?));
+    }
+    Ok(actions)
+}
+
+/// `INSERT INTO t (…) SELECT <casts> FROM <source> ON CONFLICT (<keys>) DO UPDATE SET …`; the
+/// source is `unnest` of one `text[]` parameter per column, or the staging table `stage`.
+fn upsert_sql(g: &UpsertGroup<'_>, columns: &[ColumnPlan<'_>], stage: Option<&str>) -> Result<String, DriverError> {
+    let table = quote_ident(g.schema.table())?;
+    let names = columns.iter().map(|p| p.quoted.as_str()).collect::<Vec<_>>().join(", ");
+    let exprs = columns.iter().enumerate().map(|(i, p)| p.select_expr(i)).collect::<Vec<_>>().join(", ");
+    let source = match stage {
+        Some(stage) => format!("{stage} AS u"),
+        None => unnest_source(columns.len()),
+    };
+    let keys = g.schema.primary_keys().iter().map(|k| quote_ident(k)).collect::<Result<Vec<_>, _>>()?;
+    let action = if g.update.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        let sets = g
+            .update
+            .iter()
+            .map(|c| quote_ident(c).map(|q| format!("{q} = EXCLUDED.{q}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        format!("DO UPDATE SET {}", sets.join(", "))
+    };
+    Ok(format!("INSERT INTO {table} ({names}) SELECT {exprs} FROM {source} ON CONFLICT ({}) {action}", keys.join(", ")))
+}
+
+/// `unnest($1::text[], …) AS u(c0, …)`.
+fn unnest_source(n: usize) -> String {
+    let params = (1..=n).map(|i| format!("${i}::text[]")).collect::<Vec<_>>().join(", ");
+    let names = (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>().join(", ");
+    format!("unnest({params}) AS u({names})")
+}
+
+/// `DELETE FROM t WHERE (<keys>) IN (SELECT <casts> FROM unnest(…))`.
+fn delete_sql(schema: &Schema, columns: &[ColumnPlan<'_>]) -> Result<String, DriverError> {
+    let table = quote_ident(schema.table())?;
+    let keys = &columns[..schema.primary_keys().len().min(columns.len())];
+    let names = keys.iter().map(|p| p.quoted.as_str()).collect::<Vec<_>>().join(", ");
+    let exprs = keys.iter().enumerate().map(|(i, p)| p.select_expr(i)).collect::<Vec<_>>().join(", ");
+    Ok(format!("DELETE FROM {table} WHERE ({names}) IN (SELECT {exprs} FROM {})", unnest_source(keys.len())))
+}
+
+/// The COPY path of one upsert group: a temporary all-text staging table dropped at commit, the
+/// rows streamed into it in COPY's text format, then `sql`: the same `INSERT … SELECT` as the
+/// unnest path, reading the staging table `stage`.
+async fn copy_upsert(conn: &mut PgConnection, g: &UpsertGroup<'_>, stage: &str, sql: &str) -> Result<(), sqlx::Error> {
+    let defs = (0..g.values.len()).map(|i| format!("c{i} text")).collect::<Vec<_>>().join(", ");
+    conn.execute(format!("CREATE TEMP TABLE {stage} ({defs}) ON COMMIT DROP").as_str()).await?;
+    let mut copy = conn.copy_in_raw(&format!("COPY {stage} FROM STDIN")).await?;
+    let rows = g.values.first().map_or(0, Vec::len);
+    let mut buf = Vec::with_capacity(COPY_CHUNK + 4096);
+    for r in 0..rows {
+        for (i, col) in g.values.iter().enumerate() {
+            if i > 0 {
+                buf.push(b'\t');
+            }
+            copy_field(&mut buf, col.get(r).and_then(Option::as_deref));
+        }
+        buf.push(b'\n');
+        if buf.len() >= COPY_CHUNK {
+            if let Err(e) = copy.send(std::mem::take(&mut buf)).await {
+                // The connection is unusable anyway; the transaction rolls back.
+                let _ = copy.abort("eds: sending COPY data failed").await;
+                return Err(e);
+            }
+        }
+    }
+    if !buf.is_empty() {
+        if let Err(e) = copy.send(buf).await {
+            let _ = copy.abort("eds: sending COPY data failed").await;
+            return Err(e);
+        }
+    }
+    copy.finish().await?;
+    // Not a prepared statement: the staging table is a new one in every transaction.
+    sqlx::query(sql).persistent(false).execute(&mut *conn).await?;
+    Ok(())
+}
+
+impl Driver for PostgresDriver {
+    fn describe(&self) -> &'static Description {
+        &DESCRIPTION
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { max_rows: 10_000, max_bytes: 16 << 20, max_bind_params: 65_535 }
+    }
+
+    fn test(&self) -> BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(self.check())
+    }
+
+    fn write<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            match batch {
+                Batch::Folded(changes) => self.write_folded(changes).await,
+                Batch::Events(_) => Err(DriverError::new(
+                    ErrorClass::Config,
+                    "the PostgreSQL destination takes folded changes (state kind), not every event",
+                )),
+            }
+        })
+    }
+
+    fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.ensure(schema))
+    }
+}
