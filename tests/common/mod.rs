@@ -222,6 +222,20 @@ impl Eds {
         status.code().unwrap_or(-1)
     }
 
+    /// Send `sig` (e.g. `INT`) and wait for the exit code.
+    pub fn stop_with(mut self, sig: &str) -> i32 {
+        self.signal(sig);
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+
+    /// The last `n` log lines received so far that are not TRACE lines (they are consumed), for
+    /// failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let lines: Vec<String> = self.lines.try_iter().filter(|l| !l.contains("TRACE")).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,900 @@
+//! End to end: NATS JetStream → `eds server` → PostgreSQL and files, with a mock HQ schema
+//! registry. Every PostgreSQL test works in a schema of its own (`e2e_<random>`, dropped at the
+//! end) on the server at 127.0.0.1:5432 (database `test`, user `postgres`, trust auth).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use eds::registry::testing::{self, Routes};
+use serde_json::{json, Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The PostgreSQL server of the tests (trust auth).
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The company of EDS's end-to-end harness (spec §9.2).
+const COMPANY: &str = "1234567890";
+/// 2026-02-02T12:00:00.000Z in unix milliseconds.
+const T0: i64 = 1_770_033_600_000;
+/// How long a step may take to reach every destination.
+const DELIVERY: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Harness: mock HQ, PostgreSQL schemas, events, polling with diagnostics.
+// ---------------------------------------------------------------------------------------------
+
+/// EDS's mock HQ schema routes (spec §9.2) on a free port; stopped on drop.
+struct Hq {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hq {
+    async fn start() -> Hq {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let routes: Routes = Arc::new(testing::e2e_routes);
+        Hq { url, task: tokio::spawn(testing::serve_schemas(listener, routes)) }
+    }
+}
+
+impl Drop for Hq {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A PostgreSQL schema of the test's own, and a pool whose `search_path` is that schema.
+/// Dropped (CASCADE) on drop, also when the test fails.
+struct PgSchema {
+    name: String,
+    pool: PgPool,
+}
+
+fn unique_suffix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mixed =
+        nanos ^ (u64::from(std::process::id()) << 40) ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9);
+    format!("{mixed:016x}")
+}
+
+impl PgSchema {
+    async fn create() -> PgSchema {
+        let name = format!("e2e_{}", unique_suffix());
+        let mut admin = sqlx::PgConnection::connect(PG).await.expect("PostgreSQL at 127.0.0.1:5432 (database test)");
+        admin.execute(format!("CREATE SCHEMA {}", ident(&name)).as_str()).await.unwrap();
+        let _ = admin.close().await;
+        let options = PgConnectOptions::from_str(PG).unwrap().options([("search_path", name.as_str())]);
+        let pool = PgPoolOptions::new().max_connections(4).connect_with(options).await.unwrap();
+        PgSchema { name, pool }
+    }
+
+    /// The destination URL of this schema: `postgres://…/test?name=<dest>&options=…<extra>`.
+    fn url(&self, dest: &str, extra: &str) -> String {
+        self.url_at("127.0.0.1:5432", dest, extra)
+    }
+
+    /// As [`PgSchema::url`], through `host_port` (a proxy).
+    fn url_at(&self, host_port: &str, dest: &str, extra: &str) -> String {
+        format!("postgres://postgres@{host_port}/test?name={dest}&options=-c%20search_path%3D{}{extra}", self.name)
+    }
+
+    async fn exec(&self, sql: &str) {
+        self.pool.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Column names and types of `table`, in column order.
+    async fn columns(&self, table: &str) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(table)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn column_names(&self, table: &str) -> Vec<String> {
+        self.columns(table).await.into_iter().map(|(n, _)| n).collect()
+    }
+
+    async fn tables(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// The OID of `table`: the same table, not one dropped and created again.
+    async fn oid(&self, table: &str) -> u32 {
+        let oid: sqlx::postgres::types::Oid = sqlx::query_scalar("SELECT to_regclass(quote_ident($1))::oid")
+            .bind(table)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        oid.0
+    }
+
+    /// Rows of `table` (those with `id = only` when given) as JSON objects by id; date-times as
+    /// `YYYY-MM-DDThh:mm:ss.mmmZ` (UTC, millisecond precision, the events' own format).
+    async fn rows(&self, table: &str, only: Option<&str>) -> BTreeMap<String, Map<String, Value>> {
+        let exprs: Vec<String> = self
+            .columns(table)
+            .await
+            .iter()
+            .map(|(name, kind)| match kind.as_str() {
+                "timestamp with time zone" => format!(
+                    r#"to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS {c}"#,
+                    c = ident(name)
+                ),
+                _ => ident(name),
+            })
+            .collect();
+        assert!(!exprs.is_empty(), "table {table:?} does not exist in {}", self.name);
+        let filter = if only.is_some() { r#" WHERE "id" = $1"# } else { "" };
+        let sql =
+            format!("SELECT to_jsonb(t)::text FROM (SELECT {} FROM {}{filter}) t", exprs.join(", "), ident(table));
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        if let Some(id) = only {
+            q = q.bind(id);
+        }
+        let mut out = BTreeMap::new();
+        for text in q.fetch_all(&self.pool).await.unwrap() {
+            let Value::Object(row) = serde_json::from_str::<Value>(&text).unwrap() else { unreachable!() };
+            let id = row["id"].as_str().unwrap().to_owned();
+            assert!(out.insert(id.clone(), row).is_none(), "two rows with id {id:?} in {table}");
+        }
+        out
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // A thread of its own: this may run inside the test's runtime, or while it unwinds.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut c = sqlx::PgConnection::connect(PG).await?;
+                c.execute("SET lock_timeout = '20s'").await?;
+                c.execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(&name)).as_str()).await?;
+                c.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop PostgreSQL schema {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// A PostgreSQL identifier, quoted.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// One change event as the harness publishes it (spec §5).
+#[derive(Debug, Clone)]
+struct Ev {
+    op: &'static str,
+    table: &'static str,
+    version: &'static str,
+    before: Option<Value>,
+    after: Option<Value>,
+    diff: Option<Vec<&'static str>>,
+    timestamp: i64,
+}
+
+impl Ev {
+    fn insert(table: &'static str, version: &'static str, after: Value) -> Ev {
+        Ev { op: "INSERT", table, version, before: None, after: Some(after), diff: None, timestamp: T0 }
+    }
+
+    fn update(table: &'static str, version: &'static str, before: Value, after: Value, diff: &[&'static str]) -> Ev {
+        Ev {
+            op: "UPDATE",
+            table,
+            version,
+            before: Some(before),
+            after: Some(after),
+            diff: Some(diff.to_vec()),
+            timestamp: T0,
+        }
+    }
+
+    fn delete(table: &'static str, version: &'static str, before: Value) -> Ev {
+        Ev { op: "DELETE", table, version, before: Some(before), after: None, diff: None, timestamp: T0 }
+    }
+
+    /// The row: `after`, else `before`.
+    fn object(&self) -> &Map<String, Value> {
+        self.after.as_ref().or(self.before.as_ref()).and_then(Value::as_object).unwrap()
+    }
+
+    fn pk(&self) -> String {
+        self.object()["id"].as_str().unwrap().to_owned()
+    }
+
+    fn subject(&self) -> String {
+        format!("dbchange.{}.{}.{COMPANY}.1.PUBLIC.2", self.table, self.op)
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        static N: AtomicU64 = AtomicU64::new(1);
+        let mut e = json!({
+            "operation": self.op,
+            "id": format!("{:016x}", N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x2545_F491_4F6C_DD1D)),
+            "table": self.table,
+            "key": [self.pk()],
+            "modelVersion": self.version,
+            "companyId": COMPANY,
+            "locationId": "1",
+            "timestamp": self.timestamp,
+            "mvccTimestamp": format!("{}000000.0000000000", self.timestamp),
+        });
+        if let Some(b) = &self.before {
+            e["before"] = b.clone();
+        }
+        if let Some(a) = &self.after {
+            e["after"] = a.clone();
+        }
+        if let Some(d) = &self.diff {
+            e["diff"] = json!(d);
+        }
+        serde_json::to_vec(&e).unwrap()
+    }
+}
+
+/// A date-time `ms` milliseconds after [`T0`], in the events' format.
+fn date(ms: i64) -> String {
+    assert!((0..60_000).contains(&ms));
+    format!("2026-02-02T12:00:{:02}.{:03}Z", ms / 1000, ms % 1000)
+}
+
+/// Whether a value read back equals a value sent: numbers by value, the rest exactly.
+fn same_value(got: &Value, sent: &Value) -> bool {
+    match (got, sent) {
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        _ => got == sent,
+    }
+}
+
+/// Every property of `object` is a column of `row` with the same value; with `rest_null`, the
+/// row's other columns are NULL.
+fn assert_row(row: &Map<String, Value>, object: &Map<String, Value>, rest_null: bool, what: &str) {
+    for (k, v) in object {
+        let got = row.get(k).unwrap_or_else(|| panic!("{what}: column {k:?} missing in {row:?}"));
+        assert!(same_value(got, v), "{what}: column {k:?} is {got}, sent {v}\nrow: {row:?}");
+    }
+    if rest_null {
+        for (k, v) in row.iter().filter(|(k, _)| !object.contains_key(*k)) {
+            assert!(v.is_null(), "{what}: column {k:?} not in the event is {v}, not NULL");
+        }
+    }
+}
+
+/// GET that returns `None` instead of panicking when eds does not answer.
+async fn try_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+}
+
+/// `/status`, or a panic that shows eds's log.
+async fn status(eds: &Eds) -> Value {
+    match try_get(&eds.http, "/status").await {
+        Some((200, body)) => serde_json::from_str(&body).unwrap(),
+        other => panic!("GET /status: {other:?}\neds log:\n{}", eds.log_tail(100)),
+    }
+}
+
+/// Poll `f` until it returns Some; on timeout fail with `/status` and eds's log.
+async fn until<T, F, Fut>(eds: &Eds, what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            let s = try_get(&eds.http, "/status").await;
+            panic!("timed out after {timeout:?} waiting for {what}\n/status: {s:?}\neds log:\n{}", eds.log_tail(100));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the `/metrics` sample `series` (name and labels), 0 when absent.
+async fn metric(eds: &Eds, series: &str) -> f64 {
+    let (_, text) = try_get(&eds.http, "/metrics").await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+fn destination<'s>(status: &'s Value, name: &str) -> &'s Value {
+    status["destinations"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["name"] == name))
+        .unwrap_or_else(|| panic!("no destination {name:?} in {status}"))
+}
+
+/// Wait until ingest stored stream sequence `seq`; the WAL's durable LSN then.
+async fn stored(eds: &Eds, seq: u64) -> u64 {
+    until(eds, &format!("stream sequence {seq} stored"), DELIVERY, || async {
+        let s = status(eds).await;
+        (s["ingest"]["stream_sequence"].as_u64().unwrap_or(0) >= seq).then(|| s["wal"]["durable_lsn"].as_u64().unwrap())
+    })
+    .await
+}
+
+/// Wait until every destination in `names` has its cursor at `lsn` or beyond; the status then.
+async fn delivered(eds: &Eds, names: &[&str], lsn: u64) -> Value {
+    until(eds, &format!("{names:?} delivered through LSN {lsn}"), DELIVERY, || async {
+        let s = status(eds).await;
+        names.iter().all(|n| destination(&s, n)["cursor"].as_u64().unwrap_or(0) >= lsn).then_some(s)
+    })
+    .await
+}
+
+/// Publish every event; the stream sequence of the last.
+async fn publish_all(js: &async_nats::jetstream::Context, events: &[Ev]) -> u64 {
+    let mut seq = 0;
+    for e in events {
+        seq = publish(js, e.subject(), e.bytes()).await;
+    }
+    seq
+}
+
+/// Publish `ev` and wait until it is stored and delivered to `names`; its bytes.
+async fn step(js: &async_nats::jetstream::Context, eds: &Eds, names: &[&str], ev: &Ev) -> Vec<u8> {
+    let bytes = ev.bytes();
+    let seq = publish(js, ev.subject(), bytes.clone()).await;
+    let lsn = stored(eds, seq).await;
+    delivered(eds, names, lsn).await;
+    bytes
+}
+
+/// Files below `<dir>/<table>/` (finished ones), by name.
+fn table_files(dir: &Path, table: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir.join(table)) else { return out };
+    for f in entries {
+        let p = f.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".tmp") {
+            out.insert(name, std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+/// The name of the file of `table` holding exactly `bytes`.
+fn file_with(dir: &Path, table: &str, bytes: &[u8]) -> Option<String> {
+    table_files(dir, table).into_iter().find(|(_, b)| b == bytes).map(|(n, _)| n)
+}
+
+/// The final state of a table after `events`, by id: the last full row image of each key that
+/// is not deleted (the generators give every UPDATE a diff naming each column it changes).
+fn expected_state(events: &[Ev]) -> BTreeMap<String, Map<String, Value>> {
+    let mut state: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for e in events {
+        match e.op {
+            "DELETE" => {
+                state.remove(&e.pk());
+            }
+            "INSERT" => {
+                state.insert(e.pk(), e.object().clone());
+            }
+            _ => {
+                let row = state.entry(e.pk()).or_insert_with(|| e.object().clone());
+                for c in e.diff.as_deref().unwrap_or_default() {
+                    row.insert((*c).to_owned(), e.object().get(*c).cloned().unwrap_or(Value::Null));
+                }
+            }
+        }
+    }
+    state
+}
+
+/// The table holds exactly `expected` (every column the events name, the others NULL).
+fn assert_table(got: &BTreeMap<String, Map<String, Value>>, expected: &BTreeMap<String, Map<String, Value>>) {
+    let missing: Vec<&String> = expected.keys().filter(|id| !got.contains_key(*id)).collect();
+    let extra: Vec<&String> = got.keys().filter(|id| !expected.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "rows missing: {missing:?}; rows that should not be there: {extra:?}"
+    );
+    for (id, want) in expected {
+        assert_row(&got[id], want, true, &format!("row {id}"));
+    }
+}
+
+/// `n` INSERT/UPDATE/DELETE events of `order` at a version with `age`, over `keys` keys: a key
+/// is inserted when absent, deleted every ninth event when present, else updated (name, age,
+/// updatedDate, all in the diff).
+fn churn(n: u64, keys: u64, version: &'static str) -> Vec<Ev> {
+    let mut rows: BTreeMap<u64, Value> = BTreeMap::new();
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let k = i % keys;
+        let row = json!({"id": format!("k{k}"), "name": format!("name {i}"), "updatedDate": date((i % 60_000) as i64), "age": i as f64 / 4.0});
+        let ev = match rows.get(&k) {
+            None => Ev::insert("order", version, row.clone()),
+            Some(prev) if i % 9 == 0 => {
+                let ev = Ev::delete("order", version, prev.clone());
+                rows.remove(&k);
+                out.push(Ev { timestamp: T0 + i as i64, ..ev });
+                continue;
+            }
+            Some(prev) => Ev::update("order", version, prev.clone(), row.clone(), &["name", "age", "updatedDate"]),
+        };
+        rows.insert(k, row);
+        out.push(Ev { timestamp: T0 + i as i64, ..ev });
+    }
+    out
+}
+
+/// A TCP proxy to PostgreSQL that can be switched off: off, it closes every connection it holds
+/// and drops new ones as soon as they are accepted.
+struct Proxy {
+    port: u16,
+    up: Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: &'static str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(tokio::sync::watch::channel(true).0);
+        let switch = up.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { continue };
+                let mut rx = switch.subscribe();
+                if !*rx.borrow_and_update() {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, up, task }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.set_up(false);
+        self.task.abort();
+    }
+}
+
+fn file_url(dir: &Path, query: &str) -> String {
+    format!("file://{}?{query}", dir.display())
+}
+
+struct Setup {
+    nats: Nats,
+    js: async_nats::jetstream::Context,
+    hq: Hq,
+    data: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    Setup { hq: Hq::start().await, nats, js, data: tempfile::tempdir().unwrap() }
+}
+
+impl Setup {
+    fn eds(&self, urls: &[String], extra: &[&str]) -> Eds {
+        let mut args: Vec<&str> = vec!["--restart", "--api-url", &self.hq.url];
+        for u in urls {
+            args.extend(["--url", u.as_str()]);
+        }
+        args.extend(extra);
+        Eds::start(self.data.path(), &self.nats, &args)
+    }
+
+    fn out(&self) -> PathBuf {
+        self.data.path().join("out")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// EDS's end-to-end scenario (spec §9.2), all eight steps, to PostgreSQL and files at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eds_e2e_scenario_postgres_and_file() {
+    let pg = PgSchema::create().await;
+    let s = setup().await;
+    let out = s.out();
+    let eds = s.eds(&[pg.url("pg", ""), file_url(&out, "name=files")], &[]);
+    let both = ["pg", "files"];
+
+    let order = |name: &str| json!({"id": "12345", "name": name, "updatedDate": "2026-02-02T12:00:00.000Z"});
+    let order_aged =
+        |name: &str| json!({"id": "12345", "name": name, "updatedDate": "2026-02-02T12:00:00.000Z", "age": 1});
+    let customer = |name: &str| json!({"id": "12345", "name": name, "updatedDate": "2026-02-02T12:00:00.000Z"});
+    let steps: Vec<(&str, Ev)> = vec![
+        ("1 INSERT order@fff000111", Ev::insert("order", "fff000111", order("test"))),
+        ("2 INSERT customer@fff000111 (new table)", Ev::insert("customer", "fff000111", customer("test"))),
+        ("3 UPDATE order@fff000111", Ev::update("order", "fff000111", order("test"), order("test2"), &["name"])),
+        ("4 DELETE order", Ev::delete("order", "fff000111", order("test2"))),
+        ("5 INSERT customer@fff000112-update", Ev::insert("customer", "fff000112-update", customer("test5"))),
+        (
+            "6 INSERT order@fff000112-update (new column age)",
+            Ev::insert("order", "fff000112-update", order_aged("test6")),
+        ),
+        (
+            "7 UPDATE order@fff000113-update (version bump, no new column)",
+            Ev::update("order", "fff000113-update", order_aged("test6"), order_aged("test7"), &["name"]),
+        ),
+        ("8 INSERT customer@fff000112-update", Ev::insert("customer", "fff000112-update", customer("test8"))),
+    ];
+    let mut sent_files: BTreeMap<&str, usize> = BTreeMap::new();
+    for (what, ev) in &steps {
+        let bytes = step(&s.js, &eds, &both, ev).await;
+        // PostgreSQL.
+        let rows = pg.rows(ev.table, Some("12345")).await;
+        if ev.op == "DELETE" {
+            assert!(rows.is_empty(), "step {what}: the row is still there: {rows:?}");
+        } else {
+            assert_eq!(rows.len(), 1, "step {what}: {rows:?}");
+            assert_row(&rows["12345"], ev.object(), ev.op == "INSERT", &format!("step {what}"));
+        }
+        // Files: byte-identical, named <sec>-<pk>[-<lsn>].json.
+        *sent_files.entry(ev.table).or_default() += 1;
+        let name = file_with(&out, ev.table, &bytes)
+            .unwrap_or_else(|| panic!("step {what}: no file of {} holds the event", ev.table));
+        let sec = ev.timestamp / 1000;
+        assert!(
+            name == format!("{sec}-12345.json")
+                || (name.starts_with(&format!("{sec}-12345-")) && name.ends_with(".json")),
+            "step {what}: file name {name}"
+        );
+        assert_eq!(table_files(&out, ev.table).len(), sent_files[ev.table], "step {what}: one file per event");
+    }
+
+    // Names exactly as the schema spells them; order gained age, nothing was dropped.
+    assert_eq!(pg.tables().await, ["customer", "order"]);
+    let typed = |cols: &[(&str, &str)]| cols.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    assert_eq!(
+        pg.columns("order").await,
+        typed(&[
+            ("id", "text"),
+            ("name", "text"),
+            ("updatedDate", "timestamp with time zone"),
+            ("age", "double precision")
+        ])
+    );
+    assert_eq!(
+        pg.columns("customer").await,
+        typed(&[("id", "text"), ("name", "text"), ("updatedDate", "timestamp with time zone")])
+    );
+    let st = status(&eds).await;
+    for (name, driver) in [("pg", "PostgreSQL"), ("files", "File")] {
+        let d = destination(&st, name);
+        assert_eq!(d["driver"], driver, "{st}");
+        assert!(d["last_error"].is_null(), "{st}");
+        assert_eq!(d["cursor"], 8, "{st}");
+        assert_eq!(d["delivered"], 8, "{st}");
+    }
+    assert_eq!(st["destinations"].as_array().unwrap().len(), 2, "{st}");
+    assert_eq!(eds.stop_with("INT"), 0);
+}
+
+/// A table EDS created before (EDS's DDL, a row in it) is kept: no drop, no re-create; it gains
+/// the new version's column and the new row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_by_eds_beforehand_is_kept() {
+    let pg = PgSchema::create().await;
+    pg.exec(
+        r#"CREATE TABLE "order" ("id" TEXT NOT NULL, "name" TEXT, "updatedDate" TIMESTAMP WITH TIME ZONE, PRIMARY KEY ("id"))"#,
+    )
+    .await;
+    pg.exec(r#"INSERT INTO "order" ("id", "name", "updatedDate") VALUES ('old', 'kept', '2025-01-01T00:00:00.123Z')"#)
+        .await;
+    let oid = pg.oid("order").await;
+    let s = setup().await;
+    let eds = s.eds(&[pg.url("pg", "")], &[]);
+
+    let new = Ev::insert(
+        "order",
+        "fff000112-update",
+        json!({"id": "new", "name": "fresh", "updatedDate": date(1), "age": 1.5}),
+    );
+    step(&s.js, &eds, &["pg"], &new).await;
+    assert_eq!(pg.oid("order").await, oid, "the table was dropped and created again");
+    assert_eq!(pg.column_names("order").await, ["id", "name", "updatedDate", "age"]);
+    let rows = pg.rows("order", None).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let old = json!({"id": "old", "name": "kept", "updatedDate": "2025-01-01T00:00:00.123Z", "age": null});
+    assert_row(&rows["old"], old.as_object().unwrap(), true, "the old row");
+    assert_row(&rows["new"], new.object(), true, "the new row");
+
+    // An event at the older version (no age) leaves the column where it is.
+    let older = Ev::insert("order", "fff000111", json!({"id": "older", "name": "no age", "updatedDate": date(2)}));
+    step(&s.js, &eds, &["pg"], &older).await;
+    assert_eq!(pg.column_names("order").await, ["id", "name", "updatedDate", "age"]);
+    assert_eq!(pg.oid("order").await, oid);
+    let rows = pg.rows("order", None).await;
+    assert_eq!(rows.keys().collect::<Vec<_>>(), ["new", "old", "older"]);
+    assert_row(&rows["older"], older.object(), true, "the row at the older version");
+    assert_row(&rows["old"], old.as_object().unwrap(), true, "the old row");
+    assert_eq!(eds.stop(), 0);
+}
+
+/// A destination added to a running setup later (start=oldest) receives everything from the
+/// oldest record and creates its own tables; the existing destination replays nothing and keeps
+/// what was done to its tables by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_added_later_creates_its_tables_without_touching_others() {
+    let a = PgSchema::create().await;
+    let b = PgSchema::create().await;
+    let s = setup().await;
+    let row = |id: &str, name: &str| json!({"id": id, "name": name, "updatedDate": date(0)});
+    let first = vec![
+        Ev::insert("order", "fff000111", row("k1", "one")),
+        Ev::insert("order", "fff000111", row("k2", "two")),
+        Ev::insert("order", "fff000111", row("k3", "three")),
+        Ev::insert("customer", "fff000111", row("c1", "customer one")),
+    ];
+    let eds = s.eds(&[a.url("pga", "")], &[]);
+    let lsn = stored(&eds, publish_all(&s.js, &first).await).await;
+    delivered(&eds, &["pga"], lsn).await;
+    assert_eq!(eds.stop(), 0);
+
+    // By hand, between runs: a column, a row, an edit.
+    a.exec(r#"ALTER TABLE "order" ADD COLUMN "note" TEXT"#).await;
+    a.exec(r#"INSERT INTO "order" ("id", "name", "note") VALUES ('manual', 'by hand', 'keep me')"#).await;
+    a.exec(r#"UPDATE "order" SET "name" = 'edited by hand' WHERE "id" = 'k1'"#).await;
+    let oids = (a.oid("order").await, a.oid("customer").await);
+
+    let eds = s.eds(&[a.url("pga", ""), b.url("pgb", "&start=oldest")], &[]);
+    let second = vec![
+        Ev::update("order", "fff000111", row("k2", "two"), row("k2", "two v2"), &["name"]),
+        Ev::insert("order", "fff000112-update", json!({"id": "k4", "name": "four", "updatedDate": date(4), "age": 4})),
+    ];
+    let lsn = stored(&eds, publish_all(&s.js, &second).await).await;
+    let st = delivered(&eds, &["pga", "pgb"], lsn).await;
+    assert_eq!(destination(&st, "pga")["delivered"], 2, "A replays nothing: {st}");
+    assert_eq!(destination(&st, "pgb")["delivered"], 6, "B gets everything from the oldest record: {st}");
+
+    // B: everything, in tables of its own.
+    let all: Vec<Ev> = first.iter().chain(&second).cloned().collect();
+    let orders: Vec<Ev> = all.iter().filter(|e| e.table == "order").cloned().collect();
+    let customers: Vec<Ev> = all.iter().filter(|e| e.table == "customer").cloned().collect();
+    assert_eq!(b.tables().await, ["customer", "order"]);
+    assert_eq!(b.column_names("order").await, ["id", "name", "updatedDate", "age"]);
+    assert_table(&b.rows("order", None).await, &expected_state(&orders));
+    assert_table(&b.rows("customer", None).await, &expected_state(&customers));
+
+    // A: the same tables, the hand-made changes kept, the new events applied.
+    assert_eq!((a.oid("order").await, a.oid("customer").await), oids, "A's tables were created again");
+    assert_eq!(a.column_names("order").await, ["id", "name", "updatedDate", "note", "age"]);
+    let mut want = expected_state(&orders);
+    want.get_mut("k1").unwrap().insert("name".into(), json!("edited by hand"));
+    for r in want.values_mut() {
+        r.insert("note".into(), Value::Null);
+    }
+    want.insert(
+        "manual".into(),
+        json!({"id": "manual", "name": "by hand", "note": "keep me", "updatedDate": null, "age": null})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    assert_table(&a.rows("order", None).await, &want);
+    assert_table(&a.rows("customer", None).await, &expected_state(&customers));
+    assert_eq!(eds.stop(), 0);
+}
+
+/// PostgreSQL goes away (every connection closed, new ones dropped) in the middle of a stream:
+/// ingest goes on acknowledging, the destination reports retrying with the error, and once the
+/// server is back the table converges to exactly the published state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_through_a_proxy_loses_nothing() {
+    const N: u64 = 500;
+    let pg = PgSchema::create().await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let s = setup().await;
+    let events = churn(N, 50, "fff000112-update");
+    let eds = s.eds(&[pg.url_at(&format!("127.0.0.1:{}", proxy.port), "pg", "")], &[]);
+
+    let (before, after) = events.split_at(200);
+    let lsn = stored(&eds, publish_all(&s.js, before).await).await;
+    delivered(&eds, &["pg"], lsn).await;
+    assert_table(&pg.rows("order", None).await, &expected_state(before));
+
+    proxy.set_up(false);
+    let last = publish_all(&s.js, after).await;
+    let err = until(&eds, "the destination to report retrying with an error", DELIVERY, || async {
+        let st = status(&eds).await;
+        let d = destination(&st, "pg");
+        (d["state"] == "retrying").then(|| d["last_error"].as_str().map(str::to_owned)).flatten()
+    })
+    .await;
+    assert!(!err.is_empty());
+    // Down for a while: several failed attempts, with backoff.
+    until(&eds, "three failed attempts", DELIVERY, || async {
+        let retries = metric(&eds, r#"eds_destination_retries_total{destination="pg"}"#).await;
+        (retries >= 3.0).then_some(())
+    })
+    .await;
+    // Ingest keeps storing and acknowledging while the destination is down.
+    let lsn = stored(&eds, last).await;
+    let stream = s.js.get_stream("dbchange").await.unwrap();
+    until(&eds, "every message acknowledged upstream", DELIVERY, || async {
+        let info = stream.consumer_info("eds-dev").await.unwrap();
+        (info.num_ack_pending == 0 && info.num_pending == 0 && info.ack_floor.stream_sequence == last).then_some(())
+    })
+    .await;
+    let st = status(&eds).await;
+    assert_eq!(st["ingest"]["received"], N, "{st}");
+    let d = destination(&st, "pg");
+    assert!(d["cursor"].as_u64().unwrap() < lsn, "delivered while PostgreSQL was away? {st}");
+    assert_ne!(d["state"], "delivering", "{st}");
+
+    proxy.set_up(true);
+    let st = delivered(&eds, &["pg"], lsn).await;
+    assert!(destination(&st, "pg")["last_error"].is_null(), "{st}");
+    assert_table(&pg.rows("order", None).await, &expected_state(&events));
+    assert_eq!(eds.stop(), 0);
+}
+
+/// eds is SIGKILLed while a batch is in flight at PostgreSQL (held up by a lock the test owns);
+/// the restart on the same data dir replays from the persisted cursor and the table converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_delivery_then_restart_converges() {
+    const N: u64 = 3000;
+    let pg = PgSchema::create().await;
+    let s = setup().await;
+    let events = churn(N, 300, "fff000112-update");
+    let url = pg.url("pg", "");
+    let eds = s.eds(std::slice::from_ref(&url), &["--maxPendingBuffer", "100"]);
+    let (first, rest) = events.split_at(N as usize / 2);
+    let lsn = stored(&eds, publish_all(&s.js, first).await).await;
+    delivered(&eds, &["pg"], lsn).await;
+
+    // Hold writes to the table; the next batch blocks inside its transaction.
+    let mut lock = pg.pool.begin().await.unwrap();
+    let locker: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *lock).await.unwrap();
+    sqlx::query(r#"LOCK TABLE "order" IN EXCLUSIVE MODE"#).execute(&mut *lock).await.unwrap();
+    let last_lsn = stored(&eds, publish_all(&s.js, rest).await).await;
+    until(&eds, "a batch of eds waiting on the test's lock", DELIVERY, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eds' AND $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(locker)
+        .fetch_one(&pg.pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    let st = status(&eds).await;
+    let cursor = destination(&st, "pg")["cursor"].as_u64().unwrap();
+    assert!(cursor > 0 && cursor < last_lsn, "not mid-delivery: {st}");
+    eds.kill();
+    lock.rollback().await.unwrap();
+
+    let eds = s.eds(std::slice::from_ref(&url), &[]);
+    let st = delivered(&eds, &["pg"], last_lsn).await;
+    let d = destination(&st, "pg");
+    assert!(d["last_error"].is_null(), "{st}");
+    // At least everything past the cursor seen before the kill was (re)written.
+    assert!(d["delivered"].as_u64().unwrap() >= last_lsn - cursor, "{st}");
+    assert_table(&pg.rows("order", None).await, &expected_state(&events));
+    assert_eq!(eds.stop(), 0);
+}
+
+/// Quotes, backslashes, dollar quotes, SQL, emoji, control characters and `<` in values and keys
+/// reach PostgreSQL exactly and the file destination byte for byte — also through a big batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_survive_end_to_end() {
+    let pg = PgSchema::create().await;
+    let s = setup().await;
+    let out = s.out();
+    let hostile = [
+        "it's",
+        r#"say "hi""#,
+        r"back\slash \\ \n",
+        "$_H_$ dollar $$ quoted $_H_$",
+        "'); DROP TABLE x; --",
+        "emoji 😀🚗 ünïcödé",
+        "<script>&amp;</script>",
+        "tab\tnew\nline\r\n",
+        "",
+        "{\"looks\": [\"like json\"]}",
+    ];
+    let hostile_ids =
+        ["it's \"odd\"", r"a\b", "$_H_$", "'); DROP TABLE x; --", "😀", "<id>", "../../etc/passwd", "a/b"];
+    let mut events = Vec::new();
+    for (i, h) in hostile.iter().enumerate() {
+        let id = format!("h{i}");
+        events.push(Ev::insert(
+            "order",
+            "fff000112-update",
+            json!({"id": id, "name": h, "updatedDate": date(i as i64), "age": i}),
+        ));
+    }
+    for (i, id) in hostile_ids.iter().enumerate() {
+        events.push(Ev::insert(
+            "order",
+            "fff000112-update",
+            json!({"id": id, "name": hostile[i], "updatedDate": date(0)}),
+        ));
+    }
+    // Many in one go, so a batch may be big enough for COPY.
+    for i in 0..2500u64 {
+        let h = hostile[i as usize % hostile.len()];
+        events.push(Ev::insert(
+            "order",
+            "fff000112-update",
+            json!({"id": format!("bulk{i}"), "name": format!("{h}{i}{h}"), "updatedDate": date((i % 1000) as i64)}),
+        ));
+    }
+    let bytes: Vec<Vec<u8>> = events.iter().map(Ev::bytes).collect();
+    let mut seq = 0;
+    for (e, b) in events.iter().zip(&bytes) {
+        seq = publish(&s.js, e.subject(), b.clone()).await;
+    }
+    let eds = s.eds(&[pg.url("pg", ""), file_url(&out, "name=files")], &[]);
+    let lsn = stored(&eds, seq).await;
+    let st = delivered(&eds, &["pg", "files"], lsn).await;
+    for name in ["pg", "files"] {
+        assert!(destination(&st, name)["last_error"].is_null(), "{st}");
+        assert_eq!(destination(&st, name)["delivered"], events.len(), "{st}");
+    }
+    assert_table(&pg.rows("order", None).await, &expected_state(&events));
+    for id in hostile_ids {
+        assert_eq!(pg.rows("order", Some(id)).await.len(), 1, "WHERE id = {id:?}");
+    }
+    let dirs: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(dirs, ["order"], "no key climbs out of its table directory");
+    let files = table_files(&out, "order");
+    assert_eq!(files.len(), events.len());
+    let mut contents: Vec<&Vec<u8>> = files.values().collect();
+    let mut sent: Vec<&Vec<u8>> = bytes.iter().collect();
+    contents.sort();
+    sent.sort();
+    assert!(contents == sent, "the files are not the events byte for byte");
+    assert_eq!(pg.tables().await, ["order"], "no table was dropped or made by a value");
+    assert_eq!(eds.stop(), 0);
+}
