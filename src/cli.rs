@@ -149,6 +149,9 @@ enum DlqCommand {
         /// The destination's URL, as given to the server
         #[arg(long, value_name = "URL")]
         url: String,
+        /// Shopmonkey API base URL, for table schemas the data dir's tracker does not hold yet
+        #[arg(long, hide = true, default_value = "https://api.shopmonkey.cloud")]
+        api_url: String,
     },
 }
 
@@ -211,8 +214,8 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Dlq { command: DlqCommand::List { destination, json } } => {
             wal_cmd::dlq(&data_dir, destination.as_deref(), *json, out)
         }
-        Command::Dlq { command: DlqCommand::Replay { destination, url } } => {
-            wal_cmd::dlq_replay(&data_dir, destination, url, out)
+        Command::Dlq { command: DlqCommand::Replay { destination, url, api_url } } => {
+            wal_cmd::dlq_replay(&data_dir, destination, url, api_url, out)
         }
         Command::Demo(args) => {
             crate::demo::run(args, cli.global.data_dir.as_deref().unwrap_or(std::path::Path::new("demo-data")))

@@ -22,6 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How long a destination stopped by a configuration or authentication error waits before it
+/// tries again (someone has to fix something; there is no point in hammering it).
+const CONFIG_RETRY: Duration = Duration::from_secs(180);
+
 /// How long one driver write may take before it counts as a transient failure.
 const WRITE_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -283,6 +287,23 @@ async fn write_stream(
     deliver(driver, Batch::Events(&deliveries), 0, &mut refused).await?;
     rejected.extend(refused.into_iter().filter_map(|(i, why)| deliveries.get(i).map(|d| (d.lsn, why))));
     Ok(())
+}
+
+/// Deliver one event as the drain would (schema, table creation, fold of one): `Ok(None)` when
+/// the destination took it, `Ok(Some(reason))` when it still rejects it. For `eds dlq replay`.
+pub async fn deliver_one(
+    dest: &Destination,
+    lsn: u64,
+    event: ChangeEvent,
+    raw: &[u8],
+) -> Result<Option<String>, DriverError> {
+    let mut rejected = Vec::new();
+    let decoded = vec![(lsn, event, raw)];
+    match dest.driver.describe().kind {
+        Kind::Stream => write_stream(&*dest.driver, &decoded, &mut rejected).await?,
+        Kind::State => write_state(dest, decoded, &mut rejected).await?,
+    }
+    Ok(rejected.into_iter().next().map(|(_, why)| why))
 }
 
 /// Schemas by table, then model version.
@@ -577,7 +598,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 // Re-read the same records next time: a fresh reader from the cursor.
                 drop(r);
                 let wait = match e.class {
-                    ErrorClass::Config => Duration::from_secs(60),
+                    ErrorClass::Config => CONFIG_RETRY,
                     _ => backoff,
                 };
                 let msg = eds_wal::error_chain(&e);

@@ -332,14 +332,26 @@ pub(crate) fn dlq(data_dir: &Path, destination: Option<&str>, as_json: bool, out
     Ok(0)
 }
 
-pub(crate) fn dlq_replay(data_dir: &Path, destination: &str, url: &str, out: &mut dyn Write) -> Result<u8> {
+pub(crate) fn dlq_replay(
+    data_dir: &Path,
+    destination: &str,
+    url: &str,
+    api_url: &str,
+    out: &mut dyn Write,
+) -> Result<u8> {
     eds_wal::cursor::validate_name(destination)
         .map_err(|why| anyhow::anyhow!("--destination {destination:?}: {why}"))?;
-    let Some(dest) = crate::drain::parse_destination(url)? else {
+    let Some(mut dest) = crate::drain::parse_destination(url)? else {
         bail!("--url {}: this build has no driver for it", crate::drain::redact(url));
     };
+    // Tables need schemas: the server's tracker has the ones it used, HQ the rest.
+    crate::drain::attach_registry(std::slice::from_mut(&mut dest), || {
+        let tracker = crate::tracker::Tracker::open(data_dir)?;
+        let source = crate::registry::HqSchemas::new(api_url)?;
+        Ok(std::sync::Arc::new(crate::registry::Registry::new(std::sync::Arc::new(source), Some(tracker))))
+    })?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (delivered, still) = runtime.block_on(crate::ingest::dlq::replay(data_dir, destination, &*dest.driver))?;
+    let (delivered, still) = runtime.block_on(crate::ingest::dlq::replay(data_dir, destination, &dest))?;
     writeln!(out, "re-delivered {delivered} dead letter(s) of {destination:?}")?;
     for (seq, reason) in &still {
         writeln!(

@@ -898,3 +898,49 @@ async fn hostile_values_survive_end_to_end() {
     assert_eq!(pg.tables().await, ["order"], "no table was dropped or made by a value");
     assert_eq!(eds.stop(), 0);
 }
+
+/// A row PostgreSQL refuses (a date-time that is no date) is dead-lettered for that destination
+/// with the server's reason while the rest is delivered; after the operator widens the column,
+/// `eds dlq replay` writes it (schemas from the data dir's tracker or HQ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_row_is_dead_lettered_and_replayed_after_a_fix() {
+    let pg = PgSchema::create().await;
+    let s = setup().await;
+    let url = pg.url("pg", "");
+    let eds = s.eds(std::slice::from_ref(&url), &[]);
+    let bad = Ev::insert("order", "fff000111", json!({"id": "bad", "name": "when?", "updatedDate": "yesterday"}));
+    let good = Ev::insert("order", "fff000111", json!({"id": "good", "name": "fine", "updatedDate": date(3)}));
+    publish_all(&s.js, &[bad, good.clone()]).await;
+    until(&eds, "both events past the pg cursor", DELIVERY, || async {
+        let st = status(&eds).await;
+        (destination(&st, "pg")["cursor"] == 2).then_some(())
+    })
+    .await;
+    let rows = pg.rows("order", None).await;
+    assert_eq!(rows.keys().collect::<Vec<_>>(), ["good"], "{rows:?}");
+    assert_eq!(metric(&eds, r#"eds_destination_dead_lettered_total{destination="pg"}"#).await, 1.0);
+    assert_eq!(eds.stop(), 0);
+
+    let dir = s.data.path().to_str().unwrap();
+    let eds_cli = |args: &[&str]| std::process::Command::new(eds_bin()).args(args).output().unwrap();
+    let listed = eds_cli(&["dlq", "list", "--destination", "pg", "-d", dir]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(text.contains("destination pg rejected it") && text.contains("yesterday"), "{text}");
+    // PostgreSQL itself would read "yesterday" relative to the write (a replay would store another
+    // date): the driver refuses every date-time that is not ISO-8601.
+    assert!(text.contains("is not an ISO-8601 date-time"), "the reason: {text}");
+
+    // Still refused before the fix: it stays for a later replay.
+    let again = eds_cli(&["dlq", "replay", "--destination", "pg", "--url", &url, "--api-url", &s.hq.url, "-d", dir]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("still rejected"), "{again:?}");
+
+    pg.exec(r#"ALTER TABLE "order" ALTER COLUMN "updatedDate" TYPE TEXT"#).await;
+    let fixed = eds_cli(&["dlq", "replay", "--destination", "pg", "--url", &url, "--api-url", &s.hq.url, "-d", dir]);
+    assert!(fixed.status.success(), "{fixed:?}");
+    assert!(String::from_utf8_lossy(&fixed.stdout).contains("re-delivered 1 dead letter"), "{fixed:?}");
+    let rows = pg.rows("order", None).await;
+    assert_eq!(rows.keys().collect::<Vec<_>>(), ["bad", "good"]);
+    assert_eq!(rows["bad"]["updatedDate"], "yesterday");
+}

@@ -122,9 +122,8 @@ pub fn list_at(d: &Path) -> Result<Vec<Listed>> {
 pub async fn replay(
     data_dir: &Path,
     destination: &str,
-    driver: &dyn eds_drivers::driver::Driver,
+    dest: &crate::drain::Destination,
 ) -> Result<(u64, Vec<(u64, String)>)> {
-    use eds_drivers::driver::{Batch, Delivery};
     let d = data_dir.join("dlq").join(destination);
     if !d.is_dir() {
         anyhow::bail!("destination {destination:?} has no dead-letter log at {}", d.display());
@@ -147,12 +146,11 @@ pub async fn replay(
             let event = eds_drivers::event::ChangeEvent::from_json(env.payload).with_context(|| {
                 format!("dead letter {} (stream sequence {}) is not a change event", rec.lsn, env.stream_seq)
             })?;
-            let one = [Delivery { lsn: rec.lsn, event: &event, raw: env.payload }];
-            match driver.write(Batch::Events(&one)).await {
-                Ok(()) => delivered += 1,
-                Err(e) if e.class == eds_drivers::driver::ErrorClass::Rejected => {
+            match crate::drain::deliver_one(dest, rec.lsn, event, env.payload).await {
+                Ok(None) => delivered += 1,
+                Ok(Some(reason)) => {
                     // Still refused: stop here so it stays pending, in order, for a later replay.
-                    still_rejected.push((env.stream_seq, eds_wal::error_chain(&e)));
+                    still_rejected.push((env.stream_seq, reason));
                     break;
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("replaying dead letter {}", rec.lsn))),

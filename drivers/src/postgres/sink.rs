@@ -341,10 +341,22 @@ impl ColumnPlan<'_> {
         }
     }
 
-    fn cell(&self, value: Option<&Value>) -> Option<String> {
+    /// The value's text, or why the column cannot take it. PostgreSQL reads words such as
+    /// `now`, `today`, `yesterday` or `epoch` as date-times relative to the moment of the write,
+    /// which would make a replay store something else: a date-time must start with a digit.
+    fn cell(&self, value: Option<&Value>, table: &str) -> Result<Option<String>, DriverError> {
         match value {
-            None | Some(Value::Null) => self.default.map(str::to_owned),
-            Some(v) => Some(value_text(v, self.storage)),
+            None | Some(Value::Null) => Ok(self.default.map(str::to_owned)),
+            Some(Value::String(s))
+                if matches!(self.storage, Storage::TimestampTz | Storage::Timestamp)
+                    && !s.starts_with(|c: char| c.is_ascii_digit()) =>
+            {
+                Err(DriverError::new(
+                    ErrorClass::Rejected,
+                    format!("column {:?} of table {table:?}: {s:?} is not an ISO-8601 date-time", self.name),
+                ))
+            }
+            Some(v) => Ok(Some(value_text(v, self.storage))),
         }
     }
 }
@@ -592,8 +604,11 @@ impl PostgresDriver {
                 Folded::Delete { .. } => npk,
             };
             // Primary keys are the first columns of the schema's column order.
-            let mut cells: Vec<Option<String>> =
-                columns.iter().take(width).map(|p| p.cell(image.and_then(|r| r.get(p.name)))).collect();
+            let mut cells: Vec<Option<String>> = columns
+                .iter()
+                .take(width)
+                .map(|p| p.cell(image.and_then(|r| r.get(p.name)), table))
+                .collect::<Result<_, _>>()?;
             if npk == 1 {
                 if let Some(first) = cells.first_mut().filter(|v| v.is_none()) {
                     *first = Some(sc.change.primary_key.clone());
