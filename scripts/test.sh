@@ -46,6 +46,35 @@ fi
 export NATS_SERVER_LATEST="$tools/natsvenv/bin/nats-server"
 "$NATS_SERVER_LATEST" --version >/dev/null || die "$NATS_SERVER_LATEST does not run"
 
+# PostgreSQL at 127.0.0.1:5432, user postgres without a password, database `test` (these machines
+# start one; elsewhere a private cluster is created under $tools/pgdata and started).
+pg_ok() { psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1; }
+if ! command -v psql >/dev/null 2>&1; then
+  say "installing PostgreSQL (Debian package)"
+  command -v apt-get >/dev/null || die "PostgreSQL is missing and apt-get is not available to install it"
+  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+fi
+if ! pg_ok; then
+  if pg_isready -q -h 127.0.0.1 -p 5432; then
+    # A server is there but without the test database or trust for postgres: try the database.
+    psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -c 'CREATE DATABASE test' >/dev/null 2>&1 || true
+  else
+    bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    [ -x "$bindir/initdb" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+    say "starting a private PostgreSQL cluster in $tools/pgdata on 127.0.0.1:5432"
+    mkdir -p "$tools"
+    if [ ! -f "$tools/pgdata/PG_VERSION" ]; then
+      install -d -o postgres -g postgres -m 0700 "$tools/pgdata"
+      su postgres -s /bin/sh -c "$bindir/initdb -D '$tools/pgdata' -U postgres --auth=trust -E UTF8" >/dev/null \
+        || die "initdb failed"
+    fi
+    su postgres -s /bin/sh -c "$bindir/pg_ctl -D '$tools/pgdata' -l '$tools/pgdata/log' -w \
+      -o '-c listen_addresses=127.0.0.1 -p 5432 -c fsync=off -k /tmp' start" >/dev/null || die "pg_ctl start failed"
+    psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres -c 'CREATE DATABASE test' >/dev/null 2>&1 || true
+  fi
+fi
+pg_ok || die "PostgreSQL at 127.0.0.1:5432 does not accept user postgres (no password) on database test"
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
