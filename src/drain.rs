@@ -202,6 +202,45 @@ pub fn ensure_cursor(wal: &Wal, name: &str, start: Start) -> Result<(), eds_wal:
     Ok(())
 }
 
+/// File in the data dir naming the destinations of the last server start, so read-only tools can
+/// tell a destination's cursor from an orphaned one.
+pub const DESTINATIONS_FILE: &str = "destinations.json";
+
+/// Record the configured destinations (name, driver, URL without password) in the data dir,
+/// atomically (temporary file, rename).
+pub fn record_destinations(data_dir: &std::path::Path, destinations: &[Destination], urls: &[String]) -> Result<()> {
+    let list: Vec<serde_json::Value> = destinations
+        .iter()
+        .map(|d| {
+            // The URL this destination came from: the one whose parse gives its name.
+            let url = urls
+                .iter()
+                .find(|u| parse_destination(u).ok().flatten().is_some_and(|p| p.name == d.name))
+                .map(|u| redact(u));
+            serde_json::json!({"name": d.name, "driver": d.driver.describe().name, "url": url})
+        })
+        .collect();
+    let path = data_dir.join(DESTINATIONS_FILE);
+    let tmp = data_dir.join(format!("{DESTINATIONS_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&list)?)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| anyhow::anyhow!("recording the destinations in {}: {e}", path.display()))
+}
+
+/// The destinations recorded by the last server start: (name, driver).
+pub fn recorded_destinations(data_dir: &std::path::Path) -> Option<Vec<(String, String)>> {
+    let text = std::fs::read(data_dir.join(DESTINATIONS_FILE)).ok()?;
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&text).ok()?;
+    Some(
+        list.iter()
+            .map(|d| {
+                let s = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+                (s("name"), s("driver"))
+            })
+            .collect(),
+    )
+}
+
 /// Give every destination whose driver needs table schemas the registry `make` returns (called
 /// only when there is such a destination, so no tracker or HQ client exists without need).
 pub fn attach_registry(destinations: &mut [Destination], make: impl FnOnce() -> Result<Arc<Registry>>) -> Result<()> {

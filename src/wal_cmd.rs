@@ -21,6 +21,18 @@ fn opt_time(micros: Option<u64>) -> serde_json::Value {
 }
 
 /// Gaps ingest recorded (`<data-dir>/gaps.jsonl`, one JSON object per line).
+/// What a cursor belongs to: a configured destination's driver, an eds-internal cursor, or an
+/// orphan that holds retention back (`eds wal cursor delete` removes it).
+fn destination_of(recorded: &Option<Vec<(String, String)>>, cursor: &str) -> String {
+    match recorded {
+        None => "unknown (no server start recorded)".into(),
+        Some(list) => match list.iter().find(|(n, _)| n == cursor) {
+            Some((_, driver)) => format!("{driver} destination"),
+            None => "orphaned: no destination has this name; it holds retention back".into(),
+        },
+    }
+}
+
 fn read_gaps(wal_dir: &Path) -> Vec<serde_json::Value> {
     let Some(data_dir) = wal_dir.parent() else { return Vec::new() };
     std::fs::read_to_string(data_dir.join("gaps.jsonl"))
@@ -31,6 +43,7 @@ fn read_gaps(wal_dir: &Path) -> Vec<serde_json::Value> {
 pub(crate) fn inspect(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<u8> {
     let wal = open_read_only(dir)?;
     let gaps = read_gaps(dir);
+    let recorded = dir.parent().and_then(crate::drain::recorded_destinations);
     let r = wal.inspect().context("inspecting the write-ahead log")?;
     let now = now_micros();
     if as_json {
@@ -48,7 +61,8 @@ pub(crate) fn inspect(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<
                 "last_appended_at": opt_time(s.last_appended_at), "problem": s.problem,
             })).collect::<Vec<_>>(),
             "cursors": r.cursors.iter().map(|c| json!({
-                "name": c.name, "position": c.position, "lag_records": c.lag_records,
+                "name": c.name, "destination": destination_of(&recorded, &c.name), "position": c.position,
+                "lag_records": c.lag_records,
                 "lag_bytes": c.lag_bytes, "oldest_pending_at": opt_time(c.oldest_pending_at),
                 "oldest_pending_age_seconds": c.oldest_pending_at.map(|t| now.saturating_sub(t) / 1_000_000),
             })).collect::<Vec<_>>(),
@@ -103,6 +117,15 @@ pub(crate) fn inspect(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<
         writeln!(out, "  none (retention keeps every segment until a cursor exists)")?;
     } else {
         write_cursor_table(&r.cursors, now, out)?;
+    }
+    if let Some(recorded) = &recorded {
+        writeln!(out, "\ndestinations (as of the last server start)")?;
+        for c in &r.cursors {
+            writeln!(out, "  {:<32} {}", c.name, destination_of(&Some(recorded.clone()), &c.name))?;
+        }
+        for (name, driver) in recorded.iter().filter(|(n, _)| !r.cursors.iter().any(|c| &c.name == n)) {
+            writeln!(out, "  {name:<32} {driver} destination without a cursor yet")?;
+        }
     }
     for p in &r.cursor_problems {
         writeln!(out, "  unreadable cursor: {p}")?;
@@ -252,19 +275,29 @@ fn hex(bytes: &[u8]) -> String {
 
 pub(crate) fn cursor_list(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<u8> {
     let wal = open_read_only(dir)?;
+    let recorded = dir.parent().and_then(crate::drain::recorded_destinations);
     let r = wal.inspect().context("inspecting the write-ahead log")?;
     let now = now_micros();
     if as_json {
         let doc: Vec<_> = r
             .cursors
             .iter()
-            .map(|c| json!({"name": c.name, "position": c.position, "lag_records": c.lag_records, "lag_bytes": c.lag_bytes, "oldest_pending_at": opt_time(c.oldest_pending_at)}))
+            .map(|c| json!({"name": c.name, "destination": destination_of(&recorded, &c.name), "position": c.position, "lag_records": c.lag_records, "lag_bytes": c.lag_bytes, "oldest_pending_at": opt_time(c.oldest_pending_at)}))
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     } else if r.cursors.is_empty() {
         writeln!(out, "no cursors")?;
     } else {
         write_cursor_table(&r.cursors, now, out)?;
+    }
+    if let Some(recorded) = recorded.as_ref().filter(|_| !as_json) {
+        writeln!(out, "\ndestinations (as of the last server start)")?;
+        for c in &r.cursors {
+            writeln!(out, "  {:<32} {}", c.name, destination_of(&Some(recorded.clone()), &c.name))?;
+        }
+        for (name, driver) in recorded.iter().filter(|(n, _)| !r.cursors.iter().any(|c| &c.name == n)) {
+            writeln!(out, "  {name:<32} {driver} destination without a cursor yet")?;
+        }
     }
     for p in &r.cursor_problems {
         writeln!(out, "unreadable cursor: {p}")?;

@@ -227,6 +227,10 @@ fn server_help_finds_drivers_by_scheme() {
     let o = eds(&["server", "help"]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("file         File                     file:///var/eds/out"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("postgres     PostgreSQL"), "{}", stdout(&o));
+    let o = eds(&["server", "help", "postgresql"]);
+    assert!(o.status.success(), "found by its alias");
+    assert!(stdout(&o).starts_with("PostgreSQL (postgres://"), "{}", stdout(&o));
     // By scheme, any case (EDS compared the display name, so `server help s3` never worked).
     let o = eds(&["server", "help", "FILE"]);
     assert!(o.status.success());
@@ -234,7 +238,11 @@ fn server_help_finds_drivers_by_scheme() {
     assert!(stdout(&o).contains("directory    directory, required"), "{}", stdout(&o));
     let o = eds(&["server", "help", "nope"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("no driver for scheme \"nope\" in this build (known: file)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no driver for scheme \"nope\" in this build (known: file, postgres)"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -87,6 +87,22 @@ async fn events_reach_a_file_destination_once_across_restarts() {
     eventually("310 files", Duration::from_secs(30), || async { (files(&out).len() >= 310).then_some(()) }).await;
     assert_eq!(eds.stop(), 0);
     assert_eq!(files(&out).len(), 310);
+
+    // The destination is renamed: its old cursor is now an orphan holding retention back, and
+    // the read-only tools say so.
+    let renamed = format!("file://{}?name=renamed", out.display());
+    let eds = Eds::start(data.path(), &nats, &["--url", &renamed]);
+    assert_eq!(eds.stop(), 0);
+    let o = std::process::Command::new(eds_bin())
+        .args(["wal", "inspect", "--json", "-d", data.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let of = |name: &str| {
+        v["cursors"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["destination"].clone()
+    };
+    assert_eq!(of("renamed"), "File destination", "{v}");
+    assert!(of("archive").as_str().unwrap().starts_with("orphaned"), "{v}");
 }
 
 /// A private NATS with 2,000 incompressible events, and `eds server` with a 2 MiB budget

@@ -311,6 +311,7 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
     for d in &mut destinations {
         d.dead_letters = Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);
     }
+    crate::drain::record_destinations(data_dir, &destinations, &args.urls)?;
     crate::drain::attach_registry(&mut destinations, || {
         let tracker = crate::tracker::Tracker::open(data_dir)?;
         let source = crate::registry::HqSchemas::new(&args.api_url)

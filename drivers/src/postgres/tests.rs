@@ -876,7 +876,8 @@ async fn rejected(tag: &str, copy_threshold: usize) {
     let update = upd("strict", json!({"id": "pre", "name": "changed"}), None);
     for (bad, sqlstate) in [
         (ins("strict", json!({"id": "b1"})), "23502"),
-        (ins("strict", json!({"id": "b2", "name": "x", "ts": "not a time"})), "22007"),
+        (ins("strict", json!({"id": "b2", "name": "x", "ts": "20x6-01-01T00:00:00Z"})), "22007"),
+        (ins("strict", json!({"id": "b5", "name": "x", "ts": "yesterday"})), "not an ISO-8601 date-time"),
         (ins("strict", json!({"id": "b3", "name": "x", "n": "12abc"})), "22P02"),
         (ins("strict", json!({"id": "b4", "name": "nul\u{0}byte"})), "22021"),
     ] {
