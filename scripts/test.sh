@@ -75,6 +75,22 @@ if ! pg_ok; then
 fi
 pg_ok || die "PostgreSQL at 127.0.0.1:5432 does not accept user postgres (no password) on database test"
 
+# SQL Server: no real server is obtainable here; the SQL Server driver's wire tests start their own
+# TDS mock (mssql-mock-tds, crates.io) on free ports. `cargo install` puts it in ~/.cargo/bin, where
+# the tests also look when it is not on PATH.
+mock_tds="$(command -v mssql-mock-tds 2>/dev/null || true)"
+if [ -z "$mock_tds" ] && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/mssql-mock-tds" ]; then
+  mock_tds="${CARGO_HOME:-$HOME/.cargo}/bin/mssql-mock-tds"
+fi
+if [ -z "$mock_tds" ]; then
+  say "installing mssql-mock-tds (cargo install; a few minutes)"
+  # Its own target dir, so its release build does not disturb the project's.
+  CARGO_TARGET_DIR="$tools/mssql-mock-tds-target" cargo install mssql-mock-tds --locked \
+    || die "cargo install mssql-mock-tds --locked failed"
+  mock_tds="${CARGO_HOME:-$HOME/.cargo}/bin/mssql-mock-tds"
+fi
+"$mock_tds" --help >/dev/null 2>&1 || die "mssql-mock-tds ($mock_tds) does not run"
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -118,6 +118,18 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
                 .map_err(|e| anyhow::anyhow!("--url {}: {}", redact(url), eds_wal::error_chain(&e)))?;
             (Arc::new(driver), format!("postgres-{}", host_and_path(rest)))
         }
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => {
+            let driver = eds_drivers::mysql::MysqlDriver::new(url)
+                .map_err(|e| anyhow::anyhow!("--url {}: {}", redact(url), eds_wal::error_chain(&e)))?;
+            (Arc::new(driver), format!("mysql-{}", host_and_path(rest)))
+        }
+        #[cfg(feature = "sqlserver")]
+        "sqlserver" | "mssql" => {
+            let driver = eds_drivers::sqlserver::SqlServerDriver::new(url)
+                .map_err(|e| anyhow::anyhow!("--url {}: {}", redact(url), eds_wal::error_chain(&e)))?;
+            (Arc::new(driver), format!("sqlserver-{}", host_and_path(rest)))
+        }
         _ => return Ok(None),
     };
     let name = cursor_safe(query_param(url, "name").map(str::to_owned).as_deref().unwrap_or(&default_name));
@@ -723,6 +735,10 @@ mod tests {
         assert_eq!(pg.name, "postgres-db-5433-shop", "no user, no password, no query");
         assert_eq!(pg.driver.describe().kind, Kind::State);
         assert!(parse_destination("kafka://u:secret@broker/x").unwrap().is_none(), "no driver in this build yet");
+        let my = parse_destination("mysql://root:pw@127.0.0.1:3306/shop").unwrap().unwrap();
+        assert_eq!((my.name.as_str(), my.driver.describe().name), ("mysql-127.0.0.1-3306-shop", "MySQL"));
+        let ms = parse_destination("mssql://sa:pw@db/shop").unwrap().unwrap();
+        assert_eq!(ms.name, "sqlserver-db-shop");
         let err = parse_destinations(&["file://a?name=same".into(), "file://b?name=same".into()]).unwrap_err();
         assert!(err.to_string().contains("two destinations are named \"same\""), "{err}");
         assert_eq!(redact("postgres://user:secret@db:5432/x"), "postgres://user:***@db:5432/x");

@@ -10,9 +10,13 @@ pub mod driver;
 pub mod event;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod schema;
+#[cfg(feature = "sqlserver")]
+pub mod sqlserver;
 
 /// Every driver compiled into this build, in a stable order.
 pub fn descriptions() -> Vec<&'static driver::Description> {
@@ -21,6 +25,10 @@ pub fn descriptions() -> Vec<&'static driver::Description> {
         &file::DESCRIPTION,
         #[cfg(feature = "postgres")]
         &postgres::DESCRIPTION,
+        #[cfg(feature = "mysql")]
+        &mysql::DESCRIPTION,
+        #[cfg(feature = "sqlserver")]
+        &sqlserver::DESCRIPTION,
     ];
     all.to_vec()
 }

@@ -1,0 +1,17 @@
+//! MySQL and MariaDB destination: the current state of every table, kept by upserts and deletes.
+//! A state destination.
+//!
+//! Invariant: one batch is one transaction — it is applied whole or not at all, so one rejected
+//! row fails the batch with [`ErrorClass::Rejected`](crate::driver::ErrorClass::Rejected) and
+//! leaves nothing behind — and applying a batch twice leaves the same rows as applying it once
+//! (upserts by primary key, deletes by primary key). Tables are only ever created or widened:
+//! never dropped, no column dropped or retyped. DDL commits implicitly in MySQL and MariaDB, so it
+//! never runs inside a batch's transaction.
+
+mod config;
+mod sink;
+#[cfg(test)]
+mod tests;
+
+pub use config::{connect_options, redact, DESCRIPTION, SESSION_SQL_MODE};
+pub use sink::{classify, classify_number, datetime_text, ddl_type, quote_ident, MysqlDriver, MAX_BIND_PARAMS};

@@ -1,0 +1,1558 @@
+//! Writing folded changes to SQL Server, and keeping tables in step with HQ's schemas.
+//!
+//! Statements: every table and column name goes through [`quote_ident`] (`[name]`, `]` doubled);
+//! no value is ever put into SQL text. Values are converted in Rust to the kind the destination
+//! column needs — text, `BIGINT`, `FLOAT`, `BIT` or `DATETIMEOFFSET(7)` — by the column's real
+//! type as `INFORMATION_SCHEMA.COLUMNS` reports it, so tables made earlier by EDS (`NVARCHAR(MAX)`
+//! date-times, `VARCHAR(64)` keys) or by hand are written by their own types.
+//!
+//! Batches: one transaction per batch (`SET XACT_ABORT ON; BEGIN TRANSACTION` … `COMMIT`, rolled
+//! back on any error). Upserts are grouped by (table, schema version, columns to update) and
+//! deletes by (table, schema version), as in the PostgreSQL driver. Each group is staged in a
+//! temporary table `#eds_stage_<n>`, loaded with multi-row parameterised `INSERT … VALUES` chunked
+//! under SQL Server's 2,100-parameter and 1,000-row limits, then applied with ONE `MERGE … WITH
+//! (HOLDLOCK)` (upserts) or one `DELETE … INNER JOIN` (deletes), and dropped. Staging keeps a
+//! 98-column table far from the parameter limit that a per-row parameterised MERGE would hit.
+//! (tiberius's bulk-load path was not used: its encoder refuses `NVARCHAR(MAX)` values over 65,535
+//! bytes, declares `NVARCHAR(n > 2000)` columns as `nvarchar(max)`, and does not rescale
+//! `DATETIMEOFFSET` values.) The staged key columns have the destination key columns' own type and
+//! collation, so the MERGE's join compares like with like and can seek the primary key.
+//!
+//! Schema: the catalog of each table is cached and re-read after DDL; which (table, model version)
+//! pairs were already ensured is remembered, so [`Driver::ensure_schema`] is a set lookup when
+//! nothing changed. DDL runs in its own batches, never inside a batch's transaction. The one
+//! connection is behind a tokio mutex, so DDL and writes are serialised; it is opened lazily and
+//! dropped after any error that may have left it unusable, to be reopened by the next call.
+
+use super::config::{connect_spec, redact, ConnectSpec};
+use super::DESCRIPTION;
+use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
+use crate::event::{Folded, Row};
+use crate::schema::{ColumnType, Schema};
+use serde_json::{Number, Value};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tiberius::time::{Date, DateTime2, DateTimeOffset, Time};
+use tiberius::{ColumnData, ToSql};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+/// A tiberius client over tokio's TCP stream.
+pub(super) type Client = tiberius::Client<Compat<TcpStream>>;
+
+/// Parameters per statement when staging rows: below SQL Server's 2,100 (the RPC call carries
+/// the statement and its parameter declarations too).
+pub const MAX_STATEMENT_PARAMS: usize = 2_000;
+
+/// Rows per `INSERT … VALUES` (SQL Server allows at most 1,000 row value expressions).
+pub const MAX_INSERT_ROWS: usize = 1_000;
+
+/// How long [`Driver::test`] waits for the server.
+const TEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long opening a connection (TCP, TLS, login) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long one batch (or one ensure) may take before the connection is considered dead.
+const WORK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// SQL Server's identifier limit (`sysname` is `NVARCHAR(128)`).
+const MAX_IDENTIFIER_CHARS: usize = 128;
+
+/// `name` as a SQL Server identifier: always in brackets, with every `]` doubled, so case,
+/// spaces and punctuation are kept exactly. Names SQL Server cannot hold — empty, containing a
+/// NUL character, or longer than 128 characters — are an [`ErrorClass::Rejected`] error. The
+/// only function that puts a table or column name into SQL.
+pub fn quote_ident(name: &str) -> Result<String, DriverError> {
+    let problem = if name.is_empty() {
+        Some("is empty")
+    } else if name.contains('\0') {
+        Some("contains a NUL character")
+    } else if name.encode_utf16().count() > MAX_IDENTIFIER_CHARS {
+        Some("is longer than SQL Server's 128-character identifier limit")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        return Err(DriverError::new(
+            ErrorClass::Rejected,
+            format!("SQL Server: the name {name:?} {problem}, so it cannot be a table or column name"),
+        ));
+    }
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('[');
+    for ch in name.chars() {
+        if ch == ']' {
+            out.push(']');
+        }
+        out.push(ch);
+    }
+    out.push(']');
+    Ok(out)
+}
+
+/// How a destination column stores values, from its catalog type (`DATA_TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Storage {
+    /// `nvarchar`, `varchar`, `nchar`, `char`, `ntext`, `text`.
+    Text,
+    /// `datetimeoffset`: the instant, offset normalised to UTC.
+    DateTimeOffset,
+    /// `datetime2`, `datetime`, `smalldatetime`, `date`: written as UTC wall-clock time.
+    DateTime,
+    /// `bigint`, `int`, `smallint`, `tinyint`.
+    Integer,
+    /// `decimal`, `numeric`, `money`, `smallmoney`: written as exact decimal text.
+    Decimal,
+    /// `float`, `real`.
+    Float,
+    /// `bit`.
+    Bit,
+    /// `json` (SQL Server 2025).
+    Json,
+    /// `uniqueidentifier`.
+    Uuid,
+    /// Anything else (binary, xml, time, spatial…): holds no schema type.
+    Other,
+}
+
+impl Storage {
+    pub(super) fn of(data_type: &str) -> Storage {
+        match data_type.to_ascii_lowercase().as_str() {
+            "nvarchar" | "varchar" | "nchar" | "char" | "ntext" | "text" | "sysname" => Storage::Text,
+            "datetimeoffset" => Storage::DateTimeOffset,
+            "datetime2" | "datetime" | "smalldatetime" | "date" => Storage::DateTime,
+            "bigint" | "int" | "smallint" | "tinyint" => Storage::Integer,
+            "decimal" | "numeric" | "money" | "smallmoney" => Storage::Decimal,
+            "float" | "real" => Storage::Float,
+            "bit" => Storage::Bit,
+            "json" => Storage::Json,
+            "uniqueidentifier" => Storage::Uuid,
+            _ => Storage::Other,
+        }
+    }
+
+    /// Whether a column stored this way can hold the schema's type. Text columns hold anything;
+    /// otherwise:
+    ///
+    /// | schema type | destination types accepted besides text |
+    /// |---|---|
+    /// | string | uniqueidentifier |
+    /// | date-time string | datetimeoffset, datetime2, datetime, smalldatetime, date |
+    /// | integer | bigint, int, smallint, tinyint, decimal, numeric, money, float, real |
+    /// | number | float, real, decimal, numeric, money |
+    /// | boolean | bit |
+    /// | object, array | json |
+    /// | enum | — |
+    /// | unknown | — |
+    pub(super) fn holds(self, kind: &ColumnType) -> bool {
+        matches!(
+            (kind, self),
+            (_, Storage::Text)
+                | (ColumnType::Text, Storage::Uuid)
+                | (ColumnType::DateTime, Storage::DateTimeOffset | Storage::DateTime)
+                | (ColumnType::Integer, Storage::Integer | Storage::Decimal | Storage::Float)
+                | (ColumnType::Number, Storage::Float | Storage::Decimal)
+                | (ColumnType::Boolean, Storage::Bit)
+                | (ColumnType::Object | ColumnType::Array { .. }, Storage::Json)
+        )
+    }
+
+    /// The kind of value bound for a column stored this way.
+    fn value_kind(self) -> ValueKind {
+        match self {
+            Storage::DateTimeOffset | Storage::DateTime => ValueKind::DateTime,
+            Storage::Integer => ValueKind::BigInt,
+            Storage::Float => ValueKind::Float,
+            Storage::Bit => ValueKind::Bit,
+            Storage::Text | Storage::Decimal | Storage::Json | Storage::Uuid | Storage::Other => ValueKind::Text,
+        }
+    }
+}
+
+/// The column type CREATE TABLE and ALTER TABLE ADD use for a schema type. Strings are
+/// `NVARCHAR(MAX)`, but a primary key cannot be a MAX type: key columns of string-like types are
+/// `NVARCHAR(255)`. Date-times are `DATETIMEOFFSET(7)`, which keeps the instant (values are
+/// normalised to UTC) at 100 ns precision over years 1–9999.
+pub fn ddl_type(kind: &ColumnType, primary_key: bool) -> &'static str {
+    match kind {
+        ColumnType::Text | ColumnType::Unknown(_) | ColumnType::Object | ColumnType::Array { .. } if primary_key => {
+            "NVARCHAR(255)"
+        }
+        ColumnType::Text | ColumnType::Unknown(_) | ColumnType::Object | ColumnType::Array { .. } => "NVARCHAR(MAX)",
+        ColumnType::DateTime => "DATETIMEOFFSET(7)",
+        ColumnType::Integer => "BIGINT",
+        ColumnType::Number => "FLOAT",
+        ColumnType::Boolean => "BIT",
+        ColumnType::Enum { .. } => "NVARCHAR(64)",
+    }
+}
+
+/// Whether a name read from the catalog (a type or a collation) is safe to put into SQL.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The full type of a catalog column as SQL (`varchar(64)`, `nvarchar(max)`, `decimal(12,2)`,
+/// `datetime2(3)`), or `None` when the type name is not plain.
+pub(super) fn type_sql(
+    data_type: &str,
+    char_len: Option<i32>,
+    precision: Option<i32>,
+    scale: Option<i32>,
+    datetime_precision: Option<i32>,
+) -> Option<String> {
+    if !is_plain_name(data_type) {
+        return None;
+    }
+    let t = data_type.to_ascii_lowercase();
+    Some(match (t.as_str(), char_len, precision, scale, datetime_precision) {
+        ("char" | "varchar" | "nchar" | "nvarchar" | "binary" | "varbinary", Some(-1), ..) => format!("{t}(max)"),
+        ("char" | "varchar" | "nchar" | "nvarchar" | "binary" | "varbinary", Some(n), ..) => format!("{t}({n})"),
+        ("decimal" | "numeric", _, Some(p), Some(s), _) => format!("{t}({p},{s})"),
+        ("datetime2" | "datetimeoffset" | "time", _, _, _, Some(p)) => format!("{t}({p})"),
+        _ => t,
+    })
+}
+
+/// One column of a destination table, as the catalog describes it.
+#[derive(Debug, Clone)]
+pub(super) struct DestColumn {
+    /// The full type, for messages and for ALTER COLUMN (`varchar(64)`); `None` when not plain.
+    pub(super) type_sql: Option<String>,
+    /// The catalog's `DATA_TYPE`, for messages when `type_sql` is `None`.
+    pub(super) data_type: String,
+    /// The collation of a string column, when its name is plain.
+    pub(super) collation: Option<String>,
+    pub(super) storage: Storage,
+    pub(super) not_null: bool,
+}
+
+impl DestColumn {
+    fn display(&self) -> &str {
+        self.type_sql.as_deref().unwrap_or(&self.data_type)
+    }
+}
+
+/// A destination table, as the catalog describes it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TableInfo {
+    pub(super) columns: HashMap<String, DestColumn>,
+    /// The primary key's columns.
+    pub(super) primary_key: BTreeSet<String>,
+    /// A base table (not a view).
+    pub(super) is_table: bool,
+}
+
+/// Every column of one table of the current database and the login's default schema, with
+/// whether it belongs to the primary key. `@P1` is the table name.
+pub(super) const CATALOG_SQL: &str = "SELECT c.COLUMN_NAME, c.DATA_TYPE, CAST(c.CHARACTER_MAXIMUM_LENGTH AS INT), \
+CAST(c.NUMERIC_PRECISION AS INT), CAST(c.NUMERIC_SCALE AS INT), CAST(c.DATETIME_PRECISION AS INT), c.COLLATION_NAME, \
+c.IS_NULLABLE, t.TABLE_TYPE, CASE WHEN EXISTS (SELECT * FROM INFORMATION_SCHEMA.TABLE_CONSTRAINTS tc \
+JOIN INFORMATION_SCHEMA.KEY_COLUMN_USAGE k ON k.CONSTRAINT_CATALOG = tc.CONSTRAINT_CATALOG \
+AND k.CONSTRAINT_SCHEMA = tc.CONSTRAINT_SCHEMA AND k.CONSTRAINT_NAME = tc.CONSTRAINT_NAME \
+WHERE tc.CONSTRAINT_TYPE = 'PRIMARY KEY' AND tc.TABLE_CATALOG = c.TABLE_CATALOG AND tc.TABLE_SCHEMA = c.TABLE_SCHEMA \
+AND tc.TABLE_NAME = c.TABLE_NAME AND k.COLUMN_NAME = c.COLUMN_NAME) THEN 1 ELSE 0 END \
+FROM INFORMATION_SCHEMA.COLUMNS c JOIN INFORMATION_SCHEMA.TABLES t ON t.TABLE_CATALOG = c.TABLE_CATALOG \
+AND t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+WHERE c.TABLE_CATALOG = DB_NAME() AND c.TABLE_SCHEMA = SCHEMA_NAME() AND c.TABLE_NAME = @P1 \
+ORDER BY c.ORDINAL_POSITION";
+
+/// One row of [`CATALOG_SQL`], decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CatalogRow {
+    pub(super) name: String,
+    pub(super) data_type: String,
+    pub(super) char_len: Option<i32>,
+    pub(super) precision: Option<i32>,
+    pub(super) scale: Option<i32>,
+    pub(super) datetime_precision: Option<i32>,
+    pub(super) collation: Option<String>,
+    pub(super) nullable: bool,
+    pub(super) is_table: bool,
+    pub(super) primary_key: bool,
+}
+
+/// The table the catalog rows describe; `None` when there are none (no such table).
+pub(super) fn table_info(rows: Vec<CatalogRow>) -> Option<TableInfo> {
+    if rows.is_empty() {
+        return None;
+    }
+    let mut info = TableInfo { is_table: true, ..TableInfo::default() };
+    for r in rows {
+        info.is_table &= r.is_table;
+        if r.primary_key {
+            info.primary_key.insert(r.name.clone());
+        }
+        let column = DestColumn {
+            type_sql: type_sql(&r.data_type, r.char_len, r.precision, r.scale, r.datetime_precision),
+            storage: Storage::of(&r.data_type),
+            data_type: r.data_type,
+            collation: r.collation.filter(|c| is_plain_name(c)),
+            not_null: !r.nullable,
+        };
+        info.columns.insert(r.name, column);
+    }
+    Some(info)
+}
+
+fn catalog_row(row: &tiberius::Row) -> Result<CatalogRow, tiberius::error::Error> {
+    let text = |i: usize| row.try_get::<&str, _>(i).map(|v| v.map(str::to_owned));
+    let int = |i: usize| row.try_get::<i32, _>(i);
+    Ok(CatalogRow {
+        name: text(0)?.unwrap_or_default(),
+        data_type: text(1)?.unwrap_or_default(),
+        char_len: int(2)?,
+        precision: int(3)?,
+        scale: int(4)?,
+        datetime_precision: int(5)?,
+        collation: text(6)?,
+        nullable: text(7)?.is_some_and(|v| v.eq_ignore_ascii_case("YES")),
+        is_table: text(8)?.is_some_and(|v| v.eq_ignore_ascii_case("BASE TABLE")),
+        primary_key: int(9)? == Some(1),
+    })
+}
+
+/// Reads `table` of the current database and default schema from the catalog.
+async fn load_table(client: &mut Client, table: &str) -> Result<Option<TableInfo>, tiberius::error::Error> {
+    let rows = client.query(CATALOG_SQL, &[&table]).await?.into_first_result().await?;
+    let rows = rows.iter().map(catalog_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(table_info(rows))
+}
+
+/// How the drain should treat a SQL Server error number.
+pub fn classify_number(number: u32) -> ErrorClass {
+    match number {
+        // Deadlock victim, lock request timeout, Azure SQL's "database unavailable / busy /
+        // reconfiguring" family.
+        1205 | 1222 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 | 10928 | 10929 => ErrorClass::Transient,
+        // Login failed (and its password-expired/locked variants), cannot open database, no
+        // permission (object, database, server), cannot find the user's default schema.
+        18456 | 18452 | 18486 | 18487 | 18488 | 4060 | 229 | 230 | 262 | 297 | 300 | 916 | 2760 => ErrorClass::Config,
+        // Cannot insert NULL, duplicate key, truncation, date-time conversion and range,
+        // conversion, arithmetic overflow, constraint conflict, the same target row twice in one
+        // MERGE (keys equal under the column's collation).
+        515 | 2627 | 2601 | 8152 | 2628 | 241 | 242 | 245 | 8114 | 8115 | 220 | 232 | 8169 | 547 | 8672 => {
+            ErrorClass::Rejected
+        }
+        // Too many parameters; the query processor ran out of resources for a big statement.
+        8003 | 8623 | 8632 => ErrorClass::TooLarge,
+        // Invalid object or column name after a concurrent change (the catalog cache is dropped
+        // and the retry re-reads it), and anything else.
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// How the drain should treat a tiberius error.
+pub fn classify(e: &tiberius::error::Error) -> ErrorClass {
+    use tiberius::error::Error;
+    match e {
+        Error::Server(token) => classify_number(token.code()),
+        // Certificate or TLS set-up problems are fixed by configuration.
+        Error::Tls(_) => ErrorClass::Config,
+        // A value tiberius cannot encode for the column.
+        Error::Encoding(_) | Error::BulkInput(_) => ErrorClass::Rejected,
+        // I/O, protocol, routing and the rest.
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// "error 2627: Violation of PRIMARY KEY …" for server errors, tiberius's text otherwise.
+fn describe_error(e: &tiberius::error::Error) -> String {
+    match e {
+        tiberius::error::Error::Server(token) => format!("error {}: {}", token.code(), token.message()),
+        other => other.to_string(),
+    }
+}
+
+fn sql_error(what: &str, e: tiberius::error::Error) -> DriverError {
+    let class = classify(&e);
+    DriverError::caused(class, format!("SQL Server: {what} failed: {}", describe_error(&e)), e)
+}
+
+/// Like [`sql_error`], for DDL: a duplicate-name error there means another session created the
+/// same table or column at the same moment, which a retry resolves; a size limit (too many
+/// columns, row too wide) or a column that cannot be altered is configuration.
+fn ddl_error(what: &str, e: tiberius::error::Error) -> DriverError {
+    let number = e.code();
+    let mut err = sql_error(what, e);
+    err.class = match (number, err.class) {
+        (Some(1701 | 1702 | 4922 | 5074 | 8111), _) => ErrorClass::Config,
+        (_, ErrorClass::Rejected) => ErrorClass::Transient,
+        (_, ErrorClass::TooLarge) => ErrorClass::Config,
+        (_, other) => other,
+    };
+    err
+}
+
+/// Whether the connection may still be used after `e` (a server error leaves it usable; I/O,
+/// protocol and TLS errors do not).
+fn connection_survives(e: &tiberius::error::Error) -> bool {
+    matches!(e, tiberius::error::Error::Server(_))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; a poisoned one still holds consistent data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values
+
+/// An instant as SQL Server's `datetime2`/`datetimeoffset` store it: days since 0001-01-01 and
+/// 100-ns ticks since midnight, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant {
+    /// Days since 0001-01-01 (0 ..= 3,652,058).
+    pub days: u32,
+    /// 100-ns ticks since midnight (0 .. 864,000,000,000).
+    pub ticks: u64,
+}
+
+const TICKS_PER_SECOND: i128 = 10_000_000;
+const TICKS_PER_DAY: i128 = 86_400 * TICKS_PER_SECOND;
+/// Days from 0001-01-01 to 1970-01-01.
+const UNIX_EPOCH_DAY: i64 = 719_162;
+/// Days from 0001-01-01 to 10000-01-01 (the first day SQL Server cannot hold).
+const END_DAY: i64 = 3_652_059;
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+/// A small cursor over ASCII text.
+struct Scan<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Scan<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        let hit = self.peek() == Some(c);
+        if hit {
+            self.i += 1;
+        }
+        hit
+    }
+
+    /// Exactly `n` digits.
+    fn digits(&mut self, n: usize) -> Option<i64> {
+        let part = self.s.get(self.i..self.i + n)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        self.i += n;
+        Some(part.iter().fold(0, |acc, d| acc * 10 + i64::from(d - b'0')))
+    }
+
+    fn done(&self) -> bool {
+        self.i == self.s.len()
+    }
+}
+
+/// Why a date-time string was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateTimeError {
+    /// Not `YYYY-MM-DD[(T| )hh:mm[:ss[.fraction]]][Z|±hh[:mm]]`, or not a real date or time.
+    NotIso8601,
+    /// Outside years 1–9999 once normalised to UTC.
+    OutOfRange,
+}
+
+/// Parses an ISO-8601 date-time: `YYYY-MM-DD`, optionally followed by `T` (or a space) and
+/// `hh:mm[:ss[.fraction]]`, optionally followed by `Z` or an offset `±hh[:mm]`/`±hhmm` (a space
+/// before it is allowed). Without an offset the time is UTC. Fractions are rounded to 100 ns; a
+/// leap second (`:60`) rolls into the next minute. Words (`now`, `today`, `infinity`) are refused:
+/// they would make a replay store something else.
+pub fn parse_datetime(text: &str) -> Result<Instant, DateTimeError> {
+    use DateTimeError::NotIso8601;
+    let mut p = Scan { s: text.as_bytes(), i: 0 };
+    let year = p.digits(4).ok_or(NotIso8601)?;
+    let month = p.eat(b'-').then(|| p.digits(2)).flatten().ok_or(NotIso8601)?;
+    let day = p.eat(b'-').then(|| p.digits(2)).flatten().ok_or(NotIso8601)?;
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return Err(NotIso8601);
+    }
+    let (mut hour, mut minute, mut second, mut fraction) = (0i64, 0i64, 0i64, 0i128);
+    let mut offset_minutes = 0i64;
+    if !p.done() {
+        if !(p.eat(b'T') || p.eat(b't') || p.eat(b' ')) {
+            return Err(NotIso8601);
+        }
+        hour = p.digits(2).ok_or(NotIso8601)?;
+        minute = p.eat(b':').then(|| p.digits(2)).flatten().ok_or(NotIso8601)?;
+        if p.eat(b':') {
+            second = p.digits(2).ok_or(NotIso8601)?;
+            if p.eat(b'.') || p.eat(b',') {
+                let start = p.i;
+                while p.peek().is_some_and(|c| c.is_ascii_digit()) {
+                    p.i += 1;
+                }
+                let digits = p.s.get(start..p.i).unwrap_or_default();
+                if digits.is_empty() {
+                    return Err(NotIso8601);
+                }
+                // Seven digits of 100 ns, rounded half up by the eighth.
+                for k in 0..7 {
+                    fraction = fraction * 10 + i128::from(digits.get(k).map_or(0, |d| d - b'0'));
+                }
+                if digits.get(7).is_some_and(|&d| d >= b'5') {
+                    fraction += 1;
+                }
+            }
+        }
+        if hour > 23 || minute > 59 || second > 60 {
+            return Err(NotIso8601);
+        }
+        let _ = p.eat(b' ');
+        if p.eat(b'Z') || p.eat(b'z') {
+        } else if let Some(sign) = p.peek().filter(|c| matches!(c, b'+' | b'-')) {
+            p.i += 1;
+            let oh = p.digits(2).ok_or(NotIso8601)?;
+            let om = if p.eat(b':') { p.digits(2).ok_or(NotIso8601)? } else { p.digits(2).unwrap_or(0) };
+            if oh > 23 || om > 59 {
+                return Err(NotIso8601);
+            }
+            offset_minutes = if sign == b'-' { -(oh * 60 + om) } else { oh * 60 + om };
+        }
+        if !p.done() {
+            return Err(NotIso8601);
+        }
+    }
+    let day_number = i128::from(days_from_civil(year, month, day) + UNIX_EPOCH_DAY);
+    let total = day_number * TICKS_PER_DAY
+        + i128::from(hour * 3600 + minute * 60 + second - offset_minutes * 60) * TICKS_PER_SECOND
+        + fraction;
+    if total < 0 || total >= i128::from(END_DAY) * TICKS_PER_DAY {
+        return Err(DateTimeError::OutOfRange);
+    }
+    let days = u32::try_from(total / TICKS_PER_DAY).map_err(|_| DateTimeError::OutOfRange)?;
+    let ticks = u64::try_from(total % TICKS_PER_DAY).map_err(|_| DateTimeError::OutOfRange)?;
+    Ok(Instant { days, ticks })
+}
+
+/// What kind of value a column takes, which is also its staging column's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ValueKind {
+    /// `NVARCHAR`.
+    Text,
+    /// `BIGINT`.
+    BigInt,
+    /// `FLOAT`.
+    Float,
+    /// `BIT`.
+    Bit,
+    /// `DATETIMEOFFSET(7)`, UTC.
+    DateTime,
+}
+
+impl ValueKind {
+    fn stage_type(self) -> &'static str {
+        match self {
+            ValueKind::Text => "NVARCHAR(MAX)",
+            ValueKind::BigInt => "BIGINT",
+            ValueKind::Float => "FLOAT",
+            ValueKind::Bit => "BIT",
+            ValueKind::DateTime => "DATETIMEOFFSET(7)",
+        }
+    }
+
+    fn null(self) -> Param {
+        match self {
+            ValueKind::Text => Param::Text(None),
+            ValueKind::BigInt => Param::BigInt(None),
+            ValueKind::Float => Param::Float(None),
+            ValueKind::Bit => Param::Bit(None),
+            ValueKind::DateTime => Param::DateTime(None),
+        }
+    }
+}
+
+/// One bound value. Strings travel as `NVARCHAR` (UTF-16), so any Unicode text is exact.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    /// `NVARCHAR`.
+    Text(Option<String>),
+    /// `BIGINT`.
+    BigInt(Option<i64>),
+    /// `FLOAT`.
+    Float(Option<f64>),
+    /// `BIT`.
+    Bit(Option<bool>),
+    /// `DATETIMEOFFSET(7)` with offset 0.
+    DateTime(Option<Instant>),
+}
+
+impl Param {
+    /// A key for telling primary-key values apart (floats by their bits).
+    fn identity(&self) -> String {
+        match self {
+            Param::Float(f) => format!("f{:?}", f.map(f64::to_bits)),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+impl ToSql for Param {
+    fn to_sql(&self) -> ColumnData<'_> {
+        match self {
+            Param::Text(v) => ColumnData::String(v.as_deref().map(Cow::Borrowed)),
+            Param::BigInt(v) => ColumnData::I64(*v),
+            Param::Float(v) => ColumnData::F64(*v),
+            Param::Bit(v) => ColumnData::Bit(*v),
+            Param::DateTime(v) => ColumnData::DateTimeOffset(
+                v.map(|i| DateTimeOffset::new(DateTime2::new(Date::new(i.days), Time::new(i.ticks, 7)), 0)),
+            ),
+        }
+    }
+}
+
+/// A number as exact text: integers exactly (never through f64), floats in the shortest form that
+/// reads back to the same f64, without exponent.
+pub(super) fn number_text(n: &Number) -> String {
+    if let Some(i) = n.as_i64() {
+        i.to_string()
+    } else if let Some(u) = n.as_u64() {
+        u.to_string()
+    } else if let Some(f) = n.as_f64() {
+        format!("{f}")
+    } else {
+        n.to_string()
+    }
+}
+
+/// A value as the text a text-like column stores: strings as they are, booleans `true`/`false`,
+/// numbers exactly, objects and arrays as compact JSON. A column whose schema type is object or
+/// array, or whose destination type is `json`, always gets JSON text (a string becomes a JSON
+/// string), so it stays valid JSON for `OPENJSON`/`JSON_VALUE`.
+pub(super) fn value_text(v: &Value, json: bool) -> String {
+    match v {
+        _ if json => v.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => number_text(n),
+        _ => v.to_string(),
+    }
+}
+
+fn integer_of(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            // A float without fraction (3.0) is an integer; it must fit in i64 exactly.
+            n.as_f64().filter(|f| f.is_finite() && f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64)
+        }),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn float_of(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse::<f64>().ok().filter(|f| f.is_finite()),
+        _ => None,
+    }
+}
+
+fn bit_of(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(0) => Some(false),
+            Some(1) => Some(true),
+            _ => None,
+        },
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "true" | "1" => Some(true),
+            "false" | "0" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// How one schema column is written: its destination column, value conversion and staging type.
+#[derive(Debug)]
+pub(super) struct ColumnPlan<'s> {
+    pub(super) name: &'s str,
+    pub(super) quoted: String,
+    pub(super) kind: ValueKind,
+    /// JSON text is written (schema object/array, or a `json` column).
+    pub(super) json: bool,
+    /// The type of this column in the staging table: the destination's own type (and collation)
+    /// for primary-key columns, so the MERGE join compares like with like; the value kind's type
+    /// otherwise.
+    pub(super) stage_type: String,
+    /// JSON default for a missing or null value (`{}`/`[]`), as EDS writes for not-null object
+    /// and array columns.
+    pub(super) default: Option<&'static str>,
+}
+
+impl ColumnPlan<'_> {
+    fn rejected(&self, table: &str, v: &Value, what: &str) -> DriverError {
+        DriverError::new(
+            ErrorClass::Rejected,
+            format!("SQL Server: column {:?} of table {table:?}: {v} is not {what}", self.name),
+        )
+    }
+
+    /// The value to bind, or why the column cannot take it. Booleans and integers stay NULL when
+    /// missing (EDS wrote 0).
+    pub(super) fn cell(&self, value: Option<&Value>, table: &str) -> Result<Param, DriverError> {
+        let v = match value {
+            None | Some(Value::Null) => {
+                return Ok(match self.default {
+                    Some(d) => Param::Text(Some(d.to_owned())),
+                    None => self.kind.null(),
+                })
+            }
+            Some(v) => v,
+        };
+        match self.kind {
+            ValueKind::Text => Ok(Param::Text(Some(value_text(v, self.json)))),
+            ValueKind::BigInt => {
+                integer_of(v).map(|i| Param::BigInt(Some(i))).ok_or_else(|| self.rejected(table, v, "a 64-bit integer"))
+            }
+            ValueKind::Float => {
+                float_of(v).map(|f| Param::Float(Some(f))).ok_or_else(|| self.rejected(table, v, "a number"))
+            }
+            ValueKind::Bit => {
+                bit_of(v).map(|b| Param::Bit(Some(b))).ok_or_else(|| self.rejected(table, v, "a boolean"))
+            }
+            ValueKind::DateTime => match v {
+                Value::String(s) => match parse_datetime(s) {
+                    Ok(instant) => Ok(Param::DateTime(Some(instant))),
+                    Err(DateTimeError::NotIso8601) => Err(self.rejected(table, v, "an ISO-8601 date-time")),
+                    Err(DateTimeError::OutOfRange) => {
+                        Err(self.rejected(table, v, "a date-time SQL Server can hold (years 1 to 9999)"))
+                    }
+                },
+                _ => Err(self.rejected(table, v, "an ISO-8601 date-time")),
+            },
+        }
+    }
+}
+
+/// How each column of `schema` is written to `info`'s table, in schema column order. A column
+/// missing at the destination is a [`ErrorClass::Transient`] error (the caller drops its cache).
+pub(super) fn column_plans<'s>(schema: &'s Schema, info: &TableInfo) -> Result<Vec<ColumnPlan<'s>>, DriverError> {
+    let table = schema.table();
+    schema
+        .columns()
+        .iter()
+        .map(|c| {
+            let Some(dest) = info.columns.get(&c.name) else {
+                return Err(DriverError::new(
+                    ErrorClass::Transient,
+                    format!("SQL Server: column {:?} of table {table:?} is missing at the destination", c.name),
+                ));
+            };
+            let kind = dest.storage.value_kind();
+            let stage_type = match (&dest.type_sql, c.primary_key) {
+                (Some(t), true) => match &dest.collation {
+                    Some(collation) => format!("{t} COLLATE {collation}"),
+                    None => t.clone(),
+                },
+                _ => kind.stage_type().to_owned(),
+            };
+            let default = match c.kind {
+                ColumnType::Object if c.not_null_for_json_default() => Some("{}"),
+                ColumnType::Array { .. } if c.not_null_for_json_default() => Some("[]"),
+                _ => None,
+            };
+            let json = matches!(c.kind, ColumnType::Object | ColumnType::Array { .. }) || dest.storage == Storage::Json;
+            Ok(ColumnPlan { name: &c.name, quoted: quote_ident(&c.name)?, kind, json, stage_type, default })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Planning a batch
+
+/// Upserts of one table and schema version that update the same columns, row-major.
+pub(super) struct UpsertGroup<'b> {
+    pub(super) round: usize,
+    pub(super) schema: &'b Schema,
+    /// Names of the columns `WHEN MATCHED THEN UPDATE SET` writes (empty: no update clause).
+    pub(super) update: Vec<&'b str>,
+    /// One vector per row, one value per schema column.
+    pub(super) rows: Vec<Vec<Param>>,
+}
+
+/// Deletes of one table by the same primary-key columns, row-major.
+pub(super) struct DeleteGroup<'b> {
+    pub(super) round: usize,
+    pub(super) schema: &'b Schema,
+    /// One vector per row, one value per primary-key column.
+    pub(super) rows: Vec<Vec<Param>>,
+}
+
+/// What a batch does, in rounds: within a round every (table, primary key) appears once, so its
+/// statements commute (and a MERGE never sees a key twice); a key that appears twice (the same id
+/// under two key arrays) goes to a later round, in the order of the changes' last events.
+#[derive(Default)]
+pub(super) struct Plan<'b> {
+    pub(super) upserts: Vec<UpsertGroup<'b>>,
+    pub(super) deletes: Vec<DeleteGroup<'b>>,
+    pub(super) rounds: usize,
+}
+
+/// Turns a batch into grouped rows (see [`Plan`]). Primary-key values come from the row image by
+/// column name — never from the event's `key` array by position, which may carry a region
+/// prefix — except a single key column missing from the image, which takes the change's primary
+/// key.
+pub(super) fn plan<'b>(
+    changes: &'b [StateChange<'b>],
+    plans: &HashMap<(&'b str, &'b str), Vec<ColumnPlan<'b>>>,
+) -> Result<Plan<'b>, DriverError> {
+    let mut order: Vec<&StateChange<'b>> = changes.iter().collect();
+    order.sort_by_key(|c| c.change.last_pos);
+    let mut seen: HashMap<(&str, Vec<String>), usize> = HashMap::new();
+    let mut upsert_index: HashMap<(usize, &str, &str, Vec<&str>), usize> = HashMap::new();
+    let mut delete_index: HashMap<(usize, &str, &str), usize> = HashMap::new();
+    let mut plan = Plan::default();
+    for sc in order {
+        let schema = sc.schema;
+        let (table, version) = (schema.table(), schema.model_version());
+        let Some(columns) = plans.get(&(table, version)) else {
+            return Err(DriverError::new(ErrorClass::Transient, format!("SQL Server: no plan for table {table:?}")));
+        };
+        let npk = schema.primary_keys().len();
+        let image: Option<&Row> = match &sc.change.change {
+            Folded::Upsert { row, .. } => Some(row),
+            Folded::Delete { before } => before.as_ref(),
+        };
+        let width = match sc.change.change {
+            Folded::Upsert { .. } => columns.len(),
+            Folded::Delete { .. } => npk,
+        };
+        let present = |name: &str| image.and_then(|r| r.get(name)).is_some_and(|v| !v.is_null());
+        // Primary keys are the first columns of the schema's column order.
+        let mut cells: Vec<Param> = columns
+            .iter()
+            .take(width)
+            .map(|p| p.cell(image.and_then(|r| r.get(p.name)), table))
+            .collect::<Result<_, _>>()?;
+        let mut missing = columns.iter().take(npk).find(|p| !present(p.name));
+        if let (1, Some(key)) = (npk, missing) {
+            if let Some(first) = cells.first_mut() {
+                *first = key.cell(Some(&Value::String(sc.change.primary_key.clone())), table)?;
+                missing = None;
+            }
+        }
+        if let Some(missing) = missing {
+            return Err(DriverError::new(
+                ErrorClass::Rejected,
+                format!(
+                    "SQL Server: a change of table {table:?} with key {:?} has no value for primary key column {:?}",
+                    sc.change.key, missing.name
+                ),
+            ));
+        }
+        let round = {
+            let key: Vec<String> = cells.iter().take(npk).map(Param::identity).collect();
+            let r = seen.entry((table, key)).or_insert(0);
+            *r += 1;
+            *r - 1
+        };
+        plan.rounds = plan.rounds.max(round + 1);
+        match &sc.change.change {
+            Folded::Upsert { changed, .. } => {
+                let update: Vec<&str> = columns
+                    .iter()
+                    .skip(npk)
+                    .map(|p| p.name)
+                    .filter(|name| changed.as_ref().is_none_or(|set| set.contains(*name)))
+                    .collect();
+                let i = *upsert_index.entry((round, table, version, update.clone())).or_insert_with(|| {
+                    plan.upserts.push(UpsertGroup { round, schema, update, rows: Vec::new() });
+                    plan.upserts.len() - 1
+                });
+                if let Some(group) = plan.upserts.get_mut(i) {
+                    group.rows.push(cells);
+                }
+            }
+            Folded::Delete { .. } => {
+                let i = *delete_index.entry((round, table, version)).or_insert_with(|| {
+                    plan.deletes.push(DeleteGroup { round, schema, rows: Vec::new() });
+                    plan.deletes.len() - 1
+                });
+                if let Some(group) = plan.deletes.get_mut(i) {
+                    group.rows.push(cells);
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statements (pure: built before anything is sent)
+
+/// One statement with its parameters (`@P1` is `params[0]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// The SQL text; never contains a value.
+    pub sql: String,
+    /// The values, in `@P` order.
+    pub params: Vec<Param>,
+}
+
+/// Everything one group sends, in order: `create` (a batch: a temporary table made inside
+/// `sp_executesql` would vanish when it returns), the staging `inserts`, the `apply` statement
+/// (MERGE or DELETE) and `drop`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSql {
+    /// What the group does, for messages ("upserting 3 rows into table \"order\"").
+    pub what: String,
+    /// Drops a leftover and creates the staging table.
+    pub create: String,
+    /// Multi-row `INSERT INTO #stage … VALUES`, each under the parameter and row limits.
+    pub inserts: Vec<Statement>,
+    /// The MERGE or DELETE.
+    pub apply: String,
+    /// Drops the staging table.
+    pub drop: String,
+}
+
+/// The staging table's name for the `n`th group of a batch.
+pub(super) fn stage_name(n: usize) -> String {
+    format!("#eds_stage_{n}")
+}
+
+/// `IF OBJECT_ID(…) IS NOT NULL DROP TABLE #s; CREATE TABLE #s ([c0] <type> NULL, …)`.
+pub(super) fn create_stage_sql(stage: &str, types: &[&str]) -> String {
+    let defs = types.iter().enumerate().map(|(i, t)| format!("[c{i}] {t} NULL")).collect::<Vec<_>>().join(", ");
+    format!("IF OBJECT_ID(N'tempdb..{stage}') IS NOT NULL DROP TABLE {stage};\nCREATE TABLE {stage} ({defs})")
+}
+
+/// Multi-row `INSERT INTO #s ([c0], …) VALUES (@P1, …), …`, chunked so that no statement has
+/// more than [`MAX_STATEMENT_PARAMS`] parameters or [`MAX_INSERT_ROWS`] rows.
+pub(super) fn stage_inserts(stage: &str, width: usize, rows: &[Vec<Param>]) -> Vec<Statement> {
+    let per = (MAX_STATEMENT_PARAMS / width.max(1)).clamp(1, MAX_INSERT_ROWS);
+    let names = (0..width).map(|i| format!("[c{i}]")).collect::<Vec<_>>().join(", ");
+    rows.chunks(per)
+        .map(|chunk| {
+            let mut n = 0usize;
+            let tuples = chunk
+                .iter()
+                .map(|_| {
+                    let list = (0..width)
+                        .map(|_| {
+                            n += 1;
+                            format!("@P{n}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!("({list})")
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            Statement {
+                sql: format!("INSERT INTO {stage} ({names}) VALUES {tuples}"),
+                params: chunk.iter().flat_map(|row| row.iter().cloned()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// `t.[k1] = s.[c0] AND t.[k2] = s.[c1]` for the first `npk` columns.
+fn key_match(columns: &[ColumnPlan<'_>], npk: usize) -> String {
+    columns
+        .iter()
+        .take(npk)
+        .enumerate()
+        .map(|(i, p)| format!("t.{} = s.[c{i}]", p.quoted))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `MERGE INTO [t] WITH (HOLDLOCK) AS t USING #s AS s ON <keys> [WHEN MATCHED THEN UPDATE SET …]
+/// WHEN NOT MATCHED BY TARGET THEN INSERT (…) VALUES (…);`
+pub(super) fn merge_sql(
+    schema: &Schema,
+    columns: &[ColumnPlan<'_>],
+    update: &[&str],
+    stage: &str,
+) -> Result<String, DriverError> {
+    let table = quote_ident(schema.table())?;
+    let npk = schema.primary_keys().len().min(columns.len());
+    let mut sql = format!("MERGE INTO {table} WITH (HOLDLOCK) AS t USING {stage} AS s ON {}", key_match(columns, npk));
+    let sets: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| update.contains(&p.name))
+        .map(|(i, p)| format!("t.{} = s.[c{i}]", p.quoted))
+        .collect();
+    if !sets.is_empty() {
+        sql.push_str(&format!(" WHEN MATCHED THEN UPDATE SET {}", sets.join(", ")));
+    }
+    let names = columns.iter().map(|p| p.quoted.as_str()).collect::<Vec<_>>().join(", ");
+    let values = (0..columns.len()).map(|i| format!("s.[c{i}]")).collect::<Vec<_>>().join(", ");
+    sql.push_str(&format!(" WHEN NOT MATCHED BY TARGET THEN INSERT ({names}) VALUES ({values});"));
+    Ok(sql)
+}
+
+/// `DELETE t FROM [t] AS t INNER JOIN #s AS s ON <keys>`.
+pub(super) fn delete_sql(schema: &Schema, columns: &[ColumnPlan<'_>], stage: &str) -> Result<String, DriverError> {
+    let table = quote_ident(schema.table())?;
+    let npk = schema.primary_keys().len().min(columns.len());
+    Ok(format!("DELETE t FROM {table} AS t INNER JOIN {stage} AS s ON {}", key_match(columns, npk)))
+}
+
+/// Everything an upsert group sends, staging in `stage`.
+pub(super) fn upsert_group_sql(
+    g: &UpsertGroup<'_>,
+    columns: &[ColumnPlan<'_>],
+    stage: &str,
+) -> Result<GroupSql, DriverError> {
+    let types: Vec<&str> = columns.iter().map(|p| p.stage_type.as_str()).collect();
+    Ok(GroupSql {
+        what: format!("upserting {} rows into table {:?}", g.rows.len(), g.schema.table()),
+        create: create_stage_sql(stage, &types),
+        inserts: stage_inserts(stage, columns.len(), &g.rows),
+        apply: merge_sql(g.schema, columns, &g.update, stage)?,
+        drop: format!("DROP TABLE {stage}"),
+    })
+}
+
+/// Everything a delete group sends, staging in `stage`.
+pub(super) fn delete_group_sql(
+    g: &DeleteGroup<'_>,
+    columns: &[ColumnPlan<'_>],
+    stage: &str,
+) -> Result<GroupSql, DriverError> {
+    let npk = g.schema.primary_keys().len().min(columns.len());
+    let keys = columns.get(..npk).unwrap_or_default();
+    let types: Vec<&str> = keys.iter().map(|p| p.stage_type.as_str()).collect();
+    Ok(GroupSql {
+        what: format!("deleting {} rows from table {:?}", g.rows.len(), g.schema.table()),
+        create: create_stage_sql(stage, &types),
+        inserts: stage_inserts(stage, npk, &g.rows),
+        apply: delete_sql(g.schema, columns, stage)?,
+        drop: format!("DROP TABLE {stage}"),
+    })
+}
+
+/// Every group of a plan as statements, in execution order: per round, deletes then upserts.
+pub(super) fn batch_sql(
+    plan: &Plan<'_>,
+    plans: &HashMap<(&str, &str), Vec<ColumnPlan<'_>>>,
+) -> Result<Vec<GroupSql>, DriverError> {
+    let mut out = Vec::new();
+    fn columns_of<'p, 'c>(
+        plans: &'p HashMap<(&str, &str), Vec<ColumnPlan<'c>>>,
+        schema: &'p Schema,
+    ) -> &'p [ColumnPlan<'c>] {
+        plans.get(&(schema.table(), schema.model_version())).map_or(&[][..], Vec::as_slice)
+    }
+    for round in 0..plan.rounds {
+        for g in plan.deletes.iter().filter(|g| g.round == round) {
+            let stage = stage_name(out.len());
+            out.push(delete_group_sql(g, columns_of(plans, g.schema), &stage)?);
+        }
+        for g in plan.upserts.iter().filter(|g| g.round == round) {
+            let stage = stage_name(out.len());
+            out.push(upsert_group_sql(g, columns_of(plans, g.schema), &stage)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Starts a batch's transaction; errors abort and roll back the whole transaction.
+pub(super) const BEGIN_SQL: &str = "SET XACT_ABORT ON; SET ANSI_WARNINGS ON; BEGIN TRANSACTION";
+/// Ends it.
+pub(super) const COMMIT_SQL: &str = "COMMIT TRANSACTION";
+/// Rolls back whatever is left after an error.
+pub(super) const ROLLBACK_SQL: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION";
+
+// ---------------------------------------------------------------------------------------------
+// DDL (pure)
+
+/// `CREATE TABLE [t] (…)` with every schema column in EDS order: key columns `NOT NULL` (a
+/// primary key cannot be nullable), others `NOT NULL` when required and not nullable, else `NULL`.
+pub(super) fn create_table_sql(schema: &Schema) -> Result<String, DriverError> {
+    let mut lines = Vec::with_capacity(schema.columns().len() + 1);
+    for c in schema.columns() {
+        let null = if c.primary_key || c.not_null_in_ddl() { "NOT NULL" } else { "NULL" };
+        lines.push(format!("\t{} {} {null}", quote_ident(&c.name)?, ddl_type(&c.kind, c.primary_key)));
+    }
+    let keys = schema.primary_keys().iter().map(|k| quote_ident(k)).collect::<Result<Vec<_>, _>>()?;
+    lines.push(format!("\tPRIMARY KEY ({})", keys.join(", ")));
+    Ok(format!("CREATE TABLE {} (\n{}\n)", quote_ident(schema.table())?, lines.join(",\n")))
+}
+
+/// The statements that bring an existing table up to `schema`: one `ALTER TABLE … ADD` with every
+/// missing column (nullable), and one `ALTER TABLE … ALTER COLUMN … NULL` (keeping type and
+/// collation) per non-key column that is NOT NULL at the destination but absent from, or not
+/// NOT NULL in, `schema`. Never drops or retypes anything.
+pub(super) fn migration_sql(schema: &Schema, info: &TableInfo) -> Result<Vec<String>, DriverError> {
+    let table = quote_ident(schema.table())?;
+    let mut out = Vec::new();
+    let added = schema
+        .columns()
+        .iter()
+        .filter(|c| !info.columns.contains_key(&c.name))
+        .map(|c| Ok(format!("{} {} NULL", quote_ident(&c.name)?, ddl_type(&c.kind, c.primary_key))))
+        .collect::<Result<Vec<_>, DriverError>>()?;
+    if !added.is_empty() {
+        out.push(format!("ALTER TABLE {table} ADD {}", added.join(", ")));
+    }
+    let mut loosen: Vec<(&String, &DestColumn)> = info
+        .columns
+        .iter()
+        .filter(|(name, dest)| {
+            dest.not_null
+                && !info.primary_key.contains(*name)
+                && !schema.primary_keys().contains(name)
+                && schema.column(name).is_none_or(|c| !c.not_null_in_ddl())
+        })
+        .collect();
+    loosen.sort_by_key(|(name, _)| *name);
+    for (name, dest) in loosen {
+        let Some(t) = &dest.type_sql else {
+            return Err(DriverError::new(
+                ErrorClass::Config,
+                format!(
+                    "SQL Server: column {name:?} of table {:?} is NOT NULL with type {:?}, which eds does not put into \
+                     SQL, so its NOT NULL cannot be dropped",
+                    schema.table(),
+                    dest.data_type
+                ),
+            ));
+        };
+        let collate = dest.collation.as_ref().map(|c| format!(" COLLATE {c}")).unwrap_or_default();
+        out.push(format!("ALTER TABLE {table} ALTER COLUMN {} {t}{collate} NULL", quote_ident(name)?));
+    }
+    Ok(out)
+}
+
+/// Fails with [`ErrorClass::Config`] for the first schema column whose destination column cannot
+/// hold its type.
+pub(super) fn check_types(schema: &Schema, info: &TableInfo) -> Result<(), DriverError> {
+    for c in schema.columns() {
+        if let Some(dest) = info.columns.get(&c.name) {
+            if !dest.storage.holds(&c.kind) {
+                return Err(DriverError::new(
+                    ErrorClass::Config,
+                    format!(
+                        "SQL Server: column {} of table {} is {} at the destination but the schema says {}",
+                        c.name,
+                        schema.table(),
+                        dest.display(),
+                        c.kind
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver
+
+/// Runs `sql` as a batch (no parameters) and reads every result, so errors surface.
+pub(super) async fn run_batch(client: &mut Client, sql: &str) -> Result<(), tiberius::error::Error> {
+    client.simple_query(sql).await?.into_results().await?;
+    Ok(())
+}
+
+/// Runs a parameterised statement.
+async fn run_statement(client: &mut Client, statement: &Statement) -> Result<(), tiberius::error::Error> {
+    let params: Vec<&dyn ToSql> = statement.params.iter().map(|p| p as &dyn ToSql).collect();
+    client.execute(statement.sql.as_str(), &params).await?;
+    Ok(())
+}
+
+/// Opens a TCP connection to `host:port` and signs in.
+async fn connect_to(spec: &ConnectSpec, host: &str, port: u16) -> Result<Client, tiberius::error::Error> {
+    let tcp = TcpStream::connect((host, port)).await?;
+    tcp.set_nodelay(true)?;
+    Client::connect(spec.tiberius_config(host, port), tcp.compat_write()).await
+}
+
+/// Connects, following one redirection (Azure SQL's gateway routes clients to the database's
+/// node).
+async fn connect(spec: &ConnectSpec) -> Result<Client, tiberius::error::Error> {
+    match connect_to(spec, &spec.host, spec.port).await {
+        Err(tiberius::error::Error::Routing { host, port }) => connect_to(spec, &host, port).await,
+        other => other,
+    }
+}
+
+/// Opens a connection to `spec` (named `target` in messages) before `deadline`. The connection
+/// is made in a task of its own: tiberius asserts on some malformed server answers (a TLS
+/// handshake in the wrong packet type), and its panic must become an error, not end the caller.
+pub(super) async fn open(
+    spec: &ConnectSpec,
+    target: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Client, DriverError> {
+    let spec = spec.clone();
+    let task = tokio::spawn(async move { tokio::time::timeout_at(deadline, connect(&spec)).await });
+    match task.await {
+        Ok(Err(_)) => {
+            Err(DriverError::new(ErrorClass::Transient, format!("SQL Server: {target} did not answer in time")))
+        }
+        Ok(Ok(Err(e))) => Err(sql_error(&format!("connecting to {target}"), e)),
+        Ok(Ok(Ok(client))) => Ok(client),
+        Err(join) => {
+            let panic = join.try_into_panic().ok();
+            let why = panic
+                .as_ref()
+                .and_then(|p| {
+                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                })
+                .unwrap_or_else(|| "the connection task ended".to_owned());
+            Err(DriverError::new(
+                ErrorClass::Config,
+                format!(
+                    "SQL Server: connecting to {target} failed: the TDS client could not follow the server ({why})"
+                ),
+            ))
+        }
+    }
+}
+
+/// The SQL Server destination.
+pub struct SqlServerDriver {
+    spec: ConnectSpec,
+    target: String,
+    conn: tokio::sync::Mutex<Option<Client>>,
+    catalog: Mutex<HashMap<String, Arc<TableInfo>>>,
+    ensured: Mutex<HashSet<(String, String)>>,
+}
+
+impl std::fmt::Debug for SqlServerDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlServerDriver")
+            .field("target", &self.target)
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqlServerDriver {
+    /// A driver for `url` (see [`connect_spec`](super::connect_spec)). Connects lazily: the first
+    /// write, ensure or test opens the connection; it can be made outside a tokio runtime.
+    pub fn new(url: &str) -> Result<SqlServerDriver, DriverError> {
+        Ok(SqlServerDriver {
+            spec: connect_spec(url)?,
+            target: redact(url),
+            conn: tokio::sync::Mutex::new(None),
+            catalog: Mutex::new(HashMap::new()),
+            ensured: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Forgets every cached catalog entry and ensured schema, so the next ensure re-reads the
+    /// destination (after an error that suggests the catalog changed behind our back).
+    fn forget_catalog(&self) {
+        lock(&self.catalog).clear();
+        lock(&self.ensured).clear();
+    }
+
+    fn cached(&self, table: &str) -> Option<Arc<TableInfo>> {
+        lock(&self.catalog).get(table).cloned()
+    }
+
+    async fn open(&self) -> Result<Client, DriverError> {
+        open(&self.spec, &self.target, tokio::time::Instant::now() + CONNECT_TIMEOUT).await
+    }
+
+    /// Classifies an error from work on the shared connection, drops the connection when it may
+    /// be unusable, and drops the catalog cache when the error suggests it changed (invalid
+    /// object or column name).
+    fn work_error(&self, slot: &mut Option<Client>, what: &str, e: tiberius::error::Error, ddl: bool) -> DriverError {
+        if !connection_survives(&e) {
+            *slot = None;
+        }
+        if matches!(e.code(), Some(207 | 208)) {
+            self.forget_catalog();
+        }
+        if ddl {
+            ddl_error(what, e)
+        } else {
+            sql_error(what, e)
+        }
+    }
+
+    async fn ensure(&self, schema: &Schema) -> Result<(), DriverError> {
+        let id = (schema.table().to_owned(), schema.model_version().to_owned());
+        if lock(&self.ensured).contains(&id) {
+            return Ok(());
+        }
+        quote_ident(schema.table())?;
+        for c in schema.columns() {
+            quote_ident(&c.name)?;
+        }
+        // The connection's mutex also serialises DDL.
+        let mut slot = self.conn.lock().await;
+        if lock(&self.ensured).contains(&id) {
+            return Ok(());
+        }
+        let client = match slot.take() {
+            Some(client) => client,
+            None => self.open().await?,
+        };
+        let client = slot.insert(client);
+        match tokio::time::timeout(WORK_TIMEOUT, self.ensure_on(client, schema)).await {
+            Err(_) => {
+                *slot = None;
+                Err(DriverError::new(
+                    ErrorClass::Transient,
+                    format!(
+                        "SQL Server: ensuring table {:?} took longer than {} s",
+                        schema.table(),
+                        WORK_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+            Ok(Err(Fail::Sql(what, e))) => Err(self.work_error(&mut slot, &what, e, true)),
+            Ok(Err(Fail::Driver(e))) => Err(e),
+            Ok(Ok(())) => {
+                lock(&self.ensured).insert(id);
+                Ok(())
+            }
+        }
+    }
+
+    /// The catalog reads and DDL of [`ensure`](Self::ensure) on `client`.
+    async fn ensure_on(&self, client: &mut Client, schema: &Schema) -> Result<(), Fail> {
+        let table = schema.table();
+        let reading = || format!("reading the catalog of table {table:?}");
+        let existing = load_table(client, table).await.map_err(|e| Fail::Sql(reading(), e))?;
+        match existing {
+            None => {
+                let sql = create_table_sql(schema)?;
+                if let Err(e) = run_batch(client, &sql).await {
+                    // 2714: another session created it at the same moment; re-read below.
+                    if e.code() != Some(2714) {
+                        return Err(Fail::Sql(format!("creating table {table:?}"), e));
+                    }
+                }
+            }
+            Some(info) => {
+                if !info.is_table {
+                    return Err(not_a_table(table).into());
+                }
+                check_types(schema, &info)?;
+                for sql in migration_sql(schema, &info)? {
+                    run_batch(client, &sql).await.map_err(|e| Fail::Sql(format!("altering table {table:?}"), e))?;
+                }
+            }
+        }
+        let info = load_table(client, table).await.map_err(|e| Fail::Sql(reading(), e))?;
+        // CREATE TABLE fails with 2714 when any object (a view, a procedure) has the name.
+        let info = info.filter(|i| i.is_table).ok_or_else(|| not_a_table(table))?;
+        // A concurrent creator may have made other types.
+        check_types(schema, &info)?;
+        if let Some(c) = schema.columns().iter().find(|c| !info.columns.contains_key(&c.name)) {
+            return Err(Fail::Driver(DriverError::new(
+                ErrorClass::Transient,
+                format!("SQL Server: column {:?} of table {table:?} is still missing after ALTER TABLE", c.name),
+            )));
+        }
+        lock(&self.catalog).insert(table.to_owned(), Arc::new(info));
+        Ok(())
+    }
+
+    async fn write_folded(&self, changes: &[StateChange<'_>]) -> Result<(), DriverError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // Tables and columns first (cheap when nothing changed), outside the batch's transaction.
+        let mut infos: HashMap<(&str, &str), Arc<TableInfo>> = HashMap::new();
+        for sc in changes {
+            let schema = sc.schema;
+            if sc.change.table != schema.table() {
+                return Err(DriverError::new(
+                    ErrorClass::Config,
+                    format!(
+                        "SQL Server: a change of table {:?} came with the schema of table {:?}",
+                        sc.change.table,
+                        schema.table()
+                    ),
+                ));
+            }
+            let id = (schema.table(), schema.model_version());
+            if infos.contains_key(&id) {
+                continue;
+            }
+            self.ensure(schema).await?;
+            let info = self.cached(schema.table()).ok_or_else(|| {
+                DriverError::new(
+                    ErrorClass::Transient,
+                    format!("SQL Server: the catalog of table {:?} was dropped during the write", schema.table()),
+                )
+            })?;
+            infos.insert(id, info);
+        }
+        let mut plans: HashMap<(&str, &str), Vec<ColumnPlan<'_>>> = HashMap::new();
+        for sc in changes {
+            let id = (sc.schema.table(), sc.schema.model_version());
+            if let (false, Some(info)) = (plans.contains_key(&id), infos.get(&id)) {
+                let columns = column_plans(sc.schema, info).inspect_err(|_| self.forget_catalog())?;
+                plans.insert(id, columns);
+            }
+        }
+        // Every value is converted and every statement built before anything is sent.
+        let groups = batch_sql(&plan(changes, &plans)?, &plans)?;
+
+        let mut slot = self.conn.lock().await;
+        let client = match slot.take() {
+            Some(client) => client,
+            None => self.open().await?,
+        };
+        let client = slot.insert(client);
+        let outcome = tokio::time::timeout(WORK_TIMEOUT, apply(client, &groups)).await;
+        let (what, e) = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(failed)) => failed,
+            Err(_) => {
+                *slot = None;
+                return Err(DriverError::new(
+                    ErrorClass::Transient,
+                    format!("SQL Server: the batch took longer than {} s", WORK_TIMEOUT.as_secs()),
+                ));
+            }
+        };
+        // XACT_ABORT has usually rolled back already; make sure, or give up the connection.
+        if connection_survives(&e) {
+            if let Some(client) = slot.as_mut() {
+                let rollback = tokio::time::timeout(TEST_TIMEOUT, run_batch(client, ROLLBACK_SQL)).await;
+                if !matches!(rollback, Ok(Ok(()))) {
+                    *slot = None;
+                }
+            }
+        }
+        Err(self.work_error(&mut slot, &what, e, false))
+    }
+
+    async fn check(&self) -> Result<(), DriverError> {
+        let target = &self.target;
+        let deadline = tokio::time::Instant::now() + TEST_TIMEOUT;
+        let mut client = open(&self.spec, target, deadline).await?;
+        let probe = async {
+            let row = client.simple_query("SELECT 1").await?.into_row().await?;
+            Ok::<_, tiberius::error::Error>(row.as_ref().and_then(|r| r.cells().next()).and_then(|(_, c)| int_cell(c)))
+        };
+        let answer = tokio::time::timeout_at(deadline, probe).await;
+        if matches!(answer, Ok(Ok(_))) {
+            // Closing politely is a courtesy; the check already has its answer.
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.close()).await;
+        }
+        match answer {
+            Err(_) => Err(DriverError::new(
+                ErrorClass::Transient,
+                format!("SQL Server: {target} did not answer within {} s", TEST_TIMEOUT.as_secs()),
+            )),
+            Ok(Err(e)) => Err(sql_error(&format!("running SELECT 1 on {target}"), e)),
+            Ok(Ok(Some(1))) => Ok(()),
+            Ok(Ok(other)) => Err(DriverError::new(
+                ErrorClass::Config,
+                format!("SQL Server: {target} answered SELECT 1 with {other:?}: not a SQL Server"),
+            )),
+        }
+    }
+}
+
+/// An integer cell of any width.
+fn int_cell(cell: &ColumnData<'_>) -> Option<i64> {
+    match cell {
+        ColumnData::U8(v) => v.map(i64::from),
+        ColumnData::I16(v) => v.map(i64::from),
+        ColumnData::I32(v) => v.map(i64::from),
+        ColumnData::I64(v) => *v,
+        _ => None,
+    }
+}
+
+/// Why work on the connection failed: a statement (what it was doing, and the error), or the
+/// driver itself.
+enum Fail {
+    Sql(String, tiberius::error::Error),
+    Driver(DriverError),
+}
+
+impl From<DriverError> for Fail {
+    fn from(e: DriverError) -> Fail {
+        Fail::Driver(e)
+    }
+}
+
+fn not_a_table(table: &str) -> DriverError {
+    DriverError::new(
+        ErrorClass::Config,
+        format!("SQL Server: {table:?} exists in the default schema but is not a table (a view or another object)"),
+    )
+}
+
+/// Sends one batch's transaction: begin, every group (create stage, inserts, MERGE or DELETE,
+/// drop stage), commit. On error, what was being done and the error.
+async fn apply(client: &mut Client, groups: &[GroupSql]) -> Result<(), (String, tiberius::error::Error)> {
+    run_batch(client, BEGIN_SQL).await.map_err(|e| ("starting a transaction".to_owned(), e))?;
+    for g in groups {
+        let failed = |e| (g.what.clone(), e);
+        run_batch(client, &g.create).await.map_err(failed)?;
+        for statement in &g.inserts {
+            run_statement(client, statement).await.map_err(failed)?;
+        }
+        run_batch(client, &g.apply).await.map_err(failed)?;
+        run_batch(client, &g.drop).await.map_err(failed)?;
+    }
+    run_batch(client, COMMIT_SQL).await.map_err(|e| ("committing the batch".to_owned(), e))
+}
+
+impl Driver for SqlServerDriver {
+    fn describe(&self) -> &'static Description {
+        &DESCRIPTION
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { max_rows: 5_000, max_bytes: 8 << 20, max_bind_params: 2_100 }
+    }
+
+    fn test(&self) -> BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(self.check())
+    }
+
+    fn write<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            match batch {
+                Batch::Folded(changes) => self.write_folded(changes).await,
+                Batch::Events(_) => Err(DriverError::new(
+                    ErrorClass::Config,
+                    "the SQL Server destination takes folded changes (state kind), not every event",
+                )),
+            }
+        })
+    }
+
+    fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.ensure(schema))
+    }
+}
