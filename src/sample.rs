@@ -171,9 +171,14 @@ impl Iterator for Traffic {
         match operation {
             "INSERT" => event["after"] = row,
             "UPDATE" => {
+                // The new image's values are all drawn afresh: every column but the key changed.
+                let diff: Vec<String> = row
+                    .as_object()
+                    .map(|o| o.keys().filter(|k| k.as_str() != "id").cloned().collect())
+                    .unwrap_or_default();
                 event["before"] = row.clone();
                 event["after"] = row;
-                event["diff"] = json!(["updatedDate"]);
+                event["diff"] = json!(diff);
             }
             _ => event["before"] = row,
         }
