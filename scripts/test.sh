@@ -75,6 +75,29 @@ if ! pg_ok; then
 fi
 pg_ok || die "PostgreSQL at 127.0.0.1:5432 does not accept user postgres (no password) on database test"
 
+# MariaDB at 127.0.0.1:3306, user root without a password (these machines start one; elsewhere a
+# private server is created under $tools/mariadb and started).
+my_ok() { mariadb-admin --protocol=tcp -h 127.0.0.1 -P 3306 -u root ping >/dev/null 2>&1; }
+if ! command -v mariadb-admin >/dev/null 2>&1; then
+  say "installing MariaDB (Debian package)"
+  command -v apt-get >/dev/null || die "MariaDB is missing and apt-get is not available to install it"
+  apt-get update -qq && apt-get install -y -qq mariadb-server >/dev/null
+fi
+if ! my_ok; then
+  mariadbd_bin="$(command -v mariadbd 2>/dev/null || echo /usr/sbin/mariadbd)"
+  [ -x "$mariadbd_bin" ] || die "mariadbd not found"
+  say "starting a private MariaDB server in $tools/mariadb on 127.0.0.1:3306"
+  mkdir -p "$tools/mariadb"
+  if [ ! -d "$tools/mariadb/data/mysql" ]; then
+    mariadb-install-db --no-defaults --user=root --datadir="$tools/mariadb/data" \
+      --auth-root-authentication-method=normal >/dev/null || die "mariadb-install-db failed"
+  fi
+  "$mariadbd_bin" --no-defaults --user=root --datadir="$tools/mariadb/data" --port=3306 \
+    --bind-address=127.0.0.1 --socket="$tools/mariadb/sock" >"$tools/mariadb/log" 2>&1 &
+  for _ in $(seq 1 100); do my_ok && break; sleep 0.2; done
+fi
+my_ok || die "MariaDB at 127.0.0.1:3306 does not accept user root without a password"
+
 # SQL Server: no real server is obtainable here; the SQL Server driver's wire tests start their own
 # TDS mock (mssql-mock-tds, crates.io) on free ports. `cargo install` puts it in ~/.cargo/bin, where
 # the tests also look when it is not on PATH.

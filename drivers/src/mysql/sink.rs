@@ -219,6 +219,9 @@ struct DestColumn {
     column_type: String,
     storage: Storage,
     not_null: bool,
+    /// `ON UPDATE current_timestamp()`: the server overwrites it on any update that does not set
+    /// it (the first `TIMESTAMP` column of tables made with `explicit_defaults_for_timestamp=OFF`).
+    on_update: bool,
 }
 
 impl DestColumn {
@@ -277,7 +280,7 @@ CAST(@@collation_database AS CHAR)";
 const TABLES_SQL: &str = "SELECT table_name, table_type FROM information_schema.tables \
 WHERE table_schema = DATABASE() AND table_name = ?";
 
-const COLUMNS_SQL: &str = "SELECT table_name, column_name, data_type, column_type, is_nullable \
+const COLUMNS_SQL: &str = "SELECT table_name, column_name, data_type, column_type, is_nullable, extra \
 FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position";
 
 const KEYS_SQL: &str = "SELECT table_name, index_name, column_name, CAST(sub_part AS CHAR) \
@@ -344,14 +347,18 @@ async fn load_table(conn: &mut MySqlConnection, table: &str, mariadb: bool) -> R
         }
     }
 
-    type ColumnRow = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+    type ColumnRow = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
     let rows: Vec<ColumnRow> = sqlx::query_as(COLUMNS_SQL).bind(&name).fetch_all(&mut *conn).await?;
-    let rows = rows.into_iter().map(|(t, c, d, ct, n)| (text(t), (text(c), text(d), text(ct), text(n)))).collect();
-    for (column, data_type, column_type, nullable) in pick_table(rows, &name) {
+    let rows = rows
+        .into_iter()
+        .map(|(t, c, d, ct, n, x)| (text(t), (text(c), text(d), text(ct), text(n), x.map(text).unwrap_or_default())))
+        .collect();
+    for (column, data_type, column_type, nullable, extra) in pick_table(rows, &name) {
         let key = column.to_lowercase();
         let storage = Storage::of(&data_type, &column_type, json_checks.contains(&key));
         let not_null = nullable.eq_ignore_ascii_case("NO");
-        info.columns.insert(key, DestColumn { name: column, column_type, storage, not_null });
+        let on_update = extra.to_ascii_lowercase().contains("on update");
+        info.columns.insert(key, DestColumn { name: column, column_type, storage, not_null, on_update });
     }
 
     type KeyRow = (Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
@@ -581,6 +588,9 @@ pub(super) struct ColumnPlan<'s> {
     /// JSON default for a missing or null value (`{}`/`[]`), as EDS writes for not-null object
     /// and array columns.
     pub(super) default: Option<&'static str>,
+    /// The server would overwrite it on update (`ON UPDATE current_timestamp()`): a partial
+    /// update must set it to itself, or an event's date would be replaced by the clock.
+    pub(super) on_update: bool,
 }
 
 /// A JSON value for messages, cut to a readable length.
@@ -1125,6 +1135,7 @@ impl MysqlDriver {
                     storage: dest.storage,
                     unsigned: dest.column_type.to_ascii_lowercase().contains("unsigned"),
                     default,
+                    on_update: dest.on_update,
                 })
             })
             .collect()
@@ -1422,6 +1433,13 @@ fn upsert_sql(g: &UpsertGroup<'_>, columns: &[ColumnPlan<'_>], rows: usize) -> R
     } else {
         g.update.iter().map(|c| quote_ident(c).map(|q| format!("{q} = VALUES({q})"))).collect::<Result<Vec<_>, _>>()?
     };
+    // A column the server updates by itself keeps its value unless the change sets it.
+    let keys = g.schema.primary_keys();
+    let pinned = columns
+        .iter()
+        .filter(|p| p.on_update && !g.update.contains(&p.name) && !keys.iter().any(|k| k == p.name))
+        .map(|p| format!("{q} = {q}", q = p.quoted));
+    let sets: Vec<String> = sets.into_iter().chain(pinned).collect();
     Ok(format!("INSERT INTO {table} ({names}) VALUES {values} ON DUPLICATE KEY UPDATE {}", sets.join(", ")))
 }
 

@@ -304,7 +304,7 @@ fn iso_8601_date_times_become_utc_microseconds() {
 }
 
 fn plan(storage: Storage, unsigned: bool, default: Option<&'static str>) -> ColumnPlan<'static> {
-    ColumnPlan { name: "c", quoted: "`c`".into(), storage, unsigned, default }
+    ColumnPlan { name: "c", quoted: "`c`".into(), storage, unsigned, default, on_update: false }
 }
 
 #[test]
