@@ -14,7 +14,7 @@ use crate::registry::Registry;
 use crate::server::state::ServerState;
 use anyhow::{bail, Result};
 use eds_drivers::driver::{Batch, Delivery, Driver, DriverError, ErrorClass, Kind, StateChange};
-use eds_drivers::event::{fold, ChangeEvent, Row};
+use eds_drivers::event::{fold_taking, ChangeEvent, Row};
 use eds_drivers::schema::Schema;
 use eds_wal::{CursorStart, Reader, Record, Wal};
 use std::collections::HashMap;
@@ -420,7 +420,8 @@ async fn write_state(
             }
         }
     }
-    let folded = fold(events.iter().map(|(lsn, e)| (*lsn, e)));
+    // The row images move into the fold; the events keep table and key for mapping rejections.
+    let folded = fold_taking(events.iter_mut().map(|(lsn, e)| (*lsn, e)));
     // DDL first, outside the batch's transaction, once per schema the batch writes with. A
     // schema the destination refuses (a table name it cannot hold) rejects that table's events.
     let mut ensured: Vec<&Arc<Schema>> = Vec::new();

@@ -222,21 +222,52 @@ pub struct FoldedChange {
     pub model_version: String,
 }
 
-fn apply(acc: Option<Folded>, event: &ChangeEvent) -> Folded {
-    let image = || event.after.clone().or_else(|| event.before.clone()).unwrap_or_default();
-    match event.operation {
-        Operation::Delete => Folded::Delete { before: event.before.clone() },
-        // An INSERT replaces whatever came before it in the batch: the whole row.
-        Operation::Insert => Folded::Upsert { row: image(), changed: None },
+/// What [`apply`] needs of an event, with its row images either borrowed (cloned when kept) or
+/// taken out of the event (no copy).
+trait Images {
+    fn event(&self) -> &ChangeEvent;
+    fn after(&mut self) -> Option<Row>;
+    fn before(&mut self) -> Option<Row>;
+}
+
+impl Images for &ChangeEvent {
+    fn event(&self) -> &ChangeEvent {
+        self
+    }
+    fn after(&mut self) -> Option<Row> {
+        self.after.clone()
+    }
+    fn before(&mut self) -> Option<Row> {
+        self.before.clone()
+    }
+}
+
+impl Images for &mut ChangeEvent {
+    fn event(&self) -> &ChangeEvent {
+        self
+    }
+    fn after(&mut self) -> Option<Row> {
+        self.after.take()
+    }
+    fn before(&mut self) -> Option<Row> {
+        self.before.take()
+    }
+}
+
+fn apply(acc: Option<Folded>, mut e: impl Images) -> Folded {
+    let operation = e.event().operation;
+    match operation {
+        Operation::Delete => Folded::Delete { before: e.before() },
+        Operation::Insert => {
+            Folded::Upsert { row: e.after().or_else(|| e.before()).unwrap_or_default(), changed: None }
+        }
         Operation::Update => {
-            let diff: Option<BTreeSet<String>> = event.diff.as_ref().map(|d| d.iter().cloned().collect());
+            let diff: Option<BTreeSet<String>> = e.event().diff.as_ref().map(|d| d.iter().cloned().collect());
+            let row = e.after().or_else(|| e.before()).unwrap_or_default();
             match acc {
-                // First sight of the key, or after a DELETE (the row may be gone: write it all).
-                None => Folded::Upsert { row: image(), changed: diff },
-                Some(Folded::Delete { .. }) => Folded::Upsert { row: image(), changed: None },
+                None => Folded::Upsert { row, changed: diff },
+                Some(Folded::Delete { .. }) => Folded::Upsert { row, changed: None },
                 Some(Folded::Upsert { changed, .. }) => {
-                    // The latest image carries every earlier change too; the columns to write
-                    // are the union (an earlier full write stays full).
                     let changed = match (changed, diff) {
                         (Some(mut a), Some(b)) => {
                             a.extend(b);
@@ -244,48 +275,61 @@ fn apply(acc: Option<Folded>, event: &ChangeEvent) -> Folded {
                         }
                         _ => None,
                     };
-                    Folded::Upsert { row: image(), changed }
+                    Folded::Upsert { row, changed }
                 }
             }
         }
     }
 }
 
-/// Fold a batch per (table, full key array), keeping per-key order. The result is ordered by
-/// each key's first event. `pos` is any increasing position the caller tracks (the WAL's LSN).
-pub fn fold<'a>(events: impl IntoIterator<Item = (u64, &'a ChangeEvent)>) -> Vec<FoldedChange> {
+/// [`fold`], taking the row images out of the events instead of copying them (the events keep
+/// everything else). For callers that own the batch and no longer need the images.
+pub fn fold_taking<'a>(events: impl IntoIterator<Item = (u64, &'a mut ChangeEvent)>) -> Vec<FoldedChange> {
+    fold_with(events)
+}
+
+fn fold_with<E: Images>(events: impl IntoIterator<Item = (u64, E)>) -> Vec<FoldedChange> {
     // Keyed by table, the full key array and the primary key (the key array may be empty, when
     // the primary key comes from the row's `id`).
     let mut index: HashMap<(String, Vec<String>, String), usize> = HashMap::new();
     let mut out: Vec<FoldedChange> = Vec::new();
     for (pos, event) in events {
-        let id = (event.table.clone(), event.key.clone(), event.primary_key().to_owned());
+        let e = event.event();
+        let id = (e.table.clone(), e.key.clone(), e.primary_key().to_owned());
         match index.get(&id).and_then(|&i| out.get_mut(i)) {
             Some(slot) => {
+                if slot.model_version != e.model_version {
+                    slot.model_version.clone_from(&e.model_version);
+                }
                 let prev = std::mem::replace(&mut slot.change, Folded::Delete { before: None });
                 slot.change = apply(Some(prev), event);
                 slot.last_pos = pos;
                 slot.events += 1;
-                if slot.model_version != event.model_version {
-                    slot.model_version.clone_from(&event.model_version);
-                }
             }
             None => {
+                let model_version = e.model_version.clone();
+                let (table, key, primary_key) = id.clone();
                 index.insert(id, out.len());
                 out.push(FoldedChange {
-                    table: event.table.clone(),
-                    key: event.key.clone(),
-                    primary_key: event.primary_key().to_owned(),
+                    table,
+                    key,
+                    primary_key,
                     change: apply(None, event),
                     first_pos: pos,
                     last_pos: pos,
                     events: 1,
-                    model_version: event.model_version.clone(),
+                    model_version,
                 });
             }
         }
     }
     out
+}
+
+/// Fold a batch per (table, full key array), keeping per-key order. The result is ordered by
+/// each key's first event. `pos` is any increasing position the caller tracks (the WAL's LSN).
+pub fn fold<'a>(events: impl IntoIterator<Item = (u64, &'a ChangeEvent)>) -> Vec<FoldedChange> {
+    fold_with(events)
 }
 
 #[cfg(test)]

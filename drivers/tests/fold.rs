@@ -2,7 +2,7 @@
 //! folded changes gives the same rows as applying every event in order.
 #![allow(clippy::unwrap_used)]
 
-use eds_drivers::event::{fold, ChangeEvent, Folded, Row};
+use eds_drivers::event::{fold, fold_taking, ChangeEvent, Folded, Row};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -146,6 +146,10 @@ proptest! {
             apply_event(&mut sequential, e);
         }
         let folded = fold(evs.iter().enumerate().map(|(i, e)| (i as u64 + 1, e)));
+        // Taking the images out of owned events folds to exactly the same changes.
+        let mut owned = evs.clone();
+        let taken = fold_taking(owned.iter_mut().enumerate().map(|(i, e)| (i as u64 + 1, e)));
+        prop_assert_eq!(&taken, &folded);
         let mut at_once = dest0.clone();
         for f in &folded {
             apply_folded(&mut at_once, &f.primary_key, &f.change);
