@@ -186,16 +186,7 @@ pub fn parse_destinations(urls: &[String]) -> Result<Vec<Destination>> {
 
 /// A URL without its password, for logs.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    eds_drivers::url::redact(url)
 }
 
 /// Create the destination's cursor if it has none, where its `start` says. Called before

@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod schema;
 #[cfg(feature = "sqlserver")]
 pub mod sqlserver;
+pub mod url;
 
 /// Every driver compiled into this build, in a stable order.
 pub fn descriptions() -> Vec<&'static driver::Description> {

@@ -6,6 +6,8 @@
 //! drain reads, before sqlx sees the URL. Error messages never contain the password.
 
 use crate::driver::{ConfigField, Description, DriverError, ErrorClass, FieldKind, Kind};
+pub use crate::url::redact;
+use crate::url::{is_eds_param, is_local_host};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use std::str::FromStr;
 
@@ -51,27 +53,6 @@ options=-csearch_path%3Dname to choose another).",
 };
 
 /// Query parameters that belong to eds's drain, not to PostgreSQL.
-fn is_eds_param(key: &str) -> bool {
-    matches!(key, "name" | "start" | "overflow") || key.starts_with("eds-")
-}
-
-/// The URL with any password replaced by `***`, for messages.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<not a URL>".to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
-            format!("{scheme}://{masked}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 fn config_error(url: &str, problem: impl std::fmt::Display) -> DriverError {
     DriverError::new(ErrorClass::Config, format!("invalid PostgreSQL URL {}: {problem}", redact(url)))
 }
@@ -85,11 +66,6 @@ fn authority_has_port(authority: &str) -> bool {
         None => host_port.rsplit_once(':').map(|(_, p)| p),
     };
     port.is_some_and(|p| !p.is_empty())
-}
-
-/// Whether `host` is this machine.
-fn is_local_host(host: &str) -> bool {
-    matches!(host.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]")
 }
 
 /// A URL ready for sqlx: eds's own parameters removed, and what the URL already says.

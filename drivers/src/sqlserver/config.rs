@@ -7,6 +7,8 @@
 //! password.
 
 use crate::driver::{ConfigField, Description, DriverError, ErrorClass, FieldKind, Kind};
+pub use crate::url::redact;
+use crate::url::{is_eds_param, is_local_host};
 use tiberius::{AuthMethod, Config, EncryptionLevel};
 
 /// What the SQL Server destination says about itself.
@@ -139,44 +141,6 @@ impl ConnectSpec {
 }
 
 /// Query parameters that belong to eds's drain, not to SQL Server.
-fn is_eds_param(key: &str) -> bool {
-    matches!(key, "name" | "start" | "overflow") || key.starts_with("eds-")
-}
-
-/// The URL with any password replaced by `***`, for messages.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<not a URL>".to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
-            format!("{masked}@{host}")
-        }
-        None => authority.to_owned(),
-    };
-    // A password given as a query parameter (go-mssqldb allows it; eds refuses it) is masked too.
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let pairs: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if k.to_ascii_lowercase().contains("password") || k.eq_ignore_ascii_case("pwd") => {
-                        format!("{k}=***")
-                    }
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", pairs.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 fn config_error(url: &str, problem: impl std::fmt::Display) -> DriverError {
     DriverError::new(ErrorClass::Config, format!("invalid SQL Server URL {}: {problem}", redact(url)))
 }
@@ -204,11 +168,6 @@ fn percent_decode(s: &str) -> Option<String> {
 /// A query parameter's key or value: `+` is a space there, then percent-decoding.
 fn decode_query_part(s: &str) -> Option<String> {
     percent_decode(&s.replace('+', " "))
-}
-
-/// Whether `host` is this machine.
-fn is_local_host(host: &str) -> bool {
-    matches!(host.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "::1")
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
