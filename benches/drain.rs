@@ -329,6 +329,7 @@ async fn run_eds(
             overflow: drain::Overflow::Block,
             registry: None,
             skip_before: HashMap::new(),
+            retry: eds::drain::Retry::default(),
         },
     };
     dest.dead_letters = Some(eds::ingest::dlq::DeadLetters::open_for_destination(base, &dest.name)?);

@@ -183,6 +183,8 @@ where
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
+    // Whatever this process creates under a data dir is private to its user.
+    crate::datadir::private_umask();
     let g = &cli.global;
     logging::init(&LogSettings {
         verbose: g.verbose,
@@ -197,11 +199,11 @@ where
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", eds_wal::error_chain(e.as_ref()));
             ExitCode::from(EXIT_USAGE)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", eds_wal::error_chain(e.as_ref()));
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -55,7 +55,7 @@ pub fn run(args: &DemoArgs, data_dir: &Path) -> Result<u8> {
         ))
         .into());
     }
-    crate::server::create_data_dir(data_dir)?;
+    crate::datadir::prepare(data_dir)?;
     let mut destinations = destinations;
     for d in &mut destinations {
         d.dead_letters = Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);

@@ -12,10 +12,11 @@
 use crate::ingest::envelope::{self, Kind as EnvelopeKind};
 use crate::registry::Registry;
 use crate::server::state::ServerState;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use eds_drivers::driver::{Batch, Delivery, Driver, DriverError, ErrorClass, Kind, StateChange};
 use eds_drivers::event::{fold_taking, ChangeEvent, Row};
 use eds_drivers::schema::Schema;
+use eds_drivers::url::redact;
 use eds_wal::{CursorStart, Reader, Record, Wal};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +58,25 @@ pub struct Destination {
     /// Per table: events older than this (unix milliseconds) are skipped — an import already
     /// wrote the table as of that time.
     pub skip_before: HashMap<String, i64>,
+    /// How long a failed batch waits before it is tried again.
+    pub retry: Retry,
+}
+
+/// Waits between attempts of a failing batch: `first`, doubling with every failure in a row up
+/// to `max`, each with up to a quarter more at random so destinations do not retry in step.
+/// Configuration errors wait [`CONFIG_RETRY`] instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// The first wait.
+    pub first: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry { first: Duration::from_millis(100), max: Duration::from_secs(10) }
+    }
 }
 
 /// A destination's overflow policy (`overflow=` in its URL's query).
@@ -96,20 +116,21 @@ fn query_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
 /// Parse one `--url`. `Ok(None)` for a scheme whose driver is not in this build yet.
 pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        bail!("--url {url:?}: expected <scheme>://…");
+        bail!("--url {:?}: expected <scheme>://…", redact(url));
     };
     let start = match query_param(url, "start") {
         None | Some("head") => Start::Head,
         Some("oldest") => Start::Oldest,
         Some(s) => match s.strip_prefix("lsn:").map(str::parse::<u64>) {
             Some(Ok(n)) if n > 0 => Start::Lsn(n),
-            _ => bail!("--url {url:?}: start={s:?} is not head, oldest or lsn:N"),
+            _ => bail!("--url {:?}: start={s:?} is not head, oldest or lsn:N", redact(url)),
         },
     };
     let (driver, default_name): (Arc<dyn Driver>, String) = match scheme {
         #[cfg(feature = "file")]
         "file" => {
-            let dir = eds_drivers::file::directory_from_url(url).map_err(|e| anyhow::anyhow!("--url {url:?}: {e}"))?;
+            let dir = eds_drivers::file::directory_from_url(url)
+                .map_err(|e| anyhow::anyhow!("--url {:?}: {}", redact(url), redact(&e.to_string())))?;
             (Arc::new(eds_drivers::file::FileDriver::new(&dir)), format!("file-{}", dir.display()))
         }
         #[cfg(feature = "postgres")]
@@ -134,12 +155,12 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
     };
     let name = cursor_safe(query_param(url, "name").map(str::to_owned).as_deref().unwrap_or(&default_name));
     if name.is_empty() {
-        bail!("--url {url:?}: the destination name is empty (set name=… in the URL's query)");
+        bail!("--url {:?}: the destination name is empty (set name=… in the URL's query)", redact(url));
     }
     let overflow = match query_param(url, "overflow") {
         None | Some("block") => Overflow::Block,
         Some("drop-oldest") => Overflow::DropOldest,
-        Some(o) => bail!("--url {url:?}: overflow={o:?} is not block or drop-oldest"),
+        Some(o) => bail!("--url {:?}: overflow={o:?} is not block or drop-oldest", redact(url)),
     };
     Ok(Some(Destination {
         name,
@@ -149,6 +170,7 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
         overflow,
         registry: None,
         skip_before: HashMap::new(),
+        retry: Retry::default(),
     }))
 }
 
@@ -184,11 +206,6 @@ pub fn parse_destinations(urls: &[String]) -> Result<Vec<Destination>> {
     Ok(out)
 }
 
-/// A URL without its password, for logs.
-pub fn redact(url: &str) -> String {
-    eds_drivers::url::redact(url)
-}
-
 /// Create the destination's cursor if it has none, where its `start` says. Called before
 /// anything is appended, so a new destination's "head" is the head at start-up.
 pub fn ensure_cursor(wal: &Wal, name: &str, start: Start) -> Result<(), eds_wal::Error> {
@@ -210,7 +227,7 @@ pub fn ensure_cursor(wal: &Wal, name: &str, start: Start) -> Result<(), eds_wal:
 pub const DESTINATIONS_FILE: &str = "destinations.json";
 
 /// Record the configured destinations (name, driver, URL without password) in the data dir,
-/// atomically (temporary file, rename).
+/// atomically and durably.
 pub fn record_destinations(data_dir: &std::path::Path, destinations: &[Destination], urls: &[String]) -> Result<()> {
     let list: Vec<serde_json::Value> = destinations
         .iter()
@@ -223,11 +240,8 @@ pub fn record_destinations(data_dir: &std::path::Path, destinations: &[Destinati
             serde_json::json!({"name": d.name, "driver": d.driver.describe().name, "url": url})
         })
         .collect();
-    let path = data_dir.join(DESTINATIONS_FILE);
-    let tmp = data_dir.join(format!("{DESTINATIONS_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&list)?)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| anyhow::anyhow!("recording the destinations in {}: {e}", path.display()))
+    crate::datadir::write_atomically(&data_dir.join(DESTINATIONS_FILE), &serde_json::to_vec_pretty(&list)?)
+        .context("recording the destinations")
 }
 
 /// The destinations recorded by the last server start: (name, driver).
@@ -283,14 +297,28 @@ pub async fn ensure_cursors(wal: Wal, destinations: &[Destination]) -> Result<()
     .await?
 }
 
+/// What bisecting one batch found, by index in the batch.
+#[derive(Debug, Default)]
+struct Refused {
+    /// Items the destination refused for their data, with the reason.
+    rejected: Vec<(usize, String)>,
+    /// Items that failed alone with an error the driver could not place ([`ErrorClass::Unknown`]).
+    suspects: Vec<(usize, String)>,
+    /// Items written.
+    written: usize,
+}
+
 /// Write `batch`; when the destination rejects data or finds the batch too large, split it in
 /// halves until the rejected items stand alone, and collect those (index in `batch`, reason)
-/// instead of failing. Replayed halves are harmless: writes are idempotent.
+/// instead of failing. An error the driver cannot place is bisected the same way, so the change
+/// behind it stands alone as a suspect — unless nothing of the batch can be written at all, which
+/// is the destination's problem, not a row's: then the error is returned. Replayed halves are
+/// harmless: writes are idempotent.
 fn deliver<'a>(
     driver: &'a dyn Driver,
     batch: Batch<'a>,
     offset: usize,
-    rejected: &'a mut Vec<(usize, String)>,
+    refused: &'a mut Refused,
 ) -> eds_drivers::driver::BoxFuture<'a, Result<(), DriverError>> {
     Box::pin(async move {
         let result = match tokio::time::timeout(WRITE_DEADLINE, driver.write(batch)).await {
@@ -300,16 +328,30 @@ fn deliver<'a>(
                 format!("writing {} changes did not finish within {WRITE_DEADLINE:?}", batch.len()),
             )),
         };
+        let split = matches!(result, Err(ref e) if batch.len() > 1
+            && matches!(e.class, ErrorClass::Rejected | ErrorClass::TooLarge | ErrorClass::Unknown));
         match result {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(e.class, ErrorClass::Rejected | ErrorClass::TooLarge) && batch.len() > 1 => {
+            Ok(()) => {
+                refused.written += batch.len();
+                Ok(())
+            }
+            Err(e) if split => {
+                let before = refused.written;
                 let mid = batch.len() / 2;
                 let (left, right) = batch.split_at(mid);
-                deliver(driver, left, offset, rejected).await?;
-                deliver(driver, right, offset + mid, rejected).await
+                deliver(driver, left, offset, refused).await?;
+                deliver(driver, right, offset + mid, refused).await?;
+                if e.class == ErrorClass::Unknown && refused.written == before {
+                    return Err(e);
+                }
+                Ok(())
             }
             Err(e) if e.class == ErrorClass::Rejected => {
-                rejected.push((offset, eds_wal::error_chain(&e)));
+                refused.rejected.push((offset, eds_wal::error_chain(&e)));
+                Ok(())
+            }
+            Err(e) if e.class == ErrorClass::Unknown && batch.len() == 1 => {
+                refused.suspects.push((offset, eds_wal::error_chain(&e)));
                 Ok(())
             }
             Err(e) => Err(e),
@@ -317,18 +359,101 @@ fn deliver<'a>(
     })
 }
 
+/// [`deliver`] from the top: a batch of which nothing could be written blames no single change.
+async fn deliver_all(driver: &dyn Driver, batch: Batch<'_>) -> Result<Refused, DriverError> {
+    let mut refused = Refused::default();
+    deliver(driver, batch, 0, &mut refused).await?;
+    if refused.written == 0 {
+        if let Some((_, why)) = refused.suspects.first() {
+            return Err(DriverError::new(ErrorClass::Unknown, why.clone()));
+        }
+    }
+    Ok(refused)
+}
+
+/// Events of one batch that the destination did not take.
+#[derive(Debug, Default)]
+struct Undelivered {
+    /// (LSN, reason) of events the destination refused for their data.
+    rejected: Vec<(u64, String)>,
+    /// Changes that failed alone with an error the driver could not place.
+    suspects: Vec<Suspect>,
+}
+
+/// A change (or an event) that failed alone with an error the driver could not place.
+#[derive(Debug, Clone)]
+struct Suspect {
+    /// The LSN of its first event: the same change in the next attempt of the same records.
+    key: u64,
+    /// Every event folded into it.
+    lsns: Vec<u64>,
+    /// The error.
+    reason: String,
+}
+
 /// Deliver every event to a stream destination.
 async fn write_stream(
     driver: &dyn Driver,
     decoded: &[(u64, ChangeEvent, &[u8])],
-    rejected: &mut Vec<(u64, String)>,
+    out: &mut Undelivered,
 ) -> Result<(), DriverError> {
     let deliveries: Vec<Delivery<'_>> =
         decoded.iter().map(|(lsn, event, raw)| Delivery { lsn: *lsn, event, raw }).collect();
-    let mut refused = Vec::new();
-    deliver(driver, Batch::Events(&deliveries), 0, &mut refused).await?;
-    rejected.extend(refused.into_iter().filter_map(|(i, why)| deliveries.get(i).map(|d| (d.lsn, why))));
+    let refused = deliver_all(driver, Batch::Events(&deliveries)).await?;
+    let lsn = |i: usize| deliveries.get(i).map(|d| d.lsn);
+    out.rejected.extend(refused.rejected.into_iter().filter_map(|(i, why)| Some((lsn(i)?, why))));
+    out.suspects.extend(
+        refused
+            .suspects
+            .into_iter()
+            .filter_map(|(i, reason)| Some(Suspect { key: lsn(i)?, lsns: vec![lsn(i)?], reason })),
+    );
     Ok(())
+}
+
+/// How many attempts in a row a change must fail alone with the same error the driver could not
+/// place (while the rest of its batch is written) before it is dead-lettered.
+const BACKSTOP_ATTEMPTS: u32 = 8;
+
+/// Counts, per change, the attempts in a row that it failed alone with the same unplaced error.
+#[derive(Debug, Default)]
+struct Backstop {
+    /// By the change's first LSN: the error and how many attempts in a row it failed with it.
+    failing: HashMap<u64, (String, u32)>,
+}
+
+impl Backstop {
+    /// Take this attempt's suspects. Returns the events to dead-letter now (those of changes that
+    /// failed [`BACKSTOP_ATTEMPTS`] times in a row with the same error), and the error to retry
+    /// with while others have not failed that often yet.
+    fn judge(&mut self, suspects: Vec<Suspect>) -> (Vec<(u64, String)>, Option<DriverError>) {
+        let mut failing = HashMap::with_capacity(suspects.len());
+        let (mut dead, mut retry) = (Vec::new(), None);
+        for s in suspects {
+            let count = match self.failing.remove(&s.key) {
+                Some((reason, n)) if reason == s.reason => n + 1,
+                _ => 1,
+            };
+            if count >= BACKSTOP_ATTEMPTS {
+                let why = format!("failed alone {count} times in a row with the same error: {}", s.reason);
+                dead.extend(s.lsns.iter().map(|&lsn| (lsn, why.clone())));
+            } else {
+                retry.get_or_insert_with(|| {
+                    DriverError::new(
+                        ErrorClass::Unknown,
+                        format!(
+                            "{} (attempt {count} of {BACKSTOP_ATTEMPTS} before the change is dead-lettered)",
+                            s.reason
+                        ),
+                    )
+                });
+                failing.insert(s.key, (s.reason, count));
+            }
+        }
+        // Only changes failing now keep their count: one that went through starts again at zero.
+        self.failing = failing;
+        (dead, retry)
+    }
 }
 
 /// Deliver one event as the drain would (schema, table creation, fold of one): `Ok(None)` when
@@ -339,13 +464,13 @@ pub async fn deliver_one(
     event: ChangeEvent,
     raw: &[u8],
 ) -> Result<Option<String>, DriverError> {
-    let mut rejected = Vec::new();
+    let mut out = Undelivered::default();
     let decoded = vec![(lsn, event, raw)];
     match dest.driver.describe().kind {
-        Kind::Stream => write_stream(&*dest.driver, &decoded, &mut rejected).await?,
-        Kind::State => write_state(dest, decoded, &mut rejected).await?,
+        Kind::Stream => write_stream(&*dest.driver, &decoded, &mut out).await?,
+        Kind::State => write_state(dest, decoded, &mut out).await?,
     }
-    Ok(rejected.into_iter().next().map(|(_, why)| why))
+    Ok(out.rejected.into_iter().next().map(|(_, why)| why))
 }
 
 /// Schemas by table, then model version.
@@ -368,8 +493,9 @@ fn keep_known(row: &mut Option<Row>, schema: &Schema) {
 async fn write_state(
     dest: &Destination,
     decoded: Vec<(u64, ChangeEvent, &[u8])>,
-    rejected: &mut Vec<(u64, String)>,
+    out: &mut Undelivered,
 ) -> Result<(), DriverError> {
+    let rejected = &mut out.rejected;
     let driver = &*dest.driver;
     let Some(registry) = dest.registry.as_ref().filter(|_| driver.describe().needs_schema) else {
         return Err(DriverError::new(
@@ -399,6 +525,10 @@ async fn write_state(
     }
     let mut events: Vec<(u64, ChangeEvent)> = Vec::with_capacity(decoded.len());
     for (lsn, mut e, _) in decoded {
+        if let Some(why) = e.no_row_to_write() {
+            rejected.push((lsn, why));
+            continue;
+        }
         match lookup(&schemas, &e.table, &e.model_version) {
             Some(schema) => {
                 keep_known(&mut e.after, schema);
@@ -447,20 +577,22 @@ async fn write_state(
             changes.push(StateChange { change: c, schema });
         }
     }
-    let mut refused = Vec::new();
-    if !changes.is_empty() {
-        deliver(driver, Batch::Folded(&changes), 0, &mut refused).await?;
-    }
-    for (i, why) in refused {
-        let Some(c) = changes.get(i).map(|s| s.change) else { continue };
-        rejected.extend(
-            events
-                .iter()
-                .filter(|(_, e)| e.table == c.table && e.key == c.key && e.primary_key() == c.primary_key)
-                .map(|(lsn, _)| (*lsn, why.clone())),
-        );
+    let refused =
+        if changes.is_empty() { Refused::default() } else { deliver_all(driver, Batch::Folded(&changes)).await? };
+    // The events folded into a change.
+    let lsns = |i: usize| -> Option<Vec<u64>> {
+        let c = changes.get(i)?.change;
+        let of = |e: &ChangeEvent| e.table == c.table && e.key == c.key && e.primary_key() == c.primary_key;
+        Some(events.iter().filter(|(_, e)| of(e)).map(|(lsn, _)| *lsn).collect())
+    };
+    for (i, why) in refused.rejected {
+        rejected.extend(lsns(i).unwrap_or_default().into_iter().map(|lsn| (lsn, why.clone())));
     }
     rejected.sort_by_key(|r| r.0);
+    for (i, reason) in refused.suspects {
+        let (Some(lsns), Some(c)) = (lsns(i), changes.get(i)) else { continue };
+        out.suspects.push(Suspect { key: c.change.first_pos, lsns, reason });
+    }
     Ok(())
 }
 
@@ -478,8 +610,9 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
     let kind = dest.driver.describe().kind;
     register(&state, std::slice::from_ref(&dest));
     let mut reader: Option<(Wal, Reader)> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = dest.retry.first;
     let mut consecutive_rejected = 0usize;
+    let mut backstop = Backstop::default();
     loop {
         if *shutdown.borrow() {
             break;
@@ -581,16 +714,31 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         }
         let started = Instant::now();
         let attempted = decoded.len();
-        // Events the destination refused: (LSN, reason).
-        let mut rejected: Vec<(u64, String)> = Vec::new();
+        let undecodable_count = undecodable.len();
+        let mut undelivered = Undelivered::default();
         let mut written = match kind {
             _ if decoded.is_empty() => Ok(()),
-            Kind::Stream => write_stream(&*dest.driver, &decoded, &mut rejected).await,
-            Kind::State => write_state(&dest, decoded, &mut rejected).await,
+            Kind::Stream => write_stream(&*dest.driver, &decoded, &mut undelivered).await,
+            Kind::State => write_state(&dest, decoded, &mut undelivered).await,
         };
-        if written.is_ok() && !undecodable.is_empty() {
-            written = dead_letter(&dest, &name, &records, &undecodable).await;
+        // Events the destination refused: (LSN, reason).
+        let mut rejected = std::mem::take(&mut undelivered.rejected);
+        if written.is_ok() {
+            // The backstop: a change that keeps failing alone with an error the driver cannot
+            // place, while the rest of its batch is written, is dead-lettered in the end.
+            let (dead, retry) = backstop.judge(std::mem::take(&mut undelivered.suspects));
+            rejected.extend(dead);
+            rejected.sort_by_key(|r| r.0);
+            if let Some(e) = retry {
+                written = Err(e);
+            }
         }
+        // Events no driver can decode are refused like the rest: they count towards a stop.
+        if !undecodable.is_empty() {
+            rejected.extend(undecodable);
+            rejected.sort_by_key(|r| r.0);
+        }
+        let attempted = attempted + undecodable_count;
         if written.is_ok() && !rejected.is_empty() {
             // Rejections in a row (across batches) or most of a big batch: something systematic
             // (a type mismatch, a NOT NULL column) — stop instead of dead-lettering a whole table.
@@ -615,7 +763,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         }
         match written {
             Ok(()) => {
-                backoff = Duration::from_millis(100);
+                backoff = dest.retry.first;
                 let took = started.elapsed().as_secs_f64();
                 let oldest = records.first().map(|r| r.appended_at).unwrap_or(0);
                 let waited = crate::timefmt::now_micros().saturating_sub(oldest) as f64 / 1e6;
@@ -625,7 +773,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                     tracing::error!(destination = %name, error = %eds_wal::error_chain(&e), "advancing the cursor failed");
                 }
                 let delivered = attempted.saturating_sub(rejected.len()) as u64;
-                let dead = (rejected.len() + undecodable.len()) as u64;
+                let dead = rejected.len() as u64;
                 state.metrics.dead_lettered.inc_by(dead);
                 state.metrics.destination_dead_lettered.with_label_values(&[&name]).inc_by(dead);
                 state.metrics.destination_delivered.with_label_values(&[&name]).inc_by(delivered);
@@ -653,8 +801,9 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                     d.last_error = Some(msg);
                 });
                 // Capped exponential backoff with jitter, so many destinations do not retry in step.
-                let jitter = Duration::from_millis(u64::from(crate::timefmt::now_micros() as u32 % 100));
-                backoff = (backoff * 2).min(Duration::from_secs(10)) + jitter;
+                let spread = (backoff.as_micros() as u64 / 4).max(1);
+                let jitter = Duration::from_micros(crate::timefmt::now_micros() % spread);
+                backoff = (backoff * 2).min(dest.retry.max) + jitter;
                 tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = shutdown.changed() => {} }
             }
         }
@@ -756,10 +905,22 @@ mod rejection_tests {
         needs_schema: false,
     };
 
-    /// Rejects (atomically, like a SQL transaction) any batch holding a key starting with "bad".
+    /// What the double refuses.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Refuse {
+        /// Batches holding a key starting with "bad": rejected.
+        Bad,
+        /// Every batch: rejected.
+        All,
+        /// Batches holding a key starting with "bad": an error the driver cannot place.
+        BadUnplaced,
+    }
+
+    /// Refuses (atomically, like a SQL transaction) what its [`Refuse`] says; writes the rest.
     struct Picky {
         written: Mutex<Vec<u64>>,
-        reject_all: bool,
+        refuse: Refuse,
+        attempts: Mutex<usize>,
     }
 
     impl Driver for Picky {
@@ -775,8 +936,19 @@ mod rejection_tests {
         fn write<'a>(&'a self, batch: Batch<'a>) -> eds_drivers::driver::BoxFuture<'a, Result<(), DriverError>> {
             Box::pin(async move {
                 let Batch::Events(events) = batch else { unreachable!() };
-                if self.reject_all || events.iter().any(|d| d.event.primary_key().starts_with("bad")) {
-                    return Err(DriverError::new(ErrorClass::Rejected, "value out of range for column \"number\""));
+                *self.attempts.lock().unwrap() += 1;
+                let bad = events.iter().any(|d| d.event.primary_key().starts_with("bad"));
+                match self.refuse {
+                    Refuse::All => {
+                        return Err(DriverError::new(ErrorClass::Rejected, "value out of range for column \"number\""))
+                    }
+                    Refuse::Bad if bad => {
+                        return Err(DriverError::new(ErrorClass::Rejected, "value out of range for column \"number\""))
+                    }
+                    Refuse::BadUnplaced if bad => {
+                        return Err(DriverError::new(ErrorClass::Unknown, "XX000: unexpected internal error"))
+                    }
+                    _ => {}
                 }
                 self.written.lock().unwrap().extend(events.iter().map(|d| d.lsn));
                 Ok(())
@@ -785,7 +957,7 @@ mod rejection_tests {
     }
 
     async fn run_with(
-        reject_all: bool,
+        refuse: Refuse,
         undecodable: &[u64],
     ) -> (Vec<u64>, Vec<crate::ingest::dlq::Listed>, serde_json::Value, Vec<u64>) {
         let dir = tempfile::tempdir().unwrap();
@@ -812,7 +984,7 @@ mod rejection_tests {
             .collect();
         wal.append(&records).unwrap();
         let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
-        let driver = Arc::new(Picky { written: Mutex::new(Vec::new()), reject_all });
+        let driver = Arc::new(Picky { written: Mutex::new(Vec::new()), refuse, attempts: Mutex::new(0) });
         let dest = Destination {
             name: "picky".into(),
             driver: driver.clone(),
@@ -821,6 +993,7 @@ mod rejection_tests {
             overflow: Overflow::Block,
             registry: None,
             skip_before: HashMap::new(),
+            retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
         };
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(dest, state.clone(), stop_rx));
@@ -846,7 +1019,7 @@ mod rejection_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rejected_event_is_isolated_and_dead_lettered_the_rest_delivered() {
-        let (written, letters, status, positions) = run_with(false, &[]).await;
+        let (written, letters, status, positions) = run_with(Refuse::Bad, &[]).await;
         let good: Vec<u64> = (1..=20).filter(|n| ![4, 9, 17].contains(n)).collect();
         assert_eq!(written, good, "every other event exactly once");
         let dead: Vec<u64> = letters.iter().map(|l| l.stream_seq).collect();
@@ -860,7 +1033,7 @@ mod rejection_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_event_drivers_cannot_decode_is_dead_lettered_not_dropped() {
-        let (written, letters, _, positions) = run_with(false, &[2]).await;
+        let (written, letters, _, positions) = run_with(Refuse::Bad, &[2]).await;
         assert!(!written.contains(&2));
         let undecodable: Vec<&crate::ingest::dlq::Listed> = letters.iter().filter(|l| l.stream_seq == 2).collect();
         assert_eq!(undecodable.len(), 1);
@@ -870,7 +1043,7 @@ mod rejection_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_systematic_rejection_stops_the_destination_instead_of_dead_lettering_everything() {
-        let (written, letters, status, positions) = run_with(true, &[]).await;
+        let (written, letters, status, positions) = run_with(Refuse::All, &[]).await;
         assert!(written.is_empty());
         // The first batch (8 < 10 in a row) is dead-lettered; the second proves it systematic.
         assert_eq!(letters.len(), 8, "at most one batch below the threshold is dead-lettered");
@@ -878,6 +1051,89 @@ mod rejection_tests {
         assert_eq!(d["state"], "stopped", "{status}");
         assert!(d["last_error"].as_str().unwrap().contains("16 events in a row were rejected"), "{status}");
         assert_eq!(positions, vec![8], "the cursor stops before the batch that proved it");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_no_driver_can_decode_count_towards_the_stop() {
+        let all: Vec<u64> = (1..=20).collect();
+        let (written, letters, status, positions) = run_with(Refuse::Bad, &all).await;
+        assert!(written.is_empty());
+        assert_eq!(letters.len(), 8, "the first batch is dead-lettered, the second proves it systematic");
+        let d = &status["destinations"][0];
+        assert_eq!(d["state"], "stopped", "{status}");
+        assert!(d["last_error"].as_str().unwrap().contains("drivers cannot decode it"), "{status}");
+        assert_eq!(positions, vec![8]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_failing_alone_with_an_unplaced_error_is_dead_lettered_in_the_end() {
+        let (written, letters, status, positions) = run_with(Refuse::BadUnplaced, &[]).await;
+        let good: Vec<u64> = (1..=20).filter(|n| ![4, 9, 17].contains(n)).collect();
+        let mut once = written.clone();
+        once.dedup();
+        assert_eq!(once, good, "every other event delivered: {status}");
+        let dead: Vec<(u64, &str)> = letters.iter().map(|l| (l.stream_seq, l.reason.as_str())).collect();
+        assert_eq!(dead.len(), 3, "{dead:?}");
+        for (seq, reason) in dead {
+            assert!([4, 9, 17].contains(&seq));
+            assert!(
+                reason.contains("failed alone 8 times in a row with the same error: XX000: unexpected internal error"),
+                "{reason}"
+            );
+        }
+        assert_eq!(positions, vec![20], "{status}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unplaced_error_on_every_change_blames_none_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
+        let records: Vec<Vec<u8>> = (1..=16u64)
+            .map(|n| {
+                let payload =
+                    format!(r#"{{"operation":"INSERT","table":"t","key":["bad{n}"],"after":{{"id":"bad{n}"}}}}"#);
+                let env = envelope::Envelope {
+                    kind: EnvelopeKind::Event,
+                    stream_seq: n,
+                    received_at: 1,
+                    subject: "dbchange.t.INSERT.c.l.PUBLIC.1".into(),
+                    msg_id: "".into(),
+                    reason: "".into(),
+                    payload: payload.as_bytes(),
+                };
+                env.encode()
+            })
+            .collect();
+        wal.append(&records).unwrap();
+        let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
+        let driver =
+            Arc::new(Picky { written: Mutex::new(Vec::new()), refuse: Refuse::BadUnplaced, attempts: Mutex::new(0) });
+        let dest = Destination {
+            name: "picky".into(),
+            driver: driver.clone(),
+            start: Start::Oldest,
+            dead_letters: Some(DeadLetters::open_for_destination(dir.path(), "picky").unwrap()),
+            overflow: Overflow::Block,
+            registry: None,
+            skip_before: HashMap::new(),
+            retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(dest, state.clone(), stop_rx));
+        // Far more attempts than the backstop needs: still nothing dead-lettered, cursor held.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while *driver.attempts.lock().unwrap() < 20 * BACKSTOP_ATTEMPTS as usize {
+            assert!(Instant::now() < deadline, "too few attempts: {}", state.status_json());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let status = state.status_json();
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(status["destinations"][0]["state"], "retrying", "{status}");
+        assert!(status["destinations"][0]["last_error"].as_str().unwrap().contains("XX000"), "{status}");
+        assert_eq!(state.destination_positions(), vec![("picky".to_owned(), 0)]);
+        let letters = crate::ingest::dlq::list_at(&dir.path().join("dlq").join("picky")).unwrap();
+        assert!(letters.is_empty(), "{letters:?}");
     }
 }
 
@@ -1007,11 +1263,48 @@ mod state_tests {
         .encode()
     }
 
+    /// Runs a drain to a [`Memory`] destination holding `rows` over `events` (stream sequences 1,
+    /// 2, …) until its cursor passes them all. The driver and the dead letters then.
+    async fn drain_to_memory(
+        events: &[serde_json::Value],
+        rows: &[(&str, serde_json::Value)],
+        skip_before: HashMap<String, i64>,
+    ) -> (Arc<Memory>, Vec<crate::ingest::dlq::Listed>) {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
+        let records: Vec<Vec<u8>> = events.iter().enumerate().map(|(i, e)| record(i as u64 + 1, e.clone())).collect();
+        wal.append(&records).unwrap();
+        let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
+        let driver = Arc::new(Memory::default());
+        for (id, row) in rows {
+            driver.rows.lock().unwrap().insert(("t".into(), (*id).into()), row.as_object().unwrap().clone());
+        }
+        let dest = Destination {
+            name: "mem".into(),
+            driver: driver.clone(),
+            start: Start::Oldest,
+            dead_letters: Some(DeadLetters::open_for_destination(dir.path(), "mem").unwrap()),
+            overflow: Overflow::Block,
+            registry: Some(Arc::new(Registry::new(Arc::new(Source), None))),
+            skip_before,
+            retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(dest, state.clone(), stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.destination_positions() != vec![("mem".to_owned(), events.len() as u64)] {
+            assert!(Instant::now() < deadline, "drain made no progress: {}", state.status_json());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        let letters = crate::ingest::dlq::list_at(&dir.path().join("dlq").join("mem")).unwrap();
+        (driver, letters)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn state_batches_are_cut_to_the_schema_folded_and_bad_rows_dead_lettered() {
         use serde_json::json;
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
         let ev = |op: &str, table: &str, v: &str, id: &str, after: serde_json::Value, ts: i64| {
             json!({"operation": op, "table": table, "modelVersion": v, "key": ["gcp-us-west1", id], "after": after,
                 "before": {"id": id}, "diff": ["n"], "timestamp": ts})
@@ -1026,29 +1319,8 @@ mod state_tests {
             ev("INSERT", "t", "v1", "old", json!({"id": "old", "n": 0}), 50),
             ev("DELETE", "t", "v1", "c", json!(null), 106),
         ];
-        let records: Vec<Vec<u8>> = events.iter().enumerate().map(|(i, e)| record(i as u64 + 1, e.clone())).collect();
-        wal.append(&records).unwrap();
-        let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
-        let driver = Arc::new(Memory::default());
-        driver.rows.lock().unwrap().insert(("t".into(), "c".into()), Row::new());
-        let dest = Destination {
-            name: "mem".into(),
-            driver: driver.clone(),
-            start: Start::Oldest,
-            dead_letters: Some(DeadLetters::open_for_destination(dir.path(), "mem").unwrap()),
-            overflow: Overflow::Block,
-            registry: Some(Arc::new(Registry::new(Arc::new(Source), None))),
-            skip_before: HashMap::from([("t".to_owned(), 60)]),
-        };
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(dest, state.clone(), stop_rx));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while state.destination_positions() != vec![("mem".to_owned(), 8)] {
-            assert!(Instant::now() < deadline, "drain made no progress: {}", state.status_json());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        stop.send(true).unwrap();
-        task.await.unwrap();
+        let (driver, letters) =
+            drain_to_memory(&events, &[("c", json!({}))], HashMap::from([("t".to_owned(), 60)])).await;
         let rows = driver.rows.lock().unwrap().clone();
         let row = |id: &str| rows.get(&("t".to_owned(), id.to_owned())).cloned();
         assert_eq!(row("a"), Some(json!({"id": "a", "n": 2}).as_object().unwrap().clone()), "folded, unknown dropped");
@@ -1060,9 +1332,37 @@ mod state_tests {
         let mut ensured = driver.ensured.lock().unwrap().clone();
         ensured.sort();
         assert_eq!(ensured, vec![("t".to_owned(), "v1".to_owned()), ("t".to_owned(), "v2".to_owned())]);
-        let letters = crate::ingest::dlq::list_at(&dir.path().join("dlq").join("mem")).unwrap();
         let dead: Vec<(u64, bool)> =
             letters.iter().map(|l| (l.stream_seq, l.reason.contains("ghost") || l.reason.contains("13"))).collect();
         assert_eq!(dead, vec![(4, true), (5, true), (6, true)], "{letters:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_update_without_an_after_image_is_dead_lettered_never_written() {
+        use serde_json::json;
+        let before = json!({"id": "k", "n": 1});
+        let ev = |op: &str, id: &str, after: Option<serde_json::Value>| {
+            let mut e = json!({"operation": op, "table": "t", "modelVersion": "v1", "key": [id],
+                "before": {"id": id, "n": 0}, "diff": ["n"]});
+            if let Some(a) = after {
+                e["after"] = a;
+            }
+            e
+        };
+        let events = [
+            ev("UPDATE", "k", Some(json!(null))),
+            ev("UPDATE", "k", Some(json!({}))),
+            ev("UPDATE", "k", None),
+            ev("INSERT", "z", Some(json!({}))),
+            ev("UPDATE", "k", Some(json!({"id": "k", "n": 2}))),
+        ];
+        let (driver, letters) = drain_to_memory(&events, &[("k", before)], HashMap::new()).await;
+        let rows = driver.rows.lock().unwrap().clone();
+        // Neither NULLs nor the `before` image (n = 0) were written: only the real update.
+        assert_eq!(rows.get(&("t".to_owned(), "k".to_owned())), Some(json!({"id": "k", "n": 2}).as_object().unwrap()));
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let dead: Vec<u64> = letters.iter().map(|l| l.stream_seq).collect();
+        assert_eq!(dead, vec![1, 2, 3, 4]);
+        assert!(letters.iter().all(|l| l.reason.contains("has no `after` image")), "{letters:?}");
     }
 }

@@ -5,6 +5,7 @@
 //! neither of them knows about it.
 
 pub mod cli;
+pub mod datadir;
 pub mod demo;
 pub mod demo_schemas;
 pub mod drain;

@@ -305,7 +305,7 @@ impl Registry {
         let bytes = match tracker.get(&key) {
             Ok(bytes) => bytes?,
             Err(e) => {
-                tracing::warn!(key, error = %format!("{e:#}"), "reading a cached schema failed; asking the source");
+                tracing::warn!(key, error = %eds_wal::error_chain(e.as_ref()), "reading a cached schema failed; asking the source");
                 return None;
             }
         };
@@ -332,7 +332,7 @@ impl Registry {
             .filter(|(key, json)| tracker.get(key).ok().flatten().as_deref() != Some(json.as_slice()))
             .collect();
         if let Err(e) = tracker.set_all(&changed).await {
-            tracing::warn!(error = %format!("{e:#}"), "storing schemas in the tracker failed");
+            tracing::warn!(error = %eds_wal::error_chain(e.as_ref()), "storing schemas in the tracker failed");
         }
     }
 

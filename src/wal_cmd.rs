@@ -375,7 +375,7 @@ pub(crate) fn dlq_replay(
     eds_wal::cursor::validate_name(destination)
         .map_err(|why| anyhow::anyhow!("--destination {destination:?}: {why}"))?;
     let Some(mut dest) = crate::drain::parse_destination(url)? else {
-        bail!("--url {}: this build has no driver for it", crate::drain::redact(url));
+        bail!("--url {}: this build has no driver for it", eds_drivers::url::redact(url));
     };
     // Tables need schemas: the server's tracker has the ones it used, HQ the rest.
     crate::drain::attach_registry(std::slice::from_mut(&mut dest), || {

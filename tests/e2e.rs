@@ -944,3 +944,142 @@ async fn a_rejected_row_is_dead_lettered_and_replayed_after_a_fix() {
     assert_eq!(rows.keys().collect::<Vec<_>>(), ["bad", "good"]);
     assert_eq!(rows["bad"]["updatedDate"], "yesterday");
 }
+
+/// Rows that PostgreSQL refuses for reasons of its own — a trigger's `RAISE EXCEPTION` (SQLSTATE
+/// P0001) and a unique index given a value too large for a btree entry (54000) — are
+/// dead-lettered with their reasons, and every event before and after them is delivered: a single
+/// row never blocks a destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_exception_and_an_oversized_index_entry_are_dead_lettered_not_retried_forever() {
+    let pg = PgSchema::create().await;
+    pg.exec(
+        r#"CREATE TABLE "order" (id TEXT PRIMARY KEY, name TEXT, "updatedDate" TIMESTAMPTZ, age DOUBLE PRECISION);
+           CREATE UNIQUE INDEX order_name ON "order" (name);
+           CREATE FUNCTION refuse_forbidden() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF NEW.name = 'forbidden' THEN RAISE EXCEPTION 'the name % is refused by a trigger', NEW.name; END IF;
+             RETURN NEW;
+           END $$;
+           CREATE TRIGGER refuse_forbidden BEFORE INSERT OR UPDATE ON "order"
+             FOR EACH ROW EXECUTE FUNCTION refuse_forbidden();"#,
+    )
+    .await;
+    // 12 KB that do not compress: far beyond a btree entry's limit (about 2.7 KB).
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let huge: String = (0..12 * 1024)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[(seed % 62) as usize])
+        })
+        .collect();
+    let s = setup().await;
+    let eds = s.eds(&[pg.url("pg", "")], &[]);
+    let v = "fff000111";
+    let row = |id: &str, name: &str| json!({"id": id, "name": name, "updatedDate": date(1)});
+    let events = [
+        Ev::insert("order", v, row("a1", "first")),
+        Ev::insert("order", v, row("t1", "forbidden")),
+        Ev::insert("order", v, row("a2", "second")),
+        Ev::insert("order", v, row("h1", &huge)),
+        Ev::insert("order", v, row("a3", "third")),
+        Ev::update("order", v, row("a1", "first"), row("a1", "first, changed"), &["name"]),
+    ];
+    let seq = publish_all(&s.js, &events).await;
+    let lsn = stored(&eds, seq).await;
+    let st = delivered(&eds, &["pg"], lsn).await;
+    assert_ne!(destination(&st, "pg")["state"], "stopped", "{st}");
+    let rows = pg.rows("order", None).await;
+    let names: Vec<(&str, &str)> = rows.iter().map(|(id, r)| (id.as_str(), r["name"].as_str().unwrap())).collect();
+    assert_eq!(names, [("a1", "first, changed"), ("a2", "second"), ("a3", "third")]);
+    assert_eq!(metric(&eds, r#"eds_destination_dead_lettered_total{destination="pg"}"#).await, 2.0);
+    assert_eq!(eds.stop(), 0);
+
+    let dir = s.data.path().to_str().unwrap();
+    let listed = std::process::Command::new(eds_bin())
+        .args(["dlq", "list", "--destination", "pg", "--json", "-d", dir])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let letters: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let reasons: Vec<&str> = letters.as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons.len(), 2, "{letters}");
+    assert!(reasons[0].contains("P0001") && reasons[0].contains("refused by a trigger"), "{}", reasons[0]);
+    assert!(reasons[1].contains("54000") && reasons[1].contains("index row"), "{}", reasons[1]);
+    // One clear message per cause: the database's words are not repeated down the chain.
+    assert_eq!(reasons[0].matches("refused by a trigger").count(), 1, "{}", reasons[0]);
+}
+
+/// Passwords in the NATS URL and in destination URLs appear nowhere in what eds prints — a usage
+/// error, the log of a running server at TRACE level (connection errors included), `/status` —
+/// nor in the files it writes to the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_in_urls_never_reach_the_output() {
+    const NATS_PW: &str = "n4tsS3cretPw";
+    const PG_PW: &str = "pgS3cretPw";
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let leaks = |text: &str| [NATS_PW, PG_PW].into_iter().filter(|pw| text.contains(pw)).collect::<Vec<_>>();
+
+    // A usage error about the URL's query: named, without the password.
+    let nats_url = format!("nats://eds:{NATS_PW}@127.0.0.1:1");
+    let bad = format!("postgres://postgres:{PG_PW}@127.0.0.1:5432/test?start=bogus");
+    let o = std::process::Command::new(eds_bin())
+        .args(["server", "-d", dir, "--server", &nats_url, "--url", &bad, "-v"])
+        .output()
+        .unwrap();
+    let printed = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(2), "{printed}");
+    assert!(printed.contains("start=\"bogus\"") && printed.contains("postgres:***@"), "{printed}");
+    assert!(leaks(&printed).is_empty(), "{printed}");
+
+    // A running server: NATS wants a password; one destination reaches PostgreSQL (trust auth
+    // ignores the password), one never can (a closed port), so its errors are logged over and over.
+    let nats =
+        Nats::start_with_auth(nats_server_bin(), &["--user", "eds", "--pass", NATS_PW], &format!("eds:{NATS_PW}@"))
+            .await;
+    let js = nats.create_stream().await;
+    let hq = Hq::start().await;
+    let pg = PgSchema::create().await;
+    let good = format!(
+        "postgres://postgres:{PG_PW}@127.0.0.1:5432/test?name=pg&options=-c%20search_path%3D{}&password={PG_PW}",
+        pg.name
+    );
+    let down = format!("postgres://postgres:{PG_PW}@127.0.0.1:1/test?name=down");
+    let eds = Eds::start(data.path(), &nats, &["--restart", "--api-url", &hq.url, "--url", &good, "--url", &down]);
+    let ev = Ev::insert("order", "fff000111", json!({"id": "p1", "name": "secret-free", "updatedDate": date(1)}));
+    let seq = publish_all(&js, &[ev]).await;
+    let lsn = stored(&eds, seq).await;
+    delivered(&eds, &["pg"], lsn).await;
+    until(&eds, "the unreachable destination to report its error", DELIVERY, || async {
+        let st = status(&eds).await;
+        destination(&st, "down")["last_error"].as_str().map(str::to_owned)
+    })
+    .await;
+    let (_, status_body) = try_get(&eds.http, "/status").await.unwrap();
+    assert!(leaks(&status_body).is_empty(), "{status_body}");
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    drop(nats);
+    assert!(log.contains("127.0.0.1:1"), "the unreachable destination is in the log:\n{log}");
+    assert!(leaks(&log).is_empty(), "a password is in the log:\n{log}");
+    for entry in walk(data.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(leaks(&String::from_utf8_lossy(&bytes)).is_empty(), "a password is in {}", entry.display());
+    }
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -147,8 +147,14 @@ impl<'a> Batch<'a> {
 /// How the drain should treat a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// Try again later (network, timeouts, locks): retried with backoff.
+    /// Try again later (network, timeouts, locks, the server's resources): retried with backoff
+    /// for as long as it takes; never held against the data.
     Transient,
+    /// The driver cannot tell what it is: retried with backoff, and the batch is bisected so the
+    /// change behind it stands alone; a change that fails alone with the same error several times
+    /// in a row (while the rest of its batch is written) is dead-lettered with that error — so a
+    /// misjudged row never blocks the destination for good.
+    Unknown,
     /// The batch is too big for the destination: split it.
     TooLarge,
     /// The destination refuses this data (a row it rejects): isolate it and dead-letter it.

@@ -176,6 +176,22 @@ impl ChangeEvent {
         &self.primary_key
     }
 
+    /// Why a state destination cannot apply this event, if it cannot: an INSERT or UPDATE
+    /// without an `after` image (absent, `null` or `{}`) says nothing about the row's new state.
+    /// Applying it would upsert NULLs over the row, or write the `before` image back into it;
+    /// the drain dead-letters it with this reason instead. (Stream destinations still receive
+    /// it as it came.)
+    pub fn no_row_to_write(&self) -> Option<String> {
+        let empty = self.after.as_ref().is_none_or(Row::is_empty);
+        (self.operation != Operation::Delete && empty).then(|| {
+            format!(
+                "{} of table {:?} has no `after` image (absent, null or {{}}): there is no new row to write",
+                self.operation.as_str(),
+                self.table
+            )
+        })
+    }
+
     /// The row image: `after` when present and non-empty, else `before`.
     pub fn object(&self) -> Option<&Row> {
         self.after.as_ref().filter(|r| !r.is_empty()).or(self.before.as_ref())

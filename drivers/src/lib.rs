@@ -12,11 +12,14 @@ pub mod event;
 pub mod file;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+pub mod number;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod schema;
 #[cfg(feature = "sqlserver")]
 pub mod sqlserver;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod sqltx;
 pub mod url;
 
 /// Every driver compiled into this build, in a stable order.

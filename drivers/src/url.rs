@@ -1,5 +1,5 @@
-//! URL helpers shared by the SQL drivers: eds's own query parameters, redaction for messages, and
-//! what counts as this machine.
+//! URL helpers shared by eds and its drivers: eds's own query parameters, the one function that
+//! masks secrets in URLs for messages and logs, and what counts as this machine.
 
 /// Whether a query key is eds's own (`name`, `start`, `overflow`, `eds-…`), read by the drain and
 /// never handed to a database client.
@@ -7,31 +7,71 @@ pub fn is_eds_param(key: &str) -> bool {
     matches!(key, "name" | "start" | "overflow") || key.starts_with("eds-")
 }
 
-/// The URL with any password replaced by `***`, for messages: the one in the user info, and
-/// query parameters named like a password (`password=`, `pwd=`).
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<not a URL>".to_owned();
+/// Schemes whose user info without a password is itself a secret (a NATS token).
+const TOKEN_SCHEMES: &[&str] = &["nats", "tls", "ws", "wss"];
+
+/// Whether a query parameter named `key` holds a secret.
+fn secret_param(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "pwd", "secret", "token", "key", "sig", "credential"].iter().any(|s| key.contains(s))
+}
+
+/// The text with every secret of the URLs in it replaced by `***`, for messages and logs: the
+/// password of the user info (`user:***@host`), a NATS token given as the user info
+/// (`nats://***@host`), and query parameters named like a secret (`password=`, `pwd=`,
+/// `…secret…`, `…token…`, `…key…`, `sig=`). A comma-separated list of URLs (as NATS takes) is
+/// masked URL by URL; text without `://` is read as a URL's authority (`user:pass@host:port`).
+/// This is the one masking function: everything eds prints about a URL goes through it.
+pub fn redact(text: &str) -> String {
+    split_urls(text).iter().map(|u| redact_one(u)).collect::<Vec<_>>().join(",")
+}
+
+/// Splits a comma-separated list of URLs at the commas that start another URL or authority
+/// (commas inside a query, such as `options=-c a=1,b=2`, stay).
+fn split_urls(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, _) in text.match_indices(',') {
+        let next = text.get(i + 1..).unwrap_or("");
+        let scheme_len = next.find("://").unwrap_or(usize::MAX);
+        let scheme_like = next
+            .get(..scheme_len)
+            .is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)));
+        // Without schemes, a list is `host:port,host:port`: then every comma separates.
+        if scheme_like || !text.contains("://") {
+            parts.push(text.get(start..i).unwrap_or(""));
+            start = i + 1;
+        }
+    }
+    parts.push(text.get(start..).unwrap_or(""));
+    parts
+}
+
+fn redact_one(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
+    let token_scheme = scheme.is_some_and(|s| TOKEN_SCHEMES.iter().any(|t| s.eq_ignore_ascii_case(t)));
     let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            let masked = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None if token_scheme || scheme.is_none() => "***".to_owned(),
+                None => userinfo.to_owned(),
+            };
             format!("{masked}@{host}")
         }
         None => authority.to_owned(),
     };
-    // A password given as a query parameter is masked too.
     let tail = match tail.split_once('?') {
         Some((path, query)) => {
             let pairs: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if k.to_ascii_lowercase().contains("password") || k.eq_ignore_ascii_case("pwd") => {
-                        format!("{k}=***")
-                    }
+                    Some((k, _)) if secret_param(k) => format!("{k}=***"),
                     _ => pair.to_owned(),
                 })
                 .collect();
@@ -39,10 +79,62 @@ pub fn redact(url: &str) -> String {
         }
         None => tail.to_owned(),
     };
-    format!("{scheme}://{authority}{tail}")
+    match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{tail}"),
+        None => format!("{authority}{tail}"),
+    }
+}
+
+/// The host of a URL (or of `host[:port]`), without user info, port or brackets.
+pub fn host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(bracketed) = hostport.strip_prefix('[') {
+        return bracketed.split(']').next().unwrap_or("");
+    }
+    hostport.split(':').next().unwrap_or("")
 }
 
 /// Whether `host` is this machine (where TLS defaults to off).
 pub fn is_local_host(host: &str) -> bool {
     matches!(host.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_and_nothing_else() {
+        for (url, masked) in [
+            ("postgres://user:secret@db:5432/x", "postgres://user:***@db:5432/x"),
+            ("postgres://user@db/x", "postgres://user@db/x"),
+            ("file:///var/eds/out", "file:///var/eds/out"),
+            ("nats://tok3n@connect.example:4222", "nats://***@connect.example:4222"),
+            ("nats://u:p4ss@a:4222,nats://b:4222", "nats://u:***@a:4222,nats://b:4222"),
+            ("u:p4ss@a:4222,b:4222", "u:***@a:4222,b:4222"),
+            ("tok3n@a:4222", "***@a:4222"),
+            ("mysql://r:pw@h/db?start=bogus&password=pw2&x=1", "mysql://r:***@h/db?start=bogus&password=***&x=1"),
+            (
+                "s3://b/p?access-key-id=AKIA&secret-access-key=s3cr&region=eu",
+                "s3://b/p?access-key-id=***&secret-access-key=***&region=eu",
+            ),
+            ("postgres://u:pw@h/d?options=-c%20a%3D1,b%3D2", "postgres://u:***@h/d?options=-c%20a%3D1,b%3D2"),
+            ("sqlserver://sa:p@ss:w0rd@db/x", "sqlserver://sa:***@db/x"),
+        ] {
+            assert_eq!(redact(url), masked, "{url}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_exact() {
+        assert_eq!(host("nats://u:p@127.0.0.1:4222"), "127.0.0.1");
+        assert_eq!(host("nats://[::1]:4222"), "::1");
+        assert_eq!(host("localhost:4222"), "localhost");
+        assert_eq!(host("nats://localhost.evil.example:4222"), "localhost.evil.example");
+        assert!(is_local_host(host("nats://localhost:4222")));
+        assert!(!is_local_host(host("nats://localhost.evil.example:4222")));
+        assert!(!is_local_host(host("nats://u:localhost@remote:4222")));
+    }
 }

@@ -38,6 +38,63 @@ pub struct ConsumerSettings {
     pub restart: bool,
 }
 
+/// Credentials given in the NATS URL itself (`nats://user:password@host`, `nats://token@host`), as
+/// EDS accepts them. async-nats does not read them from the URL, so ingest passes them on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlAuth {
+    /// `user:password@`.
+    UserPassword(String, String),
+    /// `token@`.
+    Token(String),
+}
+
+/// Split a comma-separated NATS URL list into the list without user info (what the client is
+/// given, so no secret travels into its messages) and the credentials of the first URL that has
+/// any (percent-decoded).
+pub fn url_auth(urls: &str) -> (String, Option<UrlAuth>) {
+    let mut auth = None;
+    let clean: Vec<String> = urls
+        .split(',')
+        .map(|url| {
+            let url = url.trim();
+            let (scheme, rest) = url.split_once("://").map_or(("", url), |(s, r)| (s, r));
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(end);
+            let Some((userinfo, host)) = authority.rsplit_once('@') else { return url.to_owned() };
+            if auth.is_none() {
+                auth = Some(match userinfo.split_once(':') {
+                    Some((user, password)) => UrlAuth::UserPassword(percent_decode(user), percent_decode(password)),
+                    None => UrlAuth::Token(percent_decode(userinfo)),
+                });
+            }
+            let scheme = if scheme.is_empty() { String::new() } else { format!("{scheme}://") };
+            format!("{scheme}{host}{tail}")
+        })
+        .collect();
+    (clean.join(","), auth)
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |at: usize| bytes.get(at).and_then(|&c| char::from(c).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The durable name EDS uses.
 pub fn durable_name(server_id: &str, suffix: Option<&str>) -> String {
     match suffix.filter(|s| !s.is_empty()) {
@@ -171,6 +228,17 @@ pub async fn keep_alive(js: &JetStream, s: &ConsumerSettings) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_the_url_are_taken_out_and_passed_on() {
+        assert_eq!(url_auth("nats://127.0.0.1:4222"), ("nats://127.0.0.1:4222".into(), None));
+        assert_eq!(
+            url_auth("nats://eds:p%40ss:w@a:4222, nats://b:4222"),
+            ("nats://a:4222,nats://b:4222".into(), Some(UrlAuth::UserPassword("eds".into(), "p@ss:w".into())))
+        );
+        assert_eq!(url_auth("nats://s3cr3t@a"), ("nats://a".into(), Some(UrlAuth::Token("s3cr3t".into()))));
+        assert_eq!(url_auth("u:p@a:4222"), ("a:4222".into(), Some(UrlAuth::UserPassword("u".into(), "p".into()))));
+    }
 
     #[test]
     fn names_and_filters_as_eds() {

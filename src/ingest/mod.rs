@@ -174,7 +174,7 @@ pub async fn run(
                     Ok(Stop::Shutdown) => break,
                     Ok(_) => backoff = Duration::from_millis(250),
                     Err(e) => {
-                        let msg = format!("{e:#}");
+                        let msg = eds_wal::error_chain(e.as_ref());
                         tracing::error!(error = %msg, retry_in = ?backoff, "ingest failed; retrying");
                         ingest.state.ingest().last_error = Some(msg);
                         ingest.state.set_state(IngestState::WalError);
@@ -187,7 +187,7 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                let msg = format!("{e:#}");
+                let msg = eds_wal::error_chain(e.as_ref());
                 tracing::error!(error = %msg, "ingest failed; retrying");
                 {
                     let mut st = ingest.state.ingest();
@@ -214,17 +214,26 @@ pub async fn run(
 
 impl Ingest {
     async fn connect(&self) -> Result<(async_nats::Client, jetstream::Context)> {
-        let mut opts = async_nats::ConnectOptions::new().name(&self.cfg.connection_name);
+        let (servers, auth) = consumer::url_auth(&self.cfg.nats_url);
+        let mut opts = match auth {
+            Some(consumer::UrlAuth::UserPassword(user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user, password)
+            }
+            Some(consumer::UrlAuth::Token(token)) => async_nats::ConnectOptions::with_token(token),
+            None => async_nats::ConnectOptions::new(),
+        }
+        .name(&self.cfg.connection_name);
         if let Some(creds) = &self.cfg.creds {
             opts = opts
                 .credentials_file(creds)
                 .await
                 .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
         }
-        let client = opts
-            .connect(self.cfg.nats_url.as_str())
-            .await
-            .with_context(|| format!("error connecting to NATS hosts at {}", self.cfg.nats_url))?;
+        let client = opts.connect(servers.as_str()).await.map_err(|e| {
+            // async-nats's message may quote the server address it was given, secrets and all.
+            let why = eds_drivers::url::redact(&eds_wal::error_chain(&e));
+            anyhow::anyhow!("error connecting to NATS hosts at {}: {why}", eds_drivers::url::redact(&self.cfg.nats_url))
+        })?;
         let js = jetstream::new(client.clone());
         Ok((client, js))
     }
@@ -714,7 +723,8 @@ impl Ingest {
                         let st = wal.stats();
                         let budget = wal.options().max_bytes.unwrap_or(u64::MAX);
                         // Room for a few full frames before pulling again, so we do not flap.
-                        st.bytes.saturating_add(4 * wal.options().max_frame_bytes.min(budget / 8)) <= budget
+                        let used = st.bytes.saturating_add(st.outside_bytes);
+                        used.saturating_add(4 * wal.options().max_frame_bytes.min(budget / 8)) <= budget
                     }).await.unwrap_or(false);
                     if free {
                         tracing::info!("WAL has room again: ingest resumes");
@@ -732,11 +742,10 @@ impl Ingest {
             "from_seq": gap.from_seq, "to_seq": gap.to_seq, "missing": gap.missing,
             "reason": gap.reason, "at": crate::timefmt::rfc3339_micros(gap.at),
         });
-        let written =
-            std::fs::OpenOptions::new().create(true).append(true).open(&self.cfg.gaps_file).and_then(|mut f| {
-                writeln!(f, "{line}")?;
-                f.sync_data()
-            });
+        let written = crate::datadir::open_append(&self.cfg.gaps_file).and_then(|mut f| {
+            writeln!(f, "{line}")?;
+            f.sync_data()
+        });
         if let Err(e) = written {
             tracing::error!(error = %e, file = %self.cfg.gaps_file.display(), "could not record the gap on disk");
         }

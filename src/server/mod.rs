@@ -201,9 +201,12 @@ pub fn help(scheme: Option<&str>, out: &mut dyn std::io::Write) -> Result<u8> {
     }
 }
 
-/// True for a NATS URL on this machine (EDS's dev-mode test).
+/// True when every server of a NATS URL list is on this machine: its host is exactly
+/// `localhost`, `127.0.0.1`, `::1` or `0.0.0.0` (EDS looked for the substring "localhost"
+/// anywhere in the URL, so `nats://localhost.example.com` or a password holding it counted).
 pub fn is_local_nats(url: &str) -> bool {
-    ["localhost", "127.0.0.1", "0.0.0.0"].iter().any(|h| url.contains(h))
+    let mut hosts = url.split(',').map(|u| eds_drivers::url::host(u.trim()));
+    hosts.all(|h| eds_drivers::url::is_local_host(h) || h == "0.0.0.0")
 }
 
 /// Settings derived from the flags.
@@ -235,7 +238,10 @@ impl ServerArgs {
             ),
         };
         if !dev && self.creds.is_none() {
-            bail!("--creds is required for the NATS server at {} (session credentials from HQ arrive with a later eds version)", self.server);
+            bail!(
+                "--creds is required for the NATS server at {} (session credentials from HQ arrive with a later eds version)",
+                eds_drivers::url::redact(&self.server)
+            );
         }
         if self.wal_segment_size < (64 << 10) {
             bail!("--wal-segment-size {} is below the minimum of 64KiB", self.wal_segment_size);
@@ -307,9 +313,12 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
         tracing::warn!(flag = "--schema-validator", "accepted but not active yet in this version of eds");
     }
     let mut destinations = crate::drain::parse_destinations(&args.urls).map_err(|e| UsageError(format!("{e:#}")))?;
-    create_data_dir(data_dir)?;
+    crate::datadir::prepare(data_dir)?;
+    // Dead letters take from the WAL's disk budget.
+    let dlq_bytes = eds_wal::SharedBytes::default();
     for d in &mut destinations {
-        d.dead_letters = Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);
+        d.dead_letters =
+            Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?.count_in(&dlq_bytes));
     }
     crate::drain::record_destinations(data_dir, &destinations, &args.urls)?;
     crate::drain::attach_registry(&mut destinations, || {
@@ -323,7 +332,7 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(plan, destinations, data_dir.to_path_buf()))
+    runtime.block_on(serve(plan, destinations, data_dir.to_path_buf(), dlq_bytes))
 }
 
 /// A usage error found after parsing (exit code 2).
@@ -338,19 +347,16 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Create the data directory (0700).
-pub fn create_data_dir(dir: &Path) -> Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir).with_context(|| format!("creating the data directory {}", dir.display()))
-}
-
-async fn serve(plan: ServerPlan, destinations: Vec<crate::drain::Destination>, data_dir: PathBuf) -> Result<u8> {
+async fn serve(
+    plan: ServerPlan,
+    destinations: Vec<crate::drain::Destination>,
+    data_dir: PathBuf,
+    dlq_bytes: eds_wal::SharedBytes,
+) -> Result<u8> {
     let wal_dir = data_dir.join("wal");
     let opts = eds_wal::Options {
         max_bytes: Some(plan.wal_max_bytes),
+        outside_bytes: Some(dlq_bytes.clone()),
         segment_size: plan.wal_segment_size,
         max_frame_bytes: eds_wal::Options::default().max_frame_bytes.min(plan.wal_segment_size / 2),
         ..eds_wal::Options::default()
@@ -367,7 +373,7 @@ async fn serve(plan: ServerPlan, destinations: Vec<crate::drain::Destination>, d
     tracing::info!(dir = %wal_dir.display(), head = wal.durable_lsn(), budget = plan.wal_max_bytes, "write-ahead log open");
     let dlq = {
         let d = data_dir.clone();
-        tokio::task::spawn_blocking(move || DeadLetters::open(&d)).await??
+        tokio::task::spawn_blocking(move || DeadLetters::open(&d).map(|l| l.count_in(&dlq_bytes))).await??
     };
     let metrics = Metrics::new().context("registering metrics")?;
     let state = Arc::new(ServerState::new(metrics, wal, plan.ingest.consumer.durable.clone()));
@@ -408,7 +414,7 @@ async fn serve(plan: ServerPlan, destinations: Vec<crate::drain::Destination>, d
         tracing::info!(destination = %dest.name, driver = dest.driver.describe().name, "destination: delivering");
         drains.push(tokio::spawn(crate::drain::run(dest, state.clone(), stop_rx.clone())));
     }
-    tracing::info!(server_id = %plan.server_id, consumer = %plan.ingest.consumer.durable, nats = %plan.ingest.nats_url, "ingest starting");
+    tracing::info!(server_id = %plan.server_id, consumer = %plan.ingest.consumer.durable, nats = %eds_drivers::url::redact(&plan.ingest.nats_url), "ingest starting");
     let result = ingest::run(plan.ingest, state.clone(), dlq, stop_rx).await;
     state.begin_shutdown();
     // Drains finish their current batch (their cursors are persisted when the log closes).
@@ -464,6 +470,13 @@ mod tests {
     fn dev_mode_is_localhost_without_creds() {
         assert!(is_local_nats("nats://127.0.0.1:4222"));
         assert!(is_local_nats("nats://localhost:4222"));
+        assert!(is_local_nats("localhost:4222"));
+        assert!(is_local_nats("nats://[::1]:4222,nats://127.0.0.1:4223"));
         assert!(!is_local_nats("nats://connect.nats.shopmonkey.pub"));
+        // The host decides, exactly: not a substring anywhere in the URL.
+        assert!(!is_local_nats("nats://localhost.evil.example:4222"));
+        assert!(!is_local_nats("nats://127.0.0.1.nip.io:4222"));
+        assert!(!is_local_nats("nats://me:localhost@connect.nats.shopmonkey.pub"));
+        assert!(!is_local_nats("nats://127.0.0.1:4222,nats://connect.nats.shopmonkey.pub"));
     }
 }

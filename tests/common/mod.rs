@@ -47,6 +47,8 @@ where
 pub struct Nats {
     child: Child,
     pub port: u16,
+    /// `user:password@` or `token@` when the server wants authentication, else empty.
+    pub userinfo: String,
     _store: tempfile::TempDir,
 }
 
@@ -56,30 +58,46 @@ impl Nats {
     }
 
     pub async fn start_with(bin: impl AsRef<std::ffi::OsStr>) -> Nats {
+        Nats::start_with_auth(bin, &[], "").await
+    }
+
+    /// A server started with `auth` flags (`--user u --pass p`, `--auth token`); clients connect
+    /// with `userinfo` (`u:p@`, `token@`) in the URL.
+    pub async fn start_with_auth(bin: impl AsRef<std::ffi::OsStr>, auth: &[&str], userinfo: &str) -> Nats {
         let store = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = Command::new(bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.path().to_str().unwrap()])
+            .args(auth)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting nats-server");
-        let nats = Nats { child, port, _store: store };
-        let url = nats.url();
-        eventually("nats-server to accept connections", Duration::from_secs(10), || {
-            let url = url.clone();
-            async move { async_nats::connect(url).await.ok() }
+        let nats = Nats { child, port, userinfo: userinfo.to_owned(), _store: store };
+        eventually("nats-server to accept connections", Duration::from_secs(10), || async {
+            nats.options().connect(format!("nats://127.0.0.1:{}", nats.port)).await.ok()
         })
         .await;
         nats
     }
 
+    /// Connection options carrying the server's credentials (async-nats does not read them from
+    /// the URL).
+    fn options(&self) -> async_nats::ConnectOptions {
+        let userinfo = self.userinfo.trim_end_matches('@');
+        match userinfo.split_once(':') {
+            Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(user.into(), password.into()),
+            None if !userinfo.is_empty() => async_nats::ConnectOptions::with_token(userinfo.into()),
+            None => async_nats::ConnectOptions::new(),
+        }
+    }
+
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}127.0.0.1:{}", self.userinfo, self.port)
     }
 
     pub async fn js(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(self.url()).await.unwrap())
+        jetstream::new(self.options().connect(format!("nats://127.0.0.1:{}", self.port)).await.unwrap())
     }
 
     /// Create the `dbchange` stream as Shopmonkey's has it.
@@ -227,6 +245,18 @@ impl Eds {
         self.signal(sig);
         let status = self.child.wait().unwrap();
         status.code().unwrap_or(-1)
+    }
+
+    /// SIGTERM, wait for the exit code, and return it with every log line not read yet.
+    pub fn stop_with_log(mut self) -> (i32, String) {
+        self.signal("TERM");
+        let status = self.child.wait().unwrap();
+        let mut lines = Vec::new();
+        // The reader thread forwards what is left in the pipe, then hangs up.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            lines.push(line);
+        }
+        (status.code().unwrap_or(-1), lines.join("\n"))
     }
 
     /// The last `n` log lines received so far that are not TRACE lines (they are consumed), for

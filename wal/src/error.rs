@@ -42,7 +42,7 @@ pub enum Error {
     /// Appending would exceed the disk budget. Nothing was written.
     #[error("wal disk budget is full: {used} bytes used, {needed} more needed, budget {budget} bytes")]
     Full {
-        /// Bytes the log occupies.
+        /// Bytes the log occupies, with the bytes outside it that count against its budget.
         used: u64,
         /// Bytes the append needed.
         needed: u64,

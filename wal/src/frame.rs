@@ -35,6 +35,12 @@ pub const FRAME_HEADER_LEN: usize = 48;
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"EDF1");
 /// Bytes of per-record framing inside a body.
 pub const RECORD_OVERHEAD: usize = 4;
+/// The largest frame (stored or raw) this format allows. Readers always accept frames up to this
+/// size, whatever `Options::max_frame_bytes` says: that option bounds what a process *writes*, so
+/// a log written with larger frames (an earlier run with a larger segment or batch size) still
+/// reads whole after a restart with smaller options, and recovery never mistakes such a frame
+/// for a torn tail.
+pub const MAX_FRAME_BYTES: u64 = 1 << 30;
 
 /// How a frame body is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

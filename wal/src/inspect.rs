@@ -145,7 +145,7 @@ impl Wal {
         let mut header = vec![0u8; SEGMENT_HEADER_LEN.min(end) as usize];
         file.read_exact_at(&mut header, 0).map_err(|source| Error::Io { op: "read", path: path.clone(), source })?;
         segment::check_header(&header, first).map_err(|reason| Error::SegmentHeader { segment: path, reason })?;
-        Ok(FrameScanner::new(file, SEGMENT_HEADER_LEN, end, self.inner.opts.max_frame_bytes))
+        Ok(FrameScanner::new(file, SEGMENT_HEADER_LEN, end, crate::frame::MAX_FRAME_BYTES))
     }
 
     /// Report segments, cursors with their lag, holes and totals. Reads every frame header.

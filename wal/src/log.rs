@@ -10,7 +10,7 @@ use crate::cursor::{self, CursorRecord, CURSOR_SUFFIX};
 use crate::error::{Error, Result};
 use crate::frame::{EncodeOptions, EncodedFrame};
 use crate::holes::{self, Hole};
-use crate::options::{Durability, Options, RecoveryMode};
+use crate::options::{Durability, Options, RecoveryMode, SharedBytes};
 use crate::reader::Reader;
 use crate::segment::{self, FrameScanner, ScanError, SEGMENT_HEADER_LEN};
 use crate::storage::{LockGuard, StdStorage, Storage, StorageFile};
@@ -129,6 +129,8 @@ pub struct Stats {
     pub segments: u64,
     /// Bytes of all segments.
     pub bytes: u64,
+    /// Bytes outside the log that count against its budget ([`Options::outside_bytes`]).
+    pub outside_bytes: u64,
     /// Frames appended since open.
     pub frames: u64,
     /// Records appended since open.
@@ -509,6 +511,7 @@ impl Wal {
             oldest_lsn: segs.keys().next().copied().unwrap_or(1),
             segments: segs.len() as u64,
             bytes: i.total_bytes.load(Ordering::Relaxed),
+            outside_bytes: i.opts.outside_bytes.as_ref().map_or(0, SharedBytes::get),
             frames: i.counters.frames.load(Ordering::Relaxed),
             records: i.counters.records.load(Ordering::Relaxed),
             fsyncs: i.counters.fsyncs.load(Ordering::Relaxed),
@@ -556,14 +559,15 @@ impl Wal {
         let needs_roll = w.offset > SEGMENT_HEADER_LEN && w.offset + frame_len > i.opts.segment_size;
         let needed = frame_len + if needs_roll { SEGMENT_HEADER_LEN } else { 0 };
         if let Some(budget) = i.opts.max_bytes {
-            if i.total_bytes.load(Ordering::Relaxed) + needed > budget {
+            let outside = || i.opts.outside_bytes.as_ref().map_or(0, SharedBytes::get);
+            if i.total_bytes.load(Ordering::Relaxed) + outside() + needed > budget {
                 // Cursors may have moved since their last persist; persisting lets retention
                 // free whole segments before we give up.
                 drop(w);
                 self.persist_cursors()?;
                 w = lock(&i.writer);
                 i.check_poison()?;
-                let used = i.total_bytes.load(Ordering::Relaxed);
+                let used = i.total_bytes.load(Ordering::Relaxed) + outside();
                 if used + needed > budget {
                     return Err(Error::Full { used, needed, budget });
                 }
@@ -1014,7 +1018,7 @@ fn recover_last_segment(
         return Err(Error::SegmentHeader { segment: path, reason });
     }
 
-    let mut scanner = FrameScanner::new(file.clone(), SEGMENT_HEADER_LEN, len, opts.max_frame_bytes);
+    let mut scanner = FrameScanner::new(file.clone(), SEGMENT_HEADER_LEN, len, crate::frame::MAX_FRAME_BYTES);
     let mut expected = first;
     let mut cut = None;
     let mut new_holes = Vec::new();

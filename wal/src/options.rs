@@ -48,7 +48,8 @@ impl Default for CursorPersist {
 pub struct Options {
     /// A segment is sealed and a new one started before a frame that would make it larger.
     pub segment_size: u64,
-    /// Largest frame (header plus uncompressed body). Larger batches are refused.
+    /// Largest frame (header plus uncompressed body) this process writes; larger batches are
+    /// refused. Reading accepts any frame up to the format's [`crate::frame::MAX_FRAME_BYTES`].
     pub max_frame_bytes: u64,
     /// Bodies of at least this many bytes are zstd-compressed.
     pub compress_threshold: usize,
@@ -56,12 +57,49 @@ pub struct Options {
     pub zstd_level: i32,
     /// When frames are fsynced.
     pub durability: Durability,
-    /// Disk budget for all segments; `None` for no limit.
+    /// Disk budget for all segments (and the [`Options::outside_bytes`]); `None` for no limit.
     pub max_bytes: Option<u64>,
+    /// Bytes kept outside this log that count against its budget (dead-letter logs on the same
+    /// disk): appends are refused when the segments and these together would pass `max_bytes`.
+    pub outside_bytes: Option<SharedBytes>,
     /// When cursors are persisted.
     pub cursor_persist: CursorPersist,
     /// What recovery does with damage to acknowledged data.
     pub recovery: RecoveryMode,
+}
+
+/// A byte count shared between logs, for [`Options::outside_bytes`]. Cheap to clone; clones share
+/// the count. Equal when shared.
+#[derive(Debug, Clone, Default)]
+pub struct SharedBytes(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl PartialEq for SharedBytes {
+    fn eq(&self, other: &SharedBytes) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedBytes {}
+
+impl SharedBytes {
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Add `n` (saturating).
+    pub fn add(&self, n: u64) {
+        let _ = self.0.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |v| {
+            Some(v.saturating_add(n))
+        });
+    }
+
+    /// Subtract `n` (saturating at 0).
+    pub fn sub(&self, n: u64) {
+        let _ = self.0.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    }
 }
 
 impl Default for Options {
@@ -73,6 +111,7 @@ impl Default for Options {
             zstd_level: 1,
             durability: Durability::Always,
             max_bytes: None,
+            outside_bytes: None,
             cursor_persist: CursorPersist::default(),
             recovery: RecoveryMode::Strict,
         }
@@ -87,6 +126,13 @@ impl Options {
         }
         if self.max_frame_bytes < 64 {
             return Err(format!("max_frame_bytes {} is below the minimum of 64 bytes", self.max_frame_bytes));
+        }
+        if self.max_frame_bytes > crate::frame::MAX_FRAME_BYTES {
+            return Err(format!(
+                "max_frame_bytes {} is above the format's limit of {} bytes",
+                self.max_frame_bytes,
+                crate::frame::MAX_FRAME_BYTES
+            ));
         }
         if let Some(budget) = self.max_bytes {
             if budget < self.segment_size {

@@ -243,7 +243,7 @@ impl Reader {
         file.read_exact_at(&mut header, 0).map_err(|source| Error::Io { op: "read", path: path.clone(), source })?;
         crate::segment::check_header(&header, first)
             .map_err(|reason| Error::SegmentHeader { segment: path.clone(), reason })?;
-        let scanner = FrameScanner::new(file, SEGMENT_HEADER_LEN, len, self.inner.opts.max_frame_bytes);
+        let scanner = FrameScanner::new(file, SEGMENT_HEADER_LEN, len, crate::frame::MAX_FRAME_BYTES);
         self.segment = Some(OpenSegment { first, scanner, expected });
         Ok(())
     }

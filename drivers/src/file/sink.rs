@@ -6,6 +6,9 @@
 //! Durability: every file of the batch is written first (temporary name, then rename), then one
 //! sync barrier for the whole file system (`syncfs` on Linux; an fsync per file elsewhere), then
 //! one fsync per directory that got new entries — not an fsync per file.
+//!
+//! Modes: files 0644 and the directories it creates 0755, as EDS (spec §7.9), set explicitly so
+//! they do not depend on the process's umask (eds runs with 077 to keep its data dir private).
 
 use super::config::DESCRIPTION;
 use crate::driver::{Batch, BoxFuture, Delivery, Description, Driver, DriverError, ErrorClass, Limits};
@@ -46,9 +49,40 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> DriverError {
     DriverError::caused(class, format!("{what} {} failed", path.display()), e)
 }
 
+/// Mode of the files written (EDS's).
+const FILE_MODE: u32 = 0o644;
+/// Mode of the directories created (EDS's).
+const DIR_MODE: u32 = 0o755;
+
+/// Give `path` `mode`, whatever the umask made of it.
+fn set_mode(path: &Path, mode: u32) -> Result<(), DriverError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io_err("setting the mode of", path, e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
+
+/// Create `dir` and its missing parents, each with [`DIR_MODE`].
+fn create_dirs(dir: &Path) -> Result<(), DriverError> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.is_dir()).collect();
+    fs::create_dir_all(dir).map_err(|e| io_err("creating directory", dir, e))?;
+    missing.into_iter().try_for_each(|d| set_mode(d, DIR_MODE))
+}
+
 fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), DriverError> {
     let tmp = path.with_extension("json.tmp");
     let mut f = fs::File::create(&tmp).map_err(|e| io_err("creating", &tmp, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(|e| io_err("setting the mode of", &tmp, e))?;
+    }
     f.write_all(bytes).map_err(|e| io_err("writing", &tmp, e))?;
     #[cfg(not(target_os = "linux"))]
     f.sync_data().map_err(|e| io_err("fsync of", &tmp, e))?;
@@ -70,7 +104,7 @@ impl FileDriver {
     ) -> Result<Option<PathBuf>, DriverError> {
         let table_dir = self.dir.join(escape(&d.event.table));
         if !table_dir.is_dir() {
-            fs::create_dir_all(&table_dir).map_err(|e| io_err("creating directory", &table_dir, e))?;
+            create_dirs(&table_dir)?;
             created_dirs.insert(table_dir.clone());
         }
         let secs = d.event.timestamp.div_euclid(1000);
@@ -97,7 +131,7 @@ impl FileDriver {
         let mut created_dirs = BTreeSet::new();
         let mut touched = BTreeSet::new();
         if !self.dir.is_dir() {
-            fs::create_dir_all(&self.dir).map_err(|e| io_err("creating directory", &self.dir, e))?;
+            create_dirs(&self.dir)?;
             created_dirs.insert(self.dir.clone());
         }
         for d in events {
@@ -133,7 +167,7 @@ impl Driver for FileDriver {
 
     fn test(&self) -> BoxFuture<'_, Result<(), DriverError>> {
         Box::pin(async move {
-            fs::create_dir_all(&self.dir).map_err(|e| io_err("creating directory", &self.dir, e))?;
+            create_dirs(&self.dir)?;
             let probe = self.dir.join(".eds-write-test");
             fs::write(&probe, b"ok").map_err(|e| io_err("writing", &probe, e))?;
             fs::remove_file(&probe).map_err(|e| io_err("removing", &probe, e))

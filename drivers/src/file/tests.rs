@@ -111,3 +111,24 @@ async fn test_checks_the_directory_is_writable() {
     assert!(dir.path().join("new").is_dir());
     assert!(snapshot(&dir.path().join("new")).is_empty(), "the probe file is removed");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn files_and_directories_get_eds_modes_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    // eds runs with umask 077 (its data dir is private); the destination's output keeps EDS's
+    // modes. (nextest runs every test in a process of its own.)
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out").join("deeper");
+    let driver = FileDriver::new(&out);
+    let a = event(A);
+    let written = driver.write(Batch::Events(&[Delivery { lsn: 1, event: &a, raw: A.as_bytes() }])).await;
+    rustix::process::umask(old);
+    written.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out.join("order/1795749176-k1.json")), 0o644);
+    for d in [dir.path().join("out"), out.clone(), out.join("order")] {
+        assert_eq!(mode(&d), 0o755, "{}", d.display());
+    }
+}

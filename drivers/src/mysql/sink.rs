@@ -45,6 +45,7 @@ use super::config::{connect_options, redact, DESCRIPTION, SESSION_SQL_MODE};
 use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
 use crate::event::{Folded, Row};
 use crate::schema::{ColumnType, Schema};
+use crate::sqltx::BatchTx;
 use serde_json::{Number, Value};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool};
@@ -457,6 +458,8 @@ pub fn classify_number(number: u16, sqlstate: &str) -> ErrorClass {
         // invalid character string, value out of range in a function.
         1048 | 1264 | 1292 | 1366 | 1367 | 1406 | 1265 | 1364 | 3140 | 3141 | 3146 | 1451 | 1452 | 1062 | 1586
         | 4025 | 3819 | 1300 | 1690 | 1411 | 4038 => ErrorClass::Rejected,
+        // A trigger's SIGNAL (user-defined exception).
+        1644 => ErrorClass::Rejected,
         // Packet too big, too many placeholders, transaction larger than the binlog cache or the
         // lock table, result larger than max_allowed_packet.
         1153 | 1390 | 1197 | 1206 | 1301 => ErrorClass::TooLarge,
@@ -464,8 +467,10 @@ pub fn classify_number(number: u16, sqlstate: &str) -> ErrorClass {
             c if c.starts_with("08") => ErrorClass::Transient,
             c if c.starts_with("28") => ErrorClass::Config,
             "40001" => ErrorClass::Transient,
-            c if c.starts_with("22") || c.starts_with("23") => ErrorClass::Rejected,
-            _ => ErrorClass::Transient,
+            c if c.starts_with("22") || c.starts_with("23") || c.starts_with("45") => ErrorClass::Rejected,
+            // Anything else: retried, and held against a change only when it fails alone again
+            // and again (the drain's backstop).
+            _ => ErrorClass::Unknown,
         },
     }
 }
@@ -478,8 +483,11 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
             None => classify_number(0, db.code().as_deref().unwrap_or("")),
         },
         sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => ErrorClass::Config,
-        // I/O, protocol, pool timeouts and the rest.
-        _ => ErrorClass::Transient,
+        // I/O, protocol, pool timeouts, a closed pool: the connection.
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            ErrorClass::Transient
+        }
+        _ => ErrorClass::Unknown,
     }
 }
 
@@ -643,19 +651,15 @@ impl ColumnPlan<'_> {
                     .ok_or_else(|| self.refuse(table, v, "is outside the years 0000 to 9999"))
             }
             Storage::Integer => match v {
-                Value::Number(n) => {
-                    if let Some(i) = n.as_i64() {
-                        Ok(Cell::Int(i))
-                    } else if let Some(u) = n.as_u64() {
-                        Ok(Cell::UInt(u))
-                    } else {
-                        match n.as_f64() {
-                            // A whole float (`3.0`) is the integer; beyond ±2^63 a cast would clamp.
-                            Some(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => Ok(Cell::Int(f as i64)),
-                            _ => Err(self.refuse(table, v, "is not an integer")),
-                        }
-                    }
-                }
+                // A whole value (`3.0`, `1e3`) is the integer, exactly; never through f64.
+                Value::Number(n) => match crate::number::integer_text(n) {
+                    Some(t) => match (t.parse::<i64>(), t.parse::<u64>()) {
+                        (Ok(i), _) => Ok(Cell::Int(i)),
+                        (_, Ok(u)) => Ok(Cell::UInt(u)),
+                        _ => Err(self.refuse(table, v, "does not fit a 64-bit integer column")),
+                    },
+                    None => Err(self.refuse(table, v, "is not an integer")),
+                },
                 Value::String(s) => match (s.parse::<i64>(), s.parse::<u64>()) {
                     (Ok(i), _) => Ok(Cell::Int(i)),
                     (_, Ok(u)) => Ok(Cell::UInt(u)),
@@ -695,7 +699,7 @@ impl ColumnPlan<'_> {
             },
             // Exact text: the server parses it into the column's precision.
             Storage::Decimal => match v {
-                Value::Number(n) => Ok(Cell::Text(number_text(n, false))),
+                Value::Number(n) => Ok(Cell::Text(crate::number::exact_text(n))),
                 Value::String(s) => Ok(Cell::Text(s.clone())),
                 _ => Err(self.refuse(table, v, "is not a number")),
             },
@@ -704,8 +708,8 @@ impl ColumnPlan<'_> {
     }
 }
 
-/// A value as text for a text column: strings as they are, booleans `true`/`false`, integers
-/// exactly, floats in shortest round-trip form, objects and arrays as compact JSON.
+/// A value as text for a text column: strings as they are, booleans `true`/`false`, numbers
+/// exactly as the event carried them, objects and arrays as compact JSON.
 pub(super) fn value_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -715,22 +719,12 @@ pub(super) fn value_text(v: &Value) -> String {
     }
 }
 
-/// Integers exactly (never through f64); floats in the shortest form that reads back to the same
-/// f64, without exponent. A float with no fraction headed for an integer column is written as an
-/// integer (`3.0` → `3`).
+/// A number as exact decimal text, digit for digit (see [`crate::number`]); a whole value headed
+/// for an integer column as an integer (`3.0` → `3`).
 pub(super) fn number_text(n: &Number, integer_column: bool) -> String {
-    if let Some(i) = n.as_i64() {
-        i.to_string()
-    } else if let Some(u) = n.as_u64() {
-        u.to_string()
-    } else if let Some(f) = n.as_f64() {
-        if integer_column && f.is_finite() && f.fract() == 0.0 {
-            format!("{f:.0}")
-        } else {
-            format!("{f}")
-        }
-    } else {
-        n.to_string()
+    match integer_column.then(|| crate::number::integer_text(n)).flatten() {
+        Some(integer) => integer,
+        None => crate::number::exact_text(n),
     }
 }
 
@@ -935,7 +929,13 @@ impl MysqlDriver {
         let mut pool =
             MySqlPoolOptions::new().max_connections(2).acquire_timeout(ACQUIRE_TIMEOUT).after_connect(|conn, _meta| {
                 Box::pin(async move {
-                    conn.execute(format!("SET SESSION sql_mode = '{SESSION_SQL_MODE}'").as_str()).await?;
+                    // MariaDB (10.3 and later) also ends a transaction left idle for a minute, a
+                    // server-side backstop should a connection ever be lost mid-batch; MySQL reads
+                    // the `/*M!…*/` part as a comment.
+                    let set = format!(
+                        "SET SESSION sql_mode = '{SESSION_SQL_MODE}'/*M!100300 , SESSION idle_transaction_timeout = 60*/"
+                    );
+                    conn.execute(set.as_str()).await?;
                     Ok(())
                 })
             });
@@ -1014,8 +1014,9 @@ impl MysqlDriver {
         for c in schema.columns() {
             quote_ident(&c.name)?;
         }
-        let mut conn =
-            self.pool.acquire().await.map_err(|e| sql_error(&format!("connecting to {}", self.target), e))?;
+        let mut conn = crate::sqltx::acquire(&self.pool, &self.options)
+            .await
+            .map_err(|e| sql_error(&format!("connecting to {}", self.target), e))?;
         let server = self.server_info(&mut conn).await?;
         let reading = format!("reading the catalog of table {table:?}");
         let existing = load_table(&mut conn, table, server.mariadb).await.map_err(|e| sql_error(&reading, e))?;
@@ -1305,18 +1306,31 @@ impl MysqlDriver {
             }
         }
 
-        let mut tx = self.pool.begin().await.map_err(|e| sql_error("starting a transaction", e))?;
-        for (sql, what, rows) in &statements {
+        let mut tx = BatchTx::begin(&self.pool, &self.options)
+            .await
+            .map_err(|e| sql_error(&format!("starting a transaction on {}", self.target), e))?;
+        let outcome = self.apply(tx.conn(), &statements, changes.len()).await;
+        tx.finish(outcome, |e| self.write_error("committing the batch", e, changes.len())).await
+    }
+
+    /// Every statement of a batch, in order, in its transaction on `tx`.
+    async fn apply(
+        &self,
+        tx: &mut MySqlConnection,
+        statements: &[(String, String, &[Vec<Cell>])],
+        changes: usize,
+    ) -> Result<(), DriverError> {
+        for (sql, what, rows) in statements {
             // Not cached as a prepared statement: the row count makes nearly every text unique.
             let mut q = sqlx::query(sql).persistent(false);
             for cell in rows.iter().flatten() {
                 q = bind_cell(q, cell);
             }
-            q.execute(&mut *tx).await.map_err(|e| self.write_error(what, e, changes.len()))?;
+            q.execute(&mut *tx).await.map_err(|e| self.write_error(what, e, changes))?;
             #[cfg(test)]
             self.executed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        tx.commit().await.map_err(|e| self.write_error("committing the batch", e, changes.len()))
+        Ok(())
     }
 
     /// Classifies a write error; one that suggests the catalog changed drops the cache. The

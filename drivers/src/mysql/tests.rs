@@ -19,12 +19,89 @@ use sqlx::mysql::{MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sqlx::{Connection, Executor};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// Four text columns of a row, as bytes (MySQL 8 flags some catalog strings binary).
 type Bytes4 = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
 
 const SERVER: &str = "mysql://root@127.0.0.1:3306/test";
 const ORDER: &str = include_str!("../../../../shared/fixtures/schema/order_schema_b041c12fbf8d1103.json");
+
+/// How long any one database call of a test may take: a test fails, it never hangs.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// `f`, or a panic naming `what` when it takes longer than [`DEADLINE`].
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f).await.unwrap_or_else(|_| panic!("{what}: no answer within {DEADLINE:?}"))
+}
+
+/// Runs `sql` in `database` on a connection of its own, from a thread of its own with a 5 s
+/// lock-wait timeout, while the calling test's runtime waits blocked: whatever the driver left for
+/// a background task of that runtime (such as a queued ROLLBACK) cannot happen meanwhile.
+/// Blocking on purpose is also how `Db`'s cleanup runs. The server's error when it fails.
+fn from_outside(database: &str, sql: &str) -> Result<(), String> {
+    let setup = format!("SET SESSION lock_wait_timeout = 5; USE {}", quote_ident(database).unwrap());
+    let sql = sql.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let work = async {
+                let mut c = MySqlConnection::connect(SERVER).await.map_err(|e| e.to_string())?;
+                sqlx::raw_sql(&setup).execute(&mut c).await.map_err(|e| e.to_string())?;
+                sqlx::raw_sql(&sql).execute(&mut c).await.map_err(|e| e.to_string())?;
+                let _ = c.close().await;
+                Ok(())
+            };
+            tokio::time::timeout(DEADLINE, work).await.unwrap_or_else(|_| Err(format!("no answer within {DEADLINE:?}")))
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// A transaction of another session, on a thread of its own, holding the locks `lock` takes (run
+/// in `database`) until [`Holder::release`]: nothing of it needs the calling test's runtime.
+struct Holder {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Holder {
+    fn start(database: &str, lock: &str) -> Holder {
+        let setup = format!("USE {}", quote_ident(database).unwrap());
+        let lock = lock.to_owned();
+        let (held_tx, held) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let work = async {
+                    let mut c = MySqlConnection::connect(SERVER).await.map_err(|e| e.to_string())?;
+                    for sql in [setup.as_str(), "BEGIN", lock.as_str()] {
+                        sqlx::raw_sql(sql).execute(&mut c).await.map_err(|e| e.to_string())?;
+                    }
+                    let _ = held_tx.send(Ok(()));
+                    let _ = release_rx.recv_timeout(DEADLINE);
+                    sqlx::raw_sql("COMMIT").execute(&mut c).await.map_err(|e| e.to_string())?;
+                    let _ = c.close().await;
+                    Ok::<(), String>(())
+                };
+                let done = tokio::time::timeout(DEADLINE, work).await.unwrap_or_else(|_| Err("timed out".into()));
+                if let Err(e) = &done {
+                    let _ = held_tx.send(Err(e.clone()));
+                }
+                done
+            })
+        });
+        held.recv_timeout(DEADLINE).unwrap().unwrap();
+        Holder { release, thread }
+    }
+
+    fn release(self) {
+        let _ = self.release.send(());
+        self.thread.join().unwrap().unwrap();
+    }
+}
 
 /// One test's database, dropped when the value is dropped (also after a panic).
 struct Db {
@@ -43,12 +120,19 @@ fn random() -> u64 {
 impl Db {
     async fn new(tag: &str) -> Db {
         let name = format!("eds_t_{tag}_{:08x}", random() as u32);
-        let mut admin = MySqlConnection::connect(SERVER).await.unwrap();
-        admin.execute(format!("CREATE DATABASE `{name}`").as_str()).await.unwrap();
-        admin.close().await.unwrap();
+        within("creating the test database", async {
+            let mut admin = MySqlConnection::connect(SERVER).await.unwrap();
+            admin.execute(format!("CREATE DATABASE {}", quote_ident(&name).unwrap()).as_str()).await.unwrap();
+            admin.close().await.unwrap();
+        })
+        .await;
         let url = format!("mysql://root@127.0.0.1:3306/{name}?name=dest1&eds-x=1&start=2024-01-01&overflow=block");
-        let pool =
-            MySqlPoolOptions::new().max_connections(2).connect_with(connect_options(&url).unwrap()).await.unwrap();
+        let pool = MySqlPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(DEADLINE)
+            .connect_with(connect_options(&url).unwrap())
+            .await
+            .unwrap();
         Db { name, url, pool }
     }
 
@@ -57,12 +141,12 @@ impl Db {
     }
 
     async fn exec(&self, sql: &str) {
-        sqlx::raw_sql(sql).execute(&self.pool).await.unwrap();
+        within(sql, sqlx::raw_sql(sql).execute(&self.pool)).await.unwrap();
     }
 
     /// The first column of every row, as text.
     async fn texts(&self, sql: &str) -> Vec<Option<String>> {
-        let rows: Vec<Option<Vec<u8>>> = sqlx::query_scalar(sql).fetch_all(&self.pool).await.unwrap();
+        let rows: Vec<Option<Vec<u8>>> = within(sql, sqlx::query_scalar(sql).fetch_all(&self.pool)).await.unwrap();
         rows.into_iter().map(|r| r.map(|b| String::from_utf8(b).unwrap())).collect()
     }
 
@@ -85,14 +169,13 @@ impl Db {
 
     /// (column, column type, nullable) of `table`, in column order.
     async fn columns(&self, table: &str) -> Vec<(String, String, String)> {
-        let rows: Vec<Bytes4> = sqlx::query_as(
+        let q = sqlx::query_as(
             "SELECT table_name, column_name, column_type, is_nullable FROM information_schema.columns \
              WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position",
         )
         .bind(table)
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
+        .fetch_all(&self.pool);
+        let rows: Vec<Bytes4> = within("reading the columns", q).await.unwrap();
         let s = |b: Vec<u8>| String::from_utf8(b).unwrap();
         rows.into_iter().filter(|r| r.0 == table.as_bytes()).map(|(_, c, t, n)| (s(c), s(t), s(n))).collect()
     }
@@ -107,16 +190,8 @@ impl Db {
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = MySqlConnection::connect(SERVER).await {
-                    let _ = c.execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str()).await;
-                }
-            });
-        })
-        .join();
+        // Cleanup never waits on a lock for long: a test that left one behind fails on its own.
+        let _ = from_outside("mysql", &format!("DROP DATABASE IF EXISTS {}", quote_ident(&self.name).unwrap()));
     }
 }
 
@@ -151,9 +226,9 @@ fn del(table: &str, key: &[&str], before: Option<Value>) -> Value {
 
 /// ensure_schema, then write the folded batch, as the drain does.
 async fn apply(d: &MysqlDriver, schema: &Schema, folded: &[FoldedChange]) -> Result<(), DriverError> {
-    d.ensure_schema(schema).await?;
+    within("ensure_schema", d.ensure_schema(schema)).await?;
     let batch: Vec<StateChange<'_>> = folded.iter().map(|change| StateChange { change, schema }).collect();
-    d.write(Batch::Folded(&batch)).await
+    within("writing a batch", d.write(Batch::Folded(&batch))).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,7 +529,10 @@ fn error_numbers_are_classified() {
         (9999, "08S01", Transient),
         (9999, "28000", Config),
         (9999, "22012", Rejected),
-        (9999, "HY000", Transient),
+        (9999, "HY000", Unknown),
+        // A trigger's SIGNAL: the row.
+        (1644, "45000", Rejected),
+        (9999, "45001", Rejected),
     ] {
         assert_eq!(classify_number(number, state), class, "{number} {state}");
     }
@@ -1241,6 +1319,26 @@ fn strict() -> Schema {
 }
 
 #[tokio::test]
+async fn a_write_cancelled_half_way_leaves_no_transaction_open() {
+    let db = Db::new("cancelled").await;
+    let d = db.driver();
+    let s = strict();
+    apply(&d, &s, &changes(&[ins("strict", json!({"id": "pre", "name": "existing"}))])).await.unwrap();
+    // Another session holds the row: the batch's upsert waits for it, holding the table.
+    let holder = Holder::start(&db.name, "SELECT * FROM strict WHERE id = 'pre' FOR UPDATE");
+    let batch = changes(&[upd("strict", json!({"id": "pre", "name": "changed"}), None)]);
+    let write = apply(&d, &s, &batch);
+    // A deadline (the drain's) gives up on the write half-way.
+    assert!(tokio::time::timeout(Duration::from_millis(500), write).await.is_err(), "the write waited for the row");
+    // From here this runtime runs nothing until the DDL is through: the cancelled write's
+    // transaction must already be on its way out, not waiting for a background task.
+    holder.release();
+    from_outside(&db.name, "ALTER TABLE strict COMMENT = 'eds test'")
+        .unwrap_or_else(|e| panic!("DDL after the cancelled write: {e}"));
+    assert_eq!(db.snapshot("strict").await, ["pre|NULL|NULL|existing|NULL"], "nothing of the cancelled write stayed");
+}
+
+#[tokio::test]
 async fn one_rejected_row_rolls_back_the_batch() {
     let db = Db::new("rejected").await;
     let d = db.driver();
@@ -1260,6 +1358,10 @@ async fn one_rejected_row_rolls_back_the_batch() {
         let err = apply(&d, &s, &changes(&[good.clone(), update.clone(), bad.clone()])).await.unwrap_err();
         assert_eq!(err.class, ErrorClass::Rejected, "{bad}: {}", err.message);
         assert!(err.message.contains(why) && err.message.contains("strict"), "{}", err.message);
+        // The failed batch's transaction is over when `write` returns: DDL (which needs the
+        // table's metadata lock) goes through at once, without this runtime running anything.
+        from_outside(&db.name, "ALTER TABLE strict COMMENT = 'eds test'")
+            .unwrap_or_else(|e| panic!("DDL after the rejected batch {bad}: {e}"));
         assert_eq!(db.snapshot("strict").await, ["pre|NULL|NULL|existing|NULL"], "the whole batch was rolled back");
     }
     // The good rows alone go through (what the drain's bisection ends with).

@@ -126,7 +126,8 @@ pub(super) fn clean_url(url: &str) -> Result<CleanUrl, DriverError> {
 /// Rules: the port defaults to 5432; `application_name` defaults to `eds`; `sslmode` defaults to
 /// `disable` when the host is `localhost`, `127.0.0.1` or `::1` (a Unix socket too) and to sqlx's
 /// `prefer` otherwise; `sslmode`, `sslrootcert` and the other libpq parameters sqlx knows are
-/// honoured. eds's own parameters (`name`, `start`, `overflow`, `eds-*`) are removed first. A bad
+/// honoured; sessions end a transaction left idle for 60 s (`idle_in_transaction_session_timeout`).
+/// eds's own parameters (`name`, `start`, `overflow`, `eds-*`) are removed first. A bad
 /// URL is an [`ErrorClass::Config`] error that names the problem but never the password.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, DriverError> {
     let clean = clean_url(url)?;
@@ -141,5 +142,7 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, DriverError> {
     if !clean.has_sslmode && (options.get_socket().is_some() || is_local_host(options.get_host())) {
         options = options.ssl_mode(PgSslMode::Disable);
     }
-    Ok(options)
+    // A server-side backstop: should a connection ever be lost half-way through a batch, the
+    // server ends its transaction (and frees its locks) after a minute instead of keeping it.
+    Ok(options.options([("idle_in_transaction_session_timeout", "60s")]))
 }

@@ -22,6 +22,7 @@ use super::config::{connect_options, redact, DESCRIPTION};
 use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
 use crate::event::{Folded, Row};
 use crate::schema::{ColumnType, Schema};
+use crate::sqltx::BatchTx;
 use serde_json::{Number, Value};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor};
@@ -235,27 +236,55 @@ async fn load_table(conn: &mut PgConnection, table: &str) -> Result<Option<Table
     Ok(Some(info))
 }
 
-/// How the drain should treat a PostgreSQL SQLSTATE.
+/// How the drain treats each SQLSTATE class (the first two characters), with the exceptions
+/// [`SQLSTATE_CODES`] lists. One table, read by [`classify_sqlstate`] and documented as it stands:
+///
+/// - **Rejected** — the data: the row is isolated by bisection and dead-lettered with the reason;
+/// - **Transient** — the connection, the server's resources, an operator, concurrency: retried,
+///   never counted against a row;
+/// - **Config** — authentication, privileges, objects eds does not create: the destination stops
+///   and retries every few minutes;
+/// - **Unknown** — anything else: retried, and a change that fails alone with the same error
+///   several times in a row is dead-lettered (the drain's backstop).
+pub const SQLSTATE_CLASSES: &[(&str, ErrorClass, &str)] = &[
+    ("08", ErrorClass::Transient, "connection exception"),
+    ("09", ErrorClass::Rejected, "triggered action exception"),
+    ("20", ErrorClass::Rejected, "case not found (PL/pgSQL in a trigger)"),
+    ("21", ErrorClass::Rejected, "cardinality violation"),
+    ("22", ErrorClass::Rejected, "data exception (invalid text, out of range, NUL byte, …)"),
+    ("23", ErrorClass::Rejected, "integrity constraint violation (NOT NULL, unique, foreign key, check)"),
+    ("27", ErrorClass::Rejected, "triggered data change violation"),
+    ("28", ErrorClass::Config, "invalid authorization specification"),
+    ("2F", ErrorClass::Rejected, "SQL routine exception (a function in a trigger)"),
+    ("38", ErrorClass::Rejected, "external routine exception"),
+    ("39", ErrorClass::Rejected, "external routine invocation exception"),
+    ("3D", ErrorClass::Config, "invalid catalog name (no such database)"),
+    ("3F", ErrorClass::Config, "invalid schema name (search_path names no schema)"),
+    ("40", ErrorClass::Transient, "transaction rollback (serialization failure, deadlock)"),
+    ("42", ErrorClass::Config, "syntax error or access rule violation (privileges, undefined functions or types)"),
+    ("44", ErrorClass::Rejected, "WITH CHECK OPTION violation"),
+    ("53", ErrorClass::Transient, "insufficient resources (disk full, out of memory, too many connections)"),
+    ("54", ErrorClass::Rejected, "program limit exceeded (index row too large, statement too complex)"),
+    ("55", ErrorClass::Transient, "object not in prerequisite state (lock not available)"),
+    ("57", ErrorClass::Transient, "operator intervention (shutdown, query canceled)"),
+    ("58", ErrorClass::Transient, "system error (I/O)"),
+    ("F0", ErrorClass::Config, "configuration file error"),
+    ("P0", ErrorClass::Rejected, "PL/pgSQL error (RAISE EXCEPTION in a trigger, assertion)"),
+];
+
+/// Codes whose class in [`SQLSTATE_CLASSES`] does not fit them.
+pub const SQLSTATE_CODES: &[(&str, ErrorClass, &str)] = &[
+    ("40002", ErrorClass::Rejected, "integrity constraint violation at commit (a deferred constraint)"),
+    ("42P01", ErrorClass::Transient, "undefined table: eds creates it; the catalog cache is dropped and re-read"),
+    ("42703", ErrorClass::Transient, "undefined column: eds adds it; the catalog cache is dropped and re-read"),
+    ("25006", ErrorClass::Config, "read-only transaction (a standby server)"),
+];
+
+/// How the drain should treat a PostgreSQL SQLSTATE (see [`SQLSTATE_CLASSES`]).
 pub fn classify_sqlstate(code: &str) -> ErrorClass {
-    match code {
-        // Serialization failure, deadlock.
-        "40001" | "40P01" => ErrorClass::Transient,
-        // No such database, no permission, no schema to create in (search_path), no unique index
-        // for the ON CONFLICT target.
-        "3D000" | "42501" | "3F000" | "42P10" => ErrorClass::Config,
-        // Connection, resources, operator intervention (shutdown, cancel).
-        c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57") => ErrorClass::Transient,
-        // Authentication.
-        c if c.starts_with("28") => ErrorClass::Config,
-        // Data exceptions (invalid text, out of range, NUL byte), constraint violations,
-        // cardinality (a key twice in one statement).
-        c if c.starts_with("22") || c.starts_with("23") || c.starts_with("21") => ErrorClass::Rejected,
-        // Program limits.
-        c if c.starts_with("54") => ErrorClass::TooLarge,
-        // Other syntax/access errors: an undefined table or column after a concurrent change; the
-        // catalog cache is dropped and the retry re-reads it.
-        _ => ErrorClass::Transient,
-    }
+    let exact = SQLSTATE_CODES.iter().find(|(c, _, _)| *c == code);
+    let class = || SQLSTATE_CLASSES.iter().find(|(c, _, _)| code.get(..2) == Some(*c));
+    exact.or_else(class).map_or(ErrorClass::Unknown, |(_, class, _)| *class)
 }
 
 /// How the drain should treat an sqlx error.
@@ -263,8 +292,11 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
     match e {
         sqlx::Error::Database(db) => classify_sqlstate(db.code().as_deref().unwrap_or("")),
         sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => ErrorClass::Config,
-        // I/O, protocol, pool timeouts and the rest.
-        _ => ErrorClass::Transient,
+        // I/O, protocol, pool timeouts, a closed pool: the connection.
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            ErrorClass::Transient
+        }
+        _ => ErrorClass::Unknown,
     }
 }
 
@@ -285,10 +317,15 @@ fn sql_error(what: &str, e: sqlx::Error) -> DriverError {
 /// created the same table or column at the same moment, which a retry resolves; a program limit
 /// (too many columns) cannot be fixed by splitting a batch.
 fn ddl_error(what: &str, e: sqlx::Error) -> DriverError {
+    let code = match &e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
     let mut err = sql_error(what, e);
+    let raced = code.as_deref().is_some_and(|c| c.starts_with("23") || matches!(c, "42P07" | "42701" | "42710"));
     err.class = match err.class {
-        ErrorClass::Rejected => ErrorClass::Transient,
-        ErrorClass::TooLarge => ErrorClass::Config,
+        _ if raced => ErrorClass::Transient,
+        ErrorClass::Rejected | ErrorClass::TooLarge => ErrorClass::Config,
         other => other,
     };
     err
@@ -374,22 +411,13 @@ pub(super) fn value_text(v: &Value, storage: Storage) -> String {
     }
 }
 
-/// Integers exactly (never through f64); floats in the shortest form that reads back to the same
-/// f64, without exponent. A float with no fraction headed for an integer column is written as an
-/// integer (`3.0` → `3`), which PostgreSQL's integer input requires.
+/// A number as exact decimal text, digit for digit (see [`crate::number`]). A whole value headed
+/// for an integer column is written as an integer (`3.0` → `3`), which PostgreSQL's integer input
+/// requires; one with a fraction stays as it is, and PostgreSQL refuses it.
 pub(super) fn number_text(n: &Number, integer_column: bool) -> String {
-    if let Some(i) = n.as_i64() {
-        i.to_string()
-    } else if let Some(u) = n.as_u64() {
-        u.to_string()
-    } else if let Some(f) = n.as_f64() {
-        if integer_column && f.is_finite() && f.fract() == 0.0 {
-            format!("{f:.0}")
-        } else {
-            format!("{f}")
-        }
-    } else {
-        n.to_string()
+    match integer_column.then(|| crate::number::integer_text(n)).flatten() {
+        Some(integer) => integer,
+        None => crate::number::exact_text(n),
     }
 }
 
@@ -492,7 +520,9 @@ impl PostgresDriver {
         for c in schema.columns() {
             quote_ident(&c.name)?;
         }
-        let mut conn = self.pool.acquire().await.map_err(|e| sql_error("connecting", e))?;
+        let mut conn = crate::sqltx::acquire(&self.pool, &self.options)
+            .await
+            .map_err(|e| sql_error(&format!("connecting to {}", self.target), e))?;
         let reading = format!("reading the catalog of table {table:?}");
         let existing = load_table(&mut conn, table).await.map_err(|e| sql_error(&reading, e))?;
         match existing {
@@ -704,7 +734,20 @@ impl PostgresDriver {
         }
         let plan = self.plan(changes, &plans)?;
 
-        let mut tx = self.pool.begin().await.map_err(|e| sql_error("starting a transaction", e))?;
+        let mut tx = BatchTx::begin(&self.pool, &self.options)
+            .await
+            .map_err(|e| sql_error(&format!("starting a transaction on {}", self.target), e))?;
+        let outcome = self.apply(tx.conn(), &plan, &plans).await;
+        tx.finish(outcome, |e| self.write_error("committing the batch", e)).await
+    }
+
+    /// Every statement of a batch's plan, in its transaction on `tx`.
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        plan: &Plan<'_>,
+        plans: &HashMap<(&str, &str), Vec<ColumnPlan<'_>>>,
+    ) -> Result<(), DriverError> {
         let mut staging = 0usize;
         for round in 0..plan.rounds {
             for g in plan.deletes.iter().filter(|g| g.round == round) {
@@ -728,7 +771,7 @@ impl PostgresDriver {
                     let what = format!("upserting {rows} rows into table {table:?} through COPY");
                     let stage = format!("eds_stage_{staging}");
                     let sql = upsert_sql(g, columns, Some(&stage))?;
-                    copy_upsert(&mut tx, g, &stage, &sql).await.map_err(|e| self.write_error(&what, e))?;
+                    copy_upsert(tx, g, &stage, &sql).await.map_err(|e| self.write_error(&what, e))?;
                     staging += 1;
                 } else {
                     let sql = upsert_sql(g, columns, None)?;
@@ -742,7 +785,7 @@ impl PostgresDriver {
                 }
             }
         }
-        tx.commit().await.map_err(|e| self.write_error("committing the batch", e))
+        Ok(())
     }
 
     /// Classifies a write error; one that suggests the catalog changed drops the cache.

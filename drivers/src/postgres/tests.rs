@@ -14,9 +14,86 @@ use crate::schema::{Column, ColumnType, Schema};
 use serde_json::{json, Number, Value};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, Executor};
+use std::time::Duration;
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
 const ORDER: &str = include_str!("../../../../shared/fixtures/schema/order_schema_b041c12fbf8d1103.json");
+
+/// How long any one database call of a test may take: a test fails, it never hangs.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// `f`, or a panic naming `what` when it takes longer than [`DEADLINE`].
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f).await.unwrap_or_else(|_| panic!("{what}: no answer within {DEADLINE:?}"))
+}
+
+/// Runs `sql` in `schema` on a connection of its own, from a thread of its own with a 5 s lock
+/// timeout, while the calling test's runtime waits blocked: whatever the driver left for a
+/// background task of that runtime (such as a queued ROLLBACK) cannot happen meanwhile. Blocking
+/// on purpose is also how `Db`'s cleanup runs. The server's error when it fails.
+fn from_outside(schema: &str, sql: &str) -> Result<(), String> {
+    let setup = format!("SET lock_timeout = '5s'; SET search_path = {}", quote_ident(schema).unwrap());
+    let sql = sql.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let work = async {
+                let mut c = PgConnection::connect(SERVER).await.map_err(|e| e.to_string())?;
+                c.execute(setup.as_str()).await.map_err(|e| e.to_string())?;
+                c.execute(sql.as_str()).await.map_err(|e| e.to_string())?;
+                let _ = c.close().await;
+                Ok(())
+            };
+            tokio::time::timeout(DEADLINE, work).await.unwrap_or_else(|_| Err(format!("no answer within {DEADLINE:?}")))
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// A transaction of another session, on a thread of its own, holding the locks `lock` takes (run
+/// in `schema`) until [`Holder::release`]: nothing of it needs the calling test's runtime.
+struct Holder {
+    release: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Holder {
+    fn start(schema: &str, lock: &str) -> Holder {
+        let setup = format!("SET search_path = {}", quote_ident(schema).unwrap());
+        let lock = lock.to_owned();
+        let (held_tx, held) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let work = async {
+                    let mut c = PgConnection::connect(SERVER).await.map_err(|e| e.to_string())?;
+                    for sql in [setup.as_str(), "BEGIN", lock.as_str()] {
+                        c.execute(sql).await.map_err(|e| e.to_string())?;
+                    }
+                    let _ = held_tx.send(Ok(()));
+                    let _ = release_rx.recv_timeout(DEADLINE);
+                    c.execute("COMMIT").await.map_err(|e| e.to_string())?;
+                    let _ = c.close().await;
+                    Ok::<(), String>(())
+                };
+                let done = tokio::time::timeout(DEADLINE, work).await.unwrap_or_else(|_| Err("timed out".into()));
+                if let Err(e) = &done {
+                    let _ = held_tx.send(Err(e.clone()));
+                }
+                done
+            })
+        });
+        held.recv_timeout(DEADLINE).unwrap().unwrap();
+        Holder { release, thread }
+    }
+
+    fn release(self) {
+        let _ = self.release.send(());
+        self.thread.join().unwrap().unwrap();
+    }
+}
 
 /// One test's PostgreSQL schema, dropped when the value is dropped (also after a panic).
 struct Db {
@@ -28,14 +105,22 @@ struct Db {
 impl Db {
     async fn new(tag: &str) -> Db {
         let name = format!("eds_{tag}_{}", std::process::id());
-        let mut admin = PgConnection::connect(SERVER).await.unwrap();
-        admin
-            .execute(format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE; CREATE SCHEMA \"{name}\"").as_str())
+        let quoted = quote_ident(&name).unwrap();
+        within("creating the test schema", async {
+            let mut admin = PgConnection::connect(SERVER).await.unwrap();
+            let sql =
+                format!("SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {quoted} CASCADE; CREATE SCHEMA {quoted}");
+            admin.execute(sql.as_str()).await.unwrap();
+            admin.close().await.unwrap();
+        })
+        .await;
+        let url = format!("{SERVER}?options=-csearch_path%3D{name}&name=dest1&eds-x=1");
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(DEADLINE)
+            .connect_with(connect_options(&url).unwrap())
             .await
             .unwrap();
-        admin.close().await.unwrap();
-        let url = format!("{SERVER}?options=-csearch_path%3D{name}&name=dest1&eds-x=1");
-        let pool = PgPoolOptions::new().max_connections(2).connect_with(connect_options(&url).unwrap()).await.unwrap();
         Db { name, url, pool }
     }
 
@@ -44,12 +129,12 @@ impl Db {
     }
 
     async fn exec(&self, sql: &str) {
-        sqlx::raw_sql(sql).execute(&self.pool).await.unwrap();
+        within(sql, sqlx::raw_sql(sql).execute(&self.pool)).await.unwrap();
     }
 
     /// The first column of every row, as text.
     async fn texts(&self, sql: &str) -> Vec<Option<String>> {
-        sqlx::query_scalar(sql).fetch_all(&self.pool).await.unwrap()
+        within(sql, sqlx::query_scalar(sql).fetch_all(&self.pool)).await.unwrap()
     }
 
     /// The first column of the one row.
@@ -67,29 +152,20 @@ impl Db {
 
     /// (column, data type, nullable) of `table`, in column order.
     async fn columns(&self, table: &str) -> Vec<(String, String, String)> {
-        sqlx::query_as(
+        let q = sqlx::query_as(
             "SELECT column_name::text, data_type::text, is_nullable::text FROM information_schema.columns \
              WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
         )
         .bind(table)
-        .fetch_all(&self.pool)
-        .await
-        .unwrap()
+        .fetch_all(&self.pool);
+        within("reading the columns", q).await.unwrap()
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = PgConnection::connect(SERVER).await {
-                    let _ = c.execute(format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE").as_str()).await;
-                }
-            });
-        })
-        .join();
+        // Cleanup never waits on a lock: a test that left one behind fails on its own.
+        let _ = from_outside("public", &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&self.name).unwrap()));
     }
 }
 
@@ -124,9 +200,9 @@ fn del(table: &str, key: &[&str], before: Option<Value>) -> Value {
 
 /// ensure_schema, then write the folded batch, as the drain does.
 async fn apply(d: &PostgresDriver, schema: &Schema, folded: &[FoldedChange]) -> Result<(), DriverError> {
-    d.ensure_schema(schema).await?;
+    within("ensure_schema", d.ensure_schema(schema)).await?;
     let batch: Vec<StateChange<'_>> = folded.iter().map(|change| StateChange { change, schema }).collect();
-    d.write(Batch::Folded(&batch)).await
+    within("writing a batch", d.write(Batch::Folded(&batch))).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,7 +248,7 @@ fn url_parameters_are_honoured_and_eds_parameters_removed() {
     assert_eq!(clean.url, "postgres://h/d");
     assert!(!clean.has_port && !clean.has_sslmode && !clean.has_app_name);
     let o = connect_options("postgres://h/d?options=-csearch_path%3Dshop").unwrap();
-    assert_eq!(o.get_options(), Some("-csearch_path=shop"));
+    assert_eq!(o.get_options(), Some("-csearch_path=shop -c idle_in_transaction_session_timeout=60s"));
 }
 
 #[test]
@@ -220,7 +296,7 @@ fn values_become_exact_text() {
     assert_eq!(number_text(&n(json!(0.1)), false), "0.1");
     assert_eq!(number_text(&n(json!(1e21)), false), "1000000000000000000000");
     assert_eq!(number_text(&n(json!(3.0)), true), "3", "a whole float for an integer column");
-    assert_eq!(number_text(&n(json!(3.0)), false), "3");
+    assert_eq!(number_text(&n(json!(3.0)), false), "3.0", "as the event wrote it");
     assert_eq!(number_text(&n(json!(2.5)), true), "2.5", "a fraction is left for PostgreSQL to refuse");
     let big: Value = serde_json::from_str("9223372036854775807").unwrap();
     assert_eq!(value_text(&big, Storage::Text), "9223372036854775807");
@@ -269,10 +345,19 @@ fn sqlstates_are_classified() {
         ("23514", Rejected),
         ("23503", Rejected),
         ("21000", Rejected),
-        ("54000", TooLarge),
+        // A trigger's RAISE EXCEPTION, an index row too large: the row, never retried forever.
+        ("P0001", Rejected),
+        ("P0004", Rejected),
+        ("09000", Rejected),
+        ("54000", Rejected),
+        ("40002", Rejected),
+        ("25006", Config),
+        ("42883", Config),
+        ("55P03", Transient),
         ("42703", Transient),
         ("42P01", Transient),
-        ("XX000", Transient),
+        ("XX000", Unknown),
+        ("0A000", Unknown),
     ] {
         assert_eq!(classify_sqlstate(code), class, "{code}");
     }
@@ -884,11 +969,37 @@ async fn rejected(tag: &str, copy_threshold: usize) {
         let err = apply(&d, &s, &changes(&[good.clone(), update.clone(), bad.clone()])).await.unwrap_err();
         assert_eq!(err.class, ErrorClass::Rejected, "{bad}: {}", err.message);
         assert!(err.message.contains(sqlstate) && err.message.contains("strict"), "{}", err.message);
+        // The failed batch's transaction is over when `write` returns: DDL (which needs every
+        // lock on the table) goes through at once, without this runtime running anything.
+        from_outside(&db.name, "ALTER TABLE strict ALTER COLUMN n DROP DEFAULT")
+            .unwrap_or_else(|e| panic!("DDL after the rejected batch {bad}: {e}"));
         assert_eq!(db.snapshot("strict").await, ["(pre,,existing,)"], "the whole batch was rolled back");
     }
     // The good rows alone go through (what the drain's bisection ends with).
     apply(&d, &s, &changes(&[good, update])).await.unwrap();
     assert_eq!(db.snapshot("strict").await, ["(g1,,fine,)", "(pre,,changed,)"]);
+}
+
+#[tokio::test]
+async fn a_write_cancelled_half_way_leaves_no_transaction_open() {
+    let db = Db::new("cancelled").await;
+    let d = db.driver();
+    let s = schema(json!({"table": "strict", "modelVersion": "v1", "primaryKeys": ["id"], "required": ["id"],
+        "properties": {"id": {"type": "string"}, "name": {"type": "string", "nullable": true},
+                       "n": {"type": "integer", "nullable": true}}}));
+    apply(&d, &s, &changes(&[ins("strict", json!({"id": "pre", "name": "existing"}))])).await.unwrap();
+    // Another session holds the row: the batch's upsert waits for it, holding the table.
+    let holder = Holder::start(&db.name, "SELECT * FROM strict WHERE id = 'pre' FOR UPDATE");
+    let batch = changes(&[upd("strict", json!({"id": "pre", "name": "changed"}), None)]);
+    let write = apply(&d, &s, &batch);
+    // A deadline (the drain's) gives up on the write half-way.
+    assert!(tokio::time::timeout(Duration::from_millis(500), write).await.is_err(), "the write waited for the row");
+    // From here this runtime runs nothing until the DDL is through: the cancelled write's
+    // transaction must already be on its way out, not waiting for a background task.
+    holder.release();
+    from_outside(&db.name, "ALTER TABLE strict ALTER COLUMN n DROP DEFAULT")
+        .unwrap_or_else(|e| panic!("DDL after the cancelled write: {e}"));
+    assert_eq!(db.snapshot("strict").await, ["(pre,,existing)"], "nothing of the cancelled write stayed");
 }
 
 #[tokio::test]

@@ -337,11 +337,16 @@ pub fn classify_number(number: u32) -> ErrorClass {
         515 | 2627 | 2601 | 8152 | 2628 | 241 | 242 | 245 | 8114 | 8115 | 220 | 232 | 8169 | 547 | 8672 => {
             ErrorClass::Rejected
         }
+        // A trigger's RAISERROR/THROW (user errors are numbered from 50000), or its ROLLBACK.
+        50_000.. | 3609 => ErrorClass::Rejected,
         // Too many parameters; the query processor ran out of resources for a big statement.
         8003 | 8623 | 8632 => ErrorClass::TooLarge,
-        // Invalid object or column name after a concurrent change (the catalog cache is dropped
-        // and the retry re-reads it), and anything else.
-        _ => ErrorClass::Transient,
+        // Invalid object or column name after a concurrent change: the catalog cache is dropped
+        // and the retry re-reads it.
+        207 | 208 => ErrorClass::Transient,
+        // Anything else: retried, and held against a change only when it fails alone again and
+        // again (the drain's backstop).
+        _ => ErrorClass::Unknown,
     }
 }
 
@@ -354,7 +359,7 @@ pub fn classify(e: &tiberius::error::Error) -> ErrorClass {
         Error::Tls(_) => ErrorClass::Config,
         // A value tiberius cannot encode for the column.
         Error::Encoding(_) | Error::BulkInput(_) => ErrorClass::Rejected,
-        // I/O, protocol, routing and the rest.
+        // I/O, protocol, routing and the rest: the connection.
         _ => ErrorClass::Transient,
     }
 }
@@ -629,18 +634,10 @@ impl ToSql for Param {
     }
 }
 
-/// A number as exact text: integers exactly (never through f64), floats in the shortest form that
-/// reads back to the same f64, without exponent.
+/// A number as exact decimal text, digit for digit, in plain notation (SQL Server's conversion
+/// to DECIMAL does not read exponents); see [`crate::number`].
 pub(super) fn number_text(n: &Number) -> String {
-    if let Some(i) = n.as_i64() {
-        i.to_string()
-    } else if let Some(u) = n.as_u64() {
-        u.to_string()
-    } else if let Some(f) = n.as_f64() {
-        format!("{f}")
-    } else {
-        n.to_string()
-    }
+    crate::number::exact_text(n)
 }
 
 /// A value as the text a text-like column stores: strings as they are, booleans `true`/`false`,
@@ -659,10 +656,8 @@ pub(super) fn value_text(v: &Value, json: bool) -> String {
 
 fn integer_of(v: &Value) -> Option<i64> {
     match v {
-        Value::Number(n) => n.as_i64().or_else(|| {
-            // A float without fraction (3.0) is an integer; it must fit in i64 exactly.
-            n.as_f64().filter(|f| f.is_finite() && f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64)
-        }),
+        // A whole value (`3.0`, `1e3`) is the integer, exactly; it must fit in i64.
+        Value::Number(n) => crate::number::integer_text(n).and_then(|t| t.parse().ok()),
         Value::String(s) => s.parse().ok(),
         _ => None,
     }
@@ -1423,32 +1418,28 @@ impl SqlServerDriver {
         let groups = batch_sql(&plan(changes, &plans)?, &plans)?;
 
         let mut slot = self.conn.lock().await;
-        let client = match slot.take() {
+        // The client stays out of the slot until its transaction is over: a write cancelled
+        // half-way (by the drain's deadline) drops it, and a closed connection ends its
+        // transaction on the server. It goes back only after a COMMIT or a ROLLBACK got through.
+        let mut client = match slot.take() {
             Some(client) => client,
             None => self.open().await?,
         };
-        let client = slot.insert(client);
-        let outcome = tokio::time::timeout(WORK_TIMEOUT, apply(client, &groups)).await;
+        let outcome = tokio::time::timeout(WORK_TIMEOUT, apply(&mut client, &groups)).await;
         let (what, e) = match outcome {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(())) => {
+                *slot = Some(client);
+                return Ok(());
+            }
             Ok(Err(failed)) => failed,
             Err(_) => {
-                *slot = None;
                 return Err(DriverError::new(
                     ErrorClass::Transient,
                     format!("SQL Server: the batch took longer than {} s", WORK_TIMEOUT.as_secs()),
                 ));
             }
         };
-        // XACT_ABORT has usually rolled back already; make sure, or give up the connection.
-        if connection_survives(&e) {
-            if let Some(client) = slot.as_mut() {
-                let rollback = tokio::time::timeout(TEST_TIMEOUT, run_batch(client, ROLLBACK_SQL)).await;
-                if !matches!(rollback, Ok(Ok(()))) {
-                    *slot = None;
-                }
-            }
-        }
+        *slot = settle(client, connection_survives(&e)).await;
         Err(self.work_error(&mut slot, &what, e, false))
     }
 
@@ -1509,6 +1500,33 @@ fn not_a_table(table: &str) -> DriverError {
         ErrorClass::Config,
         format!("SQL Server: {table:?} exists in the default schema but is not a table (a view or another object)"),
     )
+}
+
+/// What can end a transaction (a [`Client`]; a recording double in the tests).
+pub(super) trait Rollback {
+    /// Sends ROLLBACK; whether it got through within [`TEST_TIMEOUT`].
+    fn rollback(&mut self) -> BoxFuture<'_, bool>;
+}
+
+impl Rollback for Client {
+    fn rollback(&mut self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            matches!(tokio::time::timeout(TEST_TIMEOUT, run_batch(self, ROLLBACK_SQL)).await, Ok(Ok(())))
+        })
+    }
+}
+
+/// After a failed batch: the connection to keep, or `None` to close it. XACT_ABORT has usually
+/// rolled back already; an explicit ROLLBACK makes sure before the connection is used again.
+/// After an error that may have broken the connection (`survives` false), or when the ROLLBACK
+/// does not get through, the connection is given up (closing it ends the transaction on the
+/// server).
+pub(super) async fn settle<C: Rollback>(mut client: C, survives: bool) -> Option<C> {
+    if survives && client.rollback().await {
+        Some(client)
+    } else {
+        None
+    }
 }
 
 /// Sends one batch's transaction: begin, every group (create stage, inserts, MERGE or DELETE,

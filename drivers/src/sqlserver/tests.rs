@@ -15,7 +15,8 @@
 
 use super::sink::{
     batch_sql, check_types, column_plans, create_stage_sql, create_table_sql, migration_sql, open, plan, run_batch,
-    stage_inserts, table_info, type_sql, CatalogRow, Client, ColumnPlan, Storage, TableInfo, CATALOG_SQL,
+    settle, stage_inserts, table_info, type_sql, CatalogRow, Client, ColumnPlan, Rollback, Storage, TableInfo,
+    CATALOG_SQL,
 };
 use super::*;
 use crate::conformance;
@@ -959,7 +960,12 @@ fn error_numbers_are_classified() {
         (8623, TooLarge),
         (207, Transient),
         (208, Transient),
-        (50000, Transient),
+        // A trigger's RAISERROR/THROW, its ROLLBACK: the row.
+        (50000, Rejected),
+        (51234, Rejected),
+        (3609, Rejected),
+        // Anything unplaced: retried, and the backstop decides about a change that keeps failing.
+        (9999, Unknown),
     ] {
         assert_eq!(classify_number(number), class, "{number}");
     }
@@ -1211,6 +1217,31 @@ OuDRElxvPTQF16nP1OkhVuMQtM/IO2lHt/CSC/CE1VTOeU0IxLQy+8jwBUo6d0+I
 EUkCOTeplR+OzkPu+mVaDA==
 -----END PRIVATE KEY-----
 ";
+
+/// A connection double that records ROLLBACKs and answers them as told.
+struct Recorder {
+    rollbacks: usize,
+    answers: bool,
+}
+
+impl Rollback for Recorder {
+    fn rollback(&mut self) -> crate::driver::BoxFuture<'_, bool> {
+        self.rollbacks += 1;
+        let answer = self.answers;
+        Box::pin(async move { answer })
+    }
+}
+
+#[tokio::test]
+async fn a_failed_batch_is_rolled_back_or_its_connection_closed() {
+    // A server error (a rejected row; the connection is fine): ROLLBACK first, then keep it.
+    let kept = settle(Recorder { rollbacks: 0, answers: true }, true).await;
+    assert_eq!(kept.map(|c| c.rollbacks), Some(1));
+    // The ROLLBACK does not get through: the connection is closed, never reused mid-transaction.
+    assert!(settle(Recorder { rollbacks: 0, answers: false }, true).await.is_none());
+    // An error that may have broken the connection: closed without trying.
+    assert!(settle(Recorder { rollbacks: 0, answers: true }, false).await.is_none());
+}
 
 // ---------------------------------------------------------------------------------------------
 // Against a real SQL Server (EDS_TEST_SQLSERVER_URL)
