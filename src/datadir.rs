@@ -97,6 +97,33 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     written.with_context(|| format!("writing {}", path.display()))
 }
 
+/// Whether the file system of `dir` takes writes: at least `room` bytes free, and a small file
+/// written, fsynced and removed there (a disk that failed with EIO may answer the first but not
+/// the second).
+pub fn probe_write(dir: &Path, room: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let st = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < room {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("{} has {free} bytes free, {room} are needed to go on", dir.display()),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = room;
+    let probe = dir.join(".eds-write-probe");
+    let written = (|| {
+        let mut f = private_options().write(true).create(true).truncate(true).open(&probe)?;
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    written
+}
+
 /// Open `path` for appending, creating it private.
 pub fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     private_options().create(true).append(true).open(path)

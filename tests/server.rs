@@ -69,7 +69,7 @@ async fn malformed_messages_are_dead_lettered_with_reasons_and_valid_ones_flow()
     let bad: Vec<(&[u8], &str)> = vec![
         (b"not json at all", "not a JSON object"),
         (br#"{"operation":"MERGE","table":"order","key":["k"]}"#, "unknown operation"),
-        (br#"{"operation":"INSERT","key":["k"]}"#, "missing or empty `table`"),
+        (br#"{"operation":"INSERT","key":["k"]}"#, "the event has no table"),
         (br#"{"operation":"INSERT","table":"order","key":[]}"#, "no primary key"),
         (b"\xff\xfe binary", "not a JSON object"),
     ];
@@ -196,7 +196,7 @@ async fn an_old_eds_command_line_starts_and_serves_status_and_metrics() {
     assert_eq!(value("eds_total_events"), 1.0);
     // The PostgreSQL destination of this command line does not exist: the event waits for it,
     // and liveness is not affected.
-    assert_eq!(value("eds_pending_events"), 1.0);
+    assert_eq!(value("eds_pending_events"), 1.0, "{metrics}");
     assert_eq!(value("eds_wal_durable_lsn"), 1.0);
     assert_eq!(value("eds_ingest_stream_sequence"), seq as f64);
     assert_eq!(value("eds_ingest_paused_for_disk"), 0.0);
@@ -348,6 +348,99 @@ async fn a_deleted_consumer_is_recreated_after_the_last_stored_message_not_at_ne
     assert_eq!(stored, seqs);
 }
 
+/// A stream recreated upstream starts its sequences at 1 again: pulling on would create the
+/// consumer after the WAL's last sequence and skip every new message up to it. Ingest stops with a
+/// named error in `/status` instead, and goes on from the new stream's first message only when the
+/// operator accepts this very reset (`--accept-stream-reset <last stored sequence>`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_stream_stops_ingest_until_the_operator_accepts_it() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    for n in 0..5u64 {
+        publish(&js, subject("order", "UPDATE", C1), event("k", n)).await;
+    }
+    let eds = Eds::start(data.path(), &nats, &["--restart"]);
+    eds.wait_stored(5, Duration::from_secs(20)).await;
+    assert_eq!(eds.stop(), 0);
+    js.delete_stream("dbchange").await.unwrap();
+    let js = nats.create_stream().await;
+    for n in 0..3u64 {
+        publish(&js, subject("order", "UPDATE", C1), event("new", n)).await;
+    }
+
+    let eds = Eds::start(data.path(), &nats, &[]);
+    let status = eventually("ingest to stop on the reset", Duration::from_secs(20), || async {
+        let s = eds.status().await;
+        (s["ingest"]["state"] == "stream_reset").then_some(s)
+    })
+    .await;
+    let err = status["ingest"]["last_error"].as_str().unwrap();
+    assert!(err.contains("recreated") && err.contains("--accept-stream-reset 5"), "{err}");
+    assert_eq!(status["ingest"]["stream_sequence"], 5, "nothing of the new stream was taken: {status}");
+    assert_eq!(eds.stop(), 0);
+    // Accepting another reset than this one changes nothing.
+    let eds = Eds::start(data.path(), &nats, &["--accept-stream-reset", "4"]);
+    eventually("still stopped", Duration::from_secs(20), || async {
+        (eds.status().await["ingest"]["state"] == "stream_reset").then_some(())
+    })
+    .await;
+    assert_eq!(eds.stop(), 0);
+
+    let eds = Eds::start(data.path(), &nats, &["--accept-stream-reset", "5"]);
+    // Five old events, the reset marker, three new ones.
+    eventually("the new stream's messages stored", Duration::from_secs(20), || async {
+        (eds.status().await["wal"]["durable_lsn"] == 9).then_some(())
+    })
+    .await;
+    assert_eq!(eds.status().await["ingest"]["stream_sequence"], 3);
+    assert_eq!(eds.stop(), 0);
+    let kinds: Vec<(u64, u8)> = wal_envelopes(data.path()).iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(kinds, [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (0, 4), (1, 1), (2, 1), (3, 1)]);
+    // The flag left on a later command line does nothing more.
+    let eds = Eds::start(data.path(), &nats, &["--accept-stream-reset", "5"]);
+    let seq = publish(&js, subject("order", "UPDATE", C1), event("new", 3)).await;
+    eds.wait_stored(seq, Duration::from_secs(20)).await;
+    assert_eq!(eds.stop(), 0);
+    assert_eq!(wal_envelopes(data.path()).len(), 10);
+}
+
+/// A restart under traffic (SIGTERM, start again at once) does not wait for AckWait: the
+/// stopping process stores or gives back everything delivered to it, so the next one has nothing
+/// pending to wait for. Every message is stored once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_traffic_resumes_without_waiting_for_ack_wait() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    // Any wait for AckWait would outlast the test's deadlines.
+    let flags = ["--restart", "--ack-wait", "5m"];
+    let eds = Eds::start(data.path(), &nats, &flags);
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for n in 0..3_000u64 {
+                seqs.push(publish(&js, subject("order", "UPDATE", C1), event("k", n)).await);
+                if n % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            seqs
+        })
+    };
+    eds.wait_stored(500, Duration::from_secs(20)).await;
+    assert_eq!(eds.stop(), 0);
+    let eds = Eds::start(data.path(), &nats, &flags);
+    let seqs = publisher.await.unwrap();
+    eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(30)).await;
+    let status = eds.status().await;
+    assert_eq!(eds.stop(), 0);
+    assert_eq!(status["ingest"]["gaps"], serde_json::json!([]), "{status}");
+    let stored: Vec<u64> = wal_envelopes(data.path()).iter().map(|e| e.0).collect();
+    assert_eq!(stored, seqs);
+}
+
 /// Several companies need `filter_subjects`, which only NATS ≥ 2.10 has. The test script
 /// provides such a server in `NATS_SERVER_LATEST`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,6 +539,54 @@ async fn a_full_file_system_pauses_ingest_reopens_the_wal_in_process_and_loses_n
     eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(eds.get("/").await.0, 200);
     assert_eq!(eds.stop(), 0, "the same process recovered: no crash, no restart");
+    let stored: Vec<u64> = wal_envelopes(&data).iter().map(|e| e.0).collect();
+    assert_eq!(stored, seqs);
+}
+
+/// While the file system stays full, ingest pulls nothing: a pull would deliver messages it cannot
+/// store, give them back, and do it again every retry until JetStream's MaxDeliver (20) turned
+/// them into a gap. Here the disk stays full through many retries; afterwards every message is
+/// stored and no gap is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_full_file_system_does_not_burn_max_deliver() {
+    let fs = Tmpfs::mount("6m");
+    let filler = fs.0.join("filler");
+    std::fs::write(&filler, vec![0u8; (5 << 20) + (1 << 19)]).unwrap();
+    let data = fs.0.join("data");
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut seqs = Vec::new();
+    for n in 0..1500u64 {
+        seqs.push(publish(&js, subject("order", "UPDATE", C1), bulky_event(n, &mut seed)).await);
+    }
+    let flags = ["--restart", "--ack-wait", "1s", "--wal-retry", "50ms", "--wal-segment-size", "1MiB"];
+    let eds = Eds::start(&data, &nats, &flags);
+    eventually("ingest to hit ENOSPC", Duration::from_secs(30), || async {
+        let s = eds.status().await;
+        s["ingest"]["last_error"].as_str().filter(|e| e.contains("No space left")).map(|_| ())
+    })
+    .await;
+    // The outage: the disk stays full for what would be far more than 20 retries.
+    let until = std::time::Instant::now() + Duration::from_secs(6);
+    let mut probes = 0u32;
+    while std::time::Instant::now() < until {
+        let s = eds.status().await;
+        assert_ne!(s["ingest"]["state"], "running", "ingest must not pull while the disk is full: {s}");
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(probes > 10);
+    let consumer = js.get_stream("dbchange").await.unwrap().consumer_info("eds-dev").await.unwrap();
+    assert!(
+        consumer.num_redelivered < 100,
+        "messages were delivered again and again while nothing could be stored: {consumer:?}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    eds.wait_stored(*seqs.last().unwrap(), Duration::from_secs(60)).await;
+    let status = eds.status().await;
+    assert_eq!(eds.stop(), 0);
+    assert_eq!(status["ingest"]["gaps"], serde_json::json!([]), "{status}");
     let stored: Vec<u64> = wal_envelopes(&data).iter().map(|e| e.0).collect();
     assert_eq!(stored, seqs);
 }

@@ -38,15 +38,26 @@ impl Operation {
 /// Why an event could not be decoded.
 #[derive(Debug, Error)]
 pub enum EventError {
-    /// Not JSON of the expected shape.
-    #[error("invalid change event JSON")]
+    /// The message is not a JSON object.
+    #[error("the message is not a JSON object")]
+    NotAnObject,
+    /// Not JSON of the expected shape (a field of the wrong type, invalid JSON).
+    #[error("invalid change event")]
     Json {
         /// What serde said.
         #[source]
         source: serde_json::Error,
     },
+    /// No `operation`.
+    #[error("{} of table {table:?} has no operation", event_name(.id))]
+    NoOperation {
+        /// Event id.
+        id: String,
+        /// The event's table.
+        table: String,
+    },
     /// `operation` is not INSERT, UPDATE or DELETE.
-    #[error("unknown operation {operation:?} in an event of table {table:?}")]
+    #[error("unknown operation {operation:?} in an event of table {table:?} (expected INSERT, UPDATE or DELETE)")]
     Operation {
         /// The value found.
         operation: String,
@@ -54,13 +65,13 @@ pub enum EventError {
         table: String,
     },
     /// No table.
-    #[error("event {id:?} has no table")]
+    #[error("{} has no table", event_name(.id))]
     NoTable {
         /// Event id.
         id: String,
     },
     /// No primary key: `key` is empty and the row has no `id`.
-    #[error("event {id:?} of table {table:?} has no primary key")]
+    #[error("{} of table {table:?} has no primary key (`key` is empty and the row has no `id`)", event_name(.id))]
     NoPrimaryKey {
         /// Event id.
         id: String,
@@ -69,31 +80,168 @@ pub enum EventError {
     },
 }
 
+/// "event \"<id>\"", or "the event" when it has no id.
+fn event_name(id: &str) -> String {
+    if id.is_empty() {
+        "the event".to_owned()
+    } else {
+        format!("event {id:?}")
+    }
+}
+
+/// `null` reads as the field's default, as an absent field does (Go's decoder, which EDS uses,
+/// does the same).
+fn null_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// The wire format (spec §5), with the row images as `R`: whole rows when decoding, just enough
+/// of them ([`RowView`]) when validating. One definition, so validation accepts exactly what
+/// decoding accepts.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Wire {
+struct Wire<R> {
+    #[serde(default, deserialize_with = "null_default")]
     operation: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     table: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     key: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     model_version: String,
     company_id: Option<String>,
     location_id: Option<String>,
     user_id: Option<String>,
-    before: Option<Row>,
-    after: Option<Row>,
+    #[serde(default = "none")]
+    before: Option<R>,
+    #[serde(default = "none")]
+    after: Option<R>,
     #[serde(default)]
     diff: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     timestamp: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     mvcc_timestamp: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     imported: bool,
+}
+
+fn none<R>() -> Option<R> {
+    None
+}
+
+/// What the rules need of a row image.
+trait RowImage {
+    fn is_empty(&self) -> bool;
+    fn id(&self) -> Option<&str>;
+}
+
+impl RowImage for Row {
+    fn is_empty(&self) -> bool {
+        Map::is_empty(self)
+    }
+    fn id(&self) -> Option<&str> {
+        self.get("id").and_then(Value::as_str)
+    }
+}
+
+/// A row image read without building it: any JSON object, of which only a string `id` and
+/// whether it is empty are kept (every other value is skipped, not built).
+#[derive(Debug, Default)]
+struct RowView {
+    empty: bool,
+    id: Option<String>,
+}
+
+impl RowImage for RowView {
+    fn is_empty(&self) -> bool {
+        self.empty
+    }
+    fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+}
+
+impl<'de> Deserialize<'de> for RowView {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RowView, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RowView;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object (a row image)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RowView, A::Error> {
+                let mut view = RowView { empty: true, id: None };
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    view.empty = false;
+                    if key == "id" {
+                        // Any value, as a whole row takes it; only a string is an id.
+                        view.id = match map.next_value::<Value>()? {
+                            Value::String(s) => Some(s),
+                            _ => None,
+                        };
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(view)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// What validation learned about an event that decodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// INSERT, UPDATE or DELETE.
+    pub operation: Operation,
+    /// Table name.
+    pub table: String,
+}
+
+impl<R: RowImage> Wire<R> {
+    /// The rules every event must pass: an operation, a table, a primary key.
+    fn check(&self) -> Result<(Operation, String), EventError> {
+        let operation = match self.operation.as_str() {
+            "INSERT" => Operation::Insert,
+            "UPDATE" => Operation::Update,
+            "DELETE" => Operation::Delete,
+            "" => return Err(EventError::NoOperation { id: self.id.clone(), table: self.table.clone() }),
+            other => return Err(EventError::Operation { operation: other.to_owned(), table: self.table.clone() }),
+        };
+        if self.table.is_empty() {
+            return Err(EventError::NoTable { id: self.id.clone() });
+        }
+        let row = self.after.as_ref().filter(|r| !r.is_empty()).or(self.before.as_ref());
+        let primary_key = match self.key.last().filter(|k| !k.is_empty()) {
+            Some(k) => k.clone(),
+            None => row
+                .and_then(RowImage::id)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| EventError::NoPrimaryKey { id: self.id.clone(), table: self.table.clone() })?,
+        };
+        Ok((operation, primary_key))
+    }
+}
+
+fn wire<'a, R: Deserialize<'a>>(bytes: &'a [u8]) -> Result<Wire<R>, EventError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(EventError::NotAnObject);
+    }
+    serde_json::from_slice(bytes).map_err(|source| EventError::Json { source })
+}
+
+/// Check an event as [`ChangeEvent::from_json`] would decode it, without building its rows:
+/// `Ok` exactly when decoding succeeds. Ingest validates with it, so nothing it stores is refused
+/// by the drains' decoder.
+pub fn validate(bytes: &[u8]) -> Result<Checked, EventError> {
+    let w: Wire<RowView> = wire(bytes)?;
+    let (operation, _) = w.check()?;
+    Ok(Checked { operation, table: w.table })
 }
 
 /// A decoded change event (behaviour spec §5). Unknown fields are ignored.
@@ -132,26 +280,10 @@ pub struct ChangeEvent {
 }
 
 impl ChangeEvent {
-    /// Decode an event as published by Shopmonkey.
+    /// Decode an event as published by Shopmonkey (see [`validate`] for the rules).
     pub fn from_json(bytes: &[u8]) -> Result<ChangeEvent, EventError> {
-        let w: Wire = serde_json::from_slice(bytes).map_err(|source| EventError::Json { source })?;
-        let operation = match w.operation.as_str() {
-            "INSERT" => Operation::Insert,
-            "UPDATE" => Operation::Update,
-            "DELETE" => Operation::Delete,
-            _ => return Err(EventError::Operation { operation: w.operation, table: w.table }),
-        };
-        if w.table.is_empty() {
-            return Err(EventError::NoTable { id: w.id });
-        }
-        let row = w.after.as_ref().filter(|r| !r.is_empty()).or(w.before.as_ref());
-        let from_row = || row.and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
-        let primary_key = match w.key.last().filter(|k| !k.is_empty()) {
-            Some(k) => k.clone(),
-            None => from_row()
-                .filter(|k| !k.is_empty())
-                .ok_or_else(|| EventError::NoPrimaryKey { id: w.id.clone(), table: w.table.clone() })?,
-        };
+        let w: Wire<Row> = wire(bytes)?;
+        let (operation, primary_key) = w.check()?;
         Ok(ChangeEvent {
             operation,
             id: w.id,
@@ -394,14 +526,16 @@ mod tests {
         let err = |v: serde_json::Value| ChangeEvent::from_json(v.to_string().as_bytes()).unwrap_err().to_string();
         assert_eq!(
             err(json!({"operation": "MERGE", "table": "t", "key": ["k"]})),
-            "unknown operation \"MERGE\" in an event of table \"t\""
+            "unknown operation \"MERGE\" in an event of table \"t\" (expected INSERT, UPDATE or DELETE)"
         );
         assert_eq!(err(json!({"operation": "INSERT", "id": "e1", "key": ["k"]})), "event \"e1\" has no table");
         assert_eq!(
             err(json!({"operation": "INSERT", "id": "e2", "table": "t", "key": [""], "after": {"x": 1}})),
-            "event \"e2\" of table \"t\" has no primary key"
+            "event \"e2\" of table \"t\" has no primary key (`key` is empty and the row has no `id`)"
         );
-        assert!(matches!(ChangeEvent::from_json(b"[]"), Err(EventError::Json { .. })));
+        assert_eq!(err(json!({"operation": "INSERT", "key": ["k"]})), "the event has no table");
+        assert!(matches!(ChangeEvent::from_json(b"[]"), Err(EventError::NotAnObject)));
+        assert!(matches!(ChangeEvent::from_json(b"{\"after\": 3}"), Err(EventError::Json { .. })));
     }
 
     fn at(pos: u64, e: &ChangeEvent) -> (u64, &ChangeEvent) {

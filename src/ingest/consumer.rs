@@ -146,7 +146,14 @@ fn not_found(e: &async_nats::jetstream::context::ConsumerInfoError) -> bool {
 /// Find or create the durable consumer. An existing one is updated but keeps its deliver policy
 /// (as EDS does). A missing one is created at `stored_seq + 1` when the WAL already holds data —
 /// never at "new", which would silently skip what arrived meanwhile.
-pub async fn ensure(js: &JetStream, s: &ConsumerSettings, stored_seq: u64) -> Result<(PullConsumer, Info)> {
+/// `from_start` makes a missing consumer start at the stream's first message (after an accepted
+/// stream reset).
+pub async fn ensure(
+    js: &JetStream,
+    s: &ConsumerSettings,
+    stored_seq: u64,
+    from_start: bool,
+) -> Result<(PullConsumer, Info)> {
     let stream = js.get_stream(STREAM).await.with_context(|| format!("opening JetStream stream {STREAM:?}"))?;
     let mut consumer: PullConsumer = match stream.consumer_info(&s.durable).await {
         Ok(existing) => {
@@ -158,7 +165,7 @@ pub async fn ensure(js: &JetStream, s: &ConsumerSettings, stored_seq: u64) -> Re
             let deliver = if stored_seq > 0 {
                 tracing::info!(start_sequence = stored_seq + 1, consumer = %s.durable, "creating the consumer after the last stored message");
                 DeliverPolicy::ByStartSequence { start_sequence: stored_seq + 1 }
-            } else if s.restart {
+            } else if s.restart || from_start {
                 DeliverPolicy::All
             } else {
                 tracing::warn!("no import timestamp found, starting data stream from now");

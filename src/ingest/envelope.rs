@@ -10,7 +10,9 @@
 //!      0    1 version        1
 //!      1    1 kind           1 = change event, 2 = dead-lettered message (payload is the raw
 //!                            message, reason says why), 3 = dead-letter marker (the message went
-//!                            to the dead-letter log; payload empty)
+//!                            to the dead-letter log; payload empty), 4 = stream reset (the
+//!                            operator accepted that the stream was recreated: stream sequences
+//!                            start again after it; stream_seq 0, reason says what was accepted)
 //!      2    8 stream_seq     JetStream stream sequence
 //!     10    8 received_at    unix microseconds when eds received the message
 //!     18    2 subject_len
@@ -35,6 +37,9 @@ pub enum Kind {
     DeadLetter,
     /// Stands in the WAL for a dead-lettered message, so its stream sequence counts as stored.
     DeadLetterMarker,
+    /// The stream was recreated upstream and the operator accepted it: stream sequences start
+    /// again after this record (its own is 0).
+    StreamReset,
 }
 
 impl Kind {
@@ -43,6 +48,7 @@ impl Kind {
             Kind::Event => 1,
             Kind::DeadLetter => 2,
             Kind::DeadLetterMarker => 3,
+            Kind::StreamReset => 4,
         }
     }
 }
@@ -140,6 +146,7 @@ pub fn decode(b: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
         1 => Kind::Event,
         2 => Kind::DeadLetter,
         3 => Kind::DeadLetterMarker,
+        4 => Kind::StreamReset,
         k => return Err(EnvelopeError::Kind(k)),
     };
     let stream_seq = u64_at(b, 2)?;

@@ -16,15 +16,16 @@
 pub mod consumer;
 pub mod dlq;
 pub mod envelope;
+pub mod puller;
 pub mod validate;
 
 use crate::server::state::{Gap, IngestState, ServerState};
 use crate::timefmt::now_micros;
 use anyhow::{Context, Result};
-use async_nats::jetstream::{self, consumer::pull as consumer_pull, Message};
+use async_nats::jetstream::{self, Message};
 use consumer::ConsumerSettings;
 use envelope::{Envelope, Kind};
-use futures_util::{FutureExt, StreamExt};
+use puller::{DeliveryFaults, Puller};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -53,6 +54,11 @@ pub struct IngestConfig {
     pub gaps_file: PathBuf,
     /// How long to wait before retrying after the WAL failed.
     pub wal_retry: Duration,
+    /// Go on after the stream was recreated upstream, when the WAL's last stored stream
+    /// sequence is this one (the operator's `--accept-stream-reset`).
+    pub accept_stream_reset: Option<u64>,
+    /// Deliveries to lose on purpose (fault-injection tests only).
+    pub faults: Option<Arc<DeliveryFaults>>,
 }
 
 /// Highest stream sequence stored in the WAL: from the last record's envelope.
@@ -79,7 +85,10 @@ fn envelope_size(m: &Message) -> usize {
 
 /// One message ready to be appended (or already stored and only waiting for its ack).
 struct Pending {
+    /// Stream sequence.
     seq: u64,
+    /// Consumer sequence: this delivery's number among all deliveries of the consumer.
+    cseq: u64,
     msg: Message,
 }
 
@@ -105,10 +114,20 @@ fn drop_oldest(wal: &eds_wal::Wal, destinations: &[String]) -> Vec<(String, u64,
     skipped
 }
 
+/// What the stream's state says about the WAL's last stored sequence.
+enum StreamCheck {
+    /// Pull on; `from_start`: a new consumer starts at the stream's first message (the stream
+    /// was recreated and the operator accepted it).
+    Continue { from_start: bool },
+    /// The stream was recreated upstream: its sequences restarted below what the WAL holds.
+    Reset(String),
+}
+
 /// Why the inner loop stopped.
 enum Stop {
     Shutdown,
-    /// Re-run setup and reconciliation (after disk full, a WAL error, a lost consumer).
+    /// Re-run setup and reconciliation (after disk full, a WAL error, a lost consumer, a puller
+    /// that kept failing).
     Restart,
     /// Storing failed: the session ended (its pull stopped) and the error decides what next.
     StoreFailed(StoreError),
@@ -265,174 +284,267 @@ impl Ingest {
         }
         let wal =
             self.state.wal().context("the write-ahead log is not open (a reopen after a failure did not succeed)")?;
-        let durable_seq = self.state.ingest().stream_seq;
-        self.appended_seq = durable_seq;
         let (client, js) = self.connect().await?;
         if let Some(old) = self.client.replace(client.clone()) {
             // Acks of the previous session may still be in the old connection's buffer.
             let _ = tokio::time::timeout(Duration::from_secs(2), old.flush()).await;
         }
-        let (mut consumer, info) = consumer::ensure(&js, &self.cfg.consumer, durable_seq).await?;
+        let from_start = match self.check_stream(&js, &wal).await? {
+            StreamCheck::Continue { from_start } => from_start,
+            StreamCheck::Reset(e) => return self.hold_for_stream_reset(e, shutdown).await,
+        };
+        let durable_seq = self.state.ingest().stream_seq;
+        self.appended_seq = durable_seq;
+        let (mut consumer, info) = consumer::ensure(&js, &self.cfg.consumer, durable_seq, from_start).await?;
         let mut reconcile = Reconcile::from_info(&info, durable_seq, self.cfg.consumer.ack_wait);
         if reconcile.is_some() {
             self.state.set_state(IngestState::Reconciling);
         } else {
             self.state.set_state(IngestState::Running);
         }
-        let mut pull: Option<consumer_pull::Batch> = None;
+        // Every delivery to this consumer takes the next consumer sequence; nothing else pulls
+        // from it (`ensure` waited until no request was registered), so ours are contiguous
+        // unless one got lost in transit.
+        let mut next_cseq = info.delivered.consumer_sequence + 1;
+        let mut puller = Puller::start(
+            consumer.clone(),
+            self.cfg.consumer.clone(),
+            self.cfg.max_batch.max(1024),
+            self.cfg.faults.clone(),
+        );
         let mut stopping = false;
-        let mut errors_in_a_row = 0u32;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
-            if pull.is_none() {
-                if stopping {
-                    // The last request is finished: nothing more can be delivered to us.
-                    self.give_back(None, reconcile.take()).await;
-                    return Ok(Stop::Shutdown);
-                }
-                pull = Some(consumer::request(&consumer, &self.cfg.consumer).await?);
-            }
             let mut batch: Vec<Pending> = Vec::new();
-            let Some(request) = pull.as_mut() else { continue };
             tokio::select! {
                 _ = shutdown.changed(), if !stopping => {
                     // Stop asking; what the open request still delivers is stored as usual.
                     stopping = true;
+                    puller.stop();
                 }
-                next = request.next() => {
-                    match next {
-                        Some(Ok(m)) => {
-                            errors_in_a_row = 0;
+                next = puller.messages.recv() => match next {
+                    Some(m) => {
+                        let mut bytes = envelope_size(&m);
+                        batch.push(self.pending(m)?);
+                        // Take what is already there, without waiting: light load delivers at
+                        // once, a backlog fills large frames.
+                        while batch.len() < self.cfg.max_batch && bytes < self.cfg.max_batch_bytes {
+                            let Ok(m) = puller.messages.try_recv() else { break };
+                            bytes += envelope_size(&m);
                             batch.push(self.pending(m)?);
                         }
-                        Some(Err(e)) => {
-                            errors_in_a_row += 1;
-                            if errors_in_a_row >= 3 {
-                                anyhow::bail!("pulling from consumer {} failed 3 times in a row: {e}", self.cfg.consumer.durable);
-                            }
-                            tracing::warn!(error = %e, "pull request failed");
-                            pull = None;
-                            continue;
-                        }
-                        None => {
-                            pull = None;
-                            continue;
-                        }
                     }
-                    // Take what is already there, without waiting: light load delivers at once,
-                    // a backlog fills large frames.
-                    let mut bytes = 0usize;
-                    while batch.len() < self.cfg.max_batch && bytes < self.cfg.max_batch_bytes {
-                        match request.next().now_or_never() {
-                            Some(Some(Ok(m))) => {
-                                bytes += envelope_size(&m);
-                                batch.push(self.pending(m)?);
-                            }
-                            Some(Some(Err(e))) => tracing::warn!(error = %e, "pull request failed"),
-                            Some(None) => {
-                                pull = None;
-                                break;
-                            }
-                            None => break,
-                        }
+                    None => {
+                        // The puller ended: asked to stop (the last request is over, nothing more
+                        // can be delivered to us), or its requests kept failing.
+                        let ended = puller.outcome().await;
+                        self.give_back(None, held(reconcile.take())).await;
+                        ended?;
+                        return Ok(if stopping { Stop::Shutdown } else { Stop::Restart });
                     }
-                }
+                },
                 _ = tick.tick() => {}
             }
             if let Some(e) = self.take_failure() {
-                self.give_back(pull.as_mut(), reconcile.take()).await;
+                self.give_back(Some(puller), held(reconcile.take())).await;
                 return Ok(Stop::StoreFailed(e));
             }
-            let received = batch.len() as u64;
-            if received > 0 {
+            if !batch.is_empty() {
+                let received = batch.len() as u64;
                 self.state.metrics.total_events.inc_by(received);
                 self.state.metrics.pending_events.add(received as i64);
                 self.state.ingest().received += received;
             }
-            let ready = match &mut reconcile {
-                Some(r) => {
+            // A delivery lost in transit (a dropped request, a reconnect) comes back only after
+            // AckWait, behind newer messages. A gap in the consumer sequence shows it: what was
+            // delivered before the gap is stored; from the gap on, messages are held as at the
+            // start of a session, until JetStream's pending count says every delivery is in hand.
+            let mut ready = Vec::with_capacity(batch.len());
+            for p in batch {
+                let missed = p.cseq.saturating_sub(next_cseq);
+                next_cseq = next_cseq.max(p.cseq + 1);
+                if missed > 0 && reconcile.is_none() {
+                    if let Err(e) = self.store_all(std::mem::take(&mut ready), &wal).await {
+                        self.give_back(Some(puller), vec![p.msg]).await;
+                        return Ok(Stop::StoreFailed(e));
+                    }
+                    self.drain_inflight().await;
+                    if let Some(e) = self.take_failure() {
+                        self.give_back(Some(puller), vec![p.msg]).await;
+                        return Ok(Stop::StoreFailed(e));
+                    }
+                    let _ = client.flush().await;
+                    let info = consumer.info().await.context("reading the consumer's pending count")?.clone();
+                    tracing::warn!(
+                        consumer_sequence = p.cseq,
+                        stream_sequence = p.seq,
+                        missed,
+                        "deliveries were lost in transit: holding newer messages until JetStream redelivers them (about AckWait)"
+                    );
+                    reconcile = Reconcile::from_info(&info, self.appended_seq, self.cfg.consumer.ack_wait);
+                    if reconcile.is_some() {
+                        self.state.set_state(IngestState::Reconciling);
+                    }
+                }
+                match &mut reconcile {
                     // A replaced delivery is never acked itself: it is no longer pending with us.
-                    let replaced = r.offer(batch);
-                    self.state.metrics.pending_events.sub(replaced as i64);
-                    // Only the server knows whether every pending message is in our hands:
-                    // compare its pending count with what we hold.
-                    if !r.check_due(Instant::now()) {
-                        continue;
-                    }
-                    let info = consumer.info().await.context("reading the consumer's pending count")?;
-                    match r.settle(info.num_ack_pending as u64, info.delivered.stream_sequence, Instant::now()) {
-                        None => continue,
-                        Some((ready, gap)) => {
-                            if let Some(mut gap) = gap {
-                                // Say which it was when the stream tells: removed by its limits,
-                                // or still there but never redelivered (MaxDeliver).
-                                if let Ok(mut stream) = js.get_stream(consumer::STREAM).await {
-                                    if let Ok(info) = stream.info().await {
-                                        let first = info.state.first_sequence;
-                                        gap.reason = if first > gap.from_seq {
-                                            format!("removed from the stream before redelivery (the stream now starts at sequence {first})")
-                                        } else {
-                                            "delivered to a previous process, never acked, and not redelivered before the deadline (MaxDeliver reached?)".into()
-                                        };
-                                    }
-                                }
-                                self.gap_window = Some((
-                                    gap.from_seq,
-                                    gap.to_seq,
-                                    ready
-                                        .iter()
-                                        .map(|p| p.seq)
-                                        .filter(|s| (gap.from_seq..=gap.to_seq).contains(s))
-                                        .collect(),
-                                ));
-                                self.record_gap(gap);
-                            }
-                            reconcile = None;
-                            self.state.set_state(IngestState::Running);
-                            ready
-                        }
-                    }
+                    Some(r) => self.state.metrics.pending_events.sub(r.offer(vec![p]) as i64),
+                    None => ready.push(p),
                 }
-                None => batch,
-            };
-            if ready.is_empty() {
-                continue;
             }
-            // A reconciliation can release far more than one frame holds: store in chunks.
-            let mut ready = ready.into_iter().peekable();
-            while ready.peek().is_some() {
-                let mut chunk = Vec::new();
-                let mut bytes = 0usize;
-                while let Some(p) = ready.next_if(|p| {
-                    chunk.is_empty()
-                        || (chunk.len() < self.cfg.max_batch
-                            && bytes + envelope_size(&p.msg) <= self.cfg.max_batch_bytes)
-                }) {
-                    bytes += envelope_size(&p.msg);
-                    chunk.push(p);
+            if let Some(r) = &mut reconcile {
+                // Only the server knows whether every pending message is in our hands: compare
+                // its pending count with what we hold.
+                if r.check_due(Instant::now()) {
+                    let info = consumer.info().await.context("reading the consumer's pending count")?.clone();
+                    if let Some((released, gap)) =
+                        r.settle(info.num_ack_pending as u64, info.delivered.stream_sequence, Instant::now())
+                    {
+                        if let Some(gap) = gap {
+                            self.note_gap(&js, gap, &released).await;
+                        }
+                        reconcile = None;
+                        self.state.set_state(IngestState::Running);
+                        ready.extend(released);
+                    }
                 }
-                if let Err(e) = self.store(chunk, &wal).await {
-                    self.give_back(pull.as_mut(), None).await;
-                    return Ok(Stop::StoreFailed(e));
-                }
+            }
+            if let Err(e) = self.store_all(ready, &wal).await {
+                self.give_back(Some(puller), held(reconcile.take())).await;
+                return Ok(Stop::StoreFailed(e));
             }
         }
     }
 
-    /// Ending a session: NAK what was delivered to us but not stored (buffered in the pull, or
-    /// held for reconciliation), so the server redelivers it at once to the next session instead
-    /// of after AckWait — and the next session has nothing to wait for.
-    async fn give_back(&self, request: Option<&mut consumer_pull::Batch>, held: Option<Reconcile>) {
-        let mut given = Vec::new();
-        if let Some(request) = request {
-            while let Some(Some(Ok(m))) = request.next().now_or_never() {
-                given.push(m);
+    /// Compare the WAL's last stored stream sequence `S` with the stream. JetStream sequences never
+    /// go back, so a stream whose last sequence is below `S` was recreated upstream: pulling on
+    /// would create the consumer after `S` and skip every new message up to it, silently. That
+    /// is an error (`Reset`) until the operator accepts it for this very `S`; then a marker
+    /// record restarts the sequence in the WAL and the consumer starts at the new stream's
+    /// first message.
+    async fn check_stream(&mut self, js: &jetstream::Context, wal: &eds_wal::Wal) -> Result<StreamCheck> {
+        let stored = self.state.ingest().stream_seq;
+        if stored == 0 {
+            return Ok(StreamCheck::Continue { from_start: false });
+        }
+        let mut stream = js
+            .get_stream(consumer::STREAM)
+            .await
+            .with_context(|| format!("opening JetStream stream {:?}", consumer::STREAM))?;
+        let last = stream
+            .info()
+            .await
+            .with_context(|| format!("reading the state of stream {:?}", consumer::STREAM))?
+            .state
+            .last_sequence;
+        if last >= stored {
+            return Ok(StreamCheck::Continue { from_start: false });
+        }
+        let stream_name = consumer::STREAM;
+        if self.cfg.accept_stream_reset != Some(stored) {
+            return Ok(StreamCheck::Reset(format!(
+                "stream {stream_name} was recreated upstream: its last sequence is {last}, but this WAL already stored \
+                 sequence {stored}; pulling on would skip every new message up to {stored}. Ingest is stopped. To \
+                 start over from the new stream's first message, restart with --accept-stream-reset {stored}"
+            )));
+        }
+        let reason = format!(
+            "stream {stream_name} recreated upstream (its last sequence was {last}, the WAL's {stored}); accepted \
+             with --accept-stream-reset {stored}"
+        );
+        let marker = Envelope {
+            kind: Kind::StreamReset,
+            stream_seq: 0,
+            received_at: now_micros(),
+            subject: "".into(),
+            msg_id: "".into(),
+            reason: reason.as_str().into(),
+            payload: &[],
+        }
+        .encode();
+        let w = wal.clone();
+        tokio::task::spawn_blocking(move || w.append(&[marker]))
+            .await?
+            .context("recording the accepted stream reset in the WAL")?;
+        tracing::warn!(reason = %reason, "stream sequences start again: ingest goes on from the new stream's first message");
+        self.state.ingest().stream_seq = 0;
+        self.state.metrics.stream_seq.set(0);
+        self.gap_window = None;
+        Ok(StreamCheck::Continue { from_start: true })
+    }
+
+    /// Ingest stays stopped after a stream reset the operator has not accepted: the error is in
+    /// `/status` and the log; the stream is looked at again every 30 s.
+    async fn hold_for_stream_reset(&mut self, e: String, shutdown: &mut watch::Receiver<bool>) -> Result<Stop> {
+        if self.state.ingest().last_error.as_deref() != Some(e.as_str()) {
+            tracing::error!(error = %e, "ingest stopped");
+        }
+        self.state.ingest().last_error = Some(e);
+        self.state.set_state(IngestState::StreamReset);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(30)) => Ok(Stop::Restart),
+            _ = shutdown.changed() => Ok(Stop::Shutdown),
+        }
+    }
+
+    /// Record a gap found at the end of a reconciliation; `released` are the messages it let go.
+    async fn note_gap(&mut self, js: &jetstream::Context, mut gap: Gap, released: &[Pending]) {
+        // Say which it was when the stream tells: removed by its limits, or still there but never
+        // redelivered (MaxDeliver).
+        if let Ok(mut stream) = js.get_stream(consumer::STREAM).await {
+            if let Ok(info) = stream.info().await {
+                let first = info.state.first_sequence;
+                gap.reason = if first > gap.from_seq {
+                    format!("removed from the stream before redelivery (the stream now starts at sequence {first})")
+                } else {
+                    "delivered, never acked, and not redelivered before the deadline (MaxDeliver reached?)".into()
+                };
             }
         }
-        let buffered = given.len() as i64;
-        if let Some(r) = held {
-            given.extend(r.in_hand.into_values());
+        let stored = released.iter().map(|p| p.seq).filter(|s| (gap.from_seq..=gap.to_seq).contains(s)).collect();
+        self.gap_window = Some((gap.from_seq, gap.to_seq, stored));
+        self.record_gap(gap);
+    }
+
+    /// [`Ingest::store`] in chunks of at most one frame each (a reconciliation can release far
+    /// more than one frame holds).
+    async fn store_all(&mut self, ready: Vec<Pending>, wal: &eds_wal::Wal) -> Result<(), StoreError> {
+        let mut ready = ready.into_iter().peekable();
+        while ready.peek().is_some() {
+            let mut chunk = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(p) = ready.next_if(|p| {
+                chunk.is_empty()
+                    || (chunk.len() < self.cfg.max_batch && bytes + envelope_size(&p.msg) <= self.cfg.max_batch_bytes)
+            }) {
+                bytes += envelope_size(&p.msg);
+                chunk.push(p);
+            }
+            self.store(chunk, wal).await?;
         }
+        Ok(())
+    }
+
+    /// Ending a session: NAK what was delivered to us but not stored (still coming from the
+    /// puller, or held), so the server redelivers it at once to the next session instead of after
+    /// AckWait — and the next session has nothing to wait for.
+    async fn give_back(&self, puller: Option<Puller>, held: Vec<Message>) {
+        let mut given = Vec::new();
+        let mut buffered = 0i64;
+        if let Some(mut puller) = puller {
+            // The open request is read to its end (about a second at most): whatever it still
+            // delivers is given back too, none of it left to wait for AckWait.
+            puller.stop();
+            let deadline = tokio::time::Instant::now() + consumer::PULL_EXPIRES + Duration::from_secs(2);
+            while let Ok(Some(m)) = tokio::time::timeout_at(deadline, puller.messages.recv()).await {
+                given.push(m);
+            }
+            buffered = given.len() as i64;
+            if let Err(e) = puller.outcome().await {
+                tracing::debug!(error = %eds_wal::error_chain(e.as_ref()), "the puller ended with an error");
+            }
+        }
+        given.extend(held);
         for m in &given {
             if let Err(e) = m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await {
                 tracing::debug!(error = %e, "NAK failed; the message comes back after AckWait");
@@ -449,11 +561,11 @@ impl Ingest {
     }
 
     fn pending(&self, msg: Message) -> Result<Pending> {
-        let seq = msg
+        let info = msg
             .info()
-            .map_err(|e| anyhow::anyhow!("reading the JetStream metadata of a message on {}: {e}", msg.subject))?
-            .stream_sequence;
-        Ok(Pending { seq, msg })
+            .map_err(|e| anyhow::anyhow!("reading the JetStream metadata of a message on {}: {e}", msg.subject))?;
+        let (seq, cseq) = (info.stream_sequence, info.consumer_sequence);
+        Ok(Pending { seq, cseq, msg })
     }
 
     /// Append `batch` (in stream order) and hand the acks to a task that waits for durability.
@@ -632,20 +744,80 @@ impl Ingest {
                 self.state.set_state(IngestState::PausedForDisk);
                 self.wait_for_space(shutdown).await
             }
+            // The file system (ENOSPC, EIO): nothing is pulled until a write gets through, so
+            // JetStream keeps the messages undelivered — a pull now would only deliver, fail and
+            // give back, again and again, until MaxDeliver made them a gap.
             StoreError::Wal(err) => {
-                let msg = eds_wal::error_chain(&err);
-                tracing::error!(error = %msg, retry_in = ?self.cfg.wal_retry, "WAL write failed: ingest paused; reopening the WAL after a backoff");
-                self.state.ingest().last_error = Some(msg);
-                self.state.set_state(IngestState::WalError);
-                tokio::select! {
-                    _ = tokio::time::sleep(self.cfg.wal_retry) => {}
-                    _ = shutdown.changed() => return Ok(Stop::Shutdown),
-                }
-                self.reopen_wal().await?;
-                Ok(Stop::Restart)
+                let dir = err.path().and_then(|p| p.parent()).map(std::path::Path::to_path_buf);
+                self.pause_until_writable("the write-ahead log", err, dir, shutdown).await
             }
-            StoreError::Dlq(err) => Err(anyhow::Error::new(err).context("writing the dead-letter log")),
+            StoreError::Dlq(err) => {
+                let dir = err.path().and_then(|p| p.parent()).map(std::path::Path::to_path_buf);
+                self.pause_until_writable("the dead-letter log", err, dir, shutdown).await
+            }
             StoreError::Other(err) => Err(err),
+        }
+    }
+
+    /// Paused after a write to `what` failed with `err`: keep the durable consumer alive with
+    /// pulls that cannot deliver, and every `--wal-retry` check that `dir` takes a write again
+    /// (room for a few batches, a small write and fsync) and that the WAL reopens. Then a new
+    /// session starts.
+    async fn pause_until_writable(
+        &mut self,
+        what: &str,
+        err: eds_wal::Error,
+        dir: Option<PathBuf>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Stop> {
+        let msg = format!("writing {what} failed: {}", eds_wal::error_chain(&err));
+        tracing::error!(error = %msg, retry_every = ?self.cfg.wal_retry, "ingest paused: no pulls until the disk takes writes again; upstream keeps the data");
+        self.state.ingest().last_error = Some(msg);
+        self.state.set_state(IngestState::WalError);
+        let dir = dir.or_else(|| self.state.wal().map(|w| w.dir().to_path_buf()));
+        let room = 4 * self.cfg.max_batch_bytes as u64;
+        let keepalive_every =
+            (self.cfg.consumer.inactive_threshold / 4).clamp(Duration::from_millis(200), Duration::from_secs(60));
+        let mut keepalive = tokio::time::interval(keepalive_every);
+        let mut check = tokio::time::interval(self.cfg.wal_retry.max(Duration::from_millis(10)));
+        check.tick().await;
+        let js = match self.connect().await {
+            Ok((_, js)) => Some(js),
+            Err(e) => {
+                tracing::warn!(error = %eds_wal::error_chain(e.as_ref()), "no NATS connection for keep-alive pulls while paused");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(Stop::Shutdown),
+                _ = keepalive.tick() => {
+                    if let Some(js) = &js {
+                        if let Err(e) = consumer::keep_alive(js, &self.cfg.consumer).await {
+                            tracing::warn!(error = %e, "keep-alive pull failed");
+                        }
+                    }
+                }
+                _ = check.tick() => {
+                    let probe = dir.clone();
+                    let writable = tokio::task::spawn_blocking(move || probe.map_or(Ok(()), |d| crate::datadir::probe_write(&d, room)))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+                    if let Err(e) = writable {
+                        tracing::debug!(error = %e, "the disk does not take writes yet");
+                        continue;
+                    }
+                    let poisoned = self.state.wal().is_none_or(|w| w.is_poisoned());
+                    if poisoned {
+                        if let Err(e) = self.reopen_wal().await {
+                            tracing::warn!(error = %eds_wal::error_chain(e.as_ref()), "reopening the WAL failed; trying again");
+                            continue;
+                        }
+                    }
+                    tracing::info!("the disk takes writes again: ingest resumes");
+                    return Ok(Stop::Restart);
+                }
+            }
         }
     }
 
@@ -760,6 +932,11 @@ enum StoreError {
     Other(anyhow::Error),
 }
 
+/// The messages a reconciliation holds, to give back.
+fn held(r: Option<Reconcile>) -> Vec<Message> {
+    r.map(|r| r.in_hand.into_values().map(|p| p.msg).collect()).unwrap_or_default()
+}
+
 /// Waiting for the messages a previous process held.
 ///
 /// Done when every message the server counts as pending (delivered, not acked) is in our hands;
@@ -768,7 +945,7 @@ enum StoreError {
 struct Reconcile {
     ack_floor: u64,
     delivered: u64,
-    in_hand: BTreeMap<u64, Message>,
+    in_hand: BTreeMap<u64, Pending>,
     deadline: Instant,
     next_check: Instant,
 }
@@ -807,7 +984,7 @@ impl Reconcile {
     /// Take a batch (a redelivery replaces an earlier delivery of the same sequence). Returns how
     /// many earlier deliveries were replaced.
     fn offer(&mut self, batch: Vec<Pending>) -> u64 {
-        batch.into_iter().map(|p| u64::from(self.in_hand.insert(p.seq, p.msg).is_some())).sum()
+        batch.into_iter().map(|p| u64::from(self.in_hand.insert(p.seq, p).is_some())).sum()
     }
 
     /// Whether to ask the server again (at most every 100 ms).
@@ -835,7 +1012,7 @@ impl Reconcile {
             reason: "delivered to a previous process, never acked, and not redelivered before the deadline (MaxDeliver reached or removed from the stream)".into(),
             at: now_micros(),
         });
-        let all = std::mem::take(&mut self.in_hand).into_iter().map(|(seq, msg)| Pending { seq, msg }).collect();
+        let all = std::mem::take(&mut self.in_hand).into_values().collect();
         Some((all, gap))
     }
 }

@@ -130,6 +130,11 @@ pub struct ServerArgs {
     /// How long ingest waits before reopening the WAL after a write error
     #[arg(long, hide = true, default_value = "5s", value_parser = parse_duration)]
     pub wal_retry: Duration,
+    /// The stream was recreated upstream (its sequences restarted): go on from its first
+    /// message. Give the last stored stream sequence that eds names in its error, so the flag
+    /// never accepts a later reset by accident
+    #[arg(long, value_name = "SEQ")]
+    pub accept_stream_reset: Option<u64>,
     /// Size of one WAL segment file
     #[arg(long, hide = true, default_value = "64MiB", value_parser = parse_size, value_name = "SIZE")]
     pub wal_segment_size: u64,
@@ -276,6 +281,8 @@ impl ServerArgs {
             max_inflight_batches: 4,
             gaps_file: data_dir.join("gaps.jsonl"),
             wal_retry: self.wal_retry,
+            accept_stream_reset: self.accept_stream_reset,
+            faults: None,
         };
         Ok(ServerPlan {
             server_id,

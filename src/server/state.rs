@@ -19,8 +19,11 @@ pub enum IngestState {
     Running,
     /// The WAL disk budget is full: not pulling; upstream keeps the data.
     PausedForDisk,
-    /// The WAL failed to write; reopening after a backoff.
+    /// The WAL (or a dead-letter log) failed to write: not pulling until the disk takes writes.
     WalError,
+    /// The stream was recreated upstream (its sequences restarted): stopped until the operator
+    /// accepts it (`--accept-stream-reset`).
+    StreamReset,
     /// Reconnecting to NATS after an error.
     Reconnecting,
     /// Shutting down.
@@ -35,6 +38,7 @@ impl IngestState {
             IngestState::Running => "running",
             IngestState::PausedForDisk => "paused_for_disk",
             IngestState::WalError => "wal_error",
+            IngestState::StreamReset => "stream_reset",
             IngestState::Reconnecting => "reconnecting",
             IngestState::Stopping => "stopping",
         }

@@ -309,6 +309,7 @@ pub fn wal_envelopes(data_dir: &Path) -> Vec<(u64, u8, Vec<u8>)> {
             eds::ingest::envelope::Kind::Event => 1,
             eds::ingest::envelope::Kind::DeadLetter => 2,
             eds::ingest::envelope::Kind::DeadLetterMarker => 3,
+            eds::ingest::envelope::Kind::StreamReset => 4,
         };
         out.push((e.stream_seq, kind, e.payload.to_vec()));
     }

@@ -180,6 +180,15 @@ impl Error {
         move |source| Error::Io { op, path, source }
     }
 
+    /// The file or directory the error is about, when it is about one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Io { path, .. } | Error::Poisoned { path, .. } | Error::HolesFile { path } => Some(path),
+            Error::Locked { dir } => Some(dir),
+            _ => None,
+        }
+    }
+
     /// True when the error means "no space" (the budget, or ENOSPC from the file system).
     pub fn is_full(&self) -> bool {
         match self {
