@@ -152,6 +152,10 @@ enum DlqCommand {
         /// Shopmonkey API base URL, for table schemas the data dir's tracker does not hold yet
         #[arg(long, hide = true, default_value = "https://api.shopmonkey.cloud")]
         api_url: String,
+        /// Also replay dead letters of rows that had a newer event delivered since (this rolls
+        /// those rows back to the dead letter's image)
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -216,8 +220,8 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Dlq { command: DlqCommand::List { destination, json } } => {
             wal_cmd::dlq(&data_dir, destination.as_deref(), *json, out)
         }
-        Command::Dlq { command: DlqCommand::Replay { destination, url, api_url } } => {
-            wal_cmd::dlq_replay(&data_dir, destination, url, api_url, out)
+        Command::Dlq { command: DlqCommand::Replay { destination, url, api_url, force } } => {
+            wal_cmd::dlq_replay(&data_dir, destination, url, api_url, *force, out)
         }
         Command::Demo(args) => {
             crate::demo::run(args, cli.global.data_dir.as_deref().unwrap_or(std::path::Path::new("demo-data")))

@@ -9,6 +9,7 @@
 //! drops the properties the schema does not know, asks the driver to make sure the table and its
 //! columns exist (DDL, outside the batch's transaction), then hands it the folded changes.
 
+use crate::ingest::dlq_watch::Watched;
 use crate::ingest::envelope::{self, Kind as EnvelopeKind};
 use crate::registry::Registry;
 use crate::server::state::ServerState;
@@ -613,6 +614,17 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
     let mut backoff = dest.retry.first;
     let mut consecutive_rejected = 0usize;
     let mut backstop = Backstop::default();
+    // Rows with dead letters, whose later deliveries a replay must know about (state kinds).
+    let watch = match (kind, dest.registry.as_ref().and_then(|r| r.tracker())) {
+        (Kind::State, Some(tracker)) => match Watched::load(tracker.clone(), &name) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(destination = %name, error = %eds_wal::error_chain(e.as_ref()), "cannot read which rows have dead letters; `eds dlq replay` will not know which are superseded");
+                None
+            }
+        },
+        _ => None,
+    };
     loop {
         if *shutdown.borrow() {
             break;
@@ -694,11 +706,19 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         let mut decoded: Vec<(u64, ChangeEvent, &[u8])> = Vec::with_capacity(records.len());
         let mut undecodable: Vec<(u64, String)> = Vec::new();
         let mut skipped = 0usize;
+        // Events of rows with dead letters: (LSN, table, key, stream sequence).
+        let mut watched: Vec<(u64, String, String, u64)> = Vec::new();
+        let watching = watch.as_ref().filter(|w| !w.is_empty());
         for rec in &records {
             match envelope::decode(&rec.data) {
                 Ok(env) if env.kind == EnvelopeKind::Event => match ChangeEvent::from_json(env.payload) {
                     Ok(e) if dest.skip_before.get(&e.table).is_some_and(|&t| e.timestamp < t) => skipped += 1,
-                    Ok(e) => decoded.push((rec.lsn, e, env.payload)),
+                    Ok(e) => {
+                        if watching.is_some_and(|w| w.contains(&e.table, e.primary_key())) {
+                            watched.push((rec.lsn, e.table.clone(), e.primary_key().to_owned(), env.stream_seq));
+                        }
+                        decoded.push((rec.lsn, e, env.payload))
+                    }
                     Err(e) => {
                         undecodable.push((rec.lsn, format!("drivers cannot decode it: {}", eds_wal::error_chain(&e))))
                     }
@@ -756,10 +776,21 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 ))
             } else {
                 consecutive_rejected = if all_rejected { in_a_row } else { 0 };
-                dead_letter(&dest, &name, &records, &rejected).await
+                dead_letter(&dest, &name, &records, &rejected, watch.as_ref()).await
             };
         } else if written.is_ok() && attempted > 0 {
             consecutive_rejected = 0;
+        }
+        // Newer events of rows with dead letters are on record before the cursor moves past them.
+        if let (true, Some(w)) = (written.is_ok() && !watched.is_empty(), &watch) {
+            let items: Vec<(String, String, u64)> = watched
+                .into_iter()
+                .filter(|(lsn, ..)| rejected.binary_search_by_key(lsn, |r| r.0).is_err())
+                .map(|(_, table, pk, seq)| (table, pk, seq))
+                .collect();
+            if let Err(e) = w.delivered(&items).await {
+                written = Err(DriverError::new(ErrorClass::Transient, eds_wal::error_chain(e.as_ref())));
+            }
         }
         match written {
             Ok(()) => {
@@ -819,6 +850,7 @@ async fn dead_letter(
     name: &str,
     records: &[Record],
     rejected: &[(u64, String)],
+    watch: Option<&Watched>,
 ) -> Result<(), eds_drivers::driver::DriverError> {
     let Some(dlq) = dest.dead_letters.clone() else {
         return Err(eds_drivers::driver::DriverError::new(
@@ -827,12 +859,17 @@ async fn dead_letter(
         ));
     };
     let mut entries = Vec::with_capacity(rejected.len());
+    let mut rows = Vec::new();
     for (lsn, reason) in rejected {
         let Some(rec) = records.iter().find(|r| r.lsn == *lsn) else { continue };
         let env = envelope::decode(&rec.data).map_err(|e| {
             eds_drivers::driver::DriverError::new(ErrorClass::Config, format!("WAL record {lsn} is damaged: {e}"))
         })?;
         tracing::warn!(destination = %name, lsn, stream_seq = env.stream_seq, reason = %reason, "the destination rejected an event: dead-lettered");
+        if let Ok(e) = ChangeEvent::from_json(env.payload) {
+            let pk = e.primary_key().to_owned();
+            rows.push((e.table, pk, env.stream_seq));
+        }
         entries.push(
             envelope::Envelope {
                 kind: EnvelopeKind::DeadLetter,
@@ -841,6 +878,12 @@ async fn dead_letter(
             }
             .encode(),
         );
+    }
+    // The rows first: a watched row without its dead letter (after a crash here) is harmless.
+    if let Some(w) = watch {
+        w.dead_lettered(&rows).await.map_err(|e| {
+            eds_drivers::driver::DriverError::new(ErrorClass::Transient, eds_wal::error_chain(e.as_ref()))
+        })?;
     }
     tokio::task::spawn_blocking(move || dlq.append(&entries))
         .await

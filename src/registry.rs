@@ -156,6 +156,11 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// The tracker schemas are cached in, when there is one.
+    pub fn tracker(&self) -> Option<&Tracker> {
+        self.inner.tracker.as_ref()
+    }
+
     /// A registry over `source`, persisting fetched schemas in `tracker` when given.
     pub fn new(source: Arc<dyn SchemaSource>, tracker: Option<Tracker>) -> Registry {
         Registry::with_list_refresh(source, tracker, LIST_REFRESH)

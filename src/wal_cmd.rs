@@ -370,6 +370,7 @@ pub(crate) fn dlq_replay(
     destination: &str,
     url: &str,
     api_url: &str,
+    force: bool,
     out: &mut dyn Write,
 ) -> Result<u8> {
     eds_wal::cursor::validate_name(destination)
@@ -384,15 +385,23 @@ pub(crate) fn dlq_replay(
         Ok(std::sync::Arc::new(crate::registry::Registry::new(std::sync::Arc::new(source), Some(tracker))))
     })?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (delivered, still) = runtime.block_on(crate::ingest::dlq::replay(data_dir, destination, &dest))?;
-    writeln!(out, "re-delivered {delivered} dead letter(s) of {destination:?}")?;
-    for (seq, reason) in &still {
+    let done = runtime.block_on(crate::ingest::dlq::replay(data_dir, destination, &dest, force))?;
+    writeln!(out, "re-delivered {} dead letter(s) of {destination:?}", done.delivered)?;
+    for (seq, table, key, by) in &done.superseded {
+        writeln!(
+            out,
+            "superseded: stream sequence {seq} (table {table:?}, key {key:?}): a newer event of the row (stream \
+             sequence {by}) was delivered since; replaying it would roll the row back, so it stays pending \
+             (--force replays it anyway)"
+        )?;
+    }
+    for (seq, reason) in &done.still_rejected {
         writeln!(
             out,
             "still rejected: stream sequence {seq}: {reason} (it and those after it stay for a later replay)"
         )?;
     }
-    Ok(if still.is_empty() { 0 } else { crate::cli::EXIT_FAILURE })
+    Ok(if done.still_rejected.is_empty() { 0 } else { crate::cli::EXIT_FAILURE })
 }
 
 pub(crate) fn sample(dir: &Path, records: u64, batch: u64, out: &mut dyn Write) -> Result<u8> {

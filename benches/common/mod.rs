@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+pub mod procs;
+
 /// splitmix64: cheap, well-spread pseudo-random values from a seed.
 pub fn mix(seed: u64) -> u64 {
     let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);

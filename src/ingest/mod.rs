@@ -15,6 +15,7 @@
 
 pub mod consumer;
 pub mod dlq;
+pub mod dlq_watch;
 pub mod envelope;
 pub mod puller;
 pub mod validate;

@@ -248,6 +248,9 @@ struct TableInfo {
     /// Column sets (lower-cased) of the unique indexes without prefix lengths, the primary key
     /// included.
     unique_keys: Vec<BTreeSet<String>>,
+    /// Names of the unique indexes other than the primary key (prefixed or functional ones too):
+    /// `ON DUPLICATE KEY UPDATE` would fire on any of them and update another row.
+    other_unique: Vec<String>,
 }
 
 /// What the server says about itself, read once.
@@ -384,6 +387,8 @@ async fn load_table(conn: &mut MySqlConnection, table: &str, mariadb: bool) -> R
     for (index, columns, usable) in indexes {
         if index == "PRIMARY" {
             info.primary_key = columns.clone();
+        } else {
+            info.other_unique.push(index.clone());
         }
         if usable {
             info.unique_keys.push(columns);
@@ -1297,11 +1302,23 @@ impl MysqlDriver {
             }
             for g in plan.upserts.iter().filter(|g| g.round == round) {
                 let table = g.schema.table();
-                let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
+                let id = (table, g.schema.model_version());
+                let columns = plans.get(&id).map_or(&[][..], Vec::as_slice);
+                // A table with other unique keys than the primary key: ON DUPLICATE KEY UPDATE
+                // could update the row of another key. Update by primary key, then insert what
+                // is missing; a collision on another key fails, naming the index.
+                let by_key = infos.get(&id).is_some_and(|i| !i.other_unique.is_empty());
                 for range in self.cut(&g.rows, table)? {
                     let rows = &g.rows[range];
                     let what = format!("upserting {} rows into table {table:?}", rows.len());
-                    statements.push((upsert_sql(g, columns, rows.len())?, what, rows));
+                    if by_key {
+                        if let Some(update) = update_by_key_sql(g, columns, rows.len())? {
+                            statements.push((update, what.clone(), rows));
+                        }
+                        statements.push((insert_missing_sql(g, columns, rows.len())?, what, rows));
+                    } else {
+                        statements.push((upsert_sql(g, columns, rows.len())?, what, rows));
+                    }
                 }
             }
         }
@@ -1455,6 +1472,70 @@ fn upsert_sql(g: &UpsertGroup<'_>, columns: &[ColumnPlan<'_>], rows: usize) -> R
         .map(|p| format!("{q} = {q}", q = p.quoted));
     let sets: Vec<String> = sets.into_iter().chain(pinned).collect();
     Ok(format!("INSERT INTO {table} ({names}) VALUES {values} ON DUPLICATE KEY UPDATE {}", sets.join(", ")))
+}
+
+/// The rows of a group as a derived table `(SELECT ? AS c0, ? AS c1, … UNION ALL SELECT ?, ?, …)`,
+/// bound in the same order as [`upsert_sql`]'s values.
+fn rows_table(columns: usize, rows: usize) -> String {
+    let first = (0..columns).map(|i| format!("? AS c{i}")).collect::<Vec<_>>().join(", ");
+    let rest = vec!["?"; columns].join(", ");
+    let mut s = format!("(SELECT {first}");
+    for _ in 1..rows {
+        s.push_str(" UNION ALL SELECT ");
+        s.push_str(&rest);
+    }
+    s.push(')');
+    s
+}
+
+/// `t.k0 = s.c0 AND …` over the primary-key columns (the first columns of a plan).
+fn key_match(schema: &Schema, columns: &[ColumnPlan<'_>]) -> String {
+    let keys = &columns[..schema.primary_keys().len().min(columns.len())];
+    keys.iter().enumerate().map(|(i, p)| format!("t.{} = s.c{i}", p.quoted)).collect::<Vec<_>>().join(" AND ")
+}
+
+/// For a table with other unique keys: `UPDATE t JOIN <rows> AS s ON <primary key> SET …` — the
+/// update half of an upsert that only ever touches the row of the event's own primary key.
+/// `None` when the group updates nothing.
+fn update_by_key_sql(
+    g: &UpsertGroup<'_>,
+    columns: &[ColumnPlan<'_>],
+    rows: usize,
+) -> Result<Option<String>, DriverError> {
+    if g.update.is_empty() {
+        return Ok(None);
+    }
+    let table = quote_ident(g.schema.table())?;
+    let keys = g.schema.primary_keys();
+    let mut sets = Vec::new();
+    for (i, p) in columns.iter().enumerate() {
+        if g.update.contains(&p.name) {
+            sets.push(format!("t.{q} = s.c{i}", q = p.quoted));
+        } else if p.on_update && !keys.iter().any(|k| k == p.name) {
+            // A column the server updates by itself keeps its value unless the change sets it.
+            sets.push(format!("t.{q} = t.{q}", q = p.quoted));
+        }
+    }
+    Ok(Some(format!(
+        "UPDATE {table} AS t JOIN {} AS s ON {} SET {}",
+        rows_table(columns.len(), rows),
+        key_match(g.schema, columns),
+        sets.join(", ")
+    )))
+}
+
+/// For a table with other unique keys: `INSERT INTO t (…) SELECT … FROM <rows> AS s WHERE NOT
+/// EXISTS (<a row with the primary key>)` — the insert half, which fails (naming the index) rather
+/// than touch another row when a new row collides on another unique key.
+fn insert_missing_sql(g: &UpsertGroup<'_>, columns: &[ColumnPlan<'_>], rows: usize) -> Result<String, DriverError> {
+    let table = quote_ident(g.schema.table())?;
+    let names = columns.iter().map(|p| p.quoted.as_str()).collect::<Vec<_>>().join(", ");
+    let picks = (0..columns.len()).map(|i| format!("s.c{i}")).collect::<Vec<_>>().join(", ");
+    Ok(format!(
+        "INSERT INTO {table} ({names}) SELECT {picks} FROM {} AS s WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {})",
+        rows_table(columns.len(), rows),
+        key_match(g.schema, columns)
+    ))
 }
 
 /// `DELETE FROM t WHERE k IN (?, …)`, or `WHERE (k1, k2) IN ((?, ?), …)` for a composite key.

@@ -1472,3 +1472,81 @@ async fn conformance_replay_is_harmless() {
     // An empty batch is fine too.
     d.write(Batch::Folded(&[])).await.unwrap();
 }
+
+#[tokio::test]
+async fn another_unique_key_never_makes_an_upsert_touch_another_row() {
+    let db = Db::new("uniq").await;
+    // A hand-made table with a unique index besides the primary key.
+    db.exec(
+        "CREATE TABLE `things` (`id` VARCHAR(64) NOT NULL PRIMARY KEY, `name` VARCHAR(100), `n` BIGINT, \
+         `doc` JSON, `updatedDate` DATETIME(6), UNIQUE KEY `things_name` (`name`)) DEFAULT CHARSET=utf8mb4;\
+         INSERT INTO `things` (id, name, n) VALUES ('a', 'x', 1), ('b', 'y', 2)",
+    )
+    .await;
+    let d = db.driver();
+    let s = things("v1", json!({}));
+    // A new row whose `name` is row a's: ON DUPLICATE KEY UPDATE would have rewritten row a.
+    let err = apply(&d, &s, &changes(&[ins("things", json!({"id": "c", "name": "x", "n": 3}))])).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Rejected, "{}", err.message);
+    assert!(err.message.contains("1062") && err.message.contains("things_name"), "{}", err.message);
+    // An update of row b to row a's name: refused the same way, row a untouched.
+    let err =
+        apply(&d, &s, &changes(&[upd("things", json!({"id": "b", "name": "x"}), Some(&["name"]))])).await.unwrap_err();
+    assert!(err.message.contains("things_name"), "{}", err.message);
+    assert_eq!(db.snapshot("things").await, ["a|x|1|NULL|NULL", "b|y|2|NULL|NULL"]);
+    // Upserts that collide with nothing go through, by primary key: an update, a new row, a full
+    // re-write of an existing row.
+    let batch = changes(&[
+        upd("things", json!({"id": "a", "n": 10}), Some(&["n"])),
+        ins("things", json!({"id": "d", "name": "z", "n": 4})),
+        ins("things", json!({"id": "b", "name": "y2", "n": 20})),
+    ]);
+    apply(&d, &s, &batch).await.unwrap();
+    assert_eq!(db.snapshot("things").await, ["a|x|10|NULL|NULL", "b|y2|20|NULL|NULL", "d|z|4|NULL|NULL"]);
+    // Replayed, it changes nothing.
+    apply(&d, &s, &batch).await.unwrap();
+    assert_eq!(db.snapshot("things").await.len(), 3);
+}
+
+#[tokio::test]
+async fn big_integers_and_long_decimals_are_stored_exactly_or_refused() {
+    let db = Db::new("exact").await;
+    db.exec(
+        "CREATE TABLE nums (id VARCHAR(64) NOT NULL PRIMARY KEY, big DECIMAL(40,0), `dec` DECIMAL(45,30), n BIGINT, \
+         f DOUBLE) DEFAULT CHARSET=utf8mb4",
+    )
+    .await;
+    let d = db.driver();
+    let s = schema(json!({"table": "nums", "modelVersion": "v1", "primaryKeys": ["id"], "required": ["id"],
+        "properties": {"id": {"type": "string"}, "big": {"type": "integer", "nullable": true},
+                       "dec": {"type": "number", "nullable": true}, "n": {"type": "integer", "nullable": true},
+                       "f": {"type": "number", "nullable": true}}}));
+    let ev = |after: &str| -> Value {
+        serde_json::from_str(&format!(
+            r#"{{"operation":"INSERT","table":"nums","key":["x"],"modelVersion":"v1","after":{after}}}"#
+        ))
+        .unwrap()
+    };
+    let exact = ev(
+        r#"{"id":"a","big":123456789012345678901234567890,"dec":0.123456789012345678901234567890,"n":9223372036854775807,"f":0.1}"#,
+    );
+    apply(&d, &s, &changes(&[exact])).await.unwrap();
+    assert_eq!(
+        db.snapshot("nums").await,
+        ["a|123456789012345678901234567890|0.123456789012345678901234567890|9223372036854775807|0.1"]
+    );
+    apply(&d, &s, &changes(&[ev(r#"{"id":"b","dec":12345.6789012345678,"big":1.5e21}"#)])).await.unwrap();
+    assert_eq!(
+        db.text("SELECT CAST(`dec` AS CHAR) FROM nums WHERE id = 'b'").await.as_deref(),
+        Some("12345.678901234567800000000000000000")
+    );
+    assert_eq!(
+        db.text("SELECT CAST(big AS CHAR) FROM nums WHERE id = 'b'").await.as_deref(),
+        Some("1500000000000000000000")
+    );
+    // Beyond 64 bits into BIGINT: refused with the reason (a dead letter), never rounded.
+    let err = apply(&d, &s, &changes(&[ev(r#"{"id":"c","n":123456789012345678901234567890}"#)])).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Rejected, "{}", err.message);
+    assert!(err.message.contains("does not fit a 64-bit integer column"), "{}", err.message);
+    assert_eq!(db.snapshot("nums").await.len(), 2);
+}

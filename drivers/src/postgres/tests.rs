@@ -1066,3 +1066,42 @@ async fn conformance_replay_is_harmless() {
     // An empty batch is fine too.
     d.write(Batch::Folded(&[])).await.unwrap();
 }
+
+#[tokio::test]
+async fn big_integers_and_long_decimals_are_stored_exactly_or_refused() {
+    let db = Db::new("exact").await;
+    db.exec(r#"CREATE TABLE nums (id TEXT PRIMARY KEY, big NUMERIC(40,0), "dec" NUMERIC(45,30), n BIGINT, f DOUBLE PRECISION)"#)
+        .await;
+    let d = db.driver();
+    let s = schema(json!({"table": "nums", "modelVersion": "v1", "primaryKeys": ["id"], "required": ["id"],
+        "properties": {"id": {"type": "string"}, "big": {"type": "integer", "nullable": true},
+                       "dec": {"type": "number", "nullable": true}, "n": {"type": "integer", "nullable": true},
+                       "f": {"type": "number", "nullable": true}}}));
+    // Parsed from text: json!() would go through f64.
+    let ev = |after: &str| -> Value {
+        serde_json::from_str(&format!(
+            r#"{{"operation":"INSERT","table":"nums","key":["x"],"modelVersion":"v1","after":{after}}}"#
+        ))
+        .unwrap()
+    };
+    let exact = ev(
+        r#"{"id":"a","big":123456789012345678901234567890,"dec":0.123456789012345678901234567890,"n":9223372036854775807,"f":0.1}"#,
+    );
+    apply(&d, &s, &changes(&[exact])).await.unwrap();
+    assert_eq!(
+        db.snapshot("nums").await,
+        ["(a,123456789012345678901234567890,0.123456789012345678901234567890,9223372036854775807,0.1)"]
+    );
+    // 18 significant digits and an exponent, into NUMERIC: still exact.
+    apply(&d, &s, &changes(&[ev(r#"{"id":"b","dec":12345.6789012345678,"big":1.5e21}"#)])).await.unwrap();
+    assert_eq!(
+        db.text("SELECT \"dec\"::text FROM nums WHERE id = 'b'").await.as_deref(),
+        Some("12345.678901234567800000000000000000")
+    );
+    assert_eq!(db.text("SELECT big::text FROM nums WHERE id = 'b'").await.as_deref(), Some("1500000000000000000000"));
+    // Beyond 64 bits into BIGINT: refused with the reason (a dead letter), never rounded.
+    let err = apply(&d, &s, &changes(&[ev(r#"{"id":"c","n":123456789012345678901234567890}"#)])).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Rejected, "{}", err.message);
+    assert!(err.message.contains("22003") && err.message.contains("out of range"), "{}", err.message);
+    assert_eq!(db.snapshot("nums").await.len(), 2);
+}
