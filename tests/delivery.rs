@@ -45,13 +45,14 @@ async fn events_reach_a_file_destination_once_across_restarts() {
     }
     let eds = Eds::start(data.path(), &nats, &["--restart", "--url", &url]);
     eventually("300 files", Duration::from_secs(30), || async { (files(&out).len() >= 300).then_some(()) }).await;
-    let (_, metrics) = eds.get("/metrics").await;
-    assert!(metrics.contains(r#"eds_flush_count_count{destination="archive"}"#), "{metrics}");
+    // The files are there as soon as the driver wrote them; the cursor, figures and metrics follow.
     let status = eventually("the cursor past the last record", Duration::from_secs(10), || async {
         let s = eds.status().await;
         (s["destinations"][0]["cursor"] == 301).then_some(s)
     })
     .await;
+    let (_, metrics) = eds.get("/metrics").await;
+    assert!(metrics.contains(r#"eds_flush_count_count{destination="archive"}"#), "{metrics}");
     let d = &status["destinations"][0];
     assert_eq!((d["name"].as_str(), d["driver"].as_str()), (Some("archive"), Some("File")), "{status}");
     let (_, metrics) = eds.get("/metrics").await;

@@ -80,17 +80,42 @@ pub fn last_stream_seq(wal: &eds_wal::Wal) -> Result<u64> {
 }
 
 /// Bytes a message takes in a frame: payload, envelope fields (subject, id) and framing.
-fn envelope_size(m: &Message) -> usize {
-    m.payload.len() + m.subject.len() + 128
+fn envelope_size(p: &Pending) -> usize {
+    p.payload.len() + p.subject.len() + 128
 }
 
 /// One message ready to be appended (or already stored and only waiting for its ack).
+///
+/// Only what storing and acking need is kept: a JetStream message carries a whole client context,
+/// and moving thousands of them through the batches cost measurable time.
 struct Pending {
     /// Stream sequence.
     seq: u64,
     /// Consumer sequence: this delivery's number among all deliveries of the consumer.
     cseq: u64,
-    msg: Message,
+    subject: async_nats::Subject,
+    /// Where the ack (or NAK) goes.
+    reply: Option<async_nats::Subject>,
+    payload: bytes::Bytes,
+    /// The `Nats-Msg-Id` header, when there is one.
+    msg_id: Option<String>,
+}
+
+/// What JetStream reads as an ack (an empty message, as async-nats sends it) and as a NAK.
+const ACK: &[u8] = b"";
+const NAK: &[u8] = b"-NAK";
+
+/// Send `kind` to each reply subject.
+async fn answer(
+    client: &async_nats::Client,
+    replies: impl IntoIterator<Item = async_nats::Subject>,
+    kind: &'static [u8],
+) {
+    for reply in replies {
+        if let Err(e) = client.publish(reply, bytes::Bytes::from_static(kind)).await {
+            tracing::warn!(error = %e, "ack or NAK not sent; JetStream redelivers the message after AckWait");
+        }
+    }
 }
 
 /// For each drop-oldest destination whose cursor is inside the oldest segment, move its cursor
@@ -310,7 +335,7 @@ impl Ingest {
         let mut puller = Puller::start(
             consumer.clone(),
             self.cfg.consumer.clone(),
-            self.cfg.max_batch.max(1024),
+            self.cfg.max_batch.max(4096),
             self.cfg.faults.clone(),
         );
         let mut stopping = false;
@@ -324,15 +349,20 @@ impl Ingest {
                     puller.stop();
                 }
                 next = puller.messages.recv() => match next {
-                    Some(m) => {
-                        let mut bytes = envelope_size(&m);
-                        batch.push(self.pending(m)?);
+                    Some(chunk) => {
                         // Take what is already there, without waiting: light load delivers at
                         // once, a backlog fills large frames.
-                        while batch.len() < self.cfg.max_batch && bytes < self.cfg.max_batch_bytes {
-                            let Ok(m) = puller.messages.try_recv() else { break };
-                            bytes += envelope_size(&m);
-                            batch.push(self.pending(m)?);
+                        let mut bytes = 0;
+                        let mut chunk = Some(chunk);
+                        while let Some(messages) = chunk.take() {
+                            for m in messages {
+                                let p = self.pending(m)?;
+                                bytes += envelope_size(&p);
+                                batch.push(p);
+                            }
+                            if batch.len() < self.cfg.max_batch && bytes < self.cfg.max_batch_bytes {
+                                chunk = puller.messages.try_recv().ok();
+                            }
                         }
                     }
                     None => {
@@ -366,12 +396,12 @@ impl Ingest {
                 next_cseq = next_cseq.max(p.cseq + 1);
                 if missed > 0 && reconcile.is_none() {
                     if let Err(e) = self.store_all(std::mem::take(&mut ready), &wal).await {
-                        self.give_back(Some(puller), vec![p.msg]).await;
+                        self.give_back(Some(puller), vec![p]).await;
                         return Ok(Stop::StoreFailed(e));
                     }
                     self.drain_inflight().await;
                     if let Some(e) = self.take_failure() {
-                        self.give_back(Some(puller), vec![p.msg]).await;
+                        self.give_back(Some(puller), vec![p]).await;
                         return Ok(Stop::StoreFailed(e));
                     }
                     let _ = client.flush().await;
@@ -516,9 +546,9 @@ impl Ingest {
             let mut bytes = 0usize;
             while let Some(p) = ready.next_if(|p| {
                 chunk.is_empty()
-                    || (chunk.len() < self.cfg.max_batch && bytes + envelope_size(&p.msg) <= self.cfg.max_batch_bytes)
+                    || (chunk.len() < self.cfg.max_batch && bytes + envelope_size(p) <= self.cfg.max_batch_bytes)
             }) {
-                bytes += envelope_size(&p.msg);
+                bytes += envelope_size(&p);
                 chunk.push(p);
             }
             self.store(chunk, wal).await?;
@@ -529,36 +559,32 @@ impl Ingest {
     /// Ending a session: NAK what was delivered to us but not stored (still coming from the
     /// puller, or held), so the server redelivers it at once to the next session instead of after
     /// AckWait — and the next session has nothing to wait for.
-    async fn give_back(&self, puller: Option<Puller>, held: Vec<Message>) {
-        let mut given = Vec::new();
+    async fn give_back(&self, puller: Option<Puller>, held: Vec<Pending>) {
+        let mut given: Vec<async_nats::Subject> = Vec::new();
         let mut buffered = 0i64;
         if let Some(mut puller) = puller {
             // The open request is read to its end (about a second at most): whatever it still
             // delivers is given back too, none of it left to wait for AckWait.
             puller.stop();
             let deadline = tokio::time::Instant::now() + consumer::PULL_EXPIRES + Duration::from_secs(2);
-            while let Ok(Some(m)) = tokio::time::timeout_at(deadline, puller.messages.recv()).await {
-                given.push(m);
+            while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, puller.messages.recv()).await {
+                given.extend(chunk.into_iter().filter_map(|m| m.message.reply));
             }
             buffered = given.len() as i64;
             if let Err(e) = puller.outcome().await {
                 tracing::debug!(error = %eds_wal::error_chain(e.as_ref()), "the puller ended with an error");
             }
         }
-        given.extend(held);
-        for m in &given {
-            if let Err(e) = m.ack_with(async_nats::jetstream::AckKind::Nak(None)).await {
-                tracing::debug!(error = %e, "NAK failed; the message comes back after AckWait");
-            }
-        }
-        if !given.is_empty() {
-            tracing::debug!(messages = given.len(), "gave unstored messages back to JetStream");
-        }
         // Buffered ones were never counted as received; held ones were.
-        self.state.metrics.pending_events.sub(given.len() as i64 - buffered);
-        if let Some(c) = &self.client {
-            let _ = c.flush().await;
+        self.state.metrics.pending_events.sub(held.len() as i64);
+        let count = buffered + held.len() as i64;
+        given.extend(held.into_iter().filter_map(|p| p.reply));
+        let Some(client) = &self.client else { return };
+        answer(client, given, NAK).await;
+        if count > 0 {
+            tracing::debug!(messages = count, "gave unstored messages back to JetStream");
         }
+        let _ = client.flush().await;
     }
 
     fn pending(&self, msg: Message) -> Result<Pending> {
@@ -566,7 +592,9 @@ impl Ingest {
             .info()
             .map_err(|e| anyhow::anyhow!("reading the JetStream metadata of a message on {}: {e}", msg.subject))?;
         let (seq, cseq) = (info.stream_sequence, info.consumer_sequence);
-        Ok(Pending { seq, cseq, msg })
+        let m = msg.message;
+        let msg_id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
+        Ok(Pending { seq, cseq, subject: m.subject, reply: m.reply, payload: m.payload, msg_id })
     }
 
     /// Append `batch` (in stream order) and hand the acks to a task that waits for durability.
@@ -575,8 +603,8 @@ impl Ingest {
         let received_at = now_micros();
         let mut records = Vec::with_capacity(batch.len());
         let mut dead = Vec::new();
-        let mut stored: Vec<Message> = Vec::with_capacity(batch.len());
-        let mut already: Vec<Message> = Vec::new();
+        // Reply subjects of the messages to ack once the batch is durable.
+        let mut acks: Vec<async_nats::Subject> = Vec::with_capacity(batch.len());
         let mut top = self.appended_seq;
         for p in batch {
             if p.seq <= top {
@@ -591,10 +619,10 @@ impl Ingest {
                             kind: Kind::DeadLetter,
                             stream_seq: p.seq,
                             received_at,
-                            subject: p.msg.subject.as_str().into(),
+                            subject: p.subject.as_str().into(),
                             msg_id: "".into(),
                             reason: "arrived after the gap it belonged to was recorded; storing it in the WAL now would break stream order".into(),
-                            payload: &p.msg.payload,
+                            payload: &p.payload,
                         }
                         .encode(),
                     );
@@ -603,29 +631,28 @@ impl Ingest {
                     }
                 }
                 // Already in the WAL (a redelivery) or dead-lettered: ack once durable.
-                already.push(p.msg);
+                acks.extend(p.reply);
                 continue;
             }
             top = p.seq;
             // Borrowed from the message: one envelope, encoded once per record kind.
-            let msg_id = p.msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str()).unwrap_or("");
             let event = Envelope {
                 kind: Kind::Event,
                 stream_seq: p.seq,
                 received_at,
-                subject: p.msg.subject.as_str().into(),
-                msg_id: msg_id.into(),
+                subject: p.subject.as_str().into(),
+                msg_id: p.msg_id.as_deref().unwrap_or("").into(),
                 reason: "".into(),
-                payload: &p.msg.payload,
+                payload: &p.payload,
             };
-            let checked = if envelope_size(&p.msg) > self.cfg.max_batch_bytes {
+            let checked = if envelope_size(&p) > self.cfg.max_batch_bytes {
                 Err(format!(
                     "message of {} bytes is larger than the write-ahead log's largest batch ({} bytes)",
-                    p.msg.payload.len(),
+                    p.payload.len(),
                     self.cfg.max_batch_bytes
                 ))
             } else {
-                validate::check(&p.msg.payload)
+                validate::check(&p.payload)
             };
             match checked {
                 Ok(_) => records.push(event.encode()),
@@ -635,7 +662,7 @@ impl Ingest {
                     records.push(Envelope { kind: Kind::DeadLetterMarker, payload: &[], ..event }.encode());
                 }
             }
-            stored.push(p.msg);
+            acks.extend(p.reply);
         }
         let permit = self
             .inflight
@@ -653,7 +680,8 @@ impl Ingest {
         self.appended_seq = top;
         let dead_count = dead.len() as u64;
         let (wal, dlq, state, failure) = (wal.clone(), self.dlq.clone(), self.state.clone(), self.failure.clone());
-        let acked = (stored.len() + already.len()) as i64;
+        let acked = acks.len() as i64;
+        let client = self.client.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let written = tokio::task::spawn_blocking(move || -> Result<Option<(Duration, Duration)>, StoreError> {
@@ -710,10 +738,8 @@ impl Ingest {
             };
             state.metrics.wal_append_seconds.observe(append_took.as_secs_f64());
             state.metrics.wal_fsync_seconds.observe(sync_took.as_secs_f64());
-            for m in stored.iter().chain(already.iter()) {
-                if let Err(e) = m.ack().await {
-                    tracing::warn!(error = %e, "ack failed; the message will be redelivered and acked then");
-                }
+            if let Some(client) = &client {
+                answer(client, acks, ACK).await;
             }
             let stored_seq = {
                 let mut st = state.ingest();
@@ -934,8 +960,8 @@ enum StoreError {
 }
 
 /// The messages a reconciliation holds, to give back.
-fn held(r: Option<Reconcile>) -> Vec<Message> {
-    r.map(|r| r.in_hand.into_values().map(|p| p.msg).collect()).unwrap_or_default()
+fn held(r: Option<Reconcile>) -> Vec<Pending> {
+    r.map(|r| r.in_hand.into_values().collect()).unwrap_or_default()
 }
 
 /// Waiting for the messages a previous process held.

@@ -1442,3 +1442,13 @@ async fn real_server_conformance() {
 
     db.drop_tables().await;
 }
+
+#[test]
+fn numbers_reach_decimal_columns_digit_for_digit() {
+    let n = |text: &str| -> serde_json::Number { serde_json::from_str(text).unwrap() };
+    // SQL Server reads no exponent when it converts text to DECIMAL: plain notation, every digit.
+    assert_eq!(super::sink::number_text(&n("123456789012345678901234567890")), "123456789012345678901234567890");
+    assert_eq!(super::sink::number_text(&n("0.123456789012345678901234567890")), "0.123456789012345678901234567890");
+    assert_eq!(super::sink::number_text(&n("1.5e21")), "1500000000000000000000");
+    assert_eq!(super::sink::number_text(&n("-2E-3")), "-0.002");
+}
