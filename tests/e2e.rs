@@ -72,8 +72,19 @@ impl PgSchema {
         let mut admin = sqlx::PgConnection::connect(PG).await.expect("PostgreSQL at 127.0.0.1:5432 (database test)");
         admin.execute(format!("CREATE SCHEMA {}", ident(&name)).as_str()).await.unwrap();
         let _ = admin.close().await;
-        let options = PgConnectOptions::from_str(PG).unwrap().options([("search_path", name.as_str())]);
-        let pool = PgPoolOptions::new().max_connections(4).connect_with(options).await.unwrap();
+        // Every helper query has a deadline of its own: the server ends it (and never waits on a
+        // lock for long), and taking a connection times out too.
+        let options = PgConnectOptions::from_str(PG).unwrap().options([
+            ("search_path", name.as_str()),
+            ("statement_timeout", "30s"),
+            ("lock_timeout", "20s"),
+        ]);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .unwrap();
         PgSchema { name, pool }
     }
 

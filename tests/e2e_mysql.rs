@@ -104,8 +104,17 @@ impl MyDb {
             .unwrap_or_else(|e| panic!("MariaDB at {server} (user root, no password): {e}"));
         admin.execute(format!("CREATE DATABASE {}", ident(&name)).as_str()).await.unwrap();
         let _ = admin.close().await;
+        // Every helper query has a deadline of its own: the server ends it (and never waits on a
+        // lock for long), and taking a connection times out too.
         let pool = MySqlPoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION max_statement_time = 30, lock_wait_timeout = 20").await?;
+                    Ok(())
+                })
+            })
             .connect_with(root_options(server).database(&name))
             .await
             .unwrap();
