@@ -96,7 +96,7 @@ enum WalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print records, one per line: LSN, then `text` and the record when it is UTF-8, else `hex` and its bytes
+    /// Print records, one per line, decoded: LSN, kind, stream sequence, receive time, subject, message id, event
     Dump {
         /// First LSN to print (default: the oldest kept)
         #[arg(long, value_name = "LSN")]
@@ -104,6 +104,12 @@ enum WalCommand {
         /// Print at most N records
         #[arg(long, value_name = "N")]
         limit: Option<u64>,
+        /// One JSON object per line
+        #[arg(long, conflicts_with = "raw")]
+        json: bool,
+        /// The records' bytes as they are: `text` and the record when it is UTF-8, else `hex`
+        #[arg(long)]
+        raw: bool,
     },
     /// List or delete cursors (one per destination)
     Cursor {
@@ -237,7 +243,14 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Wal { command } => match command {
             WalCommand::Inspect { json } => wal_cmd::inspect(&wal_dir, *json, out),
             WalCommand::Verify { json } => wal_cmd::verify(&wal_dir, *json, out),
-            WalCommand::Dump { from, limit } => wal_cmd::dump(&wal_dir, *from, *limit, out),
+            WalCommand::Dump { from, limit, json, raw } => {
+                let format = match (json, raw) {
+                    (true, _) => wal_cmd::DumpFormat::Json,
+                    (_, true) => wal_cmd::DumpFormat::Raw,
+                    _ => wal_cmd::DumpFormat::Text,
+                };
+                wal_cmd::dump(&wal_dir, *from, *limit, format, out)
+            }
             WalCommand::Cursor { command: CursorCommand::List { json } } => wal_cmd::cursor_list(&wal_dir, *json, out),
             WalCommand::Cursor { command: CursorCommand::Delete { name } } => {
                 wal_cmd::cursor_delete(&wal_dir, name, out)

@@ -127,33 +127,12 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
             _ => bail!("--url {:?}: start={s:?} is not head, oldest or lsn:N", redact(url)),
         },
     };
-    let (driver, default_name): (Arc<dyn Driver>, String) = match scheme {
-        #[cfg(feature = "file")]
-        "file" => {
-            let dir = eds_drivers::file::directory_from_url(url)
-                .map_err(|e| anyhow::anyhow!("--url {:?}: {}", redact(url), redact(&e.to_string())))?;
-            (Arc::new(eds_drivers::file::FileDriver::new(&dir)), format!("file-{}", dir.display()))
-        }
-        #[cfg(feature = "postgres")]
-        "postgres" | "postgresql" => {
-            let driver = eds_drivers::postgres::PostgresDriver::new(url)
-                .map_err(|e| anyhow::anyhow!("--url {}: {}", redact(url), eds_wal::error_chain(&e)))?;
-            (Arc::new(driver), format!("postgres-{}", host_and_path(rest)))
-        }
-        #[cfg(feature = "mysql")]
-        "mysql" | "mariadb" => {
-            let driver = eds_drivers::mysql::MysqlDriver::new(url)
-                .map_err(|e| anyhow::anyhow!("--url {}: {}", redact(url), eds_wal::error_chain(&e)))?;
-            (Arc::new(driver), format!("mysql-{}", host_and_path(rest)))
-        }
-        #[cfg(feature = "sqlserver")]
-        "sqlserver" | "mssql" => {
-            let driver = eds_drivers::sqlserver::SqlServerDriver::new(url)
-                .map_err(|e| anyhow::anyhow!("--url {}: {}", redact(url), eds_wal::error_chain(&e)))?;
-            (Arc::new(driver), format!("sqlserver-{}", host_and_path(rest)))
-        }
-        _ => return Ok(None),
-    };
+    // Every driver of this build, by scheme or alias: no per-scheme code here.
+    let Some(registered) = eds_drivers::find(scheme) else { return Ok(None) };
+    let driver = registered
+        .open(url)
+        .map_err(|e| anyhow::anyhow!("--url {:?}: {}", redact(url), redact(&eds_wal::error_chain(&e))))?;
+    let default_name = format!("{}-{}", registered.scheme, host_and_path(rest));
     let name = cursor_safe(query_param(url, "name").map(str::to_owned).as_deref().unwrap_or(&default_name));
     if name.is_empty() {
         bail!("--url {:?}: the destination name is empty (set name=… in the URL's query)", redact(url));
@@ -542,8 +521,9 @@ async fn write_state(
             }
         }
     }
-    // The row images move into the fold; the events keep table and key for mapping rejections.
+    // The row images move into the fold, which keeps every event's LSN; the rest goes.
     let folded = fold_taking(events.iter_mut().map(|(lsn, e)| (*lsn, e)));
+    drop(events);
     // DDL first, outside the batch's transaction, once per schema the batch writes with. A
     // schema the destination refuses (a table name it cannot hold) rejects that table's events.
     let mut ensured: Vec<&Arc<Schema>> = Vec::new();
@@ -571,9 +551,7 @@ async fn write_state(
     let mut changes: Vec<StateChange<'_>> = Vec::with_capacity(folded.len());
     for c in &folded {
         if let Some(why) = refused_tables.get(c.table.as_str()) {
-            rejected.extend(
-                events.iter().filter(|(_, e)| e.table == c.table && e.key == c.key).map(|(lsn, _)| (*lsn, why.clone())),
-            );
+            rejected.extend(c.positions.iter().map(|&lsn| (lsn, why.clone())));
         } else if let Some(schema) = lookup(&schemas, &c.table, &c.model_version) {
             changes.push(StateChange { change: c, schema });
         }
@@ -581,11 +559,7 @@ async fn write_state(
     let refused =
         if changes.is_empty() { Refused::default() } else { deliver_all(driver, Batch::Folded(&changes)).await? };
     // The events folded into a change.
-    let lsns = |i: usize| -> Option<Vec<u64>> {
-        let c = changes.get(i)?.change;
-        let of = |e: &ChangeEvent| e.table == c.table && e.key == c.key && e.primary_key() == c.primary_key;
-        Some(events.iter().filter(|(_, e)| of(e)).map(|(lsn, _)| *lsn).collect())
-    };
+    let lsns = |i: usize| changes.get(i).map(|c| c.change.positions.clone());
     for (i, why) in refused.rejected {
         rejected.extend(lsns(i).unwrap_or_default().into_iter().map(|lsn| (lsn, why.clone())));
     }

@@ -1,6 +1,7 @@
 //! `eds wal …`: operator tools over the write-ahead log. All but `cursor delete` and `sample`
 //! open the log read-only: no lock, no file changed, safe beside a running server.
 
+use crate::ingest::envelope;
 use crate::timefmt::{human_bytes, human_duration, now_micros, rfc3339_micros};
 use anyhow::{bail, Context, Result};
 use eds_wal::{Options, Wal};
@@ -228,23 +229,106 @@ pub(crate) fn verify(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<u
     Ok(if v.problems.is_empty() { 0 } else { crate::cli::EXIT_FAILURE })
 }
 
-pub(crate) fn dump(dir: &Path, from: Option<u64>, limit: Option<u64>, out: &mut dyn Write) -> Result<u8> {
+/// How `eds wal dump` prints records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DumpFormat {
+    /// One line per record: LSN, kind, stream sequence, receive time, subject, message id, then
+    /// the event (or why it was dead-lettered).
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// The record's bytes as they are: `text` and the record when it is UTF-8, else `hex`.
+    Raw,
+}
+
+/// `eds wal dump`: records decoded as eds writes them (envelopes); anything else, and `--raw`,
+/// as text or hex. A dead-letter marker shows the reason ingest recorded for it.
+pub(crate) fn dump(
+    dir: &Path,
+    from: Option<u64>,
+    limit: Option<u64>,
+    format: DumpFormat,
+    out: &mut dyn Write,
+) -> Result<u8> {
     let wal = open_read_only(dir)?;
     let from = from.unwrap_or_else(|| wal.oldest_lsn());
     let mut reader = wal.reader(from).with_context(|| format!("reading from LSN {from}"))?;
+    // Reasons of ingest's dead letters by stream sequence, read when the first marker shows up.
+    let mut reasons: Option<std::collections::HashMap<u64, String>> = None;
     let mut printed = 0u64;
     while limit.is_none_or(|l| printed < l) {
         let Some(rec) = reader.next().context("reading the write-ahead log")? else { break };
-        match std::str::from_utf8(&rec.data) {
-            Ok(text) => writeln!(out, "{}\ttext\t{}", rec.lsn, escape_text(text))?,
-            Err(_) => writeln!(out, "{}\thex\t{}", rec.lsn, hex(&rec.data))?,
-        }
         printed += 1;
+        let env = match format {
+            DumpFormat::Raw => None,
+            _ => envelope::decode(&rec.data).ok(),
+        };
+        let Some(env) = env else {
+            let (kind, shown) = match std::str::from_utf8(&rec.data) {
+                Ok(text) => ("text", escape_text(text).into_owned()),
+                Err(_) => ("hex", hex(&rec.data)),
+            };
+            match format {
+                DumpFormat::Json => writeln!(out, "{}", json!({"lsn": rec.lsn, kind: shown}))?,
+                _ => writeln!(out, "{}\t{kind}\t{shown}", rec.lsn)?,
+            }
+            continue;
+        };
+        let (kind, reason) = match env.kind {
+            envelope::Kind::Event => ("event", None),
+            envelope::Kind::DeadLetter => ("dead-letter", Some(env.reason.to_string())),
+            envelope::Kind::StreamReset => ("stream-reset", Some(env.reason.to_string())),
+            envelope::Kind::DeadLetterMarker => {
+                let known = reasons.get_or_insert_with(|| {
+                    let data_dir = dir.parent().unwrap_or(Path::new("."));
+                    crate::ingest::dlq::list(data_dir)
+                        .map(|l| l.into_iter().map(|d| (d.stream_seq, d.reason)).collect())
+                        .unwrap_or_default()
+                });
+                let why = known
+                    .get(&env.stream_seq)
+                    .cloned()
+                    .unwrap_or_else(|| "(reason not found in the ingest dead-letter log)".into());
+                ("dead-lettered", Some(why))
+            }
+        };
+        let received = rfc3339_micros(env.received_at);
+        let payload = std::str::from_utf8(env.payload).ok();
+        match format {
+            DumpFormat::Json => {
+                let mut line = json!({"lsn": rec.lsn, "kind": kind, "stream_seq": env.stream_seq,
+                    "received_at": received, "subject": env.subject, "msg_id": env.msg_id});
+                if let Some(why) = &reason {
+                    line["reason"] = json!(why);
+                }
+                if !env.payload.is_empty() {
+                    line["event"] = match payload.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+                        Some(v) => v,
+                        None => json!(payload.map_or_else(|| hex(env.payload), str::to_owned)),
+                    };
+                }
+                writeln!(out, "{line}")?;
+            }
+            _ => {
+                let id = if env.msg_id.is_empty() { "-" } else { env.msg_id.as_ref() };
+                let shown = match (&reason, payload) {
+                    (Some(why), _) if env.payload.is_empty() || kind == "dead-lettered" => format!("reason: {why}"),
+                    (Some(why), Some(text)) => format!("reason: {why}\t{}", escape_text(text)),
+                    (Some(why), None) => format!("reason: {why}\thex {}", hex(env.payload)),
+                    (None, Some(text)) => escape_text(text).into_owned(),
+                    (None, None) => format!("hex {}", hex(env.payload)),
+                };
+                writeln!(
+                    out,
+                    "{}\t{kind}\tseq {}\t{received}\t{}\t{id}\t{shown}",
+                    rec.lsn, env.stream_seq, env.subject
+                )?;
+            }
+        }
     }
     Ok(0)
 }
 
-/// One record per line: escape what would break a line (and the escape character itself).
 fn escape_text(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(|c| c.is_control() || c == '\\') {
         return std::borrow::Cow::Borrowed(text);

@@ -109,6 +109,54 @@ fn dump_prints_binary_records_as_hex() {
 }
 
 #[test]
+fn dump_decodes_what_ingest_stored() {
+    use eds::ingest::envelope::{Envelope, Kind};
+    let d = tempfile::tempdir().unwrap();
+    let event = br#"{"operation":"INSERT","table":"order","key":["k1"],"after":{"id":"k1","note":"a\tb"}}"#;
+    let env = |kind: Kind, seq: u64, msg_id: &'static str, reason: &'static str, payload: &'static [u8]| {
+        Envelope {
+            kind,
+            stream_seq: seq,
+            received_at: 1_795_749_176_123_456,
+            subject: "dbchange.order.INSERT.c1.l1.PUBLIC.2".into(),
+            msg_id: msg_id.into(),
+            reason: reason.into(),
+            payload,
+        }
+        .encode()
+    };
+    // Ingest's dead letter (its reason lives in the dead-letter log) and its marker in the WAL.
+    eds::ingest::dlq::DeadLetters::open(d.path())
+        .unwrap()
+        .append(&[env(Kind::DeadLetter, 8, "", "message is not a JSON object", b"nope")])
+        .unwrap();
+    let wal = eds_wal::Wal::open(d.path().join("wal"), eds_wal::Options::default()).unwrap();
+    wal.append(&[env(Kind::Event, 7, "m-7", "", event), env(Kind::DeadLetterMarker, 8, "", "", b"")]).unwrap();
+    wal.close().unwrap();
+    let dir = d.path().to_str().unwrap();
+
+    let o = eds(&["wal", "dump", "-d", dir]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // One record per line: the dump escapes control characters and doubles backslashes.
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+    assert_eq!(
+        lines,
+        [
+            r#"1	event	seq 7	2026-11-27T03:12:56.123456Z	dbchange.order.INSERT.c1.l1.PUBLIC.2	m-7	{"operation":"INSERT","table":"order","key":["k1"],"after":{"id":"k1","note":"a\\tb"}}"#,
+            "2	dead-lettered	seq 8	2026-11-27T03:12:56.123456Z	dbchange.order.INSERT.c1.l1.PUBLIC.2	-	reason: message is not a JSON object",
+        ]
+    );
+    let o = eds(&["wal", "dump", "-d", dir, "--json", "--limit", "1"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["lsn"].as_u64(), v["stream_seq"].as_u64(), v["msg_id"].as_str()), (Some(1), Some(7), Some("m-7")));
+    assert_eq!(v["event"]["after"]["note"], "a\tb");
+    let o = eds(&["wal", "dump", "-d", dir, "--raw", "--limit", "1"]);
+    assert!(stdout(&o).starts_with("1\thex\t01"), "{}", stdout(&o));
+    let o = eds(&["wal", "dump", "-d", dir, "--raw", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "--raw and --json do not go together");
+}
+
+#[test]
 fn verify_names_segment_and_offset_of_damage() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().to_str().unwrap();

@@ -372,6 +372,9 @@ pub struct FoldedChange {
     pub first_pos: u64,
     /// Position of the last event folded in.
     pub last_pos: u64,
+    /// Positions of every event folded in, in order (so a rejection maps back to its events
+    /// without a scan of the batch).
+    pub positions: Vec<u64>,
     /// How many events were folded into this change.
     pub events: usize,
     /// The schema version (`modelVersion`) of the last event folded in: its row image is the
@@ -461,6 +464,7 @@ fn fold_with<E: Images>(events: impl IntoIterator<Item = (u64, E)>) -> Vec<Folde
                 let prev = std::mem::replace(&mut slot.change, Folded::Delete { before: None });
                 slot.change = apply(Some(prev), event);
                 slot.last_pos = pos;
+                slot.positions.push(pos);
                 slot.events += 1;
             }
             None => {
@@ -474,6 +478,7 @@ fn fold_with<E: Images>(events: impl IntoIterator<Item = (u64, E)>) -> Vec<Folde
                     change: apply(None, event),
                     first_pos: pos,
                     last_pos: pos,
+                    positions: vec![pos],
                     events: 1,
                     model_version,
                 });

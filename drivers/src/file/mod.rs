@@ -12,3 +12,8 @@ mod tests;
 
 pub use config::{directory_from_url, DESCRIPTION};
 pub use sink::FileDriver;
+
+/// The file driver for a `file://` URL (the registry's entry point).
+pub fn open(url: &str) -> Result<std::sync::Arc<dyn crate::driver::Driver>, crate::driver::DriverError> {
+    Ok(std::sync::Arc::new(FileDriver::new(directory_from_url(url)?)))
+}

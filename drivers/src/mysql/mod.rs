@@ -15,3 +15,8 @@ mod tests;
 
 pub use config::{connect_options, redact, DESCRIPTION, SESSION_SQL_MODE};
 pub use sink::{classify, classify_number, datetime_text, ddl_type, quote_ident, MysqlDriver, MAX_BIND_PARAMS};
+
+/// The MySQL/MariaDB driver for a URL (the registry's entry point).
+pub fn open(url: &str) -> Result<std::sync::Arc<dyn crate::driver::Driver>, crate::driver::DriverError> {
+    Ok(std::sync::Arc::new(MysqlDriver::new(url)?))
+}

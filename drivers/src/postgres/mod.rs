@@ -14,3 +14,8 @@ mod tests;
 
 pub use config::{connect_options, redact, DESCRIPTION};
 pub use sink::{classify, classify_sqlstate, ddl_type, quote_ident, PostgresDriver, COPY_THRESHOLD};
+
+/// The PostgreSQL driver for a URL (the registry's entry point).
+pub fn open(url: &str) -> Result<std::sync::Arc<dyn crate::driver::Driver>, crate::driver::DriverError> {
+    Ok(std::sync::Arc::new(PostgresDriver::new(url)?))
+}

@@ -17,3 +17,8 @@ pub use sink::{
     classify, classify_number, ddl_type, parse_datetime, quote_ident, DateTimeError, GroupSql, Instant, Param,
     SqlServerDriver, Statement, MAX_INSERT_ROWS, MAX_STATEMENT_PARAMS,
 };
+
+/// The SQL Server driver for a URL (the registry's entry point).
+pub fn open(url: &str) -> Result<std::sync::Arc<dyn crate::driver::Driver>, crate::driver::DriverError> {
+    Ok(std::sync::Arc::new(SqlServerDriver::new(url)?))
+}
