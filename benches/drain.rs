@@ -59,9 +59,9 @@
 
 use anyhow::{bail, Context, Result};
 use eds::drain::{self, Destination, Start};
-use eds::ingest::envelope::{self, Envelope, Kind as EnvelopeKind};
+use eds::record::{self, Envelope, Kind as EnvelopeKind};
 use eds::registry::{Registry, SchemaSource};
-use eds::server::state::ServerState;
+use eds::state::ServerState;
 use eds_drivers::driver::Driver;
 use eds_drivers::event::{fold, ChangeEvent, Folded};
 use eds_drivers::postgres::PostgresDriver;
@@ -211,7 +211,7 @@ fn fold_pass(wal: &Wal, max_rows: usize, max_bytes: usize) -> Result<FoldStats> 
         s.batches += 1;
         let mut events = Vec::with_capacity(records.len());
         for rec in &records {
-            let env = envelope::decode(&rec.data)?;
+            let env = record::decode(&rec.data)?;
             let e = ChangeEvent::from_json(env.payload)?;
             s.ops[e.operation as usize] += 1;
             events.push((rec.lsn, e));
@@ -332,7 +332,7 @@ async fn run_eds(
             retry: eds::drain::Retry::default(),
         },
     };
-    dest.dead_letters = Some(eds::ingest::dlq::DeadLetters::open_for_destination(base, &dest.name)?);
+    dest.dead_letters = Some(eds::dlq::DeadLetters::open_for_destination(base, &dest.name)?);
     let mut dests = vec![dest];
     drain::attach_registry(&mut dests, || {
         Ok(Arc::new(Registry::new(Arc::new(eds::demo_schemas::EmbeddedSchemas::new()), None)))
@@ -479,7 +479,7 @@ fn fold_batch(records: &[Record], honour_diff: bool) -> Result<Vec<(String, Stri
     let mut index: HashMap<(String, String), usize> = HashMap::with_capacity(records.len());
     let mut out: Vec<(String, String, Change)> = Vec::with_capacity(records.len());
     for rec in records {
-        let env = envelope::decode(&rec.data)?;
+        let env = record::decode(&rec.data)?;
         if env.kind != EnvelopeKind::Event {
             continue;
         }

@@ -12,7 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use eds::registry::testing;
+use common::hq as testing;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Executor;
 use std::path::{Path, PathBuf};

@@ -2,19 +2,15 @@
 //!
 //! Exit codes: 0 success, 1 failure (including `wal verify` finding damage), 2 usage error.
 
+use crate::exit::{self, UsageError};
 use crate::logging::{self, LogSettings};
-use crate::server::{ServerArgs, UsageError};
+use crate::server::ServerArgs;
 use crate::wal_cmd;
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Exit code for a failure.
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit code for a usage error (bad flag or argument).
-pub const EXIT_USAGE: u8 = 2;
 
 /// eds: store-and-forward gateway for Shopmonkey change-data capture.
 #[derive(Debug, Parser)]
@@ -190,7 +186,7 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
     // Whatever this process creates under a data dir is private to its user.
@@ -210,11 +206,11 @@ where
         Ok(code) => ExitCode::from(code),
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
             eprintln!("error: {}", eds_wal::error_chain(e.as_ref()));
-            ExitCode::from(EXIT_USAGE)
+            ExitCode::from(exit::USAGE)
         }
         Err(e) => {
             eprintln!("error: {}", eds_wal::error_chain(e.as_ref()));
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(exit::FAILURE)
         }
     }
 }

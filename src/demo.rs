@@ -6,10 +6,10 @@
 //! write-ahead log it did not create (it marks its own with a `DEMO` file).
 
 use crate::drain;
-use crate::ingest::envelope::{Envelope, Kind};
+use crate::exit::UsageError;
 use crate::metrics::Metrics;
-use crate::server::state::ServerState;
-use crate::server::UsageError;
+use crate::record::{Envelope, Kind};
+use crate::state::ServerState;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::net::{IpAddr, SocketAddr};
@@ -58,7 +58,7 @@ pub fn run(args: &DemoArgs, data_dir: &Path) -> Result<u8> {
     crate::datadir::prepare(data_dir)?;
     let mut destinations = destinations;
     for d in &mut destinations {
-        d.dead_letters = Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);
+        d.dead_letters = Some(crate::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);
     }
     // The demo's tables come from schemas built in, never from HQ.
     drain::attach_registry(&mut destinations, || {
@@ -79,7 +79,7 @@ async fn demo(args: &DemoArgs, destinations: Vec<drain::Destination>, data_dir: 
     };
     let first_seq = {
         let w = wal.clone();
-        tokio::task::spawn_blocking(move || crate::ingest::last_stream_seq(&w)).await?? + 1
+        tokio::task::spawn_blocking(move || crate::record::last_stream_seq(&w)).await?? + 1
     };
     let state = Arc::new(ServerState::new(Metrics::new()?, wal.clone(), "demo".into()));
     crate::drain::register(&state, &destinations);
@@ -87,7 +87,7 @@ async fn demo(args: &DemoArgs, destinations: Vec<drain::Destination>, data_dir: 
         .await
         .with_context(|| format!("listening on {}:{}", args.bind, args.port))?;
     tracing::info!(addr = %listener.local_addr()?, "status and metrics listening (/status, /metrics)");
-    tokio::spawn(crate::server::http::serve(listener, state.clone()));
+    tokio::spawn(crate::http::serve(listener, state.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Cursors exist before anything is appended: a new destination's "head" is the head now.
@@ -99,7 +99,7 @@ async fn demo(args: &DemoArgs, destinations: Vec<drain::Destination>, data_dir: 
         tracing::info!(destination = %dest.name, driver = dest.driver.describe().name, "delivering");
         drains.push(tokio::spawn(drain::run(dest, state.clone(), stop_rx.clone())));
     }
-    state.set_state(crate::server::state::IngestState::Running);
+    state.set_state(crate::state::IngestState::Running);
 
     let total = args.events.unwrap_or(u64::MAX);
     let mut traffic = crate::sample::Traffic::new(first_seq | 1, total);
@@ -107,7 +107,7 @@ async fn demo(args: &DemoArgs, destinations: Vec<drain::Destination>, data_dir: 
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut report = Instant::now();
     let (mut generated, mut seq, mut last_lsn) = (0u64, first_seq, wal.durable_lsn());
-    let signal = crate::server::wait_for_signal();
+    let signal = crate::shutdown::wait_for_signal();
     tokio::pin!(signal);
     let started = Instant::now();
     loop {

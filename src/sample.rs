@@ -204,7 +204,7 @@ mod traffic_tests {
         assert!(events[..200].iter().all(|e| e["modelVersion"] == "b041c12fbf8d1103"));
         assert!(events[200..].iter().all(|e| e["modelVersion"] == "c7f1e2d3a4b5c6d7"));
         for e in &events {
-            crate::ingest::validate::check(e.to_string().as_bytes()).unwrap();
+            eds_drivers::event::validate(e.to_string().as_bytes()).unwrap();
         }
         let again: Vec<Vec<u8>> = Traffic::new(7, 400).collect();
         assert_eq!(again[123], serde_json::to_vec(&events[123]).unwrap());

@@ -1,7 +1,7 @@
 //! `eds wal …`: operator tools over the write-ahead log. All but `cursor delete` and `sample`
 //! open the log read-only: no lock, no file changed, safe beside a running server.
 
-use crate::ingest::envelope;
+use crate::record;
 use crate::timefmt::{human_bytes, human_duration, now_micros, rfc3339_micros};
 use anyhow::{bail, Context, Result};
 use eds_wal::{Options, Wal};
@@ -226,7 +226,7 @@ pub(crate) fn verify(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<u
             v.problems.len()
         )?;
     }
-    Ok(if v.problems.is_empty() { 0 } else { crate::cli::EXIT_FAILURE })
+    Ok(if v.problems.is_empty() { 0 } else { crate::exit::FAILURE })
 }
 
 /// How `eds wal dump` prints records.
@@ -261,7 +261,7 @@ pub(crate) fn dump(
         printed += 1;
         let env = match format {
             DumpFormat::Raw => None,
-            _ => envelope::decode(&rec.data).ok(),
+            _ => record::decode(&rec.data).ok(),
         };
         let Some(env) = env else {
             let (kind, shown) = match std::str::from_utf8(&rec.data) {
@@ -275,13 +275,13 @@ pub(crate) fn dump(
             continue;
         };
         let (kind, reason) = match env.kind {
-            envelope::Kind::Event => ("event", None),
-            envelope::Kind::DeadLetter => ("dead-letter", Some(env.reason.to_string())),
-            envelope::Kind::StreamReset => ("stream-reset", Some(env.reason.to_string())),
-            envelope::Kind::DeadLetterMarker => {
+            record::Kind::Event => ("event", None),
+            record::Kind::DeadLetter => ("dead-letter", Some(env.reason.to_string())),
+            record::Kind::StreamReset => ("stream-reset", Some(env.reason.to_string())),
+            record::Kind::DeadLetterMarker => {
                 let known = reasons.get_or_insert_with(|| {
                     let data_dir = dir.parent().unwrap_or(Path::new("."));
-                    crate::ingest::dlq::list(data_dir)
+                    crate::dlq::list(data_dir)
                         .map(|l| l.into_iter().map(|d| (d.stream_seq, d.reason)).collect())
                         .unwrap_or_default()
                 });
@@ -407,10 +407,10 @@ pub(crate) fn cursor_delete(dir: &Path, name: &str, out: &mut dyn Write) -> Resu
 
 pub(crate) fn dlq(data_dir: &Path, destination: Option<&str>, as_json: bool, out: &mut dyn Write) -> Result<u8> {
     let letters = match destination {
-        None => crate::ingest::dlq::list(data_dir)?,
+        None => crate::dlq::list(data_dir)?,
         Some(name) => {
             eds_wal::cursor::validate_name(name).map_err(|why| anyhow::anyhow!("--destination {name:?}: {why}"))?;
-            crate::ingest::dlq::list_at(&data_dir.join("dlq").join(name))?
+            crate::dlq::list_at(&data_dir.join("dlq").join(name))?
         }
     };
     if as_json {
@@ -469,7 +469,7 @@ pub(crate) fn dlq_replay(
         Ok(std::sync::Arc::new(crate::registry::Registry::new(std::sync::Arc::new(source), Some(tracker))))
     })?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let done = runtime.block_on(crate::ingest::dlq::replay(data_dir, destination, &dest, force))?;
+    let done = runtime.block_on(crate::drain::replay(data_dir, destination, &dest, force))?;
     writeln!(out, "re-delivered {} dead letter(s) of {destination:?}", done.delivered)?;
     for (seq, table, key, by) in &done.superseded {
         writeln!(
@@ -485,7 +485,7 @@ pub(crate) fn dlq_replay(
             "still rejected: stream sequence {seq}: {reason} (it and those after it stay for a later replay)"
         )?;
     }
-    Ok(if done.still_rejected.is_empty() { 0 } else { crate::cli::EXIT_FAILURE })
+    Ok(if done.still_rejected.is_empty() { 0 } else { crate::exit::FAILURE })
 }
 
 pub(crate) fn sample(dir: &Path, records: u64, batch: u64, out: &mut dyn Write) -> Result<u8> {

@@ -110,7 +110,7 @@ fn dump_prints_binary_records_as_hex() {
 
 #[test]
 fn dump_decodes_what_ingest_stored() {
-    use eds::ingest::envelope::{Envelope, Kind};
+    use eds::record::{Envelope, Kind};
     let d = tempfile::tempdir().unwrap();
     let event = br#"{"operation":"INSERT","table":"order","key":["k1"],"after":{"id":"k1","note":"a\tb"}}"#;
     let env = |kind: Kind, seq: u64, msg_id: &'static str, reason: &'static str, payload: &'static [u8]| {
@@ -126,7 +126,7 @@ fn dump_decodes_what_ingest_stored() {
         .encode()
     };
     // Ingest's dead letter (its reason lives in the dead-letter log) and its marker in the WAL.
-    eds::ingest::dlq::DeadLetters::open(d.path())
+    eds::dlq::DeadLetters::open(d.path())
         .unwrap()
         .append(&[env(Kind::DeadLetter, 8, "", "message is not a JSON object", b"nope")])
         .unwrap();
@@ -340,9 +340,9 @@ fn demo_delivers_every_generated_event_and_keeps_off_server_data() {
 #[test]
 fn dlq_lists_a_destinations_dead_letters() {
     let d = tempfile::tempdir().unwrap();
-    let dlq = eds::ingest::dlq::DeadLetters::open_for_destination(d.path(), "pg-main").unwrap();
-    let rec = eds::ingest::envelope::Envelope {
-        kind: eds::ingest::envelope::Kind::DeadLetter,
+    let dlq = eds::dlq::DeadLetters::open_for_destination(d.path(), "pg-main").unwrap();
+    let rec = eds::record::Envelope {
+        kind: eds::record::Kind::DeadLetter,
         stream_seq: 42,
         received_at: 0,
         subject: "dbchange.order.UPDATE.c.l.PUBLIC.2".into(),
@@ -366,7 +366,7 @@ fn dlq_lists_a_destinations_dead_letters() {
 #[test]
 fn dlq_replay_redelivers_a_destinations_dead_letters_once() {
     let d = tempfile::tempdir().unwrap();
-    let dlq = eds::ingest::dlq::DeadLetters::open_for_destination(d.path(), "archive").unwrap();
+    let dlq = eds::dlq::DeadLetters::open_for_destination(d.path(), "archive").unwrap();
     let payloads: Vec<String> = (1..=3)
         .map(|n| {
             format!(
@@ -378,8 +378,8 @@ fn dlq_replay_redelivers_a_destinations_dead_letters_once() {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            eds::ingest::envelope::Envelope {
-                kind: eds::ingest::envelope::Kind::DeadLetter,
+            eds::record::Envelope {
+                kind: eds::record::Kind::DeadLetter,
                 stream_seq: 10 + i as u64,
                 received_at: 0,
                 subject: "dbchange.order.INSERT.c.l.PUBLIC.2".into(),

@@ -5,8 +5,8 @@
 
 mod common;
 
+use common::hq::{self as testing, Routes};
 use common::*;
-use eds::registry::testing::{self, Routes};
 use serde_json::{json, Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor};

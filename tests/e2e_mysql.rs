@@ -9,8 +9,8 @@
 
 mod common;
 
+use common::hq::{self as testing, Routes};
 use common::*;
-use eds::registry::testing::{self, Routes};
 use serde_json::{json, Map, Number, Value};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sqlx::{Connection, Executor, Row};

@@ -5,12 +5,12 @@
 mod common;
 
 use common::*;
+use eds::dlq::DeadLetters;
 use eds::ingest::consumer::ConsumerSettings;
-use eds::ingest::dlq::DeadLetters;
 use eds::ingest::puller::DeliveryFaults;
 use eds::ingest::{self, IngestConfig};
 use eds::metrics::Metrics;
-use eds::server::state::ServerState;
+use eds::state::ServerState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +81,7 @@ async fn a_delivery_lost_mid_session_is_waited_for_not_acked_away() {
     let mut r = wal.reader(1).unwrap();
     let mut in_wal = Vec::new();
     while let Some(rec) = r.next().unwrap() {
-        in_wal.push(eds::ingest::envelope::decode(&rec.data).unwrap().stream_seq);
+        in_wal.push(eds::record::decode(&rec.data).unwrap().stream_seq);
     }
     assert_eq!(in_wal, seqs, "every message once, in stream order");
     assert_eq!(status["ingest"]["gaps"], serde_json::json!([]), "{status}");

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+#[path = "../../tests/common/hq.rs"]
+pub mod hq;
 pub mod procs;
 
 /// splitmix64: cheap, well-spread pseudo-random values from a seed.

@@ -14,18 +14,16 @@
 //! `gaps.jsonl` and `/status` — never silent.
 
 pub mod consumer;
-pub mod dlq;
-pub mod dlq_watch;
-pub mod envelope;
 pub mod puller;
 pub mod validate;
 
-use crate::server::state::{Gap, IngestState, ServerState};
+use crate::dlq;
+use crate::record::{self, Envelope, Kind};
+use crate::state::{Gap, IngestState, ServerState};
 use crate::timefmt::now_micros;
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, Message};
 use consumer::ConsumerSettings;
-use envelope::{Envelope, Kind};
 use puller::{DeliveryFaults, Puller};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -60,23 +58,6 @@ pub struct IngestConfig {
     pub accept_stream_reset: Option<u64>,
     /// Deliveries to lose on purpose (fault-injection tests only).
     pub faults: Option<Arc<DeliveryFaults>>,
-}
-
-/// Highest stream sequence stored in the WAL: from the last record's envelope.
-pub fn last_stream_seq(wal: &eds_wal::Wal) -> Result<u64> {
-    let head = wal.durable_lsn();
-    if head == 0 {
-        return Ok(0);
-    }
-    let dir = wal.dir().display();
-    let mut r =
-        wal.reader(head).with_context(|| format!("reading the last record (LSN {head}) of the WAL at {dir}"))?;
-    let rec = r
-        .next()
-        .with_context(|| format!("reading the last record (LSN {head}) of the WAL at {dir}"))?
-        .with_context(|| format!("the last record (LSN {head}) of the WAL at {dir} is not readable"))?;
-    let env = envelope::decode(&rec.data).with_context(|| format!("WAL record {} is not an eds envelope", rec.lsn))?;
-    Ok(env.stream_seq)
 }
 
 /// Bytes a message takes in a frame: payload, envelope fields (subject, id) and framing.
@@ -188,7 +169,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let wal = state.wal().context("ingest started without an open write-ahead log")?;
-    let s = tokio::task::spawn_blocking(move || last_stream_seq(&wal)).await??;
+    let s = tokio::task::spawn_blocking(move || record::last_stream_seq(&wal)).await??;
     state.ingest().stream_seq = s;
     state.metrics.stream_seq.set(s as i64);
     let inflight = Arc::new(Semaphore::new(cfg.max_inflight_batches.max(1)));
@@ -877,7 +858,7 @@ impl Ingest {
         };
         let s = {
             let w = wal.clone();
-            tokio::task::spawn_blocking(move || last_stream_seq(&w)).await??
+            tokio::task::spawn_blocking(move || record::last_stream_seq(&w)).await??
         };
         self.reopen = None;
         self.state.ingest().stream_seq = s;

@@ -5,14 +5,14 @@
 //! before exit 0. A second signal exits at once, which is still safe for the same reason.
 
 pub mod duration;
-pub mod http;
-pub mod state;
 
-use crate::ingest::{self, consumer::ConsumerSettings, dlq::DeadLetters, IngestConfig};
+use crate::dlq::DeadLetters;
+use crate::exit::UsageError;
+use crate::ingest::{self, consumer::ConsumerSettings, IngestConfig};
 use crate::metrics::Metrics;
+use crate::state::ServerState;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use state::ServerState;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -324,8 +324,7 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
     // Dead letters take from the WAL's disk budget.
     let dlq_bytes = eds_wal::SharedBytes::default();
     for d in &mut destinations {
-        d.dead_letters =
-            Some(crate::ingest::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?.count_in(&dlq_bytes));
+        d.dead_letters = Some(crate::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?.count_in(&dlq_bytes));
     }
     crate::drain::record_destinations(data_dir, &destinations, &args.urls)?;
     crate::drain::attach_registry(&mut destinations, || {
@@ -341,18 +340,6 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
         .context("starting the async runtime")?;
     runtime.block_on(serve(plan, destinations, data_dir.to_path_buf(), dlq_bytes))
 }
-
-/// A usage error found after parsing (exit code 2).
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
 
 async fn serve(
     plan: ServerPlan,
@@ -390,24 +377,24 @@ async fn serve(
         tokio::net::TcpListener::bind(plan.http).await.with_context(|| format!("listening on {}", plan.http))?;
     let addr = listener.local_addr()?;
     tracing::info!(addr = %addr, "health, status and metrics listening (/, /status, /metrics)");
-    tokio::spawn(http::serve(listener, state.clone()));
+    tokio::spawn(crate::http::serve(listener, state.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signal_state = state.clone();
     let delay = plan.shutdown_delay;
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::shutdown::wait_for_signal().await;
         tracing::info!(delay = %duration::format(delay), "shutting down: finishing in-flight appends and acks (signal again to exit at once)");
         signal_state.begin_shutdown();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = wait_for_signal() => {
+            _ = crate::shutdown::wait_for_signal() => {
                 tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");
                 std::process::exit(130);
             }
         }
         let _ = stop_tx.send(true);
-        wait_for_signal().await;
+        crate::shutdown::wait_for_signal().await;
         tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");
         std::process::exit(130);
     });
@@ -435,29 +422,6 @@ async fn serve(
     result?;
     tracing::info!("stopped");
     Ok(0)
-}
-
-/// Resolves at SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-            (Ok(mut int), Ok(mut term)) => {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 #[cfg(test)]

@@ -304,12 +304,12 @@ pub fn wal_envelopes(data_dir: &Path) -> Vec<(u64, u8, Vec<u8>)> {
     let mut r = wal.reader(1).unwrap();
     let mut out = Vec::new();
     while let Some(rec) = r.next().unwrap() {
-        let e = eds::ingest::envelope::decode(&rec.data).unwrap();
+        let e = eds::record::decode(&rec.data).unwrap();
         let kind = match e.kind {
-            eds::ingest::envelope::Kind::Event => 1,
-            eds::ingest::envelope::Kind::DeadLetter => 2,
-            eds::ingest::envelope::Kind::DeadLetterMarker => 3,
-            eds::ingest::envelope::Kind::StreamReset => 4,
+            eds::record::Kind::Event => 1,
+            eds::record::Kind::DeadLetter => 2,
+            eds::record::Kind::DeadLetterMarker => 3,
+            eds::record::Kind::StreamReset => 4,
         };
         out.push((e.stream_seq, kind, e.payload.to_vec()));
     }
@@ -332,3 +332,4 @@ pub fn bulky_event(n: u64, seed: &mut u64) -> Vec<u8> {
     )
     .into_bytes()
 }
+pub mod hq;

@@ -21,6 +21,7 @@
 //!     24      subject, msg_id, reason, then the payload to the end of the record
 //! ```
 
+use anyhow::Context;
 use std::borrow::Cow;
 use thiserror::Error;
 
@@ -157,6 +158,23 @@ pub fn decode(b: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     let reason = text(b, FIXED + sl + ml, rl, "reason")?;
     let payload = b.get(FIXED + sl + ml + rl..).ok_or(EnvelopeError::Truncated)?;
     Ok(Envelope { kind, stream_seq, received_at, subject, msg_id, reason, payload })
+}
+
+/// Highest stream sequence stored in the WAL: from the last record's envelope.
+pub fn last_stream_seq(wal: &eds_wal::Wal) -> anyhow::Result<u64> {
+    let head = wal.durable_lsn();
+    if head == 0 {
+        return Ok(0);
+    }
+    let dir = wal.dir().display();
+    let mut r =
+        wal.reader(head).with_context(|| format!("reading the last record (LSN {head}) of the WAL at {dir}"))?;
+    let rec = r
+        .next()
+        .with_context(|| format!("reading the last record (LSN {head}) of the WAL at {dir}"))?
+        .with_context(|| format!("the last record (LSN {head}) of the WAL at {dir} is not readable"))?;
+    let env = decode(&rec.data).with_context(|| format!("WAL record {} is not an eds envelope", rec.lsn))?;
+    Ok(env.stream_seq)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! (EDS always answers 200). A destination being down is never a reason to restart eds, so
 //! destination state appears in `/status`, not here.
 
-use super::state::ServerState;
+use crate::state::ServerState;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
