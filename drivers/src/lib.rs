@@ -16,6 +16,8 @@ pub mod number;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod schema;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlserver"))]
+pub mod sql;
 #[cfg(feature = "sqlserver")]
 pub mod sqlserver;
 #[cfg(any(feature = "postgres", feature = "mysql"))]

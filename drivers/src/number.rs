@@ -30,6 +30,16 @@ pub fn integer_text(n: &Number) -> Option<String> {
     Some(if int == "-0" { "0".to_owned() } else { int.to_owned() })
 }
 
+/// `n` as exact decimal text for a column: a whole value headed for an integer column as an
+/// integer (`3.0` → `3`, which integer input requires), anything else as [`exact_text`] (a
+/// fraction is left for the destination to refuse).
+pub fn column_text(n: &Number, integer_column: bool) -> String {
+    match integer_column.then(|| integer_text(n)).flatten() {
+        Some(integer) => integer,
+        None => exact_text(n),
+    }
+}
+
 /// JSON number text (`-?digits(.digits)?([eE][+-]?digits)?`) in plain notation; `None` when it is
 /// not such text or its exponent is beyond [`MAX_EXPANSION`].
 fn plain(text: &str) -> Option<String> {

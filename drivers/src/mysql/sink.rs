@@ -43,14 +43,16 @@
 
 use super::config::{connect_options, redact, DESCRIPTION, SESSION_SQL_MODE};
 use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
-use crate::event::{Folded, Row};
 use crate::schema::{ColumnType, Schema};
+use crate::sql::datetime;
+use crate::sql::plan::{self, KeyPart, Prepare, Step};
 use crate::sqltx::BatchTx;
-use serde_json::{Number, Value};
+use serde_json::Value;
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool};
 use sqlx::query::Query;
 use sqlx::{Connection, Executor};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -527,18 +529,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A value ready to bind.
+/// A value ready to bind; text borrows the event's strings where it can.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum Cell {
+pub(super) enum Cell<'v> {
     Null,
-    Text(String),
+    Text(Cow<'v, str>),
     Int(i64),
     UInt(u64),
     Float(f64),
     Bool(bool),
 }
 
-impl Cell {
+impl Cell<'_> {
     /// An upper bound of the bytes the value takes in a COM_STMT_EXECUTE packet (type, length
     /// prefix, data, null bitmap).
     fn wire_bytes(&self) -> usize {
@@ -547,17 +549,12 @@ impl Cell {
             _ => 12,
         }
     }
-
-    /// A key under which equal keys meet (for ordering changes of the same row).
-    fn identity(&self) -> String {
-        format!("{self:?}")
-    }
 }
 
-fn bind_cell<'q>(q: Query<'q, MySql, MySqlArguments>, cell: &'q Cell) -> Query<'q, MySql, MySqlArguments> {
+fn bind_cell<'q>(q: Query<'q, MySql, MySqlArguments>, cell: &'q Cell<'_>) -> Query<'q, MySql, MySqlArguments> {
     match cell {
         Cell::Null => q.bind(None::<&str>),
-        Cell::Text(s) => q.bind(s.as_str()),
+        Cell::Text(s) => q.bind(s.as_ref()),
         Cell::Int(i) => q.bind(*i),
         Cell::UInt(u) => q.bind(*u),
         Cell::Float(f) => q.bind(*f),
@@ -632,13 +629,13 @@ impl ColumnPlan<'_> {
     }
 
     /// The value converted for the column's storage, or why the column cannot take it.
-    pub(super) fn cell(&self, value: Option<&Value>, table: &str) -> Result<Cell, DriverError> {
+    pub(super) fn cell<'v>(&self, value: Option<&'v Value>, table: &str) -> Result<Cell<'v>, DriverError> {
         let v = match value {
-            None | Some(Value::Null) => return Ok(self.default.map_or(Cell::Null, |d| Cell::Text(d.to_owned()))),
+            None | Some(Value::Null) => return Ok(self.default.map_or(Cell::Null, |d| Cell::Text(Cow::Borrowed(d)))),
             Some(v) => v,
         };
         match self.storage {
-            Storage::Json => Ok(Cell::Text(v.to_string())),
+            Storage::Json => Ok(Cell::Text(Cow::Owned(v.to_string()))),
             Storage::DateTime | Storage::Timestamp => {
                 let Value::String(s) = v else {
                     return Err(self.refuse(table, v, "is not an ISO-8601 date-time"));
@@ -652,7 +649,7 @@ impl ColumnPlan<'_> {
                     ));
                 }
                 format_micros(micros)
-                    .map(Cell::Text)
+                    .map(|t| Cell::Text(Cow::Owned(t)))
                     .ok_or_else(|| self.refuse(table, v, "is outside the years 0000 to 9999"))
             }
             Storage::Integer => match v {
@@ -704,162 +701,106 @@ impl ColumnPlan<'_> {
             },
             // Exact text: the server parses it into the column's precision.
             Storage::Decimal => match v {
-                Value::Number(n) => Ok(Cell::Text(crate::number::exact_text(n))),
-                Value::String(s) => Ok(Cell::Text(s.clone())),
+                Value::Number(n) => Ok(Cell::Text(Cow::Owned(crate::number::exact_text(n)))),
+                Value::String(s) => Ok(Cell::Text(Cow::Borrowed(s))),
                 _ => Err(self.refuse(table, v, "is not a number")),
             },
-            Storage::Text | Storage::Enum | Storage::Other => Ok(Cell::Text(value_text(v))),
+            Storage::Text | Storage::Enum | Storage::Other => Ok(Cell::Text(text_of(v))),
         }
     }
 }
 
-/// A value as text for a text column: strings as they are, booleans `true`/`false`, numbers
-/// exactly as the event carried them, objects and arrays as compact JSON.
-pub(super) fn value_text(v: &Value) -> String {
+impl Prepare for ColumnPlan<'_> {
+    type Cell<'v> = Cell<'v>;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn cell<'v>(&self, value: Option<&'v Value>, table: &str) -> Result<Self::Cell<'v>, DriverError> {
+        ColumnPlan::cell(self, value, table)
+    }
+
+    fn key_cell<'v>(&self, key: &'v str, table: &str) -> Result<Self::Cell<'v>, DriverError> {
+        // Through the column's own conversion (an integer key column gets an integer).
+        let value = Value::String(key.to_owned());
+        ColumnPlan::cell(self, Some(&value), table).map(Cell::into_owned)
+    }
+
+    fn key<'c>(cell: &'c Self::Cell<'_>) -> KeyPart<'c> {
+        match cell {
+            Cell::Null => KeyPart::Null,
+            Cell::Text(s) => KeyPart::Text(s),
+            Cell::Int(i) => KeyPart::Int(i128::from(*i)),
+            Cell::UInt(u) => KeyPart::Int(i128::from(*u)),
+            Cell::Float(f) => KeyPart::Float(f.to_bits()),
+            Cell::Bool(b) => KeyPart::Bool(*b),
+        }
+    }
+}
+
+impl Cell<'_> {
+    /// The same value, owning its text.
+    pub(super) fn into_owned(self) -> Cell<'static> {
+        match self {
+            Cell::Null => Cell::Null,
+            Cell::Text(s) => Cell::Text(Cow::Owned(s.into_owned())),
+            Cell::Int(i) => Cell::Int(i),
+            Cell::UInt(u) => Cell::UInt(u),
+            Cell::Float(f) => Cell::Float(f),
+            Cell::Bool(b) => Cell::Bool(b),
+        }
+    }
+}
+
+/// A value as text for a text column: strings as they are (borrowed), booleans `true`/`false`,
+/// numbers exactly as the event carried them, objects and arrays as compact JSON.
+fn text_of(v: &Value) -> Cow<'_, str> {
     match v {
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => number_text(n, false),
-        _ => v.to_string(),
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Value::Number(n) => Cow::Owned(number_text(n, false)),
+        _ => Cow::Owned(v.to_string()),
     }
 }
 
-/// A number as exact decimal text, digit for digit (see [`crate::number`]); a whole value headed
-/// for an integer column as an integer (`3.0` → `3`).
-pub(super) fn number_text(n: &Number, integer_column: bool) -> String {
-    match integer_column.then(|| crate::number::integer_text(n)).flatten() {
-        Some(integer) => integer,
-        None => crate::number::exact_text(n),
-    }
+/// [`text_of`], owned.
+#[cfg(test)]
+pub(super) fn value_text(v: &Value) -> String {
+    text_of(v).into_owned()
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+pub(super) use crate::number::column_text as number_text;
 
-/// The date of a day number (see [`days_from_civil`]).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+/// 1970-01-01T00:00:00, the origin of [`parse_datetime`]'s microseconds.
+const UNIX_EPOCH: jiff::civil::DateTime = jiff::civil::date(1970, 1, 1).at(0, 0, 0, 0);
 
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// A run of exactly `n` ASCII digits at the start of `s`, and the rest.
-fn digits(s: &str, n: usize) -> Option<(i64, &str)> {
-    let head = s.get(..n)?;
-    if !head.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some((head.parse().ok()?, &s[n..]))
-}
-
-/// Microseconds since 1970-01-01T00:00:00Z of an ISO-8601 date-time: `YYYY-MM-DD`, optionally
-/// followed by `T` (or a space) and `HH:MM[:SS[.fraction]]`, optionally followed by `Z` or an
-/// offset `±HH[:MM]`/`±HHMM`. No offset means UTC. Fractions finer than a microsecond are
-/// rounded; a leap second `:60` and `24:00:00` roll over as PostgreSQL does. Anything else —
-/// words such as `now` or `yesterday`, impossible dates — is `None`; nothing panics.
+/// Microseconds since 1970-01-01T00:00:00Z of an ISO-8601 date-time (see [`crate::sql::datetime`];
+/// `24:00` is the end of the day), rounded half up to the microsecond. `None` for anything else —
+/// words such as `now` or `yesterday`, impossible dates; nothing panics.
 pub(super) fn parse_datetime(s: &str) -> Option<i64> {
-    let (year, rest) = digits(s, 4)?;
-    let (month, rest) = digits(rest.strip_prefix('-')?, 2)?;
-    let (day, rest) = digits(rest.strip_prefix('-')?, 2)?;
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
-    let (mut hour, mut minute, mut second, mut micros, mut offset) = (0, 0, 0, 0i64, 0i64);
-    let mut rest = rest;
-    if let Some(time) = rest.strip_prefix(['T', 't', ' ']) {
-        let (h, r) = digits(time, 2)?;
-        let (m, r) = digits(r.strip_prefix(':')?, 2)?;
-        (hour, minute, rest) = (h, m, r);
-        if let Some(r) = rest.strip_prefix(':') {
-            let (sec, r) = digits(r, 2)?;
-            (second, rest) = (sec, r);
-            if let Some(r) = rest.strip_prefix(['.', ',']) {
-                let n = r.bytes().take_while(u8::is_ascii_digit).count();
-                if n == 0 {
-                    return None;
-                }
-                let frac = &r[..n];
-                let mut value: i64 = 0;
-                for (i, b) in frac.bytes().take(7).enumerate() {
-                    let d = i64::from(b - b'0');
-                    if i < 6 {
-                        value = value * 10 + d;
-                    } else if d >= 5 {
-                        value += 1;
-                    }
-                }
-                for _ in n..6 {
-                    value *= 10;
-                }
-                (micros, rest) = (value, &r[n..]);
-            }
-        }
-        if hour > 24 || minute > 59 || second > 60 || (hour == 24 && (minute, second, micros) != (0, 0, 0)) {
-            return None;
-        }
-        match rest.as_bytes().first() {
-            None => {}
-            Some(b'Z' | b'z') => rest = &rest[1..],
-            Some(&sign @ (b'+' | b'-')) => {
-                let (oh, r) = digits(&rest[1..], 2)?;
-                let (om, r) = match r.strip_prefix(':') {
-                    Some(r) => digits(r, 2)?,
-                    None if r.is_empty() => (0, r),
-                    None => digits(r, 2)?,
-                };
-                if oh > 23 || om > 59 {
-                    return None;
-                }
-                offset = (oh * 60 + om) * 60;
-                if sign == b'-' {
-                    offset = -offset;
-                }
-                rest = r;
-            }
-            Some(_) => return None,
-        }
-    }
-    if !rest.is_empty() {
-        return None;
-    }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    Some(seconds * 1_000_000 + micros)
+    let utc = datetime::parse(s, datetime::EndOfDay::Accept).ok()?;
+    let utc = datetime::round(utc, 1_000).ok()?;
+    i64::try_from(utc.duration_since(UNIX_EPOCH).as_micros()).ok()
 }
 
 /// `YYYY-MM-DD HH:MM:SS.ffffff` (UTC) of microseconds since the epoch; `None` outside the years
 /// 0000–9999.
 pub(super) fn format_micros(micros: i64) -> Option<String> {
-    let (seconds, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
-    let (days, secs) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    if !(0..=9999).contains(&y) {
+    let dt = UNIX_EPOCH.checked_add(jiff::SignedDuration::from_micros(micros)).ok()?;
+    if !(0..=9999).contains(&dt.year()) {
         return None;
     }
-    Some(format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{frac:06}", secs / 3600, secs / 60 % 60, secs % 60))
+    Some(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.subsec_nanosecond() / 1_000
+    ))
 }
 
 /// An ISO-8601 date-time (`YYYY-MM-DD[THH:MM[:SS[.fraction]]]` with `Z`, an offset such as
@@ -871,37 +812,11 @@ pub fn datetime_text(value: &str) -> Option<String> {
     parse_datetime(value).and_then(format_micros)
 }
 
-/// Upserts of one table and schema version that update the same columns, row by row.
-struct UpsertGroup<'b> {
-    round: usize,
-    schema: &'b Schema,
-    /// Names of the columns `ON DUPLICATE KEY UPDATE` writes (empty: none).
-    update: Vec<&'b str>,
-    /// One cell per schema column, per row.
-    rows: Vec<Vec<Cell>>,
-}
-
-/// Deletes of one table by its primary key, row by row.
-struct DeleteGroup<'b> {
-    round: usize,
-    schema: &'b Schema,
-    /// One cell per primary-key column, per row.
-    rows: Vec<Vec<Cell>>,
-}
-
-/// What a batch does, in rounds: within a round every (table, primary key) appears once, so its
-/// statements commute; a key that appears twice (the same id under two key arrays) goes to a later
-/// round, in the order of the changes' last events.
-#[derive(Default)]
-struct Plan<'b> {
-    upserts: Vec<UpsertGroup<'b>>,
-    deletes: Vec<DeleteGroup<'b>>,
-    rounds: usize,
-}
+type UpsertGroup<'b> = plan::UpsertGroup<'b, Cell<'b>>;
 
 /// Cuts `rows` into runs of at most `max_params` placeholders and `budget` bytes of values. A run
 /// holds at least one row; `Err(i)` names a row that alone exceeds `budget`.
-pub(super) fn chunks(rows: &[Vec<Cell>], max_params: usize, budget: usize) -> Result<Vec<Range<usize>>, usize> {
+pub(super) fn chunks(rows: &[Vec<Cell<'_>>], max_params: usize, budget: usize) -> Result<Vec<Range<usize>>, usize> {
     let width = rows.first().map_or(1, Vec::len).max(1);
     let per_statement = (max_params / width).max(1);
     let mut out = Vec::new();
@@ -1130,110 +1045,20 @@ impl MysqlDriver {
                         format!("MySQL: column {:?} of table {table:?} is missing at the destination", c.name),
                     ));
                 };
-                let default = match c.kind {
-                    ColumnType::Object if c.not_null_for_json_default() => Some("{}"),
-                    ColumnType::Array { .. } if c.not_null_for_json_default() => Some("[]"),
-                    _ => None,
-                };
                 Ok(ColumnPlan {
                     name: &c.name,
                     quoted: quote_ident(&c.name)?,
                     storage: dest.storage,
                     unsigned: dest.column_type.to_ascii_lowercase().contains("unsigned"),
-                    default,
+                    default: plan::json_default(c),
                     on_update: dest.on_update,
                 })
             })
             .collect()
     }
 
-    /// Turns a batch into grouped rows (see [`Plan`]).
-    fn plan<'b>(
-        &self,
-        changes: &'b [StateChange<'b>],
-        plans: &HashMap<(&'b str, &'b str), Vec<ColumnPlan<'b>>>,
-    ) -> Result<Plan<'b>, DriverError> {
-        let mut order: Vec<&StateChange<'b>> = changes.iter().collect();
-        order.sort_by_key(|c| c.change.last_pos);
-        let mut seen: HashMap<(&str, Vec<String>), usize> = HashMap::new();
-        let mut upsert_index: HashMap<(usize, &str, &str, Vec<&str>), usize> = HashMap::new();
-        let mut delete_index: HashMap<(usize, &str, &str), usize> = HashMap::new();
-        let mut plan = Plan::default();
-        for sc in order {
-            let schema = sc.schema;
-            let (table, version) = (schema.table(), schema.model_version());
-            let Some(columns) = plans.get(&(table, version)) else {
-                return Err(DriverError::new(ErrorClass::Transient, format!("MySQL: no plan for table {table:?}")));
-            };
-            let npk = schema.primary_keys().len();
-            let image: Option<&Row> = match &sc.change.change {
-                Folded::Upsert { row, .. } => Some(row),
-                Folded::Delete { before } => before.as_ref(),
-            };
-            let width = match sc.change.change {
-                Folded::Upsert { .. } => columns.len(),
-                Folded::Delete { .. } => npk,
-            };
-            // Primary keys are the first columns of the schema's column order; their values come
-            // from the row by name, never from `key` by position (it may carry a region prefix).
-            let mut cells: Vec<Cell> = columns
-                .iter()
-                .take(width)
-                .map(|p| p.cell(image.and_then(|r| r.get(p.name)), table))
-                .collect::<Result<_, _>>()?;
-            if npk == 1 {
-                if let (Some(first), Some(p)) = (cells.first_mut().filter(|v| **v == Cell::Null), columns.first()) {
-                    *first = p.cell(Some(&Value::String(sc.change.primary_key.clone())), table)?;
-                }
-            }
-            if let Some(missing) = columns.iter().take(npk).zip(&cells).find(|(_, v)| **v == Cell::Null) {
-                return Err(DriverError::new(
-                    ErrorClass::Rejected,
-                    format!(
-                        "MySQL: a change of table {table:?} with key {:?} has no value for primary key column {:?}",
-                        sc.change.key, missing.0.name
-                    ),
-                ));
-            }
-            let round = {
-                let identity = cells[..npk].iter().map(Cell::identity).collect();
-                let r = seen.entry((table, identity)).or_insert(0);
-                *r += 1;
-                *r - 1
-            };
-            plan.rounds = plan.rounds.max(round + 1);
-            match &sc.change.change {
-                Folded::Upsert { changed, .. } => {
-                    let update: Vec<&str> = columns
-                        .iter()
-                        .skip(npk)
-                        .map(|p| p.name)
-                        .filter(|name| changed.as_ref().is_none_or(|set| set.contains(*name)))
-                        .collect();
-                    let i = *upsert_index.entry((round, table, version, update.clone())).or_insert_with(|| {
-                        plan.upserts.push(UpsertGroup { round, schema, update, rows: Vec::new() });
-                        plan.upserts.len() - 1
-                    });
-                    if let Some(group) = plan.upserts.get_mut(i) {
-                        group.rows.push(cells);
-                    }
-                }
-                Folded::Delete { .. } => {
-                    let i = *delete_index.entry((round, table, version)).or_insert_with(|| {
-                        plan.deletes.push(DeleteGroup { round, schema, rows: Vec::new() });
-                        plan.deletes.len() - 1
-                    });
-                    if let Some(group) = plan.deletes.get_mut(i) {
-                        group.rows.push(cells);
-                    }
-                }
-            }
-        }
-        Ok(plan)
-    }
-
     /// `rows` cut into statements (see [`chunks`]); a row too large for any statement is rejected.
-    fn cut(&self, rows: &[Vec<Cell>], table: &str) -> Result<Vec<Range<usize>>, DriverError> {
+    fn cut(&self, rows: &[Vec<Cell<'_>>], table: &str) -> Result<Vec<Range<usize>>, DriverError> {
         let budget = self.budget();
         chunks(rows, self.max_bind_params, budget).map_err(|i| {
             let size: usize = rows.get(i).map_or(0, |r| r.iter().map(Cell::wire_bytes).sum());
@@ -1252,24 +1077,10 @@ impl MysqlDriver {
             return Ok(());
         }
         // Tables and columns first (cheap when nothing changed), outside the batch's transaction:
-        // DDL would commit it.
+        // DDL would commit it. Once per (table, version) of the batch.
         let mut infos: HashMap<(&str, &str), Arc<TableInfo>> = HashMap::new();
-        for sc in changes {
-            let schema = sc.schema;
-            if sc.change.table != schema.table() {
-                return Err(DriverError::new(
-                    ErrorClass::Config,
-                    format!(
-                        "MySQL: a change of table {:?} came with the schema of table {:?}",
-                        sc.change.table,
-                        schema.table()
-                    ),
-                ));
-            }
-            let id = (schema.table(), schema.model_version());
-            if infos.contains_key(&id) {
-                continue;
-            }
+        let mut plans: plan::Columns<'_, ColumnPlan<'_>> = HashMap::new();
+        for schema in plan::schemas("MySQL", changes)? {
             self.ensure(schema).await?;
             let info = self.cached(schema.table()).ok_or_else(|| {
                 DriverError::new(
@@ -1277,47 +1088,44 @@ impl MysqlDriver {
                     format!("MySQL: the catalog of table {:?} was dropped during the write", schema.table()),
                 )
             })?;
+            let id = (schema.table(), schema.model_version());
+            plans.insert(id, self.column_plans(schema, &info)?);
             infos.insert(id, info);
         }
-        let mut plans: HashMap<(&str, &str), Vec<ColumnPlan<'_>>> = HashMap::new();
-        for sc in changes {
-            let id = (sc.schema.table(), sc.schema.model_version());
-            if let (false, Some(info)) = (plans.contains_key(&id), infos.get(&id)) {
-                plans.insert(id, self.column_plans(sc.schema, info)?);
-            }
-        }
-        let plan = self.plan(changes, &plans)?;
+        let plan = plan::plan("MySQL", changes, &plans)?;
 
         // Every statement of the batch, in order: (SQL, what it does, its rows).
-        let mut statements: Vec<(String, String, &[Vec<Cell>])> = Vec::new();
-        for round in 0..plan.rounds {
-            for g in plan.deletes.iter().filter(|g| g.round == round) {
-                let table = g.schema.table();
-                let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
-                for range in self.cut(&g.rows, table)? {
-                    let rows = &g.rows[range];
-                    let what = format!("deleting {} rows from table {table:?}", rows.len());
-                    statements.push((delete_sql(g.schema, columns, rows.len())?, what, rows));
+        let mut statements: Vec<(String, String, &[Vec<Cell<'_>>])> = Vec::new();
+        for step in plan.steps() {
+            match step {
+                Step::Delete(g) => {
+                    let table = g.schema.table();
+                    let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
+                    for range in self.cut(&g.rows, table)? {
+                        let rows = &g.rows[range];
+                        let what = format!("deleting {} rows from table {table:?}", rows.len());
+                        statements.push((delete_sql(g.schema, columns, rows.len())?, what, rows));
+                    }
                 }
-            }
-            for g in plan.upserts.iter().filter(|g| g.round == round) {
-                let table = g.schema.table();
-                let id = (table, g.schema.model_version());
-                let columns = plans.get(&id).map_or(&[][..], Vec::as_slice);
-                // A table with other unique keys than the primary key: ON DUPLICATE KEY UPDATE
-                // could update the row of another key. Update by primary key, then insert what
-                // is missing; a collision on another key fails, naming the index.
-                let by_key = infos.get(&id).is_some_and(|i| !i.other_unique.is_empty());
-                for range in self.cut(&g.rows, table)? {
-                    let rows = &g.rows[range];
-                    let what = format!("upserting {} rows into table {table:?}", rows.len());
-                    if by_key {
-                        if let Some(update) = update_by_key_sql(g, columns, rows.len())? {
-                            statements.push((update, what.clone(), rows));
+                Step::Upsert(g) => {
+                    let table = g.schema.table();
+                    let id = (table, g.schema.model_version());
+                    let columns = plans.get(&id).map_or(&[][..], Vec::as_slice);
+                    // A table with other unique keys than the primary key: ON DUPLICATE KEY UPDATE
+                    // could update the row of another key. Update by primary key, then insert what
+                    // is missing; a collision on another key fails, naming the index.
+                    let by_key = infos.get(&id).is_some_and(|i| !i.other_unique.is_empty());
+                    for range in self.cut(&g.rows, table)? {
+                        let rows = &g.rows[range];
+                        let what = format!("upserting {} rows into table {table:?}", rows.len());
+                        if by_key {
+                            if let Some(update) = update_by_key_sql(g, columns, rows.len())? {
+                                statements.push((update, what.clone(), rows));
+                            }
+                            statements.push((insert_missing_sql(g, columns, rows.len())?, what, rows));
+                        } else {
+                            statements.push((upsert_sql(g, columns, rows.len())?, what, rows));
                         }
-                        statements.push((insert_missing_sql(g, columns, rows.len())?, what, rows));
-                    } else {
-                        statements.push((upsert_sql(g, columns, rows.len())?, what, rows));
                     }
                 }
             }
@@ -1334,7 +1142,7 @@ impl MysqlDriver {
     async fn apply(
         &self,
         tx: &mut MySqlConnection,
-        statements: &[(String, String, &[Vec<Cell>])],
+        statements: &[(String, String, &[Vec<Cell<'_>>])],
         changes: usize,
     ) -> Result<(), DriverError> {
         for (sql, what, rows) in statements {

@@ -384,7 +384,7 @@ fn plan(storage: Storage, unsigned: bool, default: Option<&'static str>) -> Colu
 
 #[test]
 fn values_are_converted_by_the_destination_type() {
-    let cell = |storage: Storage, v: Value| plan(storage, false, None).cell(Some(&v), "t");
+    let cell = |storage: Storage, v: Value| plan(storage, false, None).cell(Some(&v), "t").map(Cell::into_owned);
     let big: Value = serde_json::from_str("9223372036854775807").unwrap();
     let huge: Value = serde_json::from_str("18446744073709551615").unwrap();
     assert_eq!(cell(Storage::Integer, big.clone()).unwrap(), Cell::Int(i64::MAX));
@@ -483,7 +483,7 @@ fn not_null_is_loosened_keeping_the_rest_of_the_definition() {
 
 #[test]
 fn rows_are_cut_by_placeholders_and_bytes() {
-    let row = |s: &str| vec![Cell::Text("id".into()), Cell::Text(s.into()), Cell::Int(1)];
+    let row = |s: &str| vec![Cell::Text("id".into()), Cell::Text(s.to_owned().into()), Cell::Int(1)];
     let rows: Vec<Vec<Cell>> = (0..10).map(|_| row("x")).collect();
     assert_eq!(chunks(&rows, 60_000, 1 << 20).unwrap(), vec![0..10]);
     assert_eq!(chunks(&rows, 9, 1 << 20).unwrap(), vec![0..3, 3..6, 6..9, 9..10]);

@@ -20,12 +20,13 @@
 
 use super::config::{connect_options, redact, DESCRIPTION};
 use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
-use crate::event::{Folded, Row};
 use crate::schema::{ColumnType, Schema};
+use crate::sql::plan::{self, KeyPart, Prepare, Step};
 use crate::sqltx::BatchTx;
-use serde_json::{Number, Value};
+use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Executor};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -381,9 +382,9 @@ impl ColumnPlan<'_> {
     /// The value's text, or why the column cannot take it. PostgreSQL reads words such as
     /// `now`, `today`, `yesterday` or `epoch` as date-times relative to the moment of the write,
     /// which would make a replay store something else: a date-time must start with a digit.
-    fn cell(&self, value: Option<&Value>, table: &str) -> Result<Option<String>, DriverError> {
+    fn cell<'v>(&self, value: Option<&'v Value>, table: &str) -> Result<Cell<'v>, DriverError> {
         match value {
-            None | Some(Value::Null) => Ok(self.default.map(str::to_owned)),
+            None | Some(Value::Null) => Ok(self.default.map(Cow::Borrowed)),
             Some(Value::String(s))
                 if matches!(self.storage, Storage::TimestampTz | Storage::Timestamp)
                     && !s.starts_with(|c: char| c.is_ascii_digit()) =>
@@ -393,33 +394,56 @@ impl ColumnPlan<'_> {
                     format!("column {:?} of table {table:?}: {s:?} is not an ISO-8601 date-time", self.name),
                 ))
             }
-            Some(v) => Ok(Some(value_text(v, self.storage))),
+            Some(v) => Ok(Some(text_of(v, self.storage))),
         }
     }
 }
 
-/// A value as the text PostgreSQL casts to the column's type: JSON columns get the value's JSON
-/// text (a string becomes a JSON string); otherwise strings as they are, booleans `true`/`false`,
-/// integers exactly, floats in shortest round-trip form, objects and arrays as compact JSON.
-pub(super) fn value_text(v: &Value, storage: Storage) -> String {
-    match v {
-        _ if storage == Storage::Json => v.to_string(),
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => number_text(n, storage == Storage::Integer),
-        _ => v.to_string(),
+/// A bound value: text PostgreSQL casts to the column's type, or NULL. It borrows the event's
+/// strings where it can.
+type Cell<'v> = Option<Cow<'v, str>>;
+
+impl Prepare for ColumnPlan<'_> {
+    type Cell<'v> = Cell<'v>;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn cell<'v>(&self, value: Option<&'v Value>, table: &str) -> Result<Self::Cell<'v>, DriverError> {
+        ColumnPlan::cell(self, value, table)
+    }
+
+    fn key_cell<'v>(&self, key: &'v str, _table: &str) -> Result<Self::Cell<'v>, DriverError> {
+        Ok(Some(Cow::Borrowed(key)))
+    }
+
+    fn key<'c>(cell: &'c Self::Cell<'_>) -> KeyPart<'c> {
+        cell.as_deref().map_or(KeyPart::Null, KeyPart::Text)
     }
 }
 
-/// A number as exact decimal text, digit for digit (see [`crate::number`]). A whole value headed
-/// for an integer column is written as an integer (`3.0` → `3`), which PostgreSQL's integer input
-/// requires; one with a fraction stays as it is, and PostgreSQL refuses it.
-pub(super) fn number_text(n: &Number, integer_column: bool) -> String {
-    match integer_column.then(|| crate::number::integer_text(n)).flatten() {
-        Some(integer) => integer,
-        None => crate::number::exact_text(n),
+/// A value as the text PostgreSQL casts to the column's type: JSON columns get the value's JSON
+/// text (a string becomes a JSON string); otherwise strings as they are (borrowed), booleans
+/// `true`/`false`, integers exactly, floats in shortest round-trip form, objects and arrays as
+/// compact JSON.
+fn text_of(v: &Value, storage: Storage) -> Cow<'_, str> {
+    match v {
+        _ if storage == Storage::Json => Cow::Owned(v.to_string()),
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Value::Number(n) => Cow::Owned(number_text(n, storage == Storage::Integer)),
+        _ => Cow::Owned(v.to_string()),
     }
 }
+
+/// [`text_of`], owned.
+#[cfg(test)]
+pub(super) fn value_text(v: &Value, storage: Storage) -> String {
+    text_of(v, storage).into_owned()
+}
+
+pub(super) use crate::number::column_text as number_text;
 
 /// Appends `value` as a field of COPY's text format.
 pub(super) fn copy_field(out: &mut Vec<u8>, value: Option<&str>) {
@@ -438,32 +462,17 @@ pub(super) fn copy_field(out: &mut Vec<u8>, value: Option<&str>) {
     }
 }
 
-/// Upserts of one table and schema version that update the same columns, column-major.
-struct UpsertGroup<'b> {
-    round: usize,
-    schema: &'b Schema,
-    /// Names of the columns `DO UPDATE SET` writes (empty: `DO NOTHING`).
-    update: Vec<&'b str>,
-    /// One vector per schema column, one entry per row.
-    values: Vec<Vec<Option<String>>>,
-}
+type UpsertGroup<'b> = plan::UpsertGroup<'b, Cell<'b>>;
 
-/// Deletes of one table by the same primary-key columns, column-major.
-struct DeleteGroup<'b> {
-    round: usize,
-    schema: &'b Schema,
-    /// One vector per primary-key column, one entry per row.
-    values: Vec<Vec<Option<String>>>,
-}
-
-/// What a batch does, in rounds: within a round every (table, primary key) appears once, so its
-/// statements commute; a key that appears twice (the same id under two key arrays) goes to a later
-/// round, in the order of the changes' last events.
-#[derive(Default)]
-struct Plan<'b> {
-    upserts: Vec<UpsertGroup<'b>>,
-    deletes: Vec<DeleteGroup<'b>>,
-    rounds: usize,
+/// The rows of a group column by column, as `unnest` takes them (one `text[]` per column).
+fn column_major<'r>(rows: &'r [Vec<Cell<'_>>], width: usize) -> Vec<Vec<Option<&'r str>>> {
+    let mut columns: Vec<Vec<Option<&str>>> = (0..width).map(|_| Vec::with_capacity(rows.len())).collect();
+    for row in rows {
+        for (column, cell) in columns.iter_mut().zip(row) {
+            column.push(cell.as_deref());
+        }
+    }
+    columns
 }
 
 impl PostgresDriver {
@@ -593,105 +602,10 @@ impl PostgresDriver {
                         ),
                     )
                 })?;
-                let default = match c.kind {
-                    ColumnType::Object if c.not_null_for_json_default() => Some("{}"),
-                    ColumnType::Array { .. } if c.not_null_for_json_default() => Some("[]"),
-                    _ => None,
-                };
+                let default = plan::json_default(c);
                 Ok(ColumnPlan { name: &c.name, quoted: quote_ident(&c.name)?, storage: dest.storage, cast, default })
             })
             .collect()
-    }
-
-    /// Turns a batch into grouped statements (see [`Plan`]).
-    fn plan<'b>(
-        &self,
-        changes: &'b [StateChange<'b>],
-        plans: &HashMap<(&'b str, &'b str), Vec<ColumnPlan<'b>>>,
-    ) -> Result<Plan<'b>, DriverError> {
-        let mut order: Vec<&StateChange<'b>> = changes.iter().collect();
-        order.sort_by_key(|c| c.change.last_pos);
-        let mut seen: HashMap<(&str, Vec<Option<String>>), usize> = HashMap::new();
-        let mut upsert_index: HashMap<(usize, &str, &str, Vec<&str>), usize> = HashMap::new();
-        let mut delete_index: HashMap<(usize, &str, &str), usize> = HashMap::new();
-        let mut plan = Plan::default();
-        for sc in order {
-            let schema = sc.schema;
-            let (table, version) = (schema.table(), schema.model_version());
-            let Some(columns) = plans.get(&(table, version)) else {
-                return Err(DriverError::new(
-                    ErrorClass::Transient,
-                    format!("PostgreSQL: no plan for table {table:?}"),
-                ));
-            };
-            let npk = schema.primary_keys().len();
-            let image: Option<&Row> = match &sc.change.change {
-                Folded::Upsert { row, .. } => Some(row),
-                Folded::Delete { before } => before.as_ref(),
-            };
-            let width = match sc.change.change {
-                Folded::Upsert { .. } => columns.len(),
-                Folded::Delete { .. } => npk,
-            };
-            // Primary keys are the first columns of the schema's column order.
-            let mut cells: Vec<Option<String>> = columns
-                .iter()
-                .take(width)
-                .map(|p| p.cell(image.and_then(|r| r.get(p.name)), table))
-                .collect::<Result<_, _>>()?;
-            if npk == 1 {
-                if let Some(first) = cells.first_mut().filter(|v| v.is_none()) {
-                    *first = Some(sc.change.primary_key.clone());
-                }
-            }
-            if let Some(missing) = columns.iter().take(npk).zip(&cells).find(|(_, v)| v.is_none()) {
-                return Err(DriverError::new(
-                    ErrorClass::Rejected,
-                    format!(
-                        "PostgreSQL: a change of table {table:?} with key {:?} has no value for primary key column {:?}",
-                        sc.change.key, missing.0.name
-                    ),
-                ));
-            }
-            let round = {
-                let r = seen.entry((table, cells[..npk].to_vec())).or_insert(0);
-                *r += 1;
-                *r - 1
-            };
-            plan.rounds = plan.rounds.max(round + 1);
-            match &sc.change.change {
-                Folded::Upsert { changed, .. } => {
-                    let update: Vec<&str> = columns
-                        .iter()
-                        .skip(npk)
-                        .map(|p| p.name)
-                        .filter(|name| changed.as_ref().is_none_or(|set| set.contains(*name)))
-                        .collect();
-                    let i = *upsert_index.entry((round, table, version, update.clone())).or_insert_with(|| {
-                        plan.upserts.push(UpsertGroup {
-                            round,
-                            schema,
-                            update,
-                            values: vec![Vec::new(); columns.len()],
-                        });
-                        plan.upserts.len() - 1
-                    });
-                    if let Some(group) = plan.upserts.get_mut(i) {
-                        group.values.iter_mut().zip(cells).for_each(|(col, v)| col.push(v));
-                    }
-                }
-                Folded::Delete { .. } => {
-                    let i = *delete_index.entry((round, table, version)).or_insert_with(|| {
-                        plan.deletes.push(DeleteGroup { round, schema, values: vec![Vec::new(); npk] });
-                        plan.deletes.len() - 1
-                    });
-                    if let Some(group) = plan.deletes.get_mut(i) {
-                        group.values.iter_mut().zip(cells).for_each(|(col, v)| col.push(v));
-                    }
-                }
-            }
-        }
-        Ok(plan)
     }
 
     async fn write_folded(&self, changes: &[StateChange<'_>]) -> Result<(), DriverError> {
@@ -699,23 +613,9 @@ impl PostgresDriver {
             return Ok(());
         }
         // Tables and columns first (cheap when nothing changed), outside the batch's transaction.
-        let mut infos: HashMap<(&str, &str), Arc<TableInfo>> = HashMap::new();
-        for sc in changes {
-            let schema = sc.schema;
-            if sc.change.table != schema.table() {
-                return Err(DriverError::new(
-                    ErrorClass::Config,
-                    format!(
-                        "PostgreSQL: a change of table {:?} came with the schema of table {:?}",
-                        sc.change.table,
-                        schema.table()
-                    ),
-                ));
-            }
-            let id = (schema.table(), schema.model_version());
-            if infos.contains_key(&id) {
-                continue;
-            }
+        // Once per (table, version) of the batch.
+        let mut plans: plan::Columns<'_, ColumnPlan<'_>> = HashMap::new();
+        for schema in plan::schemas("PostgreSQL", changes)? {
             self.ensure(schema).await?;
             let info = self.cached(schema.table()).ok_or_else(|| {
                 DriverError::new(
@@ -723,16 +623,9 @@ impl PostgresDriver {
                     format!("PostgreSQL: the catalog of table {:?} was dropped during the write", schema.table()),
                 )
             })?;
-            infos.insert(id, info);
+            plans.insert((schema.table(), schema.model_version()), self.column_plans(schema, &info)?);
         }
-        let mut plans: HashMap<(&str, &str), Vec<ColumnPlan<'_>>> = HashMap::new();
-        for sc in changes {
-            let id = (sc.schema.table(), sc.schema.model_version());
-            if let (false, Some(info)) = (plans.contains_key(&id), infos.get(&id)) {
-                plans.insert(id, self.column_plans(sc.schema, info)?);
-            }
-        }
-        let plan = self.plan(changes, &plans)?;
+        let plan = plan::plan("PostgreSQL", changes, &plans)?;
 
         let mut tx = BatchTx::begin(&self.pool, &self.options)
             .await
@@ -745,43 +638,49 @@ impl PostgresDriver {
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        plan: &Plan<'_>,
-        plans: &HashMap<(&str, &str), Vec<ColumnPlan<'_>>>,
+        plan: &plan::Plan<'_, Cell<'_>>,
+        plans: &plan::Columns<'_, ColumnPlan<'_>>,
     ) -> Result<(), DriverError> {
         let mut staging = 0usize;
-        for round in 0..plan.rounds {
-            for g in plan.deletes.iter().filter(|g| g.round == round) {
-                let table = g.schema.table();
-                let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
-                let rows = g.values.first().map_or(0, Vec::len);
-                let sql = delete_sql(g.schema, columns)?;
-                let mut q = sqlx::query(&sql);
-                for v in &g.values {
-                    q = q.bind(v.as_slice());
-                }
-                q.execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.write_error(&format!("deleting {rows} rows from table {table:?}"), e))?;
-            }
-            for g in plan.upserts.iter().filter(|g| g.round == round) {
-                let table = g.schema.table();
-                let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
-                let rows = g.values.first().map_or(0, Vec::len);
-                if rows >= self.copy_threshold {
-                    let what = format!("upserting {rows} rows into table {table:?} through COPY");
-                    let stage = format!("eds_stage_{staging}");
-                    let sql = upsert_sql(g, columns, Some(&stage))?;
-                    copy_upsert(tx, g, &stage, &sql).await.map_err(|e| self.write_error(&what, e))?;
-                    staging += 1;
-                } else {
-                    let sql = upsert_sql(g, columns, None)?;
+        for step in plan.steps() {
+            match step {
+                Step::Delete(g) => {
+                    let table = g.schema.table();
+                    let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
+                    let rows = g.rows.len();
+                    let sql = delete_sql(g.schema, columns)?;
+                    let values = column_major(&g.rows, g.schema.primary_keys().len().min(columns.len()));
                     let mut q = sqlx::query(&sql);
-                    for v in &g.values {
+                    for v in &values {
                         q = q.bind(v.as_slice());
                     }
                     q.execute(&mut *tx)
                         .await
-                        .map_err(|e| self.write_error(&format!("upserting {rows} rows into table {table:?}"), e))?;
+                        .map_err(|e| self.write_error(&format!("deleting {rows} rows from table {table:?}"), e))?;
+                }
+                Step::Upsert(g) => {
+                    let table = g.schema.table();
+                    let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
+                    let rows = g.rows.len();
+                    if rows >= self.copy_threshold {
+                        let what = format!("upserting {rows} rows into table {table:?} through COPY");
+                        let stage = format!("eds_stage_{staging}");
+                        let sql = upsert_sql(g, columns, Some(&stage))?;
+                        copy_upsert(tx, g, columns.len(), &stage, &sql)
+                            .await
+                            .map_err(|e| self.write_error(&what, e))?;
+                        staging += 1;
+                    } else {
+                        let sql = upsert_sql(g, columns, None)?;
+                        let values = column_major(&g.rows, columns.len());
+                        let mut q = sqlx::query(&sql);
+                        for v in &values {
+                            q = q.bind(v.as_slice());
+                        }
+                        q.execute(&mut *tx)
+                            .await
+                            .map_err(|e| self.write_error(&format!("upserting {rows} rows into table {table:?}"), e))?;
+                    }
                 }
             }
         }
@@ -925,18 +824,23 @@ fn delete_sql(schema: &Schema, columns: &[ColumnPlan<'_>]) -> Result<String, Dri
 /// The COPY path of one upsert group: a temporary all-text staging table dropped at commit, the
 /// rows streamed into it in COPY's text format, then `sql`: the same `INSERT … SELECT` as the
 /// unnest path, reading the staging table `stage`.
-async fn copy_upsert(conn: &mut PgConnection, g: &UpsertGroup<'_>, stage: &str, sql: &str) -> Result<(), sqlx::Error> {
-    let defs = (0..g.values.len()).map(|i| format!("c{i} text")).collect::<Vec<_>>().join(", ");
+async fn copy_upsert(
+    conn: &mut PgConnection,
+    g: &UpsertGroup<'_>,
+    width: usize,
+    stage: &str,
+    sql: &str,
+) -> Result<(), sqlx::Error> {
+    let defs = (0..width).map(|i| format!("c{i} text")).collect::<Vec<_>>().join(", ");
     conn.execute(format!("CREATE TEMP TABLE {stage} ({defs}) ON COMMIT DROP").as_str()).await?;
     let mut copy = conn.copy_in_raw(&format!("COPY {stage} FROM STDIN")).await?;
-    let rows = g.values.first().map_or(0, Vec::len);
     let mut buf = Vec::with_capacity(COPY_CHUNK + 4096);
-    for r in 0..rows {
-        for (i, col) in g.values.iter().enumerate() {
+    for row in &g.rows {
+        for (i, cell) in row.iter().enumerate() {
             if i > 0 {
                 buf.push(b'\t');
             }
-            copy_field(&mut buf, col.get(r).and_then(Option::as_deref));
+            copy_field(&mut buf, cell.as_deref());
         }
         buf.push(b'\n');
         if buf.len() >= COPY_CHUNK {

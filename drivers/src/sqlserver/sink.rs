@@ -27,8 +27,8 @@
 use super::config::{connect_spec, redact, ConnectSpec};
 use super::DESCRIPTION;
 use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
-use crate::event::{Folded, Row};
 use crate::schema::{ColumnType, Schema};
+use crate::sql::plan::{self, KeyPart, Prepare, Step};
 use serde_json::{Number, Value};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -416,143 +416,24 @@ pub struct Instant {
     pub ticks: u64,
 }
 
-const TICKS_PER_SECOND: i128 = 10_000_000;
-const TICKS_PER_DAY: i128 = 86_400 * TICKS_PER_SECOND;
-/// Days from 0001-01-01 to 1970-01-01.
-const UNIX_EPOCH_DAY: i64 = 719_162;
-/// Days from 0001-01-01 to 10000-01-01 (the first day SQL Server cannot hold).
-const END_DAY: i64 = 3_652_059;
+const TICKS_PER_DAY: i128 = 86_400 * 10_000_000;
+/// 0001-01-01T00:00:00, the origin of [`Instant`].
+const DAY_ZERO: jiff::civil::DateTime = jiff::civil::date(1, 1, 1).at(0, 0, 0, 0);
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+pub use crate::sql::datetime::DateTimeError;
 
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-/// A small cursor over ASCII text.
-struct Scan<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Scan<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.i).copied()
-    }
-
-    fn eat(&mut self, c: u8) -> bool {
-        let hit = self.peek() == Some(c);
-        if hit {
-            self.i += 1;
-        }
-        hit
-    }
-
-    /// Exactly `n` digits.
-    fn digits(&mut self, n: usize) -> Option<i64> {
-        let part = self.s.get(self.i..self.i + n)?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        self.i += n;
-        Some(part.iter().fold(0, |acc, d| acc * 10 + i64::from(d - b'0')))
-    }
-
-    fn done(&self) -> bool {
-        self.i == self.s.len()
-    }
-}
-
-/// Why a date-time string was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DateTimeError {
-    /// Not `YYYY-MM-DD[(T| )hh:mm[:ss[.fraction]]][Z|±hh[:mm]]`, or not a real date or time.
-    NotIso8601,
-    /// Outside years 1–9999 once normalised to UTC.
-    OutOfRange,
-}
-
-/// Parses an ISO-8601 date-time: `YYYY-MM-DD`, optionally followed by `T` (or a space) and
-/// `hh:mm[:ss[.fraction]]`, optionally followed by `Z` or an offset `±hh[:mm]`/`±hhmm` (a space
-/// before it is allowed). Without an offset the time is UTC. Fractions are rounded to 100 ns; a
-/// leap second (`:60`) rolls into the next minute. Words (`now`, `today`, `infinity`) are refused:
-/// they would make a replay store something else.
+/// Parses an ISO-8601 date-time (see [`crate::sql::datetime`]: `YYYY-MM-DD`, optionally `T` or a
+/// space and `hh:mm[:ss[.fraction]]`, optionally `Z` or an offset, one space before it allowed).
+/// Without an offset the time is UTC. Fractions are rounded to 100 ns; a leap second (`:60`) rolls
+/// into the next minute; `24:00` is refused, as SQL Server refuses it. Words (`now`, `today`,
+/// `infinity`) are refused: they would make a replay store something else.
 pub fn parse_datetime(text: &str) -> Result<Instant, DateTimeError> {
-    use DateTimeError::NotIso8601;
-    let mut p = Scan { s: text.as_bytes(), i: 0 };
-    let year = p.digits(4).ok_or(NotIso8601)?;
-    let month = p.eat(b'-').then(|| p.digits(2)).flatten().ok_or(NotIso8601)?;
-    let day = p.eat(b'-').then(|| p.digits(2)).flatten().ok_or(NotIso8601)?;
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return Err(NotIso8601);
-    }
-    let (mut hour, mut minute, mut second, mut fraction) = (0i64, 0i64, 0i64, 0i128);
-    let mut offset_minutes = 0i64;
-    if !p.done() {
-        if !(p.eat(b'T') || p.eat(b't') || p.eat(b' ')) {
-            return Err(NotIso8601);
-        }
-        hour = p.digits(2).ok_or(NotIso8601)?;
-        minute = p.eat(b':').then(|| p.digits(2)).flatten().ok_or(NotIso8601)?;
-        if p.eat(b':') {
-            second = p.digits(2).ok_or(NotIso8601)?;
-            if p.eat(b'.') || p.eat(b',') {
-                let start = p.i;
-                while p.peek().is_some_and(|c| c.is_ascii_digit()) {
-                    p.i += 1;
-                }
-                let digits = p.s.get(start..p.i).unwrap_or_default();
-                if digits.is_empty() {
-                    return Err(NotIso8601);
-                }
-                // Seven digits of 100 ns, rounded half up by the eighth.
-                for k in 0..7 {
-                    fraction = fraction * 10 + i128::from(digits.get(k).map_or(0, |d| d - b'0'));
-                }
-                if digits.get(7).is_some_and(|&d| d >= b'5') {
-                    fraction += 1;
-                }
-            }
-        }
-        if hour > 23 || minute > 59 || second > 60 {
-            return Err(NotIso8601);
-        }
-        let _ = p.eat(b' ');
-        if p.eat(b'Z') || p.eat(b'z') {
-        } else if let Some(sign) = p.peek().filter(|c| matches!(c, b'+' | b'-')) {
-            p.i += 1;
-            let oh = p.digits(2).ok_or(NotIso8601)?;
-            let om = if p.eat(b':') { p.digits(2).ok_or(NotIso8601)? } else { p.digits(2).unwrap_or(0) };
-            if oh > 23 || om > 59 {
-                return Err(NotIso8601);
-            }
-            offset_minutes = if sign == b'-' { -(oh * 60 + om) } else { oh * 60 + om };
-        }
-        if !p.done() {
-            return Err(NotIso8601);
-        }
-    }
-    let day_number = i128::from(days_from_civil(year, month, day) + UNIX_EPOCH_DAY);
-    let total = day_number * TICKS_PER_DAY
-        + i128::from(hour * 3600 + minute * 60 + second - offset_minutes * 60) * TICKS_PER_SECOND
-        + fraction;
-    if total < 0 || total >= i128::from(END_DAY) * TICKS_PER_DAY {
+    let utc = crate::sql::datetime::parse(text, crate::sql::datetime::EndOfDay::Refuse)?;
+    let utc = crate::sql::datetime::round(utc, 100)?;
+    if utc.year() < 1 {
         return Err(DateTimeError::OutOfRange);
     }
+    let total = utc.duration_since(DAY_ZERO).as_nanos() / 100;
     let days = u32::try_from(total / TICKS_PER_DAY).map_err(|_| DateTimeError::OutOfRange)?;
     let ticks = u64::try_from(total % TICKS_PER_DAY).map_err(|_| DateTimeError::OutOfRange)?;
     Ok(Instant { days, ticks })
@@ -608,16 +489,6 @@ pub enum Param {
     Bit(Option<bool>),
     /// `DATETIMEOFFSET(7)` with offset 0.
     DateTime(Option<Instant>),
-}
-
-impl Param {
-    /// A key for telling primary-key values apart (floats by their bits).
-    fn identity(&self) -> String {
-        match self {
-            Param::Float(f) => format!("f{:?}", f.map(f64::to_bits)),
-            other => format!("{other:?}"),
-        }
-    }
 }
 
 impl ToSql for Param {
@@ -750,6 +621,34 @@ impl ColumnPlan<'_> {
     }
 }
 
+impl Prepare for ColumnPlan<'_> {
+    type Cell<'v> = Param;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn cell<'v>(&self, value: Option<&'v Value>, table: &str) -> Result<Self::Cell<'v>, DriverError> {
+        ColumnPlan::cell(self, value, table)
+    }
+
+    fn key_cell<'v>(&self, key: &'v str, table: &str) -> Result<Self::Cell<'v>, DriverError> {
+        ColumnPlan::cell(self, Some(&Value::String(key.to_owned())), table)
+    }
+
+    fn key<'c>(cell: &'c Param) -> KeyPart<'c> {
+        match cell {
+            Param::Text(t) => t.as_deref().map_or(KeyPart::Null, KeyPart::Text),
+            Param::BigInt(i) => i.map_or(KeyPart::Null, |i| KeyPart::Int(i128::from(i))),
+            Param::Float(f) => f.map_or(KeyPart::Null, |f| KeyPart::Float(f.to_bits())),
+            Param::Bit(b) => b.map_or(KeyPart::Null, KeyPart::Bool),
+            Param::DateTime(d) => {
+                d.map_or(KeyPart::Null, |d| KeyPart::Int(i128::from(d.days) * TICKS_PER_DAY + i128::from(d.ticks)))
+            }
+        }
+    }
+}
+
 /// How each column of `schema` is written to `info`'s table, in schema column order. A column
 /// missing at the destination is a [`ErrorClass::Transient`] error (the caller drops its cache).
 pub(super) fn column_plans<'s>(schema: &'s Schema, info: &TableInfo) -> Result<Vec<ColumnPlan<'s>>, DriverError> {
@@ -772,11 +671,7 @@ pub(super) fn column_plans<'s>(schema: &'s Schema, info: &TableInfo) -> Result<V
                 },
                 _ => kind.stage_type().to_owned(),
             };
-            let default = match c.kind {
-                ColumnType::Object if c.not_null_for_json_default() => Some("{}"),
-                ColumnType::Array { .. } if c.not_null_for_json_default() => Some("[]"),
-                _ => None,
-            };
+            let default = plan::json_default(c);
             let json = matches!(c.kind, ColumnType::Object | ColumnType::Array { .. }) || dest.storage == Storage::Json;
             Ok(ColumnPlan { name: &c.name, quoted: quote_ident(&c.name)?, kind, json, stage_type, default })
         })
@@ -786,121 +681,16 @@ pub(super) fn column_plans<'s>(schema: &'s Schema, info: &TableInfo) -> Result<V
 // ---------------------------------------------------------------------------------------------
 // Planning a batch
 
-/// Upserts of one table and schema version that update the same columns, row-major.
-pub(super) struct UpsertGroup<'b> {
-    pub(super) round: usize,
-    pub(super) schema: &'b Schema,
-    /// Names of the columns `WHEN MATCHED THEN UPDATE SET` writes (empty: no update clause).
-    pub(super) update: Vec<&'b str>,
-    /// One vector per row, one value per schema column.
-    pub(super) rows: Vec<Vec<Param>>,
-}
+pub(super) type UpsertGroup<'b> = plan::UpsertGroup<'b, Param>;
+pub(super) type DeleteGroup<'b> = plan::DeleteGroup<'b, Param>;
+pub(super) type Plan<'b> = plan::Plan<'b, Param>;
 
-/// Deletes of one table by the same primary-key columns, row-major.
-pub(super) struct DeleteGroup<'b> {
-    pub(super) round: usize,
-    pub(super) schema: &'b Schema,
-    /// One vector per row, one value per primary-key column.
-    pub(super) rows: Vec<Vec<Param>>,
-}
-
-/// What a batch does, in rounds: within a round every (table, primary key) appears once, so its
-/// statements commute (and a MERGE never sees a key twice); a key that appears twice (the same id
-/// under two key arrays) goes to a later round, in the order of the changes' last events.
-#[derive(Default)]
-pub(super) struct Plan<'b> {
-    pub(super) upserts: Vec<UpsertGroup<'b>>,
-    pub(super) deletes: Vec<DeleteGroup<'b>>,
-    pub(super) rounds: usize,
-}
-
-/// Turns a batch into grouped rows (see [`Plan`]). Primary-key values come from the row image by
-/// column name — never from the event's `key` array by position, which may carry a region
-/// prefix — except a single key column missing from the image, which takes the change's primary
-/// key.
+/// The shared planner ([`plan::plan`]) for SQL Server's cells.
 pub(super) fn plan<'b>(
     changes: &'b [StateChange<'b>],
-    plans: &HashMap<(&'b str, &'b str), Vec<ColumnPlan<'b>>>,
+    plans: &plan::Columns<'b, ColumnPlan<'_>>,
 ) -> Result<Plan<'b>, DriverError> {
-    let mut order: Vec<&StateChange<'b>> = changes.iter().collect();
-    order.sort_by_key(|c| c.change.last_pos);
-    let mut seen: HashMap<(&str, Vec<String>), usize> = HashMap::new();
-    let mut upsert_index: HashMap<(usize, &str, &str, Vec<&str>), usize> = HashMap::new();
-    let mut delete_index: HashMap<(usize, &str, &str), usize> = HashMap::new();
-    let mut plan = Plan::default();
-    for sc in order {
-        let schema = sc.schema;
-        let (table, version) = (schema.table(), schema.model_version());
-        let Some(columns) = plans.get(&(table, version)) else {
-            return Err(DriverError::new(ErrorClass::Transient, format!("SQL Server: no plan for table {table:?}")));
-        };
-        let npk = schema.primary_keys().len();
-        let image: Option<&Row> = match &sc.change.change {
-            Folded::Upsert { row, .. } => Some(row),
-            Folded::Delete { before } => before.as_ref(),
-        };
-        let width = match sc.change.change {
-            Folded::Upsert { .. } => columns.len(),
-            Folded::Delete { .. } => npk,
-        };
-        let present = |name: &str| image.and_then(|r| r.get(name)).is_some_and(|v| !v.is_null());
-        // Primary keys are the first columns of the schema's column order.
-        let mut cells: Vec<Param> = columns
-            .iter()
-            .take(width)
-            .map(|p| p.cell(image.and_then(|r| r.get(p.name)), table))
-            .collect::<Result<_, _>>()?;
-        let mut missing = columns.iter().take(npk).find(|p| !present(p.name));
-        if let (1, Some(key)) = (npk, missing) {
-            if let Some(first) = cells.first_mut() {
-                *first = key.cell(Some(&Value::String(sc.change.primary_key.clone())), table)?;
-                missing = None;
-            }
-        }
-        if let Some(missing) = missing {
-            return Err(DriverError::new(
-                ErrorClass::Rejected,
-                format!(
-                    "SQL Server: a change of table {table:?} with key {:?} has no value for primary key column {:?}",
-                    sc.change.key, missing.name
-                ),
-            ));
-        }
-        let round = {
-            let key: Vec<String> = cells.iter().take(npk).map(Param::identity).collect();
-            let r = seen.entry((table, key)).or_insert(0);
-            *r += 1;
-            *r - 1
-        };
-        plan.rounds = plan.rounds.max(round + 1);
-        match &sc.change.change {
-            Folded::Upsert { changed, .. } => {
-                let update: Vec<&str> = columns
-                    .iter()
-                    .skip(npk)
-                    .map(|p| p.name)
-                    .filter(|name| changed.as_ref().is_none_or(|set| set.contains(*name)))
-                    .collect();
-                let i = *upsert_index.entry((round, table, version, update.clone())).or_insert_with(|| {
-                    plan.upserts.push(UpsertGroup { round, schema, update, rows: Vec::new() });
-                    plan.upserts.len() - 1
-                });
-                if let Some(group) = plan.upserts.get_mut(i) {
-                    group.rows.push(cells);
-                }
-            }
-            Folded::Delete { .. } => {
-                let i = *delete_index.entry((round, table, version)).or_insert_with(|| {
-                    plan.deletes.push(DeleteGroup { round, schema, rows: Vec::new() });
-                    plan.deletes.len() - 1
-                });
-                if let Some(group) = plan.deletes.get_mut(i) {
-                    group.rows.push(cells);
-                }
-            }
-        }
-    }
-    Ok(plan)
+    plan::plan("SQL Server", changes, plans)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1057,21 +847,15 @@ pub(super) fn batch_sql(
     plans: &HashMap<(&str, &str), Vec<ColumnPlan<'_>>>,
 ) -> Result<Vec<GroupSql>, DriverError> {
     let mut out = Vec::new();
-    fn columns_of<'p, 'c>(
-        plans: &'p HashMap<(&str, &str), Vec<ColumnPlan<'c>>>,
-        schema: &'p Schema,
-    ) -> &'p [ColumnPlan<'c>] {
+    fn columns_of<'p, 'c>(plans: &'p plan::Columns<'_, ColumnPlan<'c>>, schema: &'p Schema) -> &'p [ColumnPlan<'c>] {
         plans.get(&(schema.table(), schema.model_version())).map_or(&[][..], Vec::as_slice)
     }
-    for round in 0..plan.rounds {
-        for g in plan.deletes.iter().filter(|g| g.round == round) {
-            let stage = stage_name(out.len());
-            out.push(delete_group_sql(g, columns_of(plans, g.schema), &stage)?);
-        }
-        for g in plan.upserts.iter().filter(|g| g.round == round) {
-            let stage = stage_name(out.len());
-            out.push(upsert_group_sql(g, columns_of(plans, g.schema), &stage)?);
-        }
+    for step in plan.steps() {
+        let stage = stage_name(out.len());
+        out.push(match step {
+            Step::Delete(g) => delete_group_sql(g, columns_of(plans, g.schema), &stage)?,
+            Step::Upsert(g) => upsert_group_sql(g, columns_of(plans, g.schema), &stage)?,
+        });
     }
     Ok(out)
 }
@@ -1380,23 +1164,9 @@ impl SqlServerDriver {
             return Ok(());
         }
         // Tables and columns first (cheap when nothing changed), outside the batch's transaction.
-        let mut infos: HashMap<(&str, &str), Arc<TableInfo>> = HashMap::new();
-        for sc in changes {
-            let schema = sc.schema;
-            if sc.change.table != schema.table() {
-                return Err(DriverError::new(
-                    ErrorClass::Config,
-                    format!(
-                        "SQL Server: a change of table {:?} came with the schema of table {:?}",
-                        sc.change.table,
-                        schema.table()
-                    ),
-                ));
-            }
-            let id = (schema.table(), schema.model_version());
-            if infos.contains_key(&id) {
-                continue;
-            }
+        // Once per (table, version) of the batch.
+        let mut plans: plan::Columns<'_, ColumnPlan<'_>> = HashMap::new();
+        for schema in plan::schemas("SQL Server", changes)? {
             self.ensure(schema).await?;
             let info = self.cached(schema.table()).ok_or_else(|| {
                 DriverError::new(
@@ -1404,15 +1174,8 @@ impl SqlServerDriver {
                     format!("SQL Server: the catalog of table {:?} was dropped during the write", schema.table()),
                 )
             })?;
-            infos.insert(id, info);
-        }
-        let mut plans: HashMap<(&str, &str), Vec<ColumnPlan<'_>>> = HashMap::new();
-        for sc in changes {
-            let id = (sc.schema.table(), sc.schema.model_version());
-            if let (false, Some(info)) = (plans.contains_key(&id), infos.get(&id)) {
-                let columns = column_plans(sc.schema, info).inspect_err(|_| self.forget_catalog())?;
-                plans.insert(id, columns);
-            }
+            let columns = column_plans(schema, &info).inspect_err(|_| self.forget_catalog())?;
+            plans.insert((schema.table(), schema.model_version()), columns);
         }
         // Every value is converted and every statement built before anything is sent.
         let groups = batch_sql(&plan(changes, &plans)?, &plans)?;
