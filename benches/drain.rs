@@ -58,70 +58,34 @@
 #![allow(clippy::unwrap_used)]
 
 use anyhow::{bail, Context, Result};
+use common::backlog::{fold_pass, write_backlog};
+use common::direct::{direct_pass, Change};
+use common::procs::{clk_tck, load, pids_named, ticks_of, Probe};
+use common::runs::{time_drain, Config, Outcome};
 use eds::drain::{self, Destination, Start};
-use eds::record::{self, Envelope, Kind as EnvelopeKind};
-use eds::registry::{Registry, SchemaSource};
-use eds::state::ServerState;
+use eds::registry::SchemaSource;
 use eds_drivers::driver::Driver;
-use eds_drivers::event::{fold, ChangeEvent, Folded};
 use eds_drivers::postgres::PostgresDriver;
-use eds_wal::{Durability, Options, Reader, Record, Wal};
-use serde::Deserialize;
+use eds_wal::Wal;
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Executor};
-use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use std::time::Instant;
 
 mod common;
 use common::describe_fs;
 
 const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const TABLES: [&str; 4] = eds::demo_schemas::TABLES;
-/// Records per WAL append during setup.
-const APPEND_CHUNK: usize = 2_000;
-/// A cursor that never moves, so retention keeps every segment for every run.
-const HOLD_CURSOR: &str = "bench-hold";
 /// Runs, in the default order.
 const RUNS: [&str; 5] = ["eds", "direct", "eds-copy", "eds-unnest", "direct-diff"];
 /// The catalogs a temporary staging table adds rows to (and dropping it leaves dead).
 const VACUUM_CATALOG: &str =
     "VACUUM pg_catalog.pg_class, pg_catalog.pg_attribute, pg_catalog.pg_type, pg_catalog.pg_depend";
-/// A run that takes longer than this is reported as stuck.
-const RUN_TIMEOUT: Duration = Duration::from_secs(1800);
-
-struct Config {
-    quick: bool,
-    events: u64,
-    seed: u64,
-    pg: String,
-    runs: Vec<String>,
-}
-
-impl Config {
-    fn from_env() -> Config {
-        let quick = std::env::var("EDS_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let num = |name: &str, default: u64| {
-            std::env::var(name).ok().and_then(|v| v.replace('_', "").parse::<u64>().ok()).unwrap_or(default)
-        };
-        let runs = std::env::var("EDS_BENCH_RUNS")
-            .ok()
-            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect::<Vec<_>>())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| RUNS.iter().map(|s| (*s).to_owned()).collect());
-        Config {
-            quick,
-            events: num("EDS_BENCH_EVENTS", if quick { 100_000 } else { 1_000_000 }).max(1),
-            seed: num("EDS_BENCH_SEED", 7).max(1),
-            pg: std::env::var("EDS_BENCH_PG").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| DEFAULT_PG.into()),
-            runs,
-        }
-    }
-}
 
 /// `base` with `search_path` set to `schema` through the `options` startup parameter.
 fn url_with_schema(base: &str, schema: &str) -> String {
@@ -134,180 +98,16 @@ fn quote(ident: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Setup: the WAL.
-
-/// Appends the traffic as ingest would; returns (last LSN, payload bytes).
-fn fill_wal(wal: &Wal, seed: u64, n: u64) -> Result<(u64, u64)> {
-    let now = eds::timefmt::now_micros();
-    let mut traffic = eds::sample::Traffic::new(seed, n);
-    let (mut seq, mut last, mut bytes) = (1u64, 0u64, 0u64);
-    loop {
-        let payloads: Vec<Vec<u8>> = traffic.by_ref().take(APPEND_CHUNK).collect();
-        if payloads.is_empty() {
-            break;
-        }
-        let mut records = Vec::with_capacity(payloads.len());
-        for payload in &payloads {
-            let v: Value = serde_json::from_slice(payload)?;
-            let subject = format!(
-                "dbchange.{}.{}.6287a4154d1a72cc5ce091bb.6287a4154d1a72cc5ce091bc.PUBLIC.2",
-                v["table"].as_str().unwrap_or("unknown"),
-                v["operation"].as_str().unwrap_or("UPDATE")
-            );
-            records.push(
-                Envelope {
-                    kind: EnvelopeKind::Event,
-                    stream_seq: seq,
-                    received_at: now,
-                    subject: subject.into(),
-                    msg_id: "".into(),
-                    reason: "".into(),
-                    payload,
-                }
-                .encode(),
-            );
-            bytes += payload.len() as u64;
-            seq += 1;
-        }
-        last = wal.append(&records)?.last_lsn;
-    }
-    Ok((last, bytes))
-}
-
-/// The next batch, cut as the drain cuts it: up to `max_rows` records or `max_bytes` of records.
-fn read_batch(reader: &mut Reader, max_rows: usize, max_bytes: usize) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
-    let mut bytes = 0usize;
-    while records.len() < max_rows && bytes < max_bytes {
-        match reader.next()? {
-            Some(rec) => {
-                bytes += rec.data.len();
-                records.push(rec);
-            }
-            None => break,
-        }
-    }
-    Ok(records)
-}
-
-/// What eds's fold makes of the log, batch by batch.
-#[derive(Debug, Default)]
-struct FoldStats {
-    batches: u64,
-    events: u64,
-    upserts: u64,
-    deletes: u64,
-    ops: [u64; 3],
-}
-
-fn fold_pass(wal: &Wal, max_rows: usize, max_bytes: usize) -> Result<FoldStats> {
-    let mut reader = wal.reader(1)?;
-    let mut s = FoldStats::default();
-    loop {
-        let records = read_batch(&mut reader, max_rows, max_bytes)?;
-        if records.is_empty() {
-            return Ok(s);
-        }
-        s.batches += 1;
-        let mut events = Vec::with_capacity(records.len());
-        for rec in &records {
-            let env = record::decode(&rec.data)?;
-            let e = ChangeEvent::from_json(env.payload)?;
-            s.ops[e.operation as usize] += 1;
-            events.push((rec.lsn, e));
-        }
-        s.events += events.len() as u64;
-        for c in fold(events.iter().map(|(lsn, e)| (*lsn, e))) {
-            match c.change {
-                Folded::Upsert { .. } => s.upserts += 1,
-                Folded::Delete { .. } => s.deletes += 1,
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // CPU, from /proc: this process (eds's drain or the direct path, and the bench's polling) and
 // every `postgres` process (backends, WAL writer, checkpointer, autovacuum) on this machine.
 
-fn clk_tck() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a process in clock ticks (`self` for this one).
-fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().map(|w| w.parse().unwrap_or(0)).collect();
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
-}
-
 /// CPU ticks of every `postgres` process, by pid.
 fn postgres_ticks() -> HashMap<String, u64> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return HashMap::new() };
-    dir.filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
-        .map(|pid| {
-            let t = cpu_ticks(&pid);
-            (pid, t)
-        })
-        .collect()
-}
-
-/// The 1-minute load average.
-fn load() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
-}
-
-/// A point in time with the CPU used so far.
-struct Probe {
-    at: Instant,
-    own: u64,
-    postgres: HashMap<String, u64>,
-}
-
-impl Probe {
-    fn now() -> Probe {
-        Probe { at: Instant::now(), own: cpu_ticks("self"), postgres: postgres_ticks() }
-    }
-
-    /// (wall, CPU seconds of this process, CPU seconds of PostgreSQL) since `self`. A PostgreSQL
-    /// process that ended meanwhile is not counted; the runs keep their connections open.
-    fn since(&self, tck: f64) -> (Duration, f64, f64) {
-        let end = Probe::now();
-        let pg: u64 = end.postgres.iter().map(|(pid, t)| t.saturating_sub(*self.postgres.get(pid).unwrap_or(&0))).sum();
-        (end.at - self.at, end.own.saturating_sub(self.own) as f64 / tck, pg as f64 / tck)
-    }
+    ticks_of(&pids_named(&["postgres"]))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The eds side.
-
-/// One run's outcome.
-struct Outcome {
-    wall: Duration,
-    /// CPU seconds of this process during the run.
-    cpu: f64,
-    /// CPU seconds of PostgreSQL's processes during the run.
-    pg_cpu: f64,
-    /// Events delivered (eds: per /status; direct: events applied).
-    delivered: u64,
-    /// Folded changes written (upserts + deletes); `None` when not counted by the run itself.
-    changes: Option<u64>,
-    note: String,
-}
 
 async fn run_eds(
     wal: &Wal,
@@ -318,7 +118,7 @@ async fn run_eds(
     last: u64,
     tck: f64,
 ) -> Result<Outcome> {
-    let mut dest = match threshold {
+    let dest = match threshold {
         None => drain::parse_destination(&format!("{url}&name={name}&start=oldest"))?
             .context("this build has no PostgreSQL driver (feature postgres)")?,
         Some(t) => Destination {
@@ -332,94 +132,16 @@ async fn run_eds(
             retry: eds::drain::Retry::default(),
         },
     };
-    dest.dead_letters = Some(eds::dlq::DeadLetters::open_for_destination(base, &dest.name)?);
-    let mut dests = vec![dest];
-    drain::attach_registry(&mut dests, || {
-        Ok(Arc::new(Registry::new(Arc::new(eds::demo_schemas::EmbeddedSchemas::new()), None)))
-    })?;
-    drain::ensure_cursor(wal, name, Start::Oldest)?;
-    let state = Arc::new(ServerState::new(eds::metrics::Metrics::new()?, wal.clone(), "bench".into()));
-    drain::register(&state, &dests);
-    let dest = dests.pop().context("no destination")?;
-    let (stop, stop_rx) = watch::channel(false);
-    let started = Instant::now();
-    let probe = Probe::now();
-    let task = tokio::spawn(drain::run(dest, state.clone(), stop_rx));
-    let mut last_error: Option<String> = None;
-    let mut polls = 0u64;
-    let finished = loop {
-        let at = state.destination_positions().iter().find(|(n, _)| n == name).map_or(0, |(_, p)| *p);
-        if at >= last {
-            break true;
-        }
-        polls += 1;
-        if !polls.is_multiple_of(20) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        }
-        // Every 100 ms: did the drain stop or report an error?
-        let status = state.status_json();
-        let d = &status["destinations"][0];
-        if let Some(e) = d["last_error"].as_str() {
-            if last_error.as_deref() != Some(e) {
-                println!("   !! {name}: {} — {e}", d["state"].as_str().unwrap_or("?"));
-                last_error = Some(e.to_owned());
-            }
-        }
-        if d["state"] == "stopped" || started.elapsed() > RUN_TIMEOUT {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let (wall, cpu, pg_cpu) = probe.since(tck);
-    let status = state.status_json();
-    stop.send(true)?;
-    task.await?;
-    let d = &status["destinations"][0];
-    if !finished {
-        bail!("{name} stopped at cursor {} of {last} ({}): {}", d["cursor"], d["state"], d["last_error"]);
-    }
-    let delivered = d["delivered"].as_u64().unwrap_or(0);
-    let flush = state.metrics.flush_duration.with_label_values(&[name]);
     let how = match threshold {
         None => format!("COPY from {} rows per upsert group", eds_drivers::postgres::COPY_THRESHOLD),
         Some(0) => "COPY for every upsert group".into(),
         Some(_) => "unnest for every upsert group".into(),
     };
-    let note = format!(
-        "{how}; {} flushes, {:.2} s in them (schema look-up, fold, DDL, SQL), {:.2} s outside (WAL read, \
-         decode, cursor)",
-        flush.get_sample_count(),
-        flush.get_sample_sum(),
-        wall.as_secs_f64() - flush.get_sample_sum()
-    );
-    Ok(Outcome { wall, cpu, pg_cpu, delivered, changes: None, note })
+    time_drain(wal, base, dest, last, &how, &postgres_ticks, tck).await
 }
 
 // ---------------------------------------------------------------------------------------------
 // The direct side.
-
-/// The fields of an event the direct path reads.
-#[derive(Deserialize)]
-struct Wire {
-    operation: String,
-    table: String,
-    #[serde(default)]
-    key: Vec<String>,
-    before: Option<Map<String, Value>>,
-    after: Option<Map<String, Value>>,
-    #[serde(default)]
-    diff: Option<Vec<String>>,
-}
-
-enum Change {
-    /// `changed`: the columns to write on conflict; `None` = every column.
-    Upsert {
-        row: Map<String, Value>,
-        changed: Option<BTreeSet<String>>,
-    },
-    Delete,
-}
 
 /// A destination table as the catalog describes it; `id` is the primary key.
 struct DirectTable {
@@ -470,51 +192,6 @@ fn copy_field(out: &mut Vec<u8>, v: Option<&Value>, json: bool) {
             _ => out.push(b),
         }
     }
-}
-
-/// Keeps the last change per (table, id) of a batch. With `honour_diff`, UPDATEs accumulate the
-/// union of their diffs as the columns to write (as eds's fold does); without, every upsert writes
-/// the whole row.
-fn fold_batch(records: &[Record], honour_diff: bool) -> Result<Vec<(String, String, Change)>> {
-    let mut index: HashMap<(String, String), usize> = HashMap::with_capacity(records.len());
-    let mut out: Vec<(String, String, Change)> = Vec::with_capacity(records.len());
-    for rec in records {
-        let env = record::decode(&rec.data)?;
-        if env.kind != EnvelopeKind::Event {
-            continue;
-        }
-        let w: Wire = serde_json::from_slice(env.payload)?;
-        let image = w.after.filter(|r| !r.is_empty()).or(w.before).unwrap_or_default();
-        let id = match w.key.last() {
-            Some(k) => k.clone(),
-            None => image.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
-        };
-        let slot = index.get(&(w.table.clone(), id.clone())).copied();
-        let prev = slot.and_then(|i| out.get(i)).map(|(_, _, c)| c);
-        let change = match w.operation.as_str() {
-            "DELETE" => Change::Delete,
-            "INSERT" => Change::Upsert { row: image, changed: None },
-            _ if !honour_diff => Change::Upsert { row: image, changed: None },
-            _ => {
-                let diff: Option<BTreeSet<String>> = w.diff.map(|d| d.into_iter().collect());
-                let changed = match prev {
-                    None => diff,
-                    Some(Change::Delete) => None,
-                    Some(Change::Upsert { changed: Some(a), .. }) => diff.map(|d| a.union(&d).cloned().collect()),
-                    Some(Change::Upsert { changed: None, .. }) => None,
-                };
-                Change::Upsert { row: image, changed }
-            }
-        };
-        match slot.and_then(|i| out.get_mut(i)) {
-            Some(s) => s.2 = change,
-            None => {
-                index.insert((w.table.clone(), id.clone()), out.len());
-                out.push((w.table, id, change));
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Upserts of one table that write the same columns on conflict: (those columns' indexes, rows).
@@ -610,44 +287,21 @@ async fn run_direct(wal: &Wal, url: &str, honour_diff: bool, limits: (usize, usi
     let mut conn = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
     // Untimed: what the engineer knows before writing (the tables' column types).
     let tables = load_tables(&mut conn).await?;
-    let probe = Probe::now();
-    let mut reader = Some(wal.reader(1)?);
-    let (mut events, mut changes, mut batches) = (0u64, 0u64, 0u64);
-    let (mut reading, mut folding, mut sql) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    loop {
-        let t0 = Instant::now();
-        let mut r = reader.take().context("reader lost")?;
-        let (r, records) = tokio::task::spawn_blocking(move || {
-            let records = read_batch(&mut r, limits.0, limits.1);
-            (r, records)
-        })
-        .await?;
-        let records = records?;
-        reader = Some(r);
-        let t1 = Instant::now();
-        reading += t1 - t0;
-        if records.is_empty() {
-            break;
-        }
-        let folded = fold_batch(&records, honour_diff)?;
-        let t2 = Instant::now();
-        folding += t2 - t1;
-        changes += write_batch(&mut conn, &tables, &folded).await?;
-        sql += t2.elapsed();
-        events += records.len() as u64;
-        batches += 1;
-    }
-    let (wall, cpu, pg_cpu) = probe.since(tck);
+    let probe = Probe::now(&postgres_ticks);
+    let pass =
+        direct_pass(wal, limits, honour_diff, async |folded| write_batch(&mut conn, &tables, folded).await).await?;
+    let (wall, cpu, server_cpu) = probe.since(tck);
     let _ = conn.close().await;
     let note = format!(
-        "{}; {batches} transactions, {:.2} s in SQL (COPY text, merge, delete, commit), {:.2} s decoding and \
+        "{}; {} transactions, {:.2} s in SQL (COPY text, merge, delete, commit), {:.2} s decoding and \
          folding, {:.2} s reading the WAL",
         if honour_diff { "updates write their diff's columns" } else { "upserts write every column" },
-        sql.as_secs_f64(),
-        folding.as_secs_f64(),
-        reading.as_secs_f64()
+        pass.batches,
+        pass.writing.as_secs_f64(),
+        pass.folding.as_secs_f64(),
+        pass.reading.as_secs_f64()
     );
-    Ok(Outcome { wall, cpu, pg_cpu, delivered: events, changes: Some(changes), note })
+    Ok(Outcome { wall, cpu, server_cpu, delivered: pass.events, changes: Some(pass.changes), note })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -734,21 +388,7 @@ async fn table_counts(conn: &mut PgConnection, schema: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("drain bench: run it with `cargo bench --bench drain` (EDS_BENCH_QUICK=1 for a short run)");
-        return;
-    }
-    let cfg = Config::from_env();
-    let parent = std::env::var_os("EDS_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    std::fs::create_dir_all(&parent).unwrap();
-    let tmp = tempfile::Builder::new().prefix("eds-drain-bench-").tempdir_in(&parent).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    if let Err(e) = runtime.block_on(run(&cfg, tmp.path())) {
-        println!("drain bench failed: {e:#}");
-    }
+    common::runs::main("drain", async |base| run(&Config::from_env("EDS_BENCH_PG", DEFAULT_PG, &RUNS), base).await);
 }
 
 async fn run(cfg: &Config, base: &Path) -> Result<()> {
@@ -756,13 +396,13 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
         "eds drain benchmark: events into PostgreSQL, eds vs direct COPY→merge{}",
         if cfg.quick { " (quick)" } else { "" }
     );
-    let admin_opts = PgConnectOptions::from_str(&cfg.pg)?;
+    let admin_opts = PgConnectOptions::from_str(&cfg.url)?;
     let mut admin = match PgConnection::connect_with(&admin_opts).await {
         Ok(c) => c,
         Err(e) => {
             println!(
                 "  PostgreSQL at {} is not reachable ({e}); nothing measured",
-                eds_drivers::postgres::redact(&cfg.pg)
+                eds_drivers::postgres::redact(&cfg.url)
             );
             return Ok(());
         }
@@ -778,31 +418,20 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
          average {:.1}",
         base.display(),
         describe_fs(base),
-        eds_drivers::postgres::redact(&cfg.pg),
+        eds_drivers::postgres::redact(&cfg.url),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         load(),
     );
 
     // Setup (untimed): the WAL, a warm read of it, eds's fold of it.
     let started = Instant::now();
-    let wal_dir = base.join("wal");
-    let opts = Options { durability: Durability::Never, ..Options::default() };
-    let (wal, last, payload_bytes) = {
-        let (seed, n) = (cfg.seed, cfg.events);
-        tokio::task::spawn_blocking(move || -> Result<(Wal, u64, u64)> {
-            let wal = Wal::open(wal_dir, opts)?;
-            drain::ensure_cursor(&wal, HOLD_CURSOR, Start::Oldest)?;
-            let (last, bytes) = fill_wal(&wal, seed, n)?;
-            Ok((wal, last, bytes))
-        })
-        .await??
-    };
+    let (wal, last, payload_bytes) = write_backlog(base, cfg.seed, cfg.events).await?;
     let stats = wal.stats();
-    let limits = PostgresDriver::new(&cfg.pg)?.limits();
+    let limits = PostgresDriver::new(&cfg.url)?.limits();
     let (max_rows, max_bytes) = (limits.max_rows.max(1), limits.max_bytes.max(1));
     let fold_stats = {
         let w = wal.clone();
-        tokio::task::spawn_blocking(move || fold_pass(&w, max_rows, max_bytes)).await??
+        tokio::task::spawn_blocking(move || fold_pass(&w, max_rows, max_bytes, |_| {})).await??
     };
     println!(
         "  events: {} of eds::sample::Traffic (seed {}): {} INSERT, {} UPDATE, {} DELETE, {:.0} bytes on average; \
@@ -852,7 +481,7 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
         }
         let _ = admin.execute("CHECKPOINT").await;
         created.push(schema.clone());
-        let url = url_with_schema(&cfg.pg, &schema);
+        let url = url_with_schema(&cfg.url, &schema);
         let outcome = match run.as_str() {
             "eds" => run_eds(&wal, base, &url, "bench", None, last, tck).await,
             "eds-copy" => run_eds(&wal, base, &url, "bench-copy", Some(0), last, tck).await,
@@ -890,7 +519,7 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
             o.delivered as f64 / secs,
             changes as f64 / secs,
             per_event(o.cpu),
-            per_event(o.pg_cpu),
+            per_event(o.server_cpu),
             load(),
             "",
             o.note,

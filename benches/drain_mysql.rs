@@ -59,75 +59,38 @@
 #![allow(clippy::unwrap_used)]
 
 use anyhow::{bail, Context, Result};
-use eds::drain::{self, Start};
-use eds::record::{self, Envelope, Kind as EnvelopeKind};
-use eds::registry::{Registry, SchemaSource};
-use eds::state::ServerState;
+use common::backlog::{fold_pass, write_backlog, FoldStats};
+use common::direct::{direct_pass, Change};
+use common::procs::{clk_tck, load, named, pids_named, ticks_of, Probe};
+use common::runs::{time_drain, Config, Outcome};
+use eds::drain;
+use eds::registry::SchemaSource;
 use eds_drivers::driver::Driver;
-use eds_drivers::event::{fold, ChangeEvent, Folded, Operation};
+use eds_drivers::event::{ChangeEvent, Operation};
 use eds_drivers::mysql::{datetime_text, MysqlDriver, MAX_BIND_PARAMS, SESSION_SQL_MODE};
-use eds_wal::{Durability, Options, Reader, Record, Wal};
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use eds_wal::Wal;
+use serde_json::Value;
 use sqlx::mysql::{MySql, MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlSslMode};
 use sqlx::query::Query;
 use sqlx::{Connection, Executor, Row};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use std::time::Instant;
 
 mod common;
 use common::describe_fs;
 
 const DEFAULT_MYSQL: &str = "mysql://root@127.0.0.1:3306";
 const TABLES: [&str; 4] = eds::demo_schemas::TABLES;
-/// Records per WAL append during setup.
-const APPEND_CHUNK: usize = 2_000;
-/// A cursor that never moves, so retention keeps every segment for every run.
-const HOLD_CURSOR: &str = "bench-hold";
 /// Every run this bench knows.
 const RUNS: [&str; 3] = ["eds", "direct", "direct-full"];
 /// The runs made when `EDS_BENCH_RUNS` is not set.
 const DEFAULT_RUNS: [&str; 2] = ["eds", "direct"];
-/// A run that takes longer than this is reported as stuck.
-const RUN_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Room left in a packet for a statement's own framing (as the eds driver leaves).
 const PACKET_HEADROOM: usize = 64 << 10;
-
-struct Config {
-    quick: bool,
-    events: u64,
-    seed: u64,
-    mysql: String,
-    runs: Vec<String>,
-}
-
-impl Config {
-    fn from_env() -> Config {
-        let quick = std::env::var("EDS_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        let num = |name: &str, default: u64| {
-            std::env::var(name).ok().and_then(|v| v.replace('_', "").parse::<u64>().ok()).unwrap_or(default)
-        };
-        let runs = std::env::var("EDS_BENCH_RUNS")
-            .ok()
-            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect::<Vec<_>>())
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| DEFAULT_RUNS.iter().map(|s| (*s).to_owned()).collect());
-        Config {
-            quick,
-            events: num("EDS_BENCH_EVENTS", if quick { 100_000 } else { 1_000_000 }).max(1),
-            seed: num("EDS_BENCH_SEED", 7).max(1),
-            mysql: std::env::var("EDS_BENCH_MYSQL")
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| DEFAULT_MYSQL.into()),
-            runs,
-        }
-    }
-}
+/// The names of a MariaDB or MySQL server's process.
+const SERVER_NAMES: [&str; 2] = ["mariadbd", "mysqld"];
 
 /// `base` (`mysql://user@host:port[/anything][?query]`) naming the database `db` instead.
 fn url_with_database(base: &str, db: &str) -> String {
@@ -151,110 +114,30 @@ fn redact(url: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Setup: the WAL.
+// The backlog's UPDATEs.
 
-/// Appends the traffic as ingest would; returns (last LSN, payload bytes).
-fn fill_wal(wal: &Wal, seed: u64, n: u64) -> Result<(u64, u64)> {
-    let now = eds::timefmt::now_micros();
-    let mut traffic = eds::sample::Traffic::new(seed, n);
-    let (mut seq, mut last, mut bytes) = (1u64, 0u64, 0u64);
-    loop {
-        let payloads: Vec<Vec<u8>> = traffic.by_ref().take(APPEND_CHUNK).collect();
-        if payloads.is_empty() {
-            break;
-        }
-        let mut records = Vec::with_capacity(payloads.len());
-        for payload in &payloads {
-            let v: Value = serde_json::from_slice(payload)?;
-            let subject = format!(
-                "dbchange.{}.{}.6287a4154d1a72cc5ce091bb.6287a4154d1a72cc5ce091bc.PUBLIC.2",
-                v["table"].as_str().unwrap_or("unknown"),
-                v["operation"].as_str().unwrap_or("UPDATE")
-            );
-            records.push(
-                Envelope {
-                    kind: EnvelopeKind::Event,
-                    stream_seq: seq,
-                    received_at: now,
-                    subject: subject.into(),
-                    msg_id: "".into(),
-                    reason: "".into(),
-                    payload,
-                }
-                .encode(),
-            );
-            bytes += payload.len() as u64;
-            seq += 1;
-        }
-        last = wal.append(&records)?.last_lsn;
-    }
-    Ok((last, bytes))
-}
-
-/// The next batch, cut as the drain cuts it: up to `max_rows` records or `max_bytes` of records.
-fn read_batch(reader: &mut Reader, max_rows: usize, max_bytes: usize) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
-    let mut bytes = 0usize;
-    while records.len() < max_rows && bytes < max_bytes {
-        match reader.next()? {
-            Some(rec) => {
-                bytes += rec.data.len();
-                records.push(rec);
-            }
-            None => break,
-        }
-    }
-    Ok(records)
-}
-
-/// What eds's fold makes of the log, batch by batch, and how the UPDATEs' diffs look.
+/// How the UPDATEs' diffs look.
 #[derive(Debug, Default)]
-struct FoldStats {
-    batches: u64,
-    events: u64,
-    upserts: u64,
-    deletes: u64,
-    ops: [u64; 3],
+struct DiffStats {
     /// UPDATEs whose `diff` is exactly the non-key columns of their row image.
     full_diffs: u64,
     /// UPDATEs without a `diff`.
     no_diff: u64,
 }
 
-fn fold_pass(wal: &Wal, max_rows: usize, max_bytes: usize) -> Result<FoldStats> {
-    let mut reader = wal.reader(1)?;
-    let mut s = FoldStats::default();
-    loop {
-        let records = read_batch(&mut reader, max_rows, max_bytes)?;
-        if records.is_empty() {
-            return Ok(s);
-        }
-        s.batches += 1;
-        let mut events = Vec::with_capacity(records.len());
-        for rec in &records {
-            let env = record::decode(&rec.data)?;
-            let e = ChangeEvent::from_json(env.payload)?;
-            s.ops[e.operation as usize] += 1;
-            if e.operation == Operation::Update {
-                match (&e.diff, e.object()) {
-                    (None, _) => s.no_diff += 1,
-                    (Some(diff), Some(row)) => {
-                        let diff: BTreeSet<&str> = diff.iter().map(String::as_str).collect();
-                        let cols: BTreeSet<&str> = row.keys().map(String::as_str).filter(|k| *k != "id").collect();
-                        if diff == cols {
-                            s.full_diffs += 1;
-                        }
+impl DiffStats {
+    fn count(&mut self, e: &ChangeEvent) {
+        if e.operation == Operation::Update {
+            match (&e.diff, e.object()) {
+                (None, _) => self.no_diff += 1,
+                (Some(diff), Some(row)) => {
+                    let diff: BTreeSet<&str> = diff.iter().map(String::as_str).collect();
+                    let cols: BTreeSet<&str> = row.keys().map(String::as_str).filter(|k| *k != "id").collect();
+                    if diff == cols {
+                        self.full_diffs += 1;
                     }
-                    (Some(_), None) => {}
                 }
-            }
-            events.push((rec.lsn, e));
-        }
-        s.events += events.len() as u64;
-        for c in fold(events.iter().map(|(lsn, e)| (*lsn, e))) {
-            match c.change {
-                Folded::Upsert { .. } => s.upserts += 1,
-                Folded::Delete { .. } => s.deletes += 1,
+                (Some(_), None) => {}
             }
         }
     }
@@ -263,29 +146,6 @@ fn fold_pass(wal: &Wal, max_rows: usize, max_bytes: usize) -> Result<FoldStats> 
 // ---------------------------------------------------------------------------------------------
 // CPU, from /proc: this process (eds's drain or the direct path, and the bench's polling) and the
 // MariaDB server.
-
-fn clk_tck() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a process in clock ticks (`self` for this one).
-fn cpu_ticks(pid: &str) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().map(|w| w.parse().unwrap_or(0)).collect();
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
-}
-
-fn is_server(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| matches!(c.trim(), "mariadbd" | "mysqld"))
-}
 
 /// The server's processes: the one `@@pid_file` names when it is a `mariadbd`/`mysqld` on this
 /// machine, else every such process (other MariaDB servers, such as a test's private one, then
@@ -298,19 +158,12 @@ fn server_pids(pid_file: Option<&str>, datadir: Option<&str>) -> (Vec<String>, S
         };
         if let Ok(pid) = std::fs::read_to_string(&path) {
             let pid = pid.trim().to_owned();
-            if is_server(&pid) {
+            if named(&pid, &SERVER_NAMES) {
                 return (vec![pid.clone()], format!("pid {pid} from {}", path.display()));
             }
         }
     }
-    let all: Vec<String> = std::fs::read_dir("/proc")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && is_server(pid))
-                .collect()
-        })
-        .unwrap_or_default();
+    let all = pids_named(&SERVER_NAMES);
     let how = if all.is_empty() {
         "no mariadbd/mysqld process on this machine: server CPU is not measured".to_owned()
     } else {
@@ -319,143 +172,19 @@ fn server_pids(pid_file: Option<&str>, datadir: Option<&str>) -> (Vec<String>, S
     (all, how)
 }
 
-/// The 1-minute load average.
-fn load() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
-}
-
-/// A point in time with the CPU used so far.
-struct Probe {
-    at: Instant,
-    own: u64,
-    server: Vec<(String, u64)>,
-}
-
-impl Probe {
-    fn now(server: &[String]) -> Probe {
-        Probe {
-            at: Instant::now(),
-            own: cpu_ticks("self"),
-            server: server.iter().map(|pid| (pid.clone(), cpu_ticks(pid))).collect(),
-        }
-    }
-
-    /// (wall, CPU seconds of this process, CPU seconds of the server) since `self`.
-    fn since(&self, tck: f64) -> (Duration, f64, f64) {
-        let (at, own) = (Instant::now(), cpu_ticks("self"));
-        let server: u64 = self.server.iter().map(|(pid, t)| cpu_ticks(pid).saturating_sub(*t)).sum();
-        (at - self.at, own.saturating_sub(self.own) as f64 / tck, server as f64 / tck)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The eds side.
-
-/// One run's outcome.
-struct Outcome {
-    wall: Duration,
-    /// CPU seconds of this process during the run.
-    cpu: f64,
-    /// CPU seconds of the MariaDB server during the run.
-    server_cpu: f64,
-    /// Events delivered (eds: per /status; direct: events applied).
-    delivered: u64,
-    /// Folded changes written (upserts + deletes); `None` when not counted by the run itself.
-    changes: Option<u64>,
-    note: String,
-}
 
 async fn run_eds(wal: &Wal, base: &Path, url: &str, last: u64, server: &[String], tck: f64) -> Result<Outcome> {
     let name = "bench";
     let sep = if url.contains('?') { '&' } else { '?' };
-    let mut dest = drain::parse_destination(&format!("{url}{sep}name={name}&start=oldest"))?
+    let dest = drain::parse_destination(&format!("{url}{sep}name={name}&start=oldest"))?
         .context("this build has no MySQL driver (feature mysql)")?;
-    dest.dead_letters = Some(eds::dlq::DeadLetters::open_for_destination(base, &dest.name)?);
-    let mut dests = vec![dest];
-    drain::attach_registry(&mut dests, || {
-        Ok(Arc::new(Registry::new(Arc::new(eds::demo_schemas::EmbeddedSchemas::new()), None)))
-    })?;
-    drain::ensure_cursor(wal, name, Start::Oldest)?;
-    let state = Arc::new(ServerState::new(eds::metrics::Metrics::new()?, wal.clone(), "bench".into()));
-    drain::register(&state, &dests);
-    let dest = dests.pop().context("no destination")?;
-    let (stop, stop_rx) = watch::channel(false);
-    let started = Instant::now();
-    let probe = Probe::now(server);
-    let task = tokio::spawn(drain::run(dest, state.clone(), stop_rx));
-    let mut last_error: Option<String> = None;
-    let mut polls = 0u64;
-    let finished = loop {
-        let at = state.destination_positions().iter().find(|(n, _)| n == name).map_or(0, |(_, p)| *p);
-        if at >= last {
-            break true;
-        }
-        polls += 1;
-        if !polls.is_multiple_of(20) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        }
-        // Every 100 ms: did the drain stop or report an error?
-        let status = state.status_json();
-        let d = &status["destinations"][0];
-        if let Some(e) = d["last_error"].as_str() {
-            if last_error.as_deref() != Some(e) {
-                println!("   !! {name}: {} — {e}", d["state"].as_str().unwrap_or("?"));
-                last_error = Some(e.to_owned());
-            }
-        }
-        if d["state"] == "stopped" || started.elapsed() > RUN_TIMEOUT {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let (wall, cpu, server_cpu) = probe.since(tck);
-    let status = state.status_json();
-    stop.send(true)?;
-    task.await?;
-    let d = &status["destinations"][0];
-    if !finished {
-        bail!("{name} stopped at cursor {} of {last} ({}): {}", d["cursor"], d["state"], d["last_error"]);
-    }
-    let delivered = d["delivered"].as_u64().unwrap_or(0);
-    let flush = state.metrics.flush_duration.with_label_values(&[name]);
-    let note = format!(
-        "MysqlDriver; {} flushes, {:.2} s in them (schema look-up, fold, DDL, SQL), {:.2} s outside (WAL read, \
-         decode, cursor)",
-        flush.get_sample_count(),
-        flush.get_sample_sum(),
-        wall.as_secs_f64() - flush.get_sample_sum()
-    );
-    Ok(Outcome { wall, cpu, server_cpu, delivered, changes: None, note })
+    time_drain(wal, base, dest, last, "MysqlDriver", &|| ticks_of(server), tck).await
 }
 
 // ---------------------------------------------------------------------------------------------
 // The direct side.
-
-/// The fields of an event the direct path reads.
-#[derive(Deserialize)]
-struct Wire {
-    operation: String,
-    table: String,
-    #[serde(default)]
-    key: Vec<String>,
-    before: Option<Map<String, Value>>,
-    after: Option<Map<String, Value>>,
-    #[serde(default)]
-    diff: Option<Vec<String>>,
-}
-
-enum Change {
-    /// `changed`: the columns to write on conflict; `None` = every column the row carries.
-    Upsert {
-        row: Map<String, Value>,
-        changed: Option<BTreeSet<String>>,
-    },
-    Delete,
-}
 
 /// How a destination column takes values, from the catalog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -577,51 +306,6 @@ fn bind<'q>(q: Query<'q, MySql, MySqlArguments>, v: &'q Val) -> Query<'q, MySql,
         Val::Float(f) => q.bind(*f),
         Val::Bool(b) => q.bind(*b),
     }
-}
-
-/// Keeps the last change per (table, id) of a batch. With `honour_diff`, UPDATEs accumulate the
-/// union of their diffs as the columns to write (as eds's fold does); without, every upsert writes
-/// the whole row.
-fn fold_batch(records: &[Record], honour_diff: bool) -> Result<Vec<(String, String, Change)>> {
-    let mut index: HashMap<(String, String), usize> = HashMap::with_capacity(records.len());
-    let mut out: Vec<(String, String, Change)> = Vec::with_capacity(records.len());
-    for rec in records {
-        let env = record::decode(&rec.data)?;
-        if env.kind != EnvelopeKind::Event {
-            continue;
-        }
-        let w: Wire = serde_json::from_slice(env.payload)?;
-        let image = w.after.filter(|r| !r.is_empty()).or(w.before).unwrap_or_default();
-        let id = match w.key.last() {
-            Some(k) => k.clone(),
-            None => image.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
-        };
-        let slot = index.get(&(w.table.clone(), id.clone())).copied();
-        let prev = slot.and_then(|i| out.get(i)).map(|(_, _, c)| c);
-        let change = match w.operation.as_str() {
-            "DELETE" => Change::Delete,
-            "INSERT" => Change::Upsert { row: image, changed: None },
-            _ if !honour_diff => Change::Upsert { row: image, changed: None },
-            _ => {
-                let diff: Option<BTreeSet<String>> = w.diff.map(|d| d.into_iter().collect());
-                let changed = match prev {
-                    None => diff,
-                    Some(Change::Delete) => None,
-                    Some(Change::Upsert { changed: Some(a), .. }) => diff.map(|d| a.union(&d).cloned().collect()),
-                    Some(Change::Upsert { changed: None, .. }) => None,
-                };
-                Change::Upsert { row: image, changed }
-            }
-        };
-        match slot.and_then(|i| out.get_mut(i)) {
-            Some(s) => s.2 = change,
-            None => {
-                index.insert((w.table.clone(), id.clone()), out.len());
-                out.push((w.table, id, change));
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Upserts of one table with the same columns and the same columns to update: (columns' indexes,
@@ -770,44 +454,24 @@ async fn run_direct(
     let mut conn = direct_connection(url).await?;
     // Untimed: what the engineer knows before writing (the tables' column types).
     let tables = load_tables(&mut conn).await?;
-    let probe = Probe::now(server);
-    let mut reader = Some(wal.reader(1)?);
-    let (mut events, mut changes, mut batches) = (0u64, 0u64, 0u64);
-    let (mut reading, mut folding, mut sql) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    loop {
-        let t0 = Instant::now();
-        let mut r = reader.take().context("reader lost")?;
-        let (r, records) = tokio::task::spawn_blocking(move || {
-            let records = read_batch(&mut r, limits.0, limits.1);
-            (r, records)
-        })
-        .await?;
-        let records = records?;
-        reader = Some(r);
-        let t1 = Instant::now();
-        reading += t1 - t0;
-        if records.is_empty() {
-            break;
-        }
-        let folded = fold_batch(&records, honour_diff)?;
-        let t2 = Instant::now();
-        folding += t2 - t1;
-        changes += write_batch(&mut conn, &tables, &folded, statement).await?;
-        sql += t2.elapsed();
-        events += records.len() as u64;
-        batches += 1;
-    }
+    let ticks = || ticks_of(server);
+    let probe = Probe::now(&ticks);
+    let pass =
+        direct_pass(wal, limits, honour_diff, async |folded| write_batch(&mut conn, &tables, folded, statement).await)
+            .await?;
     let (wall, cpu, server_cpu) = probe.since(tck);
     let _ = conn.close().await;
     let note = format!(
-        "{}; {changes} rows written in {batches} transactions, {:.2} s writing (convert, bind, upsert, delete, commit), {:.2} s decoding and \
+        "{}; {} rows written in {} transactions, {:.2} s writing (convert, bind, upsert, delete, commit), {:.2} s decoding and \
          folding, {:.2} s reading the WAL",
         if honour_diff { "updates write their diff's columns" } else { "upserts write every column they carry" },
-        sql.as_secs_f64(),
-        folding.as_secs_f64(),
-        reading.as_secs_f64()
+        pass.changes,
+        pass.batches,
+        pass.writing.as_secs_f64(),
+        pass.folding.as_secs_f64(),
+        pass.reading.as_secs_f64()
     );
-    Ok(Outcome { wall, cpu, server_cpu, delivered: events, changes: Some(changes), note })
+    Ok(Outcome { wall, cpu, server_cpu, delivered: pass.events, changes: Some(pass.changes), note })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -918,23 +582,9 @@ async fn table_summary(conn: &mut MySqlConnection, db: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "drain_mysql bench: run it with `cargo bench --bench drain_mysql` (EDS_BENCH_QUICK=1 for a short run)"
-        );
-        return;
-    }
-    let cfg = Config::from_env();
-    let parent = std::env::var_os("EDS_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    std::fs::create_dir_all(&parent).unwrap();
-    let tmp = tempfile::Builder::new().prefix("eds-drain-mysql-bench-").tempdir_in(&parent).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    if let Err(e) = runtime.block_on(run(&cfg, tmp.path())) {
-        println!("drain_mysql bench failed: {e:#}");
-    }
+    common::runs::main("drain_mysql", async |base| {
+        run(&Config::from_env("EDS_BENCH_MYSQL", DEFAULT_MYSQL, &DEFAULT_RUNS), base).await
+    });
 }
 
 async fn run(cfg: &Config, base: &Path) -> Result<()> {
@@ -947,10 +597,10 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
             bail!("unknown run {run:?} (known: {})", RUNS.join(", "));
         }
     }
-    let mut admin = match direct_connection(&url_with_database(&cfg.mysql, "information_schema")).await {
+    let mut admin = match direct_connection(&url_with_database(&cfg.url, "information_schema")).await {
         Ok(c) => c,
         Err(e) => {
-            println!("  MariaDB at {} is not reachable ({e}); nothing measured", redact(&cfg.mysql));
+            println!("  MariaDB at {} is not reachable ({e}); nothing measured", redact(&cfg.url));
             return Ok(());
         }
     };
@@ -970,7 +620,7 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
          this process); load average {:.2}",
         base.display(),
         describe_fs(base),
-        redact(&cfg.mysql),
+        redact(&cfg.url),
         pool.parse::<u64>().unwrap_or(0) >> 20,
         max_packet >> 20,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -979,28 +629,22 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
 
     // Setup (untimed): the WAL, a warm read of it, eds's fold of it.
     let started = Instant::now();
-    let wal_dir = base.join("wal");
-    let opts = Options { durability: Durability::Never, ..Options::default() };
-    let (wal, last, payload_bytes) = {
-        let (seed, n) = (cfg.seed, cfg.events);
-        tokio::task::spawn_blocking(move || -> Result<(Wal, u64, u64)> {
-            let wal = Wal::open(wal_dir, opts)?;
-            drain::ensure_cursor(&wal, HOLD_CURSOR, Start::Oldest)?;
-            let (last, bytes) = fill_wal(&wal, seed, n)?;
-            Ok((wal, last, bytes))
-        })
-        .await??
-    };
+    let (wal, last, payload_bytes) = write_backlog(base, cfg.seed, cfg.events).await?;
     let stats = wal.stats();
-    let limits = MysqlDriver::new(&url_with_database(&cfg.mysql, "information_schema"))?.limits();
+    let limits = MysqlDriver::new(&url_with_database(&cfg.url, "information_schema"))?.limits();
     let (max_rows, max_bytes) = (limits.max_rows.max(1), limits.max_bytes.max(1));
     let statement = StatementLimits {
         params: MAX_BIND_PARAMS,
         bytes: max_packet.saturating_sub(PACKET_HEADROOM).clamp(PACKET_HEADROOM, 64 << 20),
     };
-    let fold_stats = {
+    let (fold_stats, diffs) = {
         let w = wal.clone();
-        tokio::task::spawn_blocking(move || fold_pass(&w, max_rows, max_bytes)).await??
+        tokio::task::spawn_blocking(move || {
+            let mut diffs = DiffStats::default();
+            let folds = fold_pass(&w, max_rows, max_bytes, |e| diffs.count(e))?;
+            anyhow::Ok((folds, diffs))
+        })
+        .await??
     };
     println!(
         "  events: N = {} of eds::sample::Traffic (seed {}): {} INSERT, {} UPDATE, {} DELETE, {:.0} bytes on average; \
@@ -1016,9 +660,9 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
     println!(
         "  diffs:  {} of {updates} UPDATEs name exactly every non-key column of their row image in diff ({} have no \
          diff){}",
-        fold_stats.full_diffs,
-        fold_stats.no_diff,
-        if fold_stats.full_diffs == updates {
+        diffs.full_diffs,
+        diffs.no_diff,
+        if diffs.full_diffs == updates {
             " → honouring diff writes the same columns as writing the full row"
         } else {
             " → honouring diff and full-row writes differ: run direct-full to see by how much"
@@ -1097,7 +741,7 @@ async fn measure(
         admin.execute(format!("DROP DATABASE IF EXISTS {}", quote(&db)).as_str()).await?;
         admin.execute(format!("CREATE DATABASE {} CHARACTER SET utf8mb4", quote(&db)).as_str()).await?;
         created.push(db.clone());
-        let url = url_with_database(&cfg.mysql, &db);
+        let url = url_with_database(&cfg.url, &db);
         let outcome = match run.as_str() {
             "eds" => run_eds(wal, base, &url, last, server, tck).await,
             "direct" | "direct-full" => {

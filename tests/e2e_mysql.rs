@@ -1,5 +1,5 @@
 //! End to end: NATS JetStream → `eds server` → MySQL / MariaDB, with a mock HQ schema registry.
-//! The MariaDB twin of `tests/e2e.rs` (same harness, copied here so each file stands alone).
+//! The MariaDB twin of `tests/e2e.rs` (the same harness, in tests/common).
 //!
 //! Every test works in a database of its own (`e2e_<random>`, dropped at the end, also after a
 //! panic) on the server at 127.0.0.1:3306 (user root, no password); the time-zone test starts a
@@ -9,7 +9,11 @@
 
 mod common;
 
-use common::hq::{self as testing, Routes};
+use common::events::{churn, date, Ev};
+use common::model::{assert_row, assert_table, expected_state, Rows};
+use common::proxy::Proxy;
+use common::setup::{publish_all, setup};
+use common::wait::{delivered, destination, metric, status, step, stored, until, DELIVERY};
 use common::*;
 use serde_json::{json, Map, Number, Value};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlSslMode};
@@ -18,51 +22,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The shared MariaDB server of the tests (user root, no password).
 const MY: &str = "127.0.0.1:3306";
-/// The company of EDS's end-to-end harness (spec §9.2).
-const COMPANY: &str = "1234567890";
-/// 2026-02-02T12:00:00.000Z in unix milliseconds.
-const T0: i64 = 1_770_033_600_000;
-/// How long a step may take to reach every destination.
-const DELIVERY: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
-// Harness: mock HQ, MariaDB databases, events, polling with diagnostics.
+// MariaDB databases and a private MariaDB server; the rest of the harness is in tests/common
+// (events, model, proxy, setup, wait).
 // ---------------------------------------------------------------------------------------------
-
-/// EDS's mock HQ schema routes (spec §9.2) on a free port; stopped on drop.
-struct Hq {
-    url: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Hq {
-    async fn start() -> Hq {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let routes: Routes = Arc::new(testing::e2e_routes);
-        Hq { url, task: tokio::spawn(testing::serve_schemas(listener, routes)) }
-    }
-}
-
-impl Drop for Hq {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn unique_suffix() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let mixed =
-        nanos ^ (u64::from(std::process::id()) << 40) ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9);
-    format!("{mixed:016x}")
-}
 
 /// Options for root at `server` (`host:port`), no database: utf8mb4, no TLS, session in UTC.
 fn root_options(server: &str) -> MySqlConnectOptions {
@@ -188,7 +156,7 @@ impl MyDb {
     /// Rows of `table` (that with `id = only`, bound, when given) as JSON objects by id:
     /// date-times as `YYYY-MM-DDThh:mm:ss.mmmZ` (read in a UTC session, cut to milliseconds: the
     /// events' own format), numbers as JSON numbers, everything else as text.
-    async fn rows(&self, table: &str, only: Option<&str>) -> BTreeMap<String, Map<String, Value>> {
+    async fn rows(&self, table: &str, only: Option<&str>) -> Rows {
         let cols = self.columns(table).await;
         assert!(!cols.is_empty(), "table {table:?} does not exist in {}", self.name);
         let exprs: Vec<String> = cols
@@ -251,336 +219,6 @@ impl Drop for MyDb {
         if !matches!(dropped, Ok(Ok(()))) {
             eprintln!("could not drop MariaDB database {} on {}: {dropped:?}", self.name, self.server);
         }
-    }
-}
-
-/// One change event as the harness publishes it (spec §5).
-#[derive(Debug, Clone)]
-struct Ev {
-    op: &'static str,
-    table: &'static str,
-    version: &'static str,
-    before: Option<Value>,
-    after: Option<Value>,
-    diff: Option<Vec<&'static str>>,
-    timestamp: i64,
-}
-
-impl Ev {
-    fn insert(table: &'static str, version: &'static str, after: Value) -> Ev {
-        Ev { op: "INSERT", table, version, before: None, after: Some(after), diff: None, timestamp: T0 }
-    }
-
-    fn update(table: &'static str, version: &'static str, before: Value, after: Value, diff: &[&'static str]) -> Ev {
-        Ev {
-            op: "UPDATE",
-            table,
-            version,
-            before: Some(before),
-            after: Some(after),
-            diff: Some(diff.to_vec()),
-            timestamp: T0,
-        }
-    }
-
-    fn delete(table: &'static str, version: &'static str, before: Value) -> Ev {
-        Ev { op: "DELETE", table, version, before: Some(before), after: None, diff: None, timestamp: T0 }
-    }
-
-    /// The row: `after`, else `before`.
-    fn object(&self) -> &Map<String, Value> {
-        self.after.as_ref().or(self.before.as_ref()).and_then(Value::as_object).unwrap()
-    }
-
-    fn pk(&self) -> String {
-        self.object()["id"].as_str().unwrap().to_owned()
-    }
-
-    fn subject(&self) -> String {
-        format!("dbchange.{}.{}.{COMPANY}.1.PUBLIC.2", self.table, self.op)
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        static N: AtomicU64 = AtomicU64::new(1);
-        let mut e = json!({
-            "operation": self.op,
-            "id": format!("{:016x}", N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x2545_F491_4F6C_DD1D)),
-            "table": self.table,
-            "key": [self.pk()],
-            "modelVersion": self.version,
-            "companyId": COMPANY,
-            "locationId": "1",
-            "timestamp": self.timestamp,
-            "mvccTimestamp": format!("{}000000.0000000000", self.timestamp),
-        });
-        if let Some(b) = &self.before {
-            e["before"] = b.clone();
-        }
-        if let Some(a) = &self.after {
-            e["after"] = a.clone();
-        }
-        if let Some(d) = &self.diff {
-            e["diff"] = json!(d);
-        }
-        serde_json::to_vec(&e).unwrap()
-    }
-}
-
-/// A date-time `ms` milliseconds after [`T0`], in the events' format.
-fn date(ms: i64) -> String {
-    assert!((0..60_000).contains(&ms));
-    format!("2026-02-02T12:00:{:02}.{:03}Z", ms / 1000, ms % 1000)
-}
-
-/// Whether a value read back equals a value sent: numbers by value, the rest exactly.
-fn same_value(got: &Value, sent: &Value) -> bool {
-    match (got, sent) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        _ => got == sent,
-    }
-}
-
-/// Every property of `object` is a column of `row` with the same value; with `rest_null`, the
-/// row's other columns are NULL.
-fn assert_row(row: &Map<String, Value>, object: &Map<String, Value>, rest_null: bool, what: &str) {
-    for (k, v) in object {
-        let got = row.get(k).unwrap_or_else(|| panic!("{what}: column {k:?} missing in {row:?}"));
-        assert!(same_value(got, v), "{what}: column {k:?} is {}, sent {}\nrow: {row:?}", short(got), short(v));
-    }
-    if rest_null {
-        for (k, v) in row.iter().filter(|(k, _)| !object.contains_key(*k)) {
-            assert!(v.is_null(), "{what}: column {k:?} not in the event is {v}, not NULL");
-        }
-    }
-}
-
-/// A value for a message: long ones cut.
-fn short(v: &Value) -> String {
-    let text = v.to_string();
-    if text.len() <= 200 {
-        return text;
-    }
-    let cut = (0..=200).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-    format!("{}… ({} bytes)", &text[..cut], text.len())
-}
-
-/// GET that returns `None` instead of panicking when eds does not answer.
-async fn try_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code: u16 = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-}
-
-/// `/status`, or a panic that shows eds's log.
-async fn status(eds: &Eds) -> Value {
-    match try_get(&eds.http, "/status").await {
-        Some((200, body)) => serde_json::from_str(&body).unwrap(),
-        other => panic!("GET /status: {other:?}\neds log:\n{}", eds.log_tail(100)),
-    }
-}
-
-/// Poll `f` until it returns Some; on timeout fail with `/status` and eds's log.
-async fn until<T, F, Fut>(eds: &Eds, what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            let s = try_get(&eds.http, "/status").await;
-            panic!("timed out after {timeout:?} waiting for {what}\n/status: {s:?}\neds log:\n{}", eds.log_tail(100));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The value of the `/metrics` sample `series` (name and labels), 0 when absent.
-async fn metric(eds: &Eds, series: &str) -> f64 {
-    let (_, text) = try_get(&eds.http, "/metrics").await.unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
-fn destination<'s>(status: &'s Value, name: &str) -> &'s Value {
-    status["destinations"]
-        .as_array()
-        .and_then(|ds| ds.iter().find(|d| d["name"] == name))
-        .unwrap_or_else(|| panic!("no destination {name:?} in {status}"))
-}
-
-/// Wait until ingest stored stream sequence `seq`; the WAL's durable LSN then.
-async fn stored(eds: &Eds, seq: u64) -> u64 {
-    until(eds, &format!("stream sequence {seq} stored"), DELIVERY, || async {
-        let s = status(eds).await;
-        (s["ingest"]["stream_sequence"].as_u64().unwrap_or(0) >= seq).then(|| s["wal"]["durable_lsn"].as_u64().unwrap())
-    })
-    .await
-}
-
-/// Wait until every destination in `names` has its cursor at `lsn` or beyond; the status then.
-async fn delivered(eds: &Eds, names: &[&str], lsn: u64) -> Value {
-    until(eds, &format!("{names:?} delivered through LSN {lsn}"), DELIVERY, || async {
-        let s = status(eds).await;
-        names.iter().all(|n| destination(&s, n)["cursor"].as_u64().unwrap_or(0) >= lsn).then_some(s)
-    })
-    .await
-}
-
-/// Publish every event; the stream sequence of the last.
-async fn publish_all(js: &async_nats::jetstream::Context, events: &[Ev]) -> u64 {
-    let mut seq = 0;
-    for e in events {
-        seq = publish(js, e.subject(), e.bytes()).await;
-    }
-    seq
-}
-
-/// Publish `ev` and wait until it is stored and delivered to `names`.
-async fn step(js: &async_nats::jetstream::Context, eds: &Eds, names: &[&str], ev: &Ev) {
-    let seq = publish(js, ev.subject(), ev.bytes()).await;
-    let lsn = stored(eds, seq).await;
-    delivered(eds, names, lsn).await;
-}
-
-/// The final state of a table after `events`, by id: the last full row image of each key that
-/// is not deleted (the generators give every UPDATE a diff naming each column it changes).
-fn expected_state(events: &[Ev]) -> BTreeMap<String, Map<String, Value>> {
-    let mut state: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-    for e in events {
-        match e.op {
-            "DELETE" => {
-                state.remove(&e.pk());
-            }
-            "INSERT" => {
-                state.insert(e.pk(), e.object().clone());
-            }
-            _ => {
-                let row = state.entry(e.pk()).or_insert_with(|| e.object().clone());
-                for c in e.diff.as_deref().unwrap_or_default() {
-                    row.insert((*c).to_owned(), e.object().get(*c).cloned().unwrap_or(Value::Null));
-                }
-            }
-        }
-    }
-    state
-}
-
-/// The table holds exactly `expected` (every column the events name, the others NULL).
-fn assert_table(got: &BTreeMap<String, Map<String, Value>>, expected: &BTreeMap<String, Map<String, Value>>) {
-    let missing: Vec<&String> = expected.keys().filter(|id| !got.contains_key(*id)).collect();
-    let extra: Vec<&String> = got.keys().filter(|id| !expected.contains_key(*id)).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "rows missing: {missing:?}; rows that should not be there: {extra:?}"
-    );
-    for (id, want) in expected {
-        assert_row(&got[id], want, true, &format!("row {id}"));
-    }
-}
-
-/// `n` INSERT/UPDATE/DELETE events of `order` at a version with `age`, over `keys` keys: a key
-/// is inserted when absent, deleted every ninth event when present, else updated (name, age,
-/// updatedDate, all in the diff).
-fn churn(n: u64, keys: u64, version: &'static str) -> Vec<Ev> {
-    let mut rows: BTreeMap<u64, Value> = BTreeMap::new();
-    let mut out = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        let k = i % keys;
-        let row = json!({"id": format!("k{k}"), "name": format!("name {i}"), "updatedDate": date((i % 60_000) as i64), "age": i as f64 / 4.0});
-        let ev = match rows.get(&k) {
-            None => Ev::insert("order", version, row.clone()),
-            Some(prev) if i % 9 == 0 => {
-                let ev = Ev::delete("order", version, prev.clone());
-                rows.remove(&k);
-                out.push(Ev { timestamp: T0 + i as i64, ..ev });
-                continue;
-            }
-            Some(prev) => Ev::update("order", version, prev.clone(), row.clone(), &["name", "age", "updatedDate"]),
-        };
-        rows.insert(k, row);
-        out.push(Ev { timestamp: T0 + i as i64, ..ev });
-    }
-    out
-}
-
-/// A TCP proxy to a server that can be switched off: off, it closes every connection it holds
-/// and drops new ones as soon as they are accepted.
-struct Proxy {
-    port: u16,
-    up: Arc<tokio::sync::watch::Sender<bool>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: &'static str) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(tokio::sync::watch::channel(true).0);
-        let switch = up.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else { continue };
-                let mut rx = switch.subscribe();
-                if !*rx.borrow_and_update() {
-                    drop(client);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = rx.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        Proxy { port, up, task }
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.set_up(false);
-        self.task.abort();
-    }
-}
-
-struct Setup {
-    nats: Nats,
-    js: async_nats::jetstream::Context,
-    hq: Hq,
-    data: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let nats = Nats::start().await;
-    let js = nats.create_stream().await;
-    Setup { hq: Hq::start().await, nats, js, data: tempfile::tempdir().unwrap() }
-}
-
-impl Setup {
-    fn eds(&self, urls: &[String], extra: &[&str]) -> Eds {
-        let mut args: Vec<&str> = vec!["--restart", "--api-url", &self.hq.url];
-        for u in urls {
-            args.extend(["--url", u.as_str()]);
-        }
-        args.extend(extra);
-        Eds::start(self.data.path(), &self.nats, &args)
     }
 }
 

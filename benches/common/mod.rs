@@ -1,12 +1,18 @@
-//! What both benchmarks need: realistic ids and timestamps for generated change events, and a
-//! description of the file system the figures were measured on.
+//! What the benchmarks share: realistic ids and timestamps for generated change events, and a
+//! description of the file system the figures were measured on; in modules, the HQ double, the
+//! processes they run and CPU time (procs), and what the drain benchmarks share: the backlog in a
+//! WAL (backlog), the direct path without eds (direct), the knobs, eds's timed drain and `main`
+//! (runs).
 #![allow(dead_code)]
 
 use std::path::Path;
 
+pub mod backlog;
+pub mod direct;
 #[path = "../../tests/common/hq.rs"]
 pub mod hq;
 pub mod procs;
+pub mod runs;
 
 /// splitmix64: cheap, well-spread pseudo-random values from a seed.
 pub fn mix(seed: u64) -> u64 {

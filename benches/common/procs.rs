@@ -1,7 +1,8 @@
-//! Processes the benchmarks run: a private nats-server, `eds server`, and their CPU time from
-//! `/proc`.
+//! Processes the benchmarks run: a private nats-server, `eds server`; CPU time from `/proc` (theirs,
+//! this process's, a database server's) and the load average.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -181,4 +182,60 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let code: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
+}
+
+/// The 1-minute load average.
+pub fn load() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Whether the process `pid` is named (`/proc/<pid>/comm`) one of `names`.
+pub fn named(pid: &str, names: &[&str]) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| names.contains(&c.trim()))
+}
+
+/// Every process on this machine named one of `names`, in `/proc`'s order.
+pub fn pids_named(names: &[&str]) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && named(pid, names))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU ticks of each of `pids`, by pid.
+pub fn ticks_of(pids: &[String]) -> HashMap<String, u64> {
+    pids.iter().map(|pid| (pid.clone(), cpu_ticks(pid))).collect()
+}
+
+/// CPU ticks by pid of the processes a run's figures count besides this one (a database server's),
+/// read at the start and again at the end of the run.
+pub type ServerTicks<'a> = &'a dyn Fn() -> HashMap<String, u64>;
+
+/// A point in time with the CPU used so far by this process and by a server's processes.
+pub struct Probe<'a> {
+    at: Instant,
+    own: u64,
+    server: HashMap<String, u64>,
+    server_ticks: ServerTicks<'a>,
+}
+
+impl<'a> Probe<'a> {
+    pub fn now(server_ticks: ServerTicks<'a>) -> Probe<'a> {
+        Probe { at: Instant::now(), own: cpu_ticks("self"), server: server_ticks(), server_ticks }
+    }
+
+    /// (wall, CPU seconds of this process, CPU seconds of the server) since `self`. A server
+    /// process that ended meanwhile is not counted; one that started meanwhile counts whole.
+    pub fn since(&self, tck: f64) -> (Duration, f64, f64) {
+        let end = Probe::now(self.server_ticks);
+        let server: u64 = end.server.iter().map(|(pid, t)| t.saturating_sub(*self.server.get(pid).unwrap_or(&0))).sum();
+        (end.at - self.at, end.own.saturating_sub(self.own) as f64 / tck, server as f64 / tck)
+    }
 }

@@ -1,4 +1,7 @@
 //! Test harness: a private nats-server per test, the real `eds` binary, polling with deadlines.
+//! In modules: the HQ double (hq) and, for the end-to-end tests, change events (events), the
+//! expected state of a destination table (model), a TCP proxy to cut a connection (proxy), a
+//! whole setup of NATS, HQ and eds (setup), and waits on eds's `/status` (wait).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use async_nats::jetstream;
@@ -6,6 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,16 @@ pub fn nats_server_bin() -> PathBuf {
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A suffix for the names of a test's schemas and databases, different for every call and
+/// process (time, pid and a counter, mixed): 16 hex digits.
+pub fn unique_suffix() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let mixed =
+        nanos ^ (u64::from(std::process::id()) << 40) ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9);
+    format!("{mixed:016x}")
 }
 
 /// Poll `f` until it returns Some or the deadline passes.
@@ -332,4 +346,10 @@ pub fn bulky_event(n: u64, seed: &mut u64) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+pub mod events;
 pub mod hq;
+pub mod model;
+pub mod proxy;
+pub mod setup;
+pub mod wait;
