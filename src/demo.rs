@@ -83,6 +83,8 @@ async fn demo(args: &DemoArgs, destinations: Vec<drain::Destination>, data_dir: 
     };
     let state = Arc::new(ServerState::new(Metrics::new()?, wal.clone(), "demo".into()));
     crate::drain::register(&state, &destinations);
+    // Signals are caught from here on: once the address is logged, a supervisor may stop us.
+    let mut signals = crate::shutdown::Signals::install();
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.bind, args.port))
         .await
         .with_context(|| format!("listening on {}:{}", args.bind, args.port))?;
@@ -107,12 +109,10 @@ async fn demo(args: &DemoArgs, destinations: Vec<drain::Destination>, data_dir: 
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut report = Instant::now();
     let (mut generated, mut seq, mut last_lsn) = (0u64, first_seq, wal.durable_lsn());
-    let signal = crate::shutdown::wait_for_signal();
-    tokio::pin!(signal);
     let started = Instant::now();
     loop {
         tokio::select! {
-            _ = &mut signal => {
+            _ = signals.next() => {
                 tracing::info!("stopping");
                 break;
             }

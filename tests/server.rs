@@ -243,6 +243,21 @@ async fn a_second_consumer_on_the_same_durable_is_refused() {
     assert_eq!(first.stop(), 0);
 }
 
+/// A supervisor may stop eds the moment it announces itself: the signal must already be caught
+/// (it used to be installed by a task that might not have run yet, and SIGTERM's default action
+/// killed the process). Several rounds, since the window was short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_right_after_start_is_a_clean_shutdown() {
+    let nats = Nats::start().await;
+    nats.create_stream().await;
+    for round in 0..5 {
+        let data = tempfile::tempdir().unwrap();
+        let eds = Eds::start(data.path(), &nats, &["--restart", "--shutdown-delay", "0s"]);
+        let (code, log) = eds.stop_with_log();
+        assert_eq!(code, 0, "round {round}: SIGTERM right after start must be a clean exit; log:\n{log}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_turns_503_during_shutdown_and_the_exit_is_clean() {
     let nats = Nats::start().await;
@@ -527,7 +542,8 @@ async fn a_long_full_file_system_does_not_burn_max_deliver() {
     }
     let flags = ["--restart", "--ack-wait", "1s", "--wal-retry", "50ms", "--wal-segment-size", "1MiB"];
     let eds = Eds::start(&data, &nats, &flags);
-    eventually("ingest to hit ENOSPC", Duration::from_secs(30), || async {
+    // A deadline, not a delay: on a loaded machine publishing and filling 6 MB can take a while.
+    eventually("ingest to hit ENOSPC", Duration::from_secs(90), || async {
         let s = eds.status().await;
         s["ingest"]["last_error"].as_str().filter(|e| e.contains("No space left")).map(|_| ())
     })

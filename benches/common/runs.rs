@@ -90,6 +90,9 @@ pub async fn time_drain(
     drain::register(&state, &dests);
     let dest = dests.pop().context("no destination")?;
     let (stop, stop_rx) = watch::channel(false);
+    // The process's peak resident memory from here on: the drain's, plus what the bench itself
+    // holds (reported as the resident memory before the start).
+    let resident_before = reset_peak_rss();
     let started = Instant::now();
     let probe = Probe::now(server);
     let task = tokio::spawn(drain::run(dest, state.clone(), stop_rx));
@@ -120,6 +123,7 @@ pub async fn time_drain(
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let (wall, cpu, server_cpu) = probe.since(tck);
+    let peak = status_kib("VmHWM:");
     let status = state.status_json();
     stop.send(true)?;
     task.await?;
@@ -129,14 +133,31 @@ pub async fn time_drain(
     }
     let delivered = d["delivered"].as_u64().unwrap_or(0);
     let flush = state.metrics.flush_duration.with_label_values(&[name]);
+    let mib = |kib: Option<u64>| kib.map_or_else(|| "?".to_owned(), |k| format!("{:.0}", k as f64 / 1024.0));
     let note = format!(
         "{how}; {} flushes, {:.2} s in them (schema look-up, fold, DDL, SQL), {:.2} s outside (WAL read, \
-         decode, cursor)",
+         decode, cursor); peak RSS {} MiB during the run ({} MiB resident before it)",
         flush.get_sample_count(),
         flush.get_sample_sum(),
-        wall.as_secs_f64() - flush.get_sample_sum()
+        wall.as_secs_f64() - flush.get_sample_sum(),
+        mib(peak),
+        mib(resident_before),
     );
     Ok(Outcome { wall, cpu, server_cpu, delivered, changes: None, note })
+}
+
+/// A field of `/proc/self/status` in KiB (`VmRSS:`, `VmHWM:`); `None` where there is none.
+pub fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// Resets the process's peak resident memory (`VmHWM`) to what is resident now (Linux: `5` to
+/// `/proc/self/clear_refs`) and returns that, in KiB.
+pub fn reset_peak_rss() -> Option<u64> {
+    std::fs::write("/proc/self/clear_refs", "5").ok()?;
+    status_kib("VmRSS:")
 }
 
 /// `main` of the drain benchmark `name`: without `--bench` (as `cargo test --all-targets` runs

@@ -102,11 +102,12 @@ fn null_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>
 }
 
 /// The wire format (spec §5), with the row images as `R`: whole rows when decoding, just enough
-/// of them ([`RowView`]) when validating. One definition, so validation accepts exactly what
-/// decoding accepts.
+/// of them ([`RowView`]) when validating; `before` as `B` (its raw text when only a state
+/// destination's image is needed). One definition, so validation accepts exactly what decoding
+/// accepts.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Wire<R> {
+struct Wire<R, B = R> {
     #[serde(default, deserialize_with = "null_default")]
     operation: String,
     #[serde(default, deserialize_with = "null_default")]
@@ -121,7 +122,7 @@ struct Wire<R> {
     location_id: Option<String>,
     user_id: Option<String>,
     #[serde(default = "none")]
-    before: Option<R>,
+    before: Option<B>,
     #[serde(default = "none")]
     after: Option<R>,
     #[serde(default)]
@@ -189,13 +190,75 @@ impl<'de> Deserialize<'de> for RowView {
                             _ => None,
                         };
                     } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
+                        map.next_value::<Skim>()?;
                     }
                 }
                 Ok(view)
             }
         }
         d.deserialize_map(Visitor)
+    }
+}
+
+/// Any JSON value read as strictly as building it would be — strings are unescaped, so a lone
+/// surrogate (`"\ud800"`) is refused as [`Value`] refuses it, where `IgnoredAny` lets it pass —
+/// but nothing is kept.
+struct Skim;
+
+impl<'de> Deserialize<'de> for Skim {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Skim, D::Error> {
+        d.deserialize_any(Skim)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Skim {
+    type Value = Skim;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skim, E> {
+        Ok(Skim)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skim, E> {
+        Ok(Skim)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skim, E> {
+        Ok(Skim)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skim, E> {
+        Ok(Skim)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skim, E> {
+        Ok(Skim)
+    }
+    fn visit_unit<E>(self) -> Result<Skim, E> {
+        Ok(Skim)
+    }
+    fn visit_none<E>(self) -> Result<Skim, E> {
+        Ok(Skim)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Skim, D::Error> {
+        Skim::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skim, A::Error> {
+        while seq.next_element::<Skim>()?.is_some() {}
+        Ok(Skim)
+    }
+    // Objects, and numbers (serde_json's arbitrary precision hands them over as a one-entry map).
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Skim, A::Error> {
+        while map.next_key::<Skim>()?.is_some() {
+            map.next_value::<Skim>()?;
+        }
+        Ok(Skim)
+    }
+}
+
+/// A row image checked as [`Row`] would be built (an object, every string valid) and dropped.
+struct SkimRow;
+
+impl<'de> Deserialize<'de> for SkimRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SkimRow, D::Error> {
+        d.deserialize_map(Skim).map(|_| SkimRow)
     }
 }
 
@@ -211,6 +274,15 @@ pub struct Checked {
 impl<R: RowImage> Wire<R> {
     /// The rules every event must pass: an operation, a table, a primary key.
     fn check(&self) -> Result<(Operation, String), EventError> {
+        let row = self.after.as_ref().filter(|r| !r.is_empty()).or(self.before.as_ref());
+        self.rules(row)
+    }
+}
+
+impl<R, B> Wire<R, B> {
+    /// [`Wire::check`] with the row image (`after` when present and non-empty, else `before`)
+    /// given.
+    fn rules(&self, row: Option<&impl RowImage>) -> Result<(Operation, String), EventError> {
         let operation = match self.operation.as_str() {
             "INSERT" => Operation::Insert,
             "UPDATE" => Operation::Update,
@@ -221,7 +293,6 @@ impl<R: RowImage> Wire<R> {
         if self.table.is_empty() {
             return Err(EventError::NoTable { id: self.id.clone() });
         }
-        let row = self.after.as_ref().filter(|r| !r.is_empty()).or(self.before.as_ref());
         let primary_key = match self.key.last().filter(|k| !k.is_empty()) {
             Some(k) => k.clone(),
             None => row
@@ -234,7 +305,7 @@ impl<R: RowImage> Wire<R> {
     }
 }
 
-fn wire<'a, R: Deserialize<'a>>(bytes: &'a [u8]) -> Result<Wire<R>, EventError> {
+fn wire<'a, R: Deserialize<'a>, B: Deserialize<'a>>(bytes: &'a [u8]) -> Result<Wire<R, B>, EventError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(EventError::NotAnObject);
     }
@@ -291,9 +362,38 @@ pub struct ChangeEvent {
 impl ChangeEvent {
     /// Decode an event as published by Shopmonkey (see [`validate`] for the rules).
     pub fn from_json(bytes: &[u8]) -> Result<ChangeEvent, EventError> {
-        let w: Wire<Row> = wire(bytes)?;
+        let mut w: Wire<Row> = wire(bytes)?;
         let (operation, primary_key) = w.check()?;
-        Ok(ChangeEvent {
+        let before = w.before.take();
+        Ok(ChangeEvent::of(w, operation, primary_key, before))
+    }
+
+    /// [`ChangeEvent::from_json`] for a state destination, which writes one row image: `before`
+    /// is built only when it is that image (a DELETE, or an event without a non-empty `after`);
+    /// otherwise it is checked as JSON, not built, and left `None`. Accepts and refuses exactly
+    /// what [`ChangeEvent::from_json`] does.
+    pub fn from_json_for_state(bytes: &[u8]) -> Result<ChangeEvent, EventError> {
+        let w: Wire<Row, &serde_json::value::RawValue> = wire(bytes)?;
+        let after = w.after.as_ref().filter(|r| !r.is_empty());
+        let before: Option<Row> = match w.before {
+            Some(raw) if after.is_none() || w.operation == "DELETE" => match serde_json::from_str(raw.get()) {
+                Ok(row) => Some(row),
+                // The full decoder names the place in the whole event.
+                Err(_) => return ChangeEvent::from_json(bytes),
+            },
+            Some(raw) => match serde_json::from_str::<SkimRow>(raw.get()) {
+                Ok(SkimRow) => None,
+                Err(_) => return ChangeEvent::from_json(bytes),
+            },
+            None => None,
+        };
+        let (operation, primary_key) = w.rules(after.or(before.as_ref()))?;
+        Ok(ChangeEvent::of(w, operation, primary_key, before))
+    }
+
+    /// The event of a checked wire record, with its `before` image.
+    fn of<B>(w: Wire<Row, B>, operation: Operation, primary_key: String, before: Option<Row>) -> ChangeEvent {
+        ChangeEvent {
             operation,
             id: w.id,
             table: w.table,
@@ -302,14 +402,14 @@ impl ChangeEvent {
             company_id: w.company_id,
             location_id: w.location_id,
             user_id: w.user_id,
-            before: w.before,
+            before,
             after: w.after,
             diff: w.diff,
             timestamp: w.timestamp,
             mvcc_timestamp: w.mvcc_timestamp,
             imported: w.imported,
             primary_key,
-        })
+        }
     }
 
     /// The primary key: the last element of `key`, else the row's `id`.
@@ -451,12 +551,25 @@ pub fn fold_taking<'a>(events: impl IntoIterator<Item = (u64, &'a mut ChangeEven
 fn fold_with<E: Images>(events: impl IntoIterator<Item = (u64, E)>) -> Vec<FoldedChange> {
     // Keyed by table, the full key array and the primary key (the key array may be empty, when
     // the primary key comes from the row's `id`).
-    let mut index: HashMap<(String, Vec<String>, String), usize> = HashMap::new();
+    // Looked up by a hash of the borrowed parts (no copies per event): `first` holds the first
+    // change of each hash, `next` chains the changes whose hashes collide.
+    use std::hash::BuildHasher;
+    let state = foldhash::fast::RandomState::default();
+    let mut first: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut next: Vec<Option<usize>> = Vec::new();
     let mut out: Vec<FoldedChange> = Vec::new();
     for (pos, event) in events {
         let e = event.event();
-        let id = (e.table.clone(), e.key.clone(), e.primary_key().to_owned());
-        match index.get(&id).and_then(|&i| out.get_mut(i)) {
+        let hash = state.hash_one((&e.table, &e.key, e.primary_key()));
+        let mut at = first.get(&hash).copied();
+        while let Some(i) = at {
+            let c = &out[i];
+            if c.table == e.table && c.key == e.key && c.primary_key == e.primary_key() {
+                break;
+            }
+            at = next[i];
+        }
+        match at.and_then(|i| out.get_mut(i)) {
             Some(slot) => {
                 if slot.model_version != e.model_version {
                     slot.model_version.clone_from(&e.model_version);
@@ -469,8 +582,8 @@ fn fold_with<E: Images>(events: impl IntoIterator<Item = (u64, E)>) -> Vec<Folde
             }
             None => {
                 let model_version = e.model_version.clone();
-                let (table, key, primary_key) = id.clone();
-                index.insert(id, out.len());
+                let (table, key, primary_key) = (e.table.clone(), e.key.clone(), e.primary_key().to_owned());
+                next.push(first.insert(hash, out.len()));
                 out.push(FoldedChange {
                     table,
                     key,
@@ -550,6 +663,47 @@ mod tests {
         assert_eq!(err(json!({"operation": "INSERT", "key": ["k"]})), "the event has no table");
         assert!(matches!(ChangeEvent::from_json(b"[]"), Err(EventError::NotAnObject)));
         assert!(matches!(ChangeEvent::from_json(b"{\"after\": 3}"), Err(EventError::Json { .. })));
+    }
+
+    /// The state decoder accepts and refuses what the full decoder does (with the same message),
+    /// and differs only in leaving out a `before` image no state destination writes.
+    #[test]
+    fn the_state_decoder_agrees_with_the_full_one_and_builds_before_only_when_written() {
+        let cases = [
+            r#"{"operation":"UPDATE","table":"t","key":["k"],"before":{"id":"k","a":1},"after":{"id":"k","a":2}}"#,
+            r#"{"operation":"UPDATE","table":"t","key":["k"],"before":{"id":"k","a":1},"after":{}}"#,
+            r#"{"operation":"UPDATE","table":"t","key":[""],"before":{"id":"b"},"after":null}"#,
+            r#"{"operation":"DELETE","table":"t","key":["k"],"before":{"id":"k","a":1},"after":{"id":"k"}}"#,
+            r#"{"operation":"DELETE","table":"t","key":["k"],"before":null}"#,
+            r#"{"operation":"INSERT","table":"t","key":["k"],"after":{"id":"k"}}"#,
+            r#"{"operation":"INSERT","table":"t","key":["k"],"before": 3,"after":{"id":"k"}}"#,
+            r#"{"operation":"INSERT","table":"t","key":["k"],"before":[1],"after":{"id":"k"}}"#,
+            r#"{"operation":"INSERT","table":"t","key":["k"],"before":{"x":1,},"after":{"id":"k"}}"#,
+            r#"{"operation":"INSERT","table":"t","key":[""],"before":{"id":"b"},"after":{"a":1}}"#,
+            r#"{"operation":"INSERT","table":"t","key":[""],"before":{"id":"b"},"after":{}}"#,
+            r#"{"operation":"UPSERT","table":"t","key":["k"],"after":{"id":"k"}}"#,
+            r#"{"operation":"INSERT","key":["k"],"after":{"id":"k"}}"#,
+            r#"{"operation":"INSERT","table":"t","key":["k"],"before":{"id":"\ud800"},"after":{"id":"k"}}"#,
+            r#"{"operation":"UPDATE","table":"t","key":["k"],"before":{"x":"\ud800"},"after":{"id":"k"}}"#,
+            r#"{"operation":"INSERT","table":"t","key":["k"],"after":{"id":"k","x":["\udc00"]}}"#,
+            r#"{"operation":"INSERT","table":"t","key":["k"],"after":{"id":"k","x":{"\ud800":1}}}"#,
+            r#"{"operation":"INSERT","table":"t","key":["k"],"after":{"id":"k","x":"\ud83d\ude00"}}"#,
+        ];
+        for text in cases {
+            let full = ChangeEvent::from_json(text.as_bytes());
+            let lean = ChangeEvent::from_json_for_state(text.as_bytes());
+            // Ingest's validation agrees too (it let a lone surrogate outside `id` pass).
+            assert_eq!(validate(text.as_bytes()).is_ok(), full.is_ok(), "validate vs from_json on {text}");
+            match (full, lean) {
+                (Ok(full), Ok(lean)) => {
+                    let written = full.operation == Operation::Delete || full.after.as_ref().is_none_or(Row::is_empty);
+                    let expected = ChangeEvent { before: if written { full.before.clone() } else { None }, ..full };
+                    assert_eq!(lean, expected, "{text}");
+                }
+                (Err(full), Err(lean)) => assert_eq!(lean.to_string(), full.to_string(), "{text}"),
+                (full, lean) => panic!("the decoders disagree on {text}: full {full:?}, state {lean:?}"),
+            }
+        }
     }
 
     fn at(pos: u64, e: &ChangeEvent) -> (u64, &ChangeEvent) {

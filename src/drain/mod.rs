@@ -158,9 +158,14 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         // Events of rows with dead letters: (LSN, table, key, stream sequence).
         let mut watched: Vec<(u64, String, String, u64)> = Vec::new();
         let watching = watch.as_ref().filter(|w| !w.is_empty());
+        // A state destination writes one row image per event: `before` is built only when needed.
+        let decode = match kind {
+            Kind::State => ChangeEvent::from_json_for_state,
+            Kind::Stream => ChangeEvent::from_json,
+        };
         for rec in &records {
             match record::decode(&rec.data) {
-                Ok(env) if env.kind == EnvelopeKind::Event => match ChangeEvent::from_json(env.payload) {
+                Ok(env) if env.kind == EnvelopeKind::Event => match decode(env.payload) {
                     Ok(e) if dest.skip_before.get(&e.table).is_some_and(|&t| e.timestamp < t) => skipped += 1,
                     Ok(e) => {
                         if watching.is_some_and(|w| w.contains(&e.table, e.primary_key())) {

@@ -373,6 +373,8 @@ async fn serve(
     let state = Arc::new(ServerState::new(metrics, wal, plan.ingest.consumer.durable.clone()));
     crate::drain::register(&state, &destinations);
 
+    // Signals are caught from here on: once the address is logged, a supervisor may stop us.
+    let mut signals = crate::shutdown::Signals::install();
     let listener =
         tokio::net::TcpListener::bind(plan.http).await.with_context(|| format!("listening on {}", plan.http))?;
     let addr = listener.local_addr()?;
@@ -383,18 +385,18 @@ async fn serve(
     let signal_state = state.clone();
     let delay = plan.shutdown_delay;
     tokio::spawn(async move {
-        crate::shutdown::wait_for_signal().await;
+        signals.next().await;
         tracing::info!(delay = %duration::format(delay), "shutting down: finishing in-flight appends and acks (signal again to exit at once)");
         signal_state.begin_shutdown();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = crate::shutdown::wait_for_signal() => {
+            _ = signals.next() => {
                 tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");
                 std::process::exit(130);
             }
         }
         let _ = stop_tx.send(true);
-        crate::shutdown::wait_for_signal().await;
+        signals.next().await;
         tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");
         std::process::exit(130);
     });

@@ -97,6 +97,10 @@ impl<'b, C> Plan<'b, C> {
     }
 }
 
+/// The planner's maps: keyed by table names and key values, hashed fast (foldhash, seeded per
+/// process).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The columns a change updates (`None`: all), as the fold made them.
 type ColumnSet<'b> = Option<&'b BTreeSet<String>>;
 
@@ -146,8 +150,8 @@ pub(crate) fn plan<'b, 'c, P: Prepare>(
     order.sort_by_key(|c| c.change.last_pos);
     // Upserts first by the change's own column set (cheap to compare), merged below by the
     // update list it makes.
-    let mut upsert_index: HashMap<(usize, &'b str, &'b str, ColumnSet<'b>), usize> = HashMap::new();
-    let mut delete_index: HashMap<(usize, &'b str, &'b str), usize> = HashMap::new();
+    let mut upsert_index: FastMap<(usize, &'b str, &'b str, ColumnSet<'b>), usize> = FastMap::default();
+    let mut delete_index: FastMap<(usize, &'b str, &'b str), usize> = FastMap::default();
     let mut upserts: Vec<UpsertGroup<'b, P::Cell<'b>>> = Vec::new();
     let mut deletes: Vec<DeleteGroup<'b, P::Cell<'b>>> = Vec::new();
     let mut rounds = 0;
@@ -191,7 +195,7 @@ pub(crate) fn plan<'b, 'c, P: Prepare>(
         prepared.push((sc, cols, cells));
     }
     let mut placed: Vec<(usize, &'b StateChange<'b>)> = Vec::with_capacity(prepared.len());
-    let mut seen: HashMap<(&'b str, Vec<KeyPart<'_>>), usize> = HashMap::new();
+    let mut seen: FastMap<(&'b str, Vec<KeyPart<'_>>), usize> = FastMap::default();
     for (sc, _, cells) in &prepared {
         let npk = sc.schema.primary_keys().len().min(cells.len());
         let identity: Vec<KeyPart<'_>> = cells[..npk].iter().map(P::key).collect();
@@ -232,7 +236,7 @@ pub(crate) fn plan<'b, 'c, P: Prepare>(
     // Column sets that name columns outside the schema, or differ only in such columns, make the
     // same update list: one statement shape, one group.
     let mut merged: Vec<UpsertGroup<'b, P::Cell<'b>>> = Vec::with_capacity(upserts.len());
-    let mut by_shape: HashMap<(usize, &'b str, &'b str, Vec<&'b str>), usize> = HashMap::new();
+    let mut by_shape: FastMap<(usize, &'b str, &'b str, Vec<&'b str>), usize> = FastMap::default();
     for g in upserts {
         let shape = (g.round, g.schema.table(), g.schema.model_version(), g.update.clone());
         match by_shape.get(&shape) {
