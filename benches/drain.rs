@@ -20,7 +20,7 @@
 //! - `direct`: what a competent engineer would write without eds, with sqlx on one connection:
 //!   read the WAL with a plain `eds_wal::Reader` (not from memory, so both sides pay the same
 //!   decompression), in batches cut like the drain's (the driver's `limits()`: 10,000 records or
-//!   16 MiB), unwrap the envelope, parse the event with serde_json, keep the last change per
+//!   2 MiB), unwrap the envelope, parse the event with serde_json, keep the last change per
 //!   (table, id) (deletes win as they come), then per table: `COPY` the upsert rows (text format,
 //!   escaped) into a temporary all-text staging table, `INSERT INTO t (…) SELECT <casts> FROM
 //!   staging ON CONFLICT (id) DO UPDATE SET <every column> = EXCLUDED.<column>`, and `DELETE …
@@ -42,6 +42,8 @@
 //! loud MISMATCH with the rows only on one side and the rows differing, by column.
 //!
 //! Per run: wall time; events/s (the common unit); folded changes/s (upserts + deletes written);
+//! for eds, the process's peak RSS during the run (`VmHWM`, reset just before it starts) next to
+//! what was resident before;
 //! CPU µs per event of this process (the drain or the direct path; the bench's polling is
 //! negligible) and of every `postgres` process (from /proc, so PostgreSQL must run on this
 //! machine for that column to mean anything); the load average, since on a shared machine wall

@@ -13,7 +13,7 @@
 //!
 //! - `eds`: `drain::run` with the destination `parse_destination` makes of
 //!   `mysql://…/<db>?name=bench&start=oldest` (`eds_drivers::mysql::MysqlDriver`: batches of 5,000
-//!   records or 8 MiB, multi-row `INSERT … ON DUPLICATE KEY UPDATE` cut under 60,000 placeholders
+//!   records or 2 MiB, multi-row `INSERT … ON DUPLICATE KEY UPDATE` cut under 60,000 placeholders
 //!   and the packet size, `DELETE … IN (…)`, one transaction per batch) and the embedded demo
 //!   schemas as registry. Timed from starting the drain until its cursor reaches the last LSN
 //!   (polled every 5 ms). Includes the drain's DDL (4 CREATE TABLE, 4 ALTER TABLE at the schema
@@ -41,7 +41,8 @@
 //! differing, by column.
 //!
 //! Per run: wall time; events/s (the common unit); rows/s (folded changes written: upserts +
-//! deletes); CPU µs per event of this process (the drain or the direct path; the bench's polling is
+//! deletes); for eds, the process's peak RSS during the run (`VmHWM`, reset just before it
+//! starts) next to what was resident before; CPU µs per event of this process (the drain or the direct path; the bench's polling is
 //! negligible) and of the MariaDB server (the process named by `@@pid_file`, else every
 //! `mariadbd`/`mysqld` process; from /proc, so the server must run on this machine for that column
 //! to mean anything); the load average, since on a shared machine wall times move with it. eds's

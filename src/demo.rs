@@ -144,8 +144,28 @@ async fn demo(args: &DemoArgs, destinations: Vec<drain::Destination>, data_dir: 
                 seq += 1;
             }
             let w = wal.clone();
-            let appended = tokio::task::spawn_blocking(move || w.append(&records)).await??;
-            last_lsn = appended.last_lsn;
+            // A tick at a high --rate holds more than one frame may: appends of at most 4 MiB, as
+            // ingest makes them (`eds server`'s default), within the frame limit.
+            let limit = w.options().max_frame_bytes.min(4 << 20);
+            let appended = tokio::task::spawn_blocking(move || {
+                let (mut start, mut bytes, mut last) = (0usize, 0u64, None);
+                for (i, r) in records.iter().enumerate() {
+                    let size = (r.len() + eds_wal::frame::RECORD_OVERHEAD) as u64;
+                    if i > start && bytes + size > limit {
+                        last = Some(w.append(&records[start..i])?);
+                        (start, bytes) = (i, 0);
+                    }
+                    bytes += size;
+                }
+                if start < records.len() {
+                    last = Some(w.append(&records[start..])?);
+                }
+                Ok::<_, eds_wal::Error>(last)
+            })
+            .await??;
+            if let Some(a) = appended {
+                last_lsn = a.last_lsn;
+            }
             generated += n;
             state.metrics.total_events.inc_by(n);
         }

@@ -293,6 +293,29 @@ fn server_help_finds_drivers_by_scheme() {
     );
 }
 
+/// At the top of `--rate`, one 50 ms tick generates more than a WAL frame holds (16 MiB): the
+/// demo appends it in several frames instead of failing with "exceeds the maximum frame size".
+#[test]
+fn demo_at_its_highest_rate_appends_a_tick_in_several_frames() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("demo-data");
+    let out = d.path().join("out");
+    let url = format!("file://{}", out.display());
+    let args = ["demo", "--events", "40000", "--rate", "1000000", "--port", "0", "-s", "--url", &url];
+    let o = Command::new(env!("CARGO_BIN_EXE_eds"))
+        .args(args)
+        .args(["-d", data.to_str().unwrap()])
+        .env_remove("PORT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("done: 40000 events generated and delivered"), "{}", stdout(&o));
+    let o = eds(&["wal", "verify", "--json", "-d", data.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["records"], 40000, "{v}");
+    assert!(v["frames"].as_u64().unwrap_or(0) >= 2, "{v}");
+}
+
 #[test]
 fn demo_delivers_every_generated_event_and_keeps_off_server_data() {
     let d = tempfile::tempdir().unwrap();

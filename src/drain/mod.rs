@@ -142,6 +142,12 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 continue;
             }
         };
+        if !records.is_empty() && state.is_paused(&name) {
+            // Paused while the read waited for records: deliver none of them. The cursor has not
+            // moved, so a fresh reader reads them again after the resume.
+            drop(records);
+            continue;
+        }
         tracing::trace!(destination = %name, records = records.len(), next = r.next_lsn(), "drain read");
         let age =
             records.first().map_or(0.0, |r| crate::timefmt::now_micros().saturating_sub(r.appended_at) as f64 / 1e6);

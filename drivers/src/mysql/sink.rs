@@ -1365,7 +1365,8 @@ impl Driver for MysqlDriver {
     }
 
     fn limits(&self) -> Limits {
-        Limits { max_rows: 5_000, max_bytes: 8 << 20, max_bind_params: self.max_bind_params }
+        // 2 MiB of records per batch, as PostgreSQL: it bounds the drain's memory (see the README).
+        Limits { max_rows: 5_000, max_bytes: 2 << 20, max_bind_params: self.max_bind_params }
     }
 
     fn test(&self) -> BoxFuture<'_, Result<(), DriverError>> {
