@@ -80,11 +80,6 @@ use std::str::FromStr;
 use std::time::Instant;
 
 mod common;
-
-/// The shipped binary's allocator (`src/main.rs`), so the drain runs here as it does in `eds`;
-/// the direct path runs on it too.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use common::describe_fs;
 
 const DEFAULT_MYSQL: &str = "mysql://root@127.0.0.1:3306";
