@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: formatting, clippy, a build of the benchmarks (never run here), and
+# Runs every check CI runs: formatting, clippy, the docs, a build of the benchmarks (never run here), and
 # all tests. Installs what it needs when missing (idempotent) and fails loudly otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -119,6 +119,9 @@ cargo fmt --all -- --check
 
 say "cargo clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+say "cargo doc (no dependencies; warnings, such as links to private items, are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked --quiet
 
 say "building benchmarks (not run)"
 cargo build --workspace --benches --locked

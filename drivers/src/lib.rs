@@ -2,7 +2,7 @@
 //!
 //! This crate holds the change-event model ([`event`]), the schema model ([`schema`]), the
 //! [`driver::Driver`] trait, and one module per destination, each behind a cargo feature of the
-//! same name and registered in one line of [`REGISTERED`]: [`find`]`(scheme)?.open(url)` is all a
+//! same name and registered in one line of `REGISTERED`: [`find`]`(scheme)?.open(url)` is all a
 //! caller needs. It never depends on `eds-wal`: drivers see decoded change events, not log records.
 
 pub mod conformance;

@@ -45,7 +45,7 @@ pub struct Destination {
 
 /// Waits between attempts of a failing batch: `first`, doubling with every failure in a row up
 /// to `max`, each with up to a quarter more at random so destinations do not retry in step.
-/// Configuration errors wait [`CONFIG_RETRY`] instead.
+/// Configuration errors wait `CONFIG_RETRY` instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retry {
     /// The first wait.

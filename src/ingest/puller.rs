@@ -10,7 +10,7 @@
 //! info, which also clears expired requests) whether a request is still waiting, and moves on as
 //! soon as none is; a deadline backs that up. Should a delivery still get lost, the consumer
 //! sequence shows it, and the session holds newer messages until JetStream redelivers it (see
-//! [`super::Reconcile`]).
+//! `Reconcile`).
 
 use super::consumer::{self, ConsumerSettings, PULL_EXPIRES};
 use anyhow::Result;

@@ -39,7 +39,7 @@ pub use storage::{FaultyStorage, StdStorage, Storage, StorageFile};
 
 /// An error and its causes on one line, `outer: inner: innermost`, each cause said once: a cause
 /// whose text the line already holds is left out, and so is a wrapper that only repeats its own
-/// cause behind a generic prefix ("error returned from database: <the cause>") once that cause
+/// cause behind a generic prefix (`error returned from database: <the cause>`) once that cause
 /// is said.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut texts = Vec::new();

@@ -281,7 +281,7 @@ pub const SQLSTATE_CODES: &[(&str, ErrorClass, &str)] = &[
     ("25006", ErrorClass::Config, "read-only transaction (a standby server)"),
 ];
 
-/// How the drain should treat a PostgreSQL SQLSTATE (see [`SQLSTATE_CLASSES`]).
+/// How the drain should treat a PostgreSQL SQLSTATE (see `SQLSTATE_CLASSES`).
 pub fn classify_sqlstate(code: &str) -> ErrorClass {
     let exact = SQLSTATE_CODES.iter().find(|(c, _, _)| *c == code);
     let class = || SQLSTATE_CLASSES.iter().find(|(c, _, _)| code.get(..2) == Some(*c));
