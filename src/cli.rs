@@ -61,6 +61,8 @@ struct GlobalArgs {
 enum Command {
     /// Print the version
     Version,
+    /// Enroll this server with the one-time code from Shopmonkey (writes config.toml)
+    Enroll(crate::enroll::EnrollArgs),
     /// Run the whole pipeline with generated Shopmonkey-shaped events and no external server
     Demo(crate::demo::DemoArgs),
     /// Run the gateway: pull change events from NATS JetStream into the write-ahead log
@@ -228,6 +230,7 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Demo(args) => {
             crate::demo::run(args, cli.global.data_dir.as_deref().unwrap_or(std::path::Path::new("demo-data")))
         }
+        Command::Enroll(args) => crate::enroll::run(args, &data_dir, out),
         Command::Version => {
             writeln!(out, "{}", crate::VERSION)?;
             Ok(0)

@@ -5,11 +5,13 @@
 //! neither of them knows about it.
 
 pub mod cli;
+pub mod config;
 pub mod datadir;
 pub mod demo;
 pub mod demo_schemas;
 pub mod dlq;
 pub mod drain;
+pub mod enroll;
 pub mod exit;
 pub mod http;
 pub mod ingest;

@@ -107,6 +107,12 @@ impl HqSchemas {
         self
     }
 
+    /// GETs `path` under the API base URL, retrying as the policy allows; `Ok(None)` for a 404.
+    /// For HQ's other unauthenticated routes (enrollment).
+    pub async fn get_json(&self, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
+        self.get(&format!("{}{path}", self.base), true).await
+    }
+
     /// GETs `url`, retrying as the policy allows. `Ok(None)` for a 404 when `missing_ok`.
     async fn get(&self, url: &str, missing_ok: bool) -> Result<Option<Vec<u8>>, SourceError> {
         let started = Instant::now();
