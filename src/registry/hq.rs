@@ -25,6 +25,31 @@ pub struct RetryPolicy {
     pub jitter_per_attempt: Duration,
 }
 
+/// HQ's production API, for a key that names no issuer.
+pub const DEFAULT_API_URL: &str = "https://api.shopmonkey.cloud";
+
+/// The API base URL an API key names: its `iss` claim (read, not verified: the key is the
+/// operator's own, and HQ checks it), the legacy issuer `https://shopmonkey.io` read as
+/// [`DEFAULT_API_URL`] (spec §3.1). `None` when the key is not a JWT with an http(s) `iss`.
+pub fn api_url_of_key(key: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = key.trim().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let iss = claims.get("iss")?.as_str()?.trim().trim_end_matches('/');
+    if iss == "https://shopmonkey.io" {
+        return Some(DEFAULT_API_URL.to_owned());
+    }
+    let url = reqwest::Url::parse(iss).ok()?;
+    matches!(url.scheme(), "http" | "https").then(|| iss.to_owned())
+}
+
+/// The API base URL to use: `--api-url` when given, else the API key's issuer, else
+/// [`DEFAULT_API_URL`].
+pub fn api_url(flag: Option<&str>, key: Option<&str>) -> String {
+    flag.map(str::to_owned).or_else(|| key.and_then(api_url_of_key)).unwrap_or_else(|| DEFAULT_API_URL.to_owned())
+}
+
 impl Default for RetryPolicy {
     /// 5 attempts within 30 s, 100 ms + random[0, 500 ms × attempt) apart (EDS's delays).
     fn default() -> RetryPolicy {

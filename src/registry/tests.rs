@@ -438,3 +438,31 @@ fn error_chains_and_reasons() {
     assert_eq!(random_below(Duration::ZERO), Duration::ZERO);
     assert_eq!(testing::unescape("a%2Fb%zz%4"), "a/b%zz%4");
 }
+
+/// A JWT with `claims` as its payload (header and signature are not read).
+fn key_with(claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("eyJhbGciOiJIUzI1NiJ9.{payload}.c2lnbmF0dXJl")
+}
+
+#[test]
+fn the_api_url_comes_from_the_flag_else_the_keys_issuer_else_production() {
+    let sandbox = key_with(json!({"iss": "https://sandbox-api.shopmonkey.cloud/", "cid": "c1"}));
+    assert_eq!(super::api_url_of_key(&sandbox).as_deref(), Some("https://sandbox-api.shopmonkey.cloud"));
+    let legacy = key_with(json!({"iss": "https://shopmonkey.io"}));
+    assert_eq!(super::api_url_of_key(&legacy).as_deref(), Some(super::DEFAULT_API_URL));
+    for bad in [
+        "not-a-jwt".to_owned(),
+        "a.%%%.c".to_owned(),
+        key_with(json!({"cid": "no issuer"})),
+        key_with(json!({"iss": "ftp://example.com"})),
+        key_with(json!({"iss": 7})),
+    ] {
+        assert_eq!(super::api_url_of_key(&bad), None, "{bad}");
+    }
+    assert_eq!(super::api_url(Some("http://127.0.0.1:9"), Some(&sandbox)), "http://127.0.0.1:9", "the flag wins");
+    assert_eq!(super::api_url(None, Some(&sandbox)), "https://sandbox-api.shopmonkey.cloud");
+    assert_eq!(super::api_url(None, Some("garbage")), super::DEFAULT_API_URL);
+    assert_eq!(super::api_url(None, None), super::DEFAULT_API_URL);
+}

@@ -70,9 +70,9 @@ pub struct ServerArgs {
     /// Shopmonkey API key (not needed in dev mode)
     #[arg(long, env = "SM_APIKEY", hide_env_values = true, value_name = "KEY")]
     pub api_key: Option<String>,
-    /// Shopmonkey API base URL
-    #[arg(long, hide = true, default_value = "https://api.shopmonkey.cloud")]
-    pub api_url: String,
+    /// Shopmonkey API base URL [default: the API key's issuer, else https://api.shopmonkey.cloud]
+    #[arg(long, hide = true, value_name = "URL")]
+    pub api_url: Option<String>,
     /// Port for health checks and metrics
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
@@ -329,8 +329,9 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
     crate::drain::record_destinations(data_dir, &destinations, &args.urls)?;
     crate::drain::attach_registry(&mut destinations, || {
         let tracker = crate::tracker::Tracker::open(data_dir)?;
-        let source = crate::registry::HqSchemas::new(&args.api_url)
-            .map_err(|e| UsageError(format!("--api-url {:?}: {e:#}", args.api_url)))?;
+        let api_url = crate::registry::api_url(args.api_url.as_deref(), args.api_key.as_deref());
+        let source = crate::registry::HqSchemas::new(&api_url)
+            .map_err(|e| UsageError(format!("--api-url {api_url:?}: {e:#}")))?;
         Ok(std::sync::Arc::new(crate::registry::Registry::new(std::sync::Arc::new(source), Some(tracker))))
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -32,12 +32,14 @@ pub enum Error {
         dir: PathBuf,
     },
     /// An earlier write or fsync failed; the handle refuses all work until the log is reopened.
-    #[error("wal is unusable after an earlier {op} failure on {path}; reopen it")]
+    #[error("wal is unusable after an earlier {op} failure on {path} ({cause}); reopen it")]
     Poisoned {
         /// The operation that failed.
         op: &'static str,
         /// The file it failed on.
         path: PathBuf,
+        /// Why it failed (e.g. "No space left on device"), so the cause stays in sight.
+        cause: String,
     },
     /// Appending would exceed the disk budget. Nothing was written.
     #[error("wal disk budget is full: {used} bytes used, {needed} more needed, budget {budget} bytes")]

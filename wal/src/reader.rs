@@ -192,7 +192,7 @@ impl Reader {
     fn inner_poison(&self) -> Error {
         match self.inner.check_poison() {
             Err(e) => e,
-            Ok(()) => Error::Poisoned { op: "write", path: self.inner.dir.clone() },
+            Ok(()) => Error::Poisoned { op: "write", path: self.inner.dir.clone(), cause: "an earlier failure".into() },
         }
     }
 

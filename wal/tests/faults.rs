@@ -83,7 +83,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 fn expect_poisoned<T: std::fmt::Debug>(r: eds_wal::Result<T>, op: &str, path: &Path) {
     match r {
-        Err(Error::Poisoned { op: o, path: p }) => assert_eq!((o, p.as_path()), (op, path)),
+        Err(Error::Poisoned { op: o, path: p, .. }) => assert_eq!((o, p.as_path()), (op, path)),
         other => panic!("expected Poisoned {{ {op}, {} }}, got {other:?}", path.display()),
     }
 }
@@ -292,6 +292,10 @@ fn failed_write_poisons_and_reopen_recovers_everything_acknowledged() {
     st.heal();
     let writes = st.write_count();
     let syncs = st.sync_count();
+    // Every later refusal still names the first failure's cause (ENOSPC, say), not only that
+    // there was one: an operator reading only the latest error sees why.
+    let later = wal.append(&["later"]).unwrap_err().to_string();
+    assert!(later.contains("injected write failure") && later.contains("reopen it"), "{later}");
     expect_poisoned(wal.append(&["later"]), "write", &seg(1));
     expect_poisoned(wal.append_nowait(&["later"]), "write", &seg(1));
     expect_poisoned(wal.sync(), "write", &seg(1));

@@ -94,7 +94,7 @@ impl Wal {
         };
         if let Err(e) = file.write_all_at(bytes, w.offset) {
             let path = i.segment_path(w.segment);
-            i.poison("write", &path);
+            i.poison("write", &path, &e);
             return Err(Error::io("write", path)(e));
         }
         let count = u64::from(frame.record_count());
@@ -121,7 +121,7 @@ impl Wal {
         let old_path = i.segment_path(w.segment);
         if let Some(f) = &w.file {
             if let Err(e) = f.sync() {
-                i.poison("fsync", &old_path);
+                i.poison("fsync", &old_path, &e);
                 return Err(Error::io("fsync", old_path)(e));
             }
             i.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -131,7 +131,7 @@ impl Wal {
         let file = match create_segment(&*i.storage, &i.dir, first) {
             Ok(f) => f,
             Err(e) => {
-                i.poison("create segment", &i.segment_path(first));
+                i.poison("create segment", &i.segment_path(first), &e);
                 return Err(e);
             }
         };
@@ -193,7 +193,7 @@ impl Wal {
                     // dirty pages, and a later "successful" fsync would lie.
                     drop(st);
                     let path = i.segment_path(target.segment);
-                    i.poison("fsync", &path);
+                    i.poison("fsync", &path, &e);
                     return Err(Error::io("fsync", path)(e));
                 }
             }

@@ -162,8 +162,8 @@ impl Wal {
         let rec = CursorRecord { name: name.to_owned(), position, updated_at: now_micros() };
         let dir = self.inner.cursor_dir();
         write_atomic(&*self.inner.storage, &dir, &format!("{name}{CURSOR_SUFFIX}"), &cursor::encode(&rec)).inspect_err(
-            |_| {
-                self.inner.poison("persist cursor", &dir.join(name));
+            |e| {
+                self.inner.poison("persist cursor", &dir.join(name), e);
             },
         )
     }

@@ -144,7 +144,7 @@ pub(crate) struct Inner {
     synced: Condvar,
     total_bytes: AtomicU64,
     poisoned: AtomicBool,
-    poison: Mutex<Option<(&'static str, PathBuf)>>,
+    poison: Mutex<Option<(&'static str, PathBuf, String)>>,
     cursors: Mutex<BTreeMap<String, CursorState>>,
     pub(crate) holes: RwLock<Vec<Hole>>,
     recovery: Recovery,
@@ -184,16 +184,17 @@ impl Inner {
 
     pub(crate) fn check_poison(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
-            let (op, path) = lock(&self.poison).clone().unwrap_or(("write", self.dir.clone()));
-            return Err(Error::Poisoned { op, path });
+            let (op, path, cause) =
+                lock(&self.poison).clone().unwrap_or(("write", self.dir.clone(), "an earlier failure".to_owned()));
+            return Err(Error::Poisoned { op, path, cause });
         }
         Ok(())
     }
 
-    fn poison(&self, op: &'static str, path: &Path) {
+    fn poison(&self, op: &'static str, path: &Path, cause: &dyn std::fmt::Display) {
         let mut p = lock(&self.poison);
         if p.is_none() {
-            *p = Some((op, path.to_path_buf()));
+            *p = Some((op, path.to_path_buf(), cause.to_string()));
         }
         self.poisoned.store(true, Ordering::Release);
         drop(p);
