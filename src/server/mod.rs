@@ -70,7 +70,7 @@ pub struct ServerArgs {
     /// Shopmonkey API key (not needed in dev mode)
     #[arg(long, env = "SM_APIKEY", hide_env_values = true, value_name = "KEY")]
     pub api_key: Option<String>,
-    /// Shopmonkey API base URL [default: the API key's issuer, else https://api.shopmonkey.cloud]
+    /// Shopmonkey API base URL [default: the API key's issuer, else Shopmonkey's production API]
     #[arg(long, hide = true, value_name = "URL")]
     pub api_url: Option<String>,
     /// Port for health checks and metrics
