@@ -18,16 +18,8 @@ pub struct ConfigFile {
     /// This server's id, from enrollment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,
-    /// Destination URL, from HQ's `configure` notification.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// `standard` or `after`, from HQ's `configure` notification.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub update_strategy: Option<String>,
-    /// How many log files to keep.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_logs: Option<toml::Value>,
-    /// Keys eds does not know, kept as they are.
+    /// Every other key (`url`, `update_strategy`, `keep_logs`, an operator's own), kept as it is
+    /// until something here reads it.
     #[serde(flatten)]
     pub other: toml::Table,
 }
@@ -71,7 +63,7 @@ mod tests {
         let again = load(dir.path()).unwrap();
         assert_eq!(again, c);
         assert_eq!(again.other.get("mine").and_then(toml::Value::as_str), Some("x"));
-        assert_eq!(again.keep_logs, Some(toml::Value::Integer(5)));
+        assert_eq!(again.other.get("keep_logs").and_then(toml::Value::as_integer), Some(5));
     }
 
     #[test]

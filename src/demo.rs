@@ -123,12 +123,7 @@ async fn demo(args: &DemoArgs, destinations: Vec<drain::Destination>, data_dir: 
             let now = crate::timefmt::now_micros();
             let mut records = Vec::with_capacity(n as usize);
             for payload in traffic.by_ref().take(n as usize) {
-                let v: serde_json::Value = serde_json::from_slice(&payload)?;
-                let subject = format!(
-                    "dbchange.{}.{}.6287a4154d1a72cc5ce091bb.6287a4154d1a72cc5ce091bc.PUBLIC.2",
-                    v["table"].as_str().unwrap_or("unknown"),
-                    v["operation"].as_str().unwrap_or("UPDATE")
-                );
+                let subject = crate::sample::subject_of(&payload)?;
                 records.push(
                     Envelope {
                         kind: Kind::Event,

@@ -115,6 +115,17 @@ impl Traffic {
     }
 }
 
+/// The JetStream subject ingest would have stored with a sample event (its table and operation,
+/// the sample company and location); `"unknown"`/`"UPDATE"` where the event lacks them.
+pub fn subject_of(payload: &[u8]) -> serde_json::Result<String> {
+    let v: serde_json::Value = serde_json::from_slice(payload)?;
+    Ok(format!(
+        "dbchange.{}.{}.6287a4154d1a72cc5ce091bb.6287a4154d1a72cc5ce091bc.PUBLIC.2",
+        v["table"].as_str().unwrap_or("unknown"),
+        v["operation"].as_str().unwrap_or("UPDATE")
+    ))
+}
+
 impl Iterator for Traffic {
     type Item = Vec<u8>;
 

@@ -543,23 +543,12 @@ async fn a_long_full_file_system_does_not_burn_max_deliver() {
     let flags = ["--restart", "--ack-wait", "1s", "--wal-retry", "50ms", "--wal-segment-size", "1MiB"];
     let eds = Eds::start(&data, &nats, &flags);
     // A deadline, not a delay: on a loaded machine publishing and filling 6 MB can take a while.
-    // (This wait once timed out in a full run and never alone; the panic says what eds saw.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
+    // On a timeout `until` shows /status and eds's log.
+    common::wait::until(&eds, "ingest to hit ENOSPC", Duration::from_secs(90), || async {
         let s = eds.status().await;
-        if s["ingest"]["last_error"].as_str().is_some_and(|e| e.contains("No space left")) {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let df = std::process::Command::new("df").arg("-k").arg(&fs.0).output().map(|o| o.stdout);
-            panic!(
-                "timed out after 90 s waiting for ingest to hit ENOSPC; status: {s}\ndf: {}\nlog:\n{}",
-                String::from_utf8_lossy(&df.unwrap_or_default()),
-                eds.log_tail(60)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        s["ingest"]["last_error"].as_str().filter(|e| e.contains("No space left")).map(|_| ())
+    })
+    .await;
     // The outage: the disk stays full for what would be far more than 20 retries.
     let until = std::time::Instant::now() + Duration::from_secs(6);
     let mut probes = 0u32;

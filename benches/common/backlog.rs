@@ -7,7 +7,6 @@ use eds::drain::{self, Start};
 use eds::record::{self, Envelope, Kind as EnvelopeKind};
 use eds_drivers::event::{fold, ChangeEvent, Folded};
 use eds_wal::{Durability, Options, Reader, Record, Wal};
-use serde_json::Value;
 use std::path::Path;
 
 /// Records per WAL append during setup.
@@ -41,12 +40,7 @@ pub fn fill_wal(wal: &Wal, seed: u64, n: u64) -> Result<(u64, u64)> {
         }
         let mut records = Vec::with_capacity(payloads.len());
         for payload in &payloads {
-            let v: Value = serde_json::from_slice(payload)?;
-            let subject = format!(
-                "dbchange.{}.{}.6287a4154d1a72cc5ce091bb.6287a4154d1a72cc5ce091bc.PUBLIC.2",
-                v["table"].as_str().unwrap_or("unknown"),
-                v["operation"].as_str().unwrap_or("UPDATE")
-            );
+            let subject = eds::sample::subject_of(payload)?;
             records.push(
                 Envelope {
                     kind: EnvelopeKind::Event,

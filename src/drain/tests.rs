@@ -77,6 +77,21 @@ mod rejection_tests {
         }
     }
 
+    /// The `picky` destination over `driver`, dead letters under `dlq_dir` when given, retrying
+    /// within milliseconds.
+    fn picky(driver: &Arc<Picky>, dlq_dir: Option<&std::path::Path>) -> Destination {
+        Destination {
+            name: "picky".into(),
+            driver: driver.clone(),
+            start: Start::Oldest,
+            dead_letters: dlq_dir.map(|d| DeadLetters::open_for_destination(d, "picky").unwrap()),
+            overflow: Overflow::Block,
+            registry: None,
+            skip_before: HashMap::new(),
+            retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
+        }
+    }
+
     async fn run_with(
         refuse: Refuse,
         undecodable: &[u64],
@@ -106,16 +121,7 @@ mod rejection_tests {
         wal.append(&records).unwrap();
         let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
         let driver = Arc::new(Picky { written: Mutex::new(Vec::new()), refuse, attempts: Mutex::new(0) });
-        let dest = Destination {
-            name: "picky".into(),
-            driver: driver.clone(),
-            start: Start::Oldest,
-            dead_letters: Some(DeadLetters::open_for_destination(dir.path(), "picky").unwrap()),
-            overflow: Overflow::Block,
-            registry: None,
-            skip_before: HashMap::new(),
-            retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
-        };
+        let dest = picky(&driver, Some(dir.path()));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(dest, state.clone(), stop_rx));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -147,16 +153,7 @@ mod rejection_tests {
         let wal = Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
         let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
         let driver = Arc::new(Picky { written: Mutex::new(Vec::new()), refuse: Refuse::Bad, attempts: Mutex::new(0) });
-        let dest = Destination {
-            name: "picky".into(),
-            driver: driver.clone(),
-            start: Start::Oldest,
-            dead_letters: None,
-            overflow: Overflow::Block,
-            registry: None,
-            skip_before: HashMap::new(),
-            retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
-        };
+        let dest = picky(&driver, None);
         crate::drain::ensure_cursor(&wal, "picky", Start::Oldest).unwrap();
         crate::drain::register(&state, std::slice::from_ref(&dest));
         let (stop, stop_rx) = watch::channel(false);
@@ -295,16 +292,7 @@ mod rejection_tests {
         let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
         let driver =
             Arc::new(Picky { written: Mutex::new(Vec::new()), refuse: Refuse::BadUnplaced, attempts: Mutex::new(0) });
-        let dest = Destination {
-            name: "picky".into(),
-            driver: driver.clone(),
-            start: Start::Oldest,
-            dead_letters: Some(DeadLetters::open_for_destination(dir.path(), "picky").unwrap()),
-            overflow: Overflow::Block,
-            registry: None,
-            skip_before: HashMap::new(),
-            retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
-        };
+        let dest = picky(&driver, Some(dir.path()));
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(dest, state.clone(), stop_rx));
         // Far more attempts than the backstop needs: still nothing dead-lettered, cursor held.

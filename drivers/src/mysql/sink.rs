@@ -753,15 +753,9 @@ impl Cell<'_> {
     }
 }
 
-/// A value as text for a text column: strings as they are (borrowed), booleans `true`/`false`,
-/// numbers exactly as the event carried them, objects and arrays as compact JSON.
+/// A value as text for a text column (see [`crate::sql::text_of`]).
 fn text_of(v: &Value) -> Cow<'_, str> {
-    match v {
-        Value::String(s) => Cow::Borrowed(s),
-        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
-        Value::Number(n) => Cow::Owned(number_text(n, false)),
-        _ => Cow::Owned(v.to_string()),
-    }
+    crate::sql::text_of(v, false)
 }
 
 /// [`text_of`], owned.
@@ -770,6 +764,7 @@ pub(super) fn value_text(v: &Value) -> String {
     text_of(v).into_owned()
 }
 
+#[cfg(test)]
 pub(super) use crate::number::column_text as number_text;
 
 /// 1970-01-01T00:00:00, the origin of [`parse_datetime`]'s microseconds.

@@ -127,10 +127,7 @@ pub(crate) fn schemas<'b>(dialect: &str, changes: &[StateChange<'b>]) -> Result<
                 ),
             ));
         }
-        let seen = out.iter().any(|s| {
-            std::ptr::eq(*s, schema) || (s.table(), s.model_version()) == (schema.table(), schema.model_version())
-        });
-        if !seen {
+        if !out.iter().any(|s| (s.table(), s.model_version()) == (schema.table(), schema.model_version())) {
             out.push(schema);
         }
     }

@@ -29,7 +29,7 @@ use super::DESCRIPTION;
 use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
 use crate::schema::{ColumnType, Schema};
 use crate::sql::plan::{self, KeyPart, Prepare, Step};
-use serde_json::{Number, Value};
+use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -507,7 +507,8 @@ impl ToSql for Param {
 
 /// A number as exact decimal text, digit for digit, in plain notation (SQL Server's conversion
 /// to DECIMAL does not read exponents); see [`crate::number`].
-pub(super) fn number_text(n: &Number) -> String {
+#[cfg(test)]
+pub(super) fn number_text(n: &serde_json::Number) -> String {
     crate::number::exact_text(n)
 }
 
@@ -516,13 +517,10 @@ pub(super) fn number_text(n: &Number) -> String {
 /// array, or whose destination type is `json`, always gets JSON text (a string becomes a JSON
 /// string), so it stays valid JSON for `OPENJSON`/`JSON_VALUE`.
 pub(super) fn value_text(v: &Value, json: bool) -> String {
-    match v {
-        _ if json => v.to_string(),
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => number_text(n),
-        _ => v.to_string(),
+    if json {
+        return v.to_string();
     }
+    crate::sql::text_of(v, false).into_owned()
 }
 
 fn integer_of(v: &Value) -> Option<i64> {
