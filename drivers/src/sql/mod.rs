@@ -1,5 +1,5 @@
 //! What the SQL destinations share: the state planner (`plan`), the text a text-taking column
-//! gets ([`text_of`]) and, for the dialects that convert date-times themselves, one ISO-8601
+//! gets (`text_of`) and, for the dialects that convert date-times themselves, one ISO-8601
 //! reader ([`datetime`]). A dialect renders SQL and binds values; it plans nothing and parses no
 //! calendar of its own.
 
