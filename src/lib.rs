@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod drain;
 pub mod enroll;
 pub mod exit;
+pub mod hq;
 pub mod http;
 pub mod ingest;
 pub mod logging;
