@@ -19,3 +19,7 @@ impl std::fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+/// Exit code of a worker that asks its supervisor to start it again at once (a restart or an
+/// upgrade requested by HQ, a new configuration). Not a failure.
+pub const RESTART: u8 = 4;

@@ -24,6 +24,7 @@ pub mod sample;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod supervisor;
 pub mod timefmt;
 pub mod tracker;
 mod wal_cmd;

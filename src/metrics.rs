@@ -27,6 +27,10 @@ pub const DESTINATION_DELIVERED: &str = "eds_destination_delivered_total";
 pub const DESTINATION_RETRIES: &str = "eds_destination_retries_total";
 /// Events a destination rejected, now in its dead-letter log (label `destination`).
 pub const DESTINATION_DEAD_LETTERED: &str = "eds_destination_dead_lettered_total";
+/// Heartbeats published to HQ.
+pub const HQ_HEARTBEATS: &str = "eds_hq_heartbeats_total";
+/// HQ notifications received (label `action`).
+pub const HQ_NOTIFICATIONS: &str = "eds_hq_notifications_total";
 /// Bytes of all WAL segments.
 pub const WAL_BYTES: &str = "eds_wal_bytes";
 /// WAL segment files.
@@ -90,6 +94,10 @@ pub struct Metrics {
     pub destination_retries: prometheus::IntCounterVec,
     /// Dead-lettered events, per destination.
     pub destination_dead_lettered: prometheus::IntCounterVec,
+    /// [`HQ_HEARTBEATS`].
+    pub hq_heartbeats: IntCounter,
+    /// [`HQ_NOTIFICATIONS`].
+    pub hq_notifications: prometheus::IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,6 +177,11 @@ impl Metrics {
                 Opts::new(DESTINATION_DEAD_LETTERED, "events the destination rejected, kept in its dead-letter log"),
                 &["destination"],
             )?,
+            hq_heartbeats: IntCounter::with_opts(Opts::new(HQ_HEARTBEATS, "heartbeats published to Shopmonkey HQ"))?,
+            hq_notifications: prometheus::IntCounterVec::new(
+                Opts::new(HQ_NOTIFICATIONS, "notifications received from Shopmonkey HQ, by action"),
+                &["action"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.pending_events.clone()))?;
@@ -191,6 +204,8 @@ impl Metrics {
         m.registry.register(Box::new(m.destination_delivered.clone()))?;
         m.registry.register(Box::new(m.destination_retries.clone()))?;
         m.registry.register(Box::new(m.destination_dead_lettered.clone()))?;
+        m.registry.register(Box::new(m.hq_heartbeats.clone()))?;
+        m.registry.register(Box::new(m.hq_notifications.clone()))?;
         Ok(m)
     }
 

@@ -91,6 +91,26 @@ pub struct ServerState {
     shutting_down: AtomicBool,
     ingest: Mutex<IngestStatus>,
     destinations: Mutex<std::collections::BTreeMap<String, DestinationStatus>>,
+    session: Mutex<Option<SessionStatus>>,
+    /// Unix microseconds since HQ paused delivery (`pause` notification); 0 when not paused.
+    hq_paused_since: std::sync::atomic::AtomicU64,
+}
+
+/// The HQ session the server runs under, for `/status` and heartbeats.
+#[derive(Debug, Clone, Default)]
+pub struct SessionStatus {
+    /// Session id.
+    pub id: String,
+    /// Server id (from the session's credentials).
+    pub server_id: String,
+    /// Unix microseconds when this session started.
+    pub since: u64,
+    /// Sessions renewed by this process.
+    pub renewals: u64,
+    /// Heartbeats published in this session.
+    pub heartbeats: u64,
+    /// Unix microseconds of the last heartbeat published.
+    pub last_heartbeat: Option<u64>,
 }
 
 /// One destination's figures for `/status`.
@@ -122,6 +142,8 @@ impl ServerState {
             wal: RwLock::new(Some(wal)),
             shutting_down: AtomicBool::new(false),
             destinations: Mutex::new(std::collections::BTreeMap::new()),
+            session: Mutex::new(None),
+            hq_paused_since: std::sync::atomic::AtomicU64::new(0),
             ingest: Mutex::new(IngestStatus {
                 state: IngestState::Starting,
                 since: now_micros(),
@@ -148,6 +170,32 @@ impl ServerState {
             s.since = now_micros();
             self.metrics.paused_for_disk.set(if state == IngestState::PausedForDisk { 1.0 } else { 0.0 });
         }
+    }
+
+    /// Lock the HQ session status (`None` without a session).
+    pub fn session(&self) -> MutexGuard<'_, Option<SessionStatus>> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// HQ's `pause`/`unpause`: holds or releases every destination's delivery (ingest goes on
+    /// storing events, so nothing waits upstream). Returns whether anything changed.
+    pub fn set_hq_paused(&self, paused: bool) -> bool {
+        let since = if paused { now_micros().max(1) } else { 0 };
+        let before = self.hq_paused_since.swap(since, Ordering::SeqCst);
+        if paused && before != 0 {
+            self.hq_paused_since.store(before, Ordering::SeqCst);
+            return false;
+        }
+        let names: Vec<String> = self.destinations.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for name in names {
+            self.set_paused(&name, paused);
+        }
+        before != since
+    }
+
+    /// Unix microseconds since HQ paused delivery, when it did.
+    pub fn hq_paused_since(&self) -> Option<u64> {
+        Some(self.hq_paused_since.load(Ordering::SeqCst)).filter(|&t| t != 0)
     }
 
     /// The current WAL handle.
@@ -269,6 +317,11 @@ impl ServerState {
                 "last_error": s.last_error,
             },
             "wal": wal,
+            "session": self.session().as_ref().map(|s| json!({
+                "id": s.id, "server_id": s.server_id, "since": rfc3339_micros(s.since), "renewals": s.renewals,
+                "heartbeats": s.heartbeats, "last_heartbeat": s.last_heartbeat.map(rfc3339_micros),
+                "paused_by_hq": self.hq_paused_since().map(rfc3339_micros),
+            })),
             "destinations": self.destinations.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(name, d)| {
                 let head = self.wal().map(|w| w.durable_lsn()).unwrap_or(0);
                 json!({

@@ -95,7 +95,17 @@ impl Eds {
     /// Start `eds server` on `data_dir` and `nats_url` (dev mode, `--restart`, a free port) with
     /// `extra` flags, and wait for its HTTP address.
     pub fn start(data_dir: &Path, nats_url: &str, extra: &[&str]) -> Eds {
-        let args = ["server", "-d", data_dir.to_str().unwrap(), "--server", nats_url, "--restart", "--port", "0"];
+        let args = [
+            "server",
+            "-d",
+            data_dir.to_str().unwrap(),
+            "--server",
+            nats_url,
+            "--restart",
+            "--port",
+            "0",
+            "--no-restart",
+        ];
         let mut child = Command::new(env!("CARGO_BIN_EXE_eds"))
             .args(args)
             .args(extra)

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod event;
 #[cfg(feature = "file")]
 pub mod file;
+pub mod form;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 pub mod number;

@@ -1,2 +1,259 @@
 //! Everything that talks to Shopmonkey HQ: the API client, the session (start, renew, end), the
 //! NATS credentials it issues, heartbeats, notifications and log uploads.
+//!
+//! Under HQ, ingest runs inside a session: [`run`] starts one (waiting while another server
+//! holds it), connects ingest, heartbeats and notifications with the session's credentials,
+//! renews the session every `--renew-interval` (a new session, ingest reconnected; drains never
+//! stop), and ends it — `{errored}` and the log upload — when the server stops.
+
+pub mod api;
+pub mod creds;
+pub mod heartbeat;
+pub mod host;
+pub mod notify;
+pub mod session;
+pub mod wire;
+
+use crate::ingest::{self, IngestConfig};
+use crate::state::{ServerState, SessionStatus};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// A URL with its secrets masked, for HQ and logs.
+pub fn mask_url(url: &str) -> String {
+    eds_drivers::url::redact(url)
+}
+
+/// The session's log file and its uploads.
+#[derive(Debug)]
+pub struct SessionLogs {
+    api: api::HqApi,
+}
+
+impl SessionLogs {
+    /// Uploads the current log; the uploaded path.
+    pub async fn send(&self, session_id: &str) -> Result<String> {
+        let _ = (&self.api, session_id);
+        anyhow::bail!("log upload is not wired yet")
+    }
+}
+
+/// Downloads, verifies and installs `version` in place of the running binary.
+pub async fn upgrade_to(data_dir: &Path, version: &str) -> Result<()> {
+    let _ = data_dir;
+    anyhow::bail!("upgrading to {version} is not wired yet")
+}
+
+/// How the server runs under HQ.
+#[derive(Debug, Clone)]
+pub struct HqSettings {
+    /// The API client (base URL and key).
+    pub api: api::HqApi,
+    /// The server id config.toml or `--eds-id` gives (sent in the session request).
+    pub server_id: String,
+    /// `--companyIds`: narrows the companies the credentials allow.
+    pub company_ids: Vec<String>,
+    /// `--consumer-suffix`.
+    pub consumer_suffix: Option<String>,
+    /// The destination HQ is told about.
+    pub driver: Option<session::DriverInfo>,
+    /// `--renew-interval`.
+    pub renew_every: Duration,
+    /// How often heartbeats go out.
+    pub heartbeat_every: Duration,
+    /// Wait between session starts while another server holds the session.
+    pub conflict_retry: Duration,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Keep log files after uploading them.
+    pub keep_logs: bool,
+}
+
+/// Why a session ended.
+enum Ending {
+    /// A stop signal.
+    Stop,
+    /// Ingest ended by itself (an error, or a stop it saw first).
+    Ingest,
+    /// A notification asked for it.
+    Control(notify::Control),
+    /// Time to renew.
+    Renew,
+}
+
+/// The consumer's companies: the credentials' list, narrowed by `--companyIds` when given.
+pub fn companies(from_creds: &[String], flag: &[String]) -> Result<Vec<String>> {
+    if flag.is_empty() {
+        return Ok(from_creds.to_vec());
+    }
+    for c in flag {
+        if !from_creds.contains(c) {
+            anyhow::bail!("provided company ID {c} not in credentials");
+        }
+    }
+    Ok(flag.to_vec())
+}
+
+async fn connect(nats_url: &str, credential: &str, name: &str) -> Result<async_nats::Client> {
+    let (servers, _) = ingest::consumer::url_auth(nats_url);
+    async_nats::ConnectOptions::with_credentials(credential)
+        .context("the session's NATS credentials are not a valid creds file")?
+        .name(name)
+        .connect(servers.as_str())
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "error connecting to NATS hosts at {} for HQ notifications: {}",
+                eds_drivers::url::redact(nats_url),
+                eds_drivers::url::redact(&eds_wal::error_chain(&e))
+            )
+        })
+}
+
+/// Writes the session's credentials to `<data-dir>/sessions/<id>/nats.creds` (0600) for ingest.
+fn write_creds(data_dir: &Path, session_id: &str, credential: &str) -> Result<PathBuf> {
+    let dir = data_dir.join("sessions").join(session_id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("nats.creds");
+    crate::datadir::write_atomically(&file, credential.as_bytes())?;
+    Ok(file)
+}
+
+/// Runs ingest under HQ sessions until `stop` turns true or a notification ends the server.
+/// Returns the exit code: 0, or [`crate::exit::RESTART`] when HQ asked for a restart.
+pub async fn run(
+    hq: HqSettings,
+    mut ingest_cfg: IngestConfig,
+    state: Arc<ServerState>,
+    dlq: crate::dlq::DeadLetters,
+    mut stop: watch::Receiver<bool>,
+) -> Result<u8> {
+    let (control_tx, mut control_rx) = mpsc::channel(8);
+    let logs = Arc::new(SessionLogs { api: hq.api.clone() });
+    let mut renewals = 0;
+    loop {
+        let body = session::request_body(&hq.server_id, &hq.company_ids, hq.driver.as_ref());
+        let Some(session) = session::start_every(&hq.api, &body, &mut stop, hq.conflict_retry).await? else {
+            return Ok(0);
+        };
+        let started = async {
+            let creds = creds::parse(&session.credential).context("HQ's session credential")?;
+            if creds.session_id.as_deref().is_some_and(|id| id != session.id) {
+                tracing::warn!(session_id = %session.id, "the session credential names another session id; using HQ's");
+            }
+            ingest_cfg.consumer.company_ids = companies(&creds.company_ids, &hq.company_ids)?;
+            ingest_cfg.consumer.durable =
+                ingest::consumer::durable_name(&creds.server_id, hq.consumer_suffix.as_deref());
+            ingest_cfg.connection_name = format!("eds-{}", creds.server_id);
+            ingest_cfg.creds = Some(write_creds(&hq.data_dir, &session.id, &session.credential)?);
+            let client = connect(&ingest_cfg.nats_url, &session.credential, &ingest_cfg.connection_name).await?;
+            Ok::<_, anyhow::Error>((creds, client))
+        }
+        .await;
+        let (creds, client) = match started {
+            Ok(v) => v,
+            Err(e) => {
+                end(&hq, &session.id, true).await;
+                return Err(e);
+            }
+        };
+        tracing::info!(session_id = %session.id, server_id = %creds.server_id, companies = ingest_cfg.consumer.company_ids.len(), renewals, "HQ session started");
+        *state.session() = Some(SessionStatus {
+            id: session.id.clone(),
+            server_id: creds.server_id.clone(),
+            since: crate::timefmt::now_micros(),
+            renewals,
+            ..SessionStatus::default()
+        });
+        state.ingest().consumer = ingest_cfg.consumer.durable.clone();
+
+        let (session_stop_tx, session_stop) = watch::channel(false);
+        let heartbeats = tokio::spawn(heartbeat::run(
+            client.clone(),
+            state.clone(),
+            session.id.clone(),
+            hq.heartbeat_every,
+            session_stop.clone(),
+        ));
+        let notifier = notify::Notifier {
+            client: client.clone(),
+            session_id: session.id.clone(),
+            state: state.clone(),
+            control: control_tx.clone(),
+            data_dir: hq.data_dir.clone(),
+            logs: Some(logs.clone()),
+        };
+        let notifications = tokio::spawn(notify::run(notifier, session_stop.clone()));
+        let mut ingesting =
+            tokio::spawn(ingest::run(ingest_cfg.clone(), state.clone(), dlq.clone(), session_stop.clone()));
+
+        let joined = |r: Result<Result<()>, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(anyhow::anyhow!("ingest task failed: {e}")))
+        };
+        let (ending, ended) = tokio::select! {
+            r = &mut ingesting => (Ending::Ingest, Some(joined(r))),
+            _ = stop.changed() => (Ending::Stop, None),
+            c = control_rx.recv() => (c.map_or(Ending::Stop, Ending::Control), None),
+            _ = tokio::time::sleep(hq.renew_every) => (Ending::Renew, None),
+        };
+        let _ = session_stop_tx.send(true);
+        let ingest_result = match ended {
+            Some(r) => r,
+            None => joined(ingesting.await),
+        };
+        let _ = heartbeats.await;
+        match notifications.await {
+            Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "HQ notifications ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "HQ notifications task failed"),
+            Ok(Ok(())) => {}
+        }
+        end(&hq, &session.id, ingest_result.is_err()).await;
+        let _ = client.flush().await;
+        *state.session() = None;
+        ingest_result?;
+        match ending {
+            Ending::Renew => {
+                renewals += 1;
+                tracing::info!(renewals, "renewing the HQ session");
+            }
+            Ending::Stop | Ending::Ingest | Ending::Control(notify::Control::Shutdown(_)) => return Ok(0),
+            Ending::Control(notify::Control::Restart(why)) => {
+                tracing::info!(why, "restarting");
+                return Ok(crate::exit::RESTART);
+            }
+        }
+    }
+}
+
+/// Ends the session with HQ. Failures are logged: HQ ends abandoned sessions itself, and a
+/// stopping server must not hang on it.
+async fn end(hq: &HqSettings, session_id: &str, errored: bool) {
+    match hq.api.end_session(session_id, errored).await {
+        Ok(_urls) => tracing::info!(session_id, errored, "HQ session ended"),
+        Err(e) => tracing::warn!(session_id, error = format!("{e:#}"), "could not end the HQ session"),
+    }
+    let dir = hq.data_dir.join("sessions").join(session_id);
+    if let Err(e) = std::fs::remove_file(dir.join("nats.creds")) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(error = %e, "could not remove the session's credentials file");
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn company_flags_only_narrow_the_credentials() {
+        let creds = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(companies(&creds, &[]).unwrap(), creds);
+        assert_eq!(companies(&creds, &["b".to_owned()]).unwrap(), ["b"]);
+        let e = companies(&creds, &["c".to_owned()]).unwrap_err().to_string();
+        assert_eq!(e, "provided company ID c not in credentials");
+    }
+}

@@ -140,39 +140,103 @@ impl HqSchemas {
 
     /// GETs `url`, retrying as the policy allows. `Ok(None)` for a 404 when `missing_ok`.
     async fn get(&self, url: &str, missing_ok: bool) -> Result<Option<Vec<u8>>, SourceError> {
-        let started = Instant::now();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let (retryable, reason) = match self.attempt(url).await {
-                Ok((status, body)) if status.is_success() => return Ok(Some(body)),
-                Ok((status, _)) if missing_ok && status == reqwest::StatusCode::NOT_FOUND => return Ok(None),
-                Ok((status, body)) => (RETRY_STATUSES.contains(&status.as_u16()), status_reason(status, &body)),
-                Err(AttemptError::Http(e)) => (retryable_transport(&e), error_chain(&e)),
-                Err(AttemptError::TooLarge) => (false, format!("the answer is larger than {MAX_BODY} bytes")),
-            };
-            let delay = self.retry.delay(attempts);
-            if !retryable || attempts >= self.retry.max_attempts || started.elapsed() + delay > self.retry.max_elapsed {
-                let reason = if attempts > 1 { format!("{reason} (after {attempts} attempts)") } else { reason };
-                return Err(SourceError::Request { url: url.to_owned(), reason });
-            }
-            tracing::debug!(url, attempts, reason, "schema request failed; retrying");
-            tokio::time::sleep(delay).await;
+        let answer = send_retrying(&self.retry, || self.client.get(url))
+            .await
+            .map_err(|reason| SourceError::Request { url: url.to_owned(), reason })?;
+        match answer.status {
+            s if s.is_success() => Ok(Some(answer.body)),
+            reqwest::StatusCode::NOT_FOUND if missing_ok => Ok(None),
+            _ => Err(SourceError::Request { url: url.to_owned(), reason: answer.reason() }),
         }
     }
+}
 
-    async fn attempt(&self, url: &str) -> Result<(reqwest::StatusCode, Vec<u8>), AttemptError> {
-        let mut response = self.client.get(url).send().await.map_err(AttemptError::Http)?;
-        let status = response.status();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(AttemptError::Http)? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(AttemptError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
+/// An HTTP answer, after the retries a [`RetryPolicy`] allowed.
+#[derive(Debug)]
+pub struct Answer {
+    /// Its status (a retryable one when the attempts ran out).
+    pub status: reqwest::StatusCode,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// The `X-Request-Id` header, when the server sent one (HQ's, for support).
+    pub request_id: Option<String>,
+    /// Attempts made, the successful one included.
+    pub attempts: u32,
+}
+
+impl Answer {
+    /// Why a non-2xx answer failed: HQ's `message` or the start of the body, the request id and,
+    /// after retries, how many attempts were made.
+    pub fn reason(&self) -> String {
+        let mut reason = status_reason(self.status, &self.body);
+        if let Some(id) = &self.request_id {
+            reason.push_str(&format!(" (requestId={id})"));
         }
-        Ok((status, body))
+        if self.attempts > 1 {
+            reason.push_str(&format!(" (after {} attempts)", self.attempts));
+        }
+        reason
     }
+}
+
+/// Sends the request `make` builds, again (built afresh, so a body is sent whole every time)
+/// after a connection error or a 408/429/502/503/504 answer, as `retry` allows (spec §3.7,
+/// bounded). `Err` holds the reason when no answer came; a non-2xx answer is returned as it is,
+/// for the caller to judge. Bodies above 64 MiB are refused.
+pub async fn send_retrying(retry: &RetryPolicy, make: impl Fn() -> reqwest::RequestBuilder) -> Result<Answer, String> {
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (retryable, failure) = match attempt(make()).await {
+            Ok((status, body, request_id)) => {
+                let answer = Answer { status, body, request_id, attempts };
+                if !RETRY_STATUSES.contains(&status.as_u16()) {
+                    return Ok(answer);
+                }
+                (true, Ok(answer))
+            }
+            Err(AttemptError::Http(e)) => (retryable_transport(&e), Err(error_chain(&e))),
+            Err(AttemptError::TooLarge) => (false, Err(format!("the answer is larger than {MAX_BODY} bytes"))),
+        };
+        let delay = retry.delay(attempts);
+        if !retryable || attempts >= retry.max_attempts || started.elapsed() + delay > retry.max_elapsed {
+            return failure.map_err(|reason| {
+                if attempts > 1 {
+                    format!("{reason} (after {attempts} attempts)")
+                } else {
+                    reason
+                }
+            });
+        }
+        let reason = match &failure {
+            Ok(answer) => answer.reason(),
+            Err(reason) => reason.clone(),
+        };
+        tracing::debug!(attempts, reason, "HTTP request failed; retrying");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn attempt(
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, Vec<u8>, Option<String>), AttemptError> {
+    let mut response = request.send().await.map_err(AttemptError::Http)?;
+    let status = response.status();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .filter(|v| !v.is_empty());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(AttemptError::Http)? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(AttemptError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body, request_id))
 }
 
 impl SchemaSource for HqSchemas {
@@ -241,8 +305,8 @@ pub(super) fn status_reason(status: reqwest::StatusCode, body: &[u8]) -> String 
 }
 
 /// Whether a transport error is worth another attempt: the connection could not be made, or
-/// was reset or closed before the answer was complete (the request is a GET, so repeating it is
-/// harmless). Timeouts are not retried: the request timeout already spends the time budget.
+/// was reset or closed before the answer was complete (HQ's calls are safe to repeat: reads,
+/// and session calls HQ keys by server). Timeouts are not retried: the request timeout already spends the time budget.
 fn retryable_transport(e: &reqwest::Error) -> bool {
     if e.is_connect() {
         return true;

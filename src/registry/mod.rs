@@ -440,4 +440,4 @@ mod hq;
 #[cfg(test)]
 mod tests;
 
-pub use hq::{api_url, api_url_of_key, HqSchemas, RetryPolicy, DEFAULT_API_URL};
+pub use hq::{api_url, api_url_of_key, send_retrying, Answer, HqSchemas, RetryPolicy, DEFAULT_API_URL};

@@ -5,6 +5,7 @@
 //! before exit 0. A second signal exits at once, which is still safe for the same reason.
 
 pub mod duration;
+pub mod settings;
 
 use crate::dlq::DeadLetters;
 use crate::exit::UsageError;
@@ -13,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::state::ServerState;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+pub use settings::Settings;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,8 +69,8 @@ pub struct ServerArgs {
     /// Destination URL; repeat for several destinations. With none, the server only ingests
     #[arg(long = "url", value_name = "URL")]
     pub urls: Vec<String>,
-    /// Shopmonkey API key (not needed in dev mode)
-    #[arg(long, env = "SM_APIKEY", hide_env_values = true, value_name = "KEY")]
+    /// Shopmonkey API key [default: `token` in config.toml, else $SM_APIKEY] (not needed in dev mode)
+    #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
     /// Shopmonkey API base URL [default: the API key's issuer, else Shopmonkey's production API]
     #[arg(long, hide = true, value_name = "URL")]
@@ -118,6 +120,9 @@ pub struct ServerArgs {
     /// HQ session renewal period
     #[arg(long, hide = true, default_value = "24h", value_parser = parse_duration)]
     pub renew_interval: Duration,
+    /// How often a heartbeat goes to HQ
+    #[arg(long, hide = true, default_value = "1m", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
     /// JetStream AckWait: how long a delivered, unacked message waits before redelivery
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub ack_wait: Duration,
@@ -142,14 +147,14 @@ pub struct ServerArgs {
     /// or orchestrator notice first)
     #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_delay: Duration,
-    /// Internal (EDS wrapper protocol)
+    /// Internal: this process is the worker its supervisor started
     #[arg(long, hide = true)]
     pub wrapper: bool,
-    /// Internal (EDS wrapper protocol)
+    /// Internal: the supervisor's process id (the worker exits when it is gone)
     #[arg(long, hide = true, default_value_t = -1, allow_negative_numbers = true)]
     pub parent: i64,
-    /// Exit with the worker's exit code instead of restarting it
-    #[arg(long, hide = true)]
+    /// Run the worker in this process, without a supervisor restarting it (exit with its code)
+    #[arg(long)]
     pub no_restart: bool,
 }
 
@@ -214,9 +219,22 @@ pub fn is_local_nats(url: &str) -> bool {
     hosts.all(|h| eds_drivers::url::is_local_host(h) || h == "0.0.0.0")
 }
 
+/// Where the server's NATS credentials come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A NATS server on this machine, no credentials: every company (as EDS's dev mode).
+    Dev,
+    /// `--creds`: the operator manages NATS credentials; no HQ session.
+    Operator,
+    /// An HQ session issues the credentials (the API key from enrollment).
+    Hq,
+}
+
 /// Settings derived from the flags.
 #[derive(Debug, Clone)]
 pub struct ServerPlan {
+    /// Where the credentials come from.
+    pub mode: Mode,
     /// Server id (`dev` in dev mode).
     pub server_id: String,
     /// Ingest settings.
@@ -232,22 +250,34 @@ pub struct ServerPlan {
 }
 
 impl ServerArgs {
-    /// Check the flags and derive the plan; errors are usage errors.
-    pub fn plan(&self, data_dir: &Path) -> Result<ServerPlan> {
-        let dev = self.creds.is_none() && is_local_nats(&self.server);
-        let server_id = match (&self.eds_id, dev) {
-            (Some(id), _) if !id.is_empty() => id.clone(),
-            (_, true) => "dev".to_owned(),
-            _ => bail!(
-                "--eds-id is required with a remote NATS server (or run `eds enroll` first); dev mode needs a NATS URL on localhost and no --creds"
-            ),
-        };
-        if !dev && self.creds.is_none() {
-            bail!(
-                "--creds is required for the NATS server at {} (session credentials from HQ arrive with a later eds version)",
-                eds_drivers::url::redact(&self.server)
-            );
+    /// Where the credentials come from: `--creds`, else an HQ session when there is an API key,
+    /// else dev mode for a NATS server on this machine; `None` when none applies (a remote NATS
+    /// server and no API key: enrollment is missing).
+    pub fn mode(&self, settings: &Settings) -> Option<Mode> {
+        if self.creds.is_some() {
+            Some(Mode::Operator)
+        } else if settings.token.is_some() {
+            Some(Mode::Hq)
+        } else if is_local_nats(&self.server) {
+            Some(Mode::Dev)
+        } else {
+            None
         }
+    }
+
+    /// Check the flags and derive the plan; errors are usage errors.
+    pub fn plan(&self, data_dir: &Path, settings: &Settings) -> Result<ServerPlan> {
+        let Some(mode) = self.mode(settings) else {
+            bail!("API key not found. Make sure you run `eds enroll [CODE]` before continuing (or give --creds for NATS credentials you manage)");
+        };
+        let server_id = match (mode, settings.server_id.as_deref()) {
+            (Mode::Dev, _) => "dev".to_owned(),
+            (_, Some(id)) => id.to_owned(),
+            (Mode::Operator, None) => bail!("--eds-id is required with --creds"),
+            (Mode::Hq, None) => {
+                bail!("no server id: run `eds enroll [CODE]` (it writes token and server_id to config.toml)")
+            }
+        };
         if self.wal_segment_size < (64 << 10) {
             bail!("--wal-segment-size {} is below the minimum of 64KiB", self.wal_segment_size);
         }
@@ -285,6 +315,7 @@ impl ServerArgs {
             faults: None,
         };
         Ok(ServerPlan {
+            mode,
             server_id,
             ingest,
             http: SocketAddr::new(self.bind, port),
@@ -295,14 +326,9 @@ impl ServerArgs {
     }
 
     fn log_inactive_flags(&self) {
-        let inactive: [(&str, bool); 7] = [
-            ("--api-key (HQ session)", self.api_key.is_some()),
-            ("--keep-logs (HQ log upload)", self.keep_logs),
-            ("--renew-interval (HQ session)", self.renew_interval != Duration::from_secs(24 * 3600)),
+        let inactive: [(&str, bool); 2] = [
             ("--minPendingLatency (destination batching)", self.min_pending_latency != Duration::from_secs(2)),
             ("--maxPendingLatency (destination batching)", self.max_pending_latency != Duration::from_secs(30)),
-            ("--wrapper/--parent (EDS process wrapper)", self.wrapper || self.parent != -1),
-            ("--no-restart (worker supervisor)", self.no_restart),
         ];
         for (flag, given) in inactive {
             if given {
@@ -312,24 +338,125 @@ impl ServerArgs {
     }
 }
 
-/// Run the server until a signal. Returns the process exit code.
+fn usage(e: anyhow::Error) -> anyhow::Error {
+    UsageError(format!("{e:#}")).into()
+}
+
+/// The settings from flags and `config.toml`; asks for an enrollment code first when this
+/// server would need HQ but has no server id (as EDS does, but enrolling into `data_dir`).
+pub fn settings(args: &ServerArgs, data_dir: &Path) -> Result<Settings> {
+    let env_key = std::env::var(settings::API_KEY_ENV).ok();
+    let load = || -> Result<Settings> {
+        let config = crate::config::load(data_dir).map_err(usage)?;
+        Ok(Settings::resolve(args, &config, env_key.as_deref()))
+    };
+    let resolved = load()?;
+    let needs_hq = matches!(args.mode(&resolved), None | Some(Mode::Hq));
+    if !needs_hq || resolved.server_id.is_some() || args.wrapper {
+        return Ok(resolved);
+    }
+    enroll_interactively(args, data_dir)?;
+    load()
+}
+
+/// Asks for a one-time enrollment code on stdin until one enrolls this server; an empty line or
+/// the end of input gives up (exit 1).
+fn enroll_interactively(args: &ServerArgs, data_dir: &Path) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let mut err = std::io::stderr();
+    let _ = writeln!(
+        err,
+        "Welcome to Shopmonkey EDS! This server is not enrolled yet (no server id in {}).",
+        crate::config::path(data_dir).display()
+    );
+    let stdin = std::io::stdin();
+    loop {
+        let _ = write!(err, "Enter one-time enrollment code: ");
+        let _ = err.flush();
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).context("reading the enrollment code")?;
+        let code = line.trim();
+        if code.is_empty() {
+            return Err(UsageError(format!(
+                "no enrollment code given: run `eds enroll [CODE] -d {}`, or start the server again and enter it",
+                data_dir.display()
+            ))
+            .into());
+        }
+        let enroll = crate::enroll::EnrollArgs { code: code.to_owned(), api_url: args.api_url.clone() };
+        match crate::enroll::run(&enroll, data_dir, &mut err) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let _ = writeln!(err, "error: {}", eds_wal::error_chain(e.as_ref()));
+            }
+        }
+    }
+}
+
+/// Run `eds server`: the supervisor, which starts the worker (this function again, with
+/// `--wrapper`) and restarts it after a crash; or, with `--no-restart`, the worker in this
+/// process. Returns the process exit code.
 pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) -> Result<u8> {
-    let plan = args.plan(data_dir).map_err(|e| UsageError(format!("{e:#}")))?;
+    let settings = settings(args, data_dir)?;
+    let plan = args.plan(data_dir, &settings).map_err(usage)?;
+    let destinations = crate::drain::parse_destinations(&settings.urls).map_err(usage)?;
+    if !args.wrapper && !args.no_restart {
+        // Usage errors are found above, once: the supervisor never retries them.
+        drop(destinations);
+        return crate::supervisor::run();
+    }
+    if args.wrapper {
+        crate::supervisor::die_with_parent(args.parent);
+    }
+    work(args, data_dir, schema_validator, settings, plan, destinations)
+}
+
+/// The worker: ingest, drains, HTTP, and the HQ session when there is one.
+fn work(
+    args: &ServerArgs,
+    data_dir: &Path,
+    schema_validator: Option<&Path>,
+    settings: Settings,
+    plan: ServerPlan,
+    mut destinations: Vec<crate::drain::Destination>,
+) -> Result<u8> {
     args.log_inactive_flags();
     if schema_validator.is_some() {
         tracing::warn!(flag = "--schema-validator", "accepted but not active yet in this version of eds");
     }
-    let mut destinations = crate::drain::parse_destinations(&args.urls).map_err(|e| UsageError(format!("{e:#}")))?;
+    let api_url = crate::registry::api_url(args.api_url.as_deref(), settings.token.as_deref());
+    let hq = match (plan.mode, &settings.token) {
+        (Mode::Hq, Some(token)) => Some(crate::hq::HqSettings {
+            api: crate::hq::api::HqApi::new(&api_url, token).map_err(usage)?,
+            server_id: plan.server_id.clone(),
+            company_ids: plan.ingest.consumer.company_ids.clone(),
+            consumer_suffix: args.consumer_suffix.clone(),
+            driver: destinations.first().map(|d| {
+                let desc = d.driver.describe();
+                crate::hq::session::DriverInfo {
+                    id: desc.scheme.to_owned(),
+                    name: desc.name.to_owned(),
+                    description: desc.help.split(". ").next().unwrap_or(desc.help).to_owned(),
+                    masked_url: crate::hq::mask_url(&settings.urls[0]),
+                }
+            }),
+            renew_every: args.renew_interval,
+            heartbeat_every: args.heartbeat_interval,
+            conflict_retry: crate::hq::session::CONFLICT_RETRY,
+            data_dir: data_dir.to_path_buf(),
+            keep_logs: settings.keep_logs,
+        }),
+        _ => None,
+    };
     crate::datadir::prepare(data_dir)?;
     // Dead letters take from the WAL's disk budget.
     let dlq_bytes = eds_wal::SharedBytes::default();
     for d in &mut destinations {
         d.dead_letters = Some(crate::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?.count_in(&dlq_bytes));
     }
-    crate::drain::record_destinations(data_dir, &destinations, &args.urls)?;
+    crate::drain::record_destinations(data_dir, &destinations, &settings.urls)?;
     crate::drain::attach_registry(&mut destinations, || {
         let tracker = crate::tracker::Tracker::open(data_dir)?;
-        let api_url = crate::registry::api_url(args.api_url.as_deref(), args.api_key.as_deref());
         let source = crate::registry::HqSchemas::new(&api_url)
             .map_err(|e| UsageError(format!("--api-url {api_url:?}: {e:#}")))?;
         Ok(std::sync::Arc::new(crate::registry::Registry::new(std::sync::Arc::new(source), Some(tracker))))
@@ -339,7 +466,7 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(plan, destinations, data_dir.to_path_buf(), dlq_bytes))
+    runtime.block_on(serve(plan, destinations, data_dir.to_path_buf(), dlq_bytes, hq))
 }
 
 async fn serve(
@@ -347,6 +474,7 @@ async fn serve(
     destinations: Vec<crate::drain::Destination>,
     data_dir: PathBuf,
     dlq_bytes: eds_wal::SharedBytes,
+    hq: Option<crate::hq::HqSettings>,
 ) -> Result<u8> {
     let wal_dir = data_dir.join("wal");
     let opts = eds_wal::Options {
@@ -383,8 +511,10 @@ async fn serve(
     tokio::spawn(crate::http::serve(listener, state.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let signal_state = state.clone();
     let delay = plan.shutdown_delay;
+    let signal_stop = stop_tx.clone();
     tokio::spawn(async move {
         signals.next().await;
         tracing::info!(delay = %duration::format(delay), "shutting down: finishing in-flight appends and acks (signal again to exit at once)");
@@ -396,7 +526,7 @@ async fn serve(
                 std::process::exit(130);
             }
         }
-        let _ = stop_tx.send(true);
+        let _ = signal_stop.send(true);
         signals.next().await;
         tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");
         std::process::exit(130);
@@ -411,9 +541,19 @@ async fn serve(
         tracing::info!(destination = %dest.name, driver = dest.driver.describe().name, "destination: delivering");
         drains.push(tokio::spawn(crate::drain::run(dest, state.clone(), stop_rx.clone())));
     }
-    tracing::info!(server_id = %plan.server_id, consumer = %plan.ingest.consumer.durable, nats = %eds_drivers::url::redact(&plan.ingest.nats_url), "ingest starting");
-    let result = ingest::run(plan.ingest, state.clone(), dlq, stop_rx).await;
+    let result = match hq {
+        None => {
+            tracing::info!(server_id = %plan.server_id, consumer = %plan.ingest.consumer.durable, nats = %eds_drivers::url::redact(&plan.ingest.nats_url), "ingest starting");
+            ingest::run(plan.ingest, state.clone(), dlq, stop_rx.clone()).await.map(|()| 0)
+        }
+        Some(hq) => {
+            tracing::info!(api = hq.api.base(), server_id = %plan.server_id, nats = %eds_drivers::url::redact(&plan.ingest.nats_url), "starting an HQ session");
+            crate::hq::run(hq, plan.ingest, state.clone(), dlq, stop_rx.clone()).await
+        }
+    };
     state.begin_shutdown();
+    // Ingest may have ended without a signal (an error, or HQ's restart or shutdown).
+    let _ = stop_tx.send(true);
     // Drains finish their current batch (their cursors are persisted when the log closes).
     for d in drains {
         let _ = d.await;
@@ -422,9 +562,9 @@ async fn serve(
     if let Some(wal) = wal {
         tokio::task::spawn_blocking(move || wal.close()).await?.context("closing the write-ahead log")?;
     }
-    result?;
-    tracing::info!("stopped");
-    Ok(0)
+    let code = result?;
+    tracing::info!(exit_code = code, "stopped");
+    Ok(code)
 }
 
 #[cfg(test)]

@@ -178,6 +178,9 @@ impl Eds {
             "--port".into(),
             "0".into(),
             "-v".into(),
+            // The worker itself: these tests kill it, and read its exit codes (the supervisor
+            // has tests of its own in tests/supervisor.rs).
+            "--no-restart".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Eds::start_args(&args)

@@ -1,0 +1,102 @@
+//! The HQ session: what `eds server` tells HQ about itself when it starts one (spec §3.2), the
+//! start with its wait while another server holds the session (409), and what the rest of the
+//! server knows about the session it runs under.
+
+use super::api::{HqApi, SessionStart};
+use anyhow::Result;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long to wait before asking again while another eds holds this server's session.
+pub const CONFLICT_RETRY: Duration = Duration::from_secs(5);
+
+/// A session HQ granted.
+pub struct Session {
+    /// Its id.
+    pub id: String,
+    /// The NATS credentials issued for it (decorated `.creds` text: a secret).
+    pub credential: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// The destination as HQ sees it in the session request (`driver`), its URL masked.
+#[derive(Debug, Clone)]
+pub struct DriverInfo {
+    /// The URL scheme it registered under.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// One line on what it does.
+    pub description: String,
+    /// The URL with its secrets masked.
+    pub masked_url: String,
+}
+
+/// The body of `POST /v3/eds/internal` (spec §3.2). Host facts eds cannot read are left out
+/// rather than made up; `ipAddress` is empty on a host without a private IPv4 address (EDS
+/// refused to start there).
+pub fn request_body(server_id: &str, company_ids: &[String], driver: Option<&DriverInfo>) -> Value {
+    let host = super::host::facts();
+    let mut body = json!({
+        "version": crate::VERSION,
+        "hostname": host.hostname,
+        "ipAddress": super::host::private_ipv4().map(|ip| ip.to_string()).unwrap_or_default(),
+        "machineId": super::host::machine_id_hash(),
+        "osinfo": {
+            "host": host.to_json(),
+            "num_cpu": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        },
+        "serverId": server_id,
+    });
+    if let Some(d) = driver {
+        body["driver"] = json!({ "id": d.id, "name": d.name, "description": d.description, "url": d.masked_url });
+    }
+    if !company_ids.is_empty() {
+        body["companyIds"] = json!(company_ids);
+    }
+    body
+}
+
+/// Starts a session, asking again every [`CONFLICT_RETRY`] while HQ answers 409 (another eds
+/// server runs with this server id). `Ok(None)` when `stop` turned true meanwhile.
+pub async fn start(api: &HqApi, body: &Value, stop: &mut watch::Receiver<bool>) -> Result<Option<Session>> {
+    start_every(api, body, stop, CONFLICT_RETRY).await
+}
+
+/// [`start`] with another wait between conflicts (tests).
+pub async fn start_every(
+    api: &HqApi,
+    body: &Value,
+    stop: &mut watch::Receiver<bool>,
+    every: Duration,
+) -> Result<Option<Session>> {
+    let server_id = body.get("serverId").and_then(Value::as_str).unwrap_or_default().to_owned();
+    loop {
+        if *stop.borrow() {
+            return Ok(None);
+        }
+        match api.start_session(body).await? {
+            SessionStart::Started { session_id, credential } => {
+                return Ok(Some(Session { id: session_id, credential }));
+            }
+            SessionStart::Conflict(reason) => {
+                tracing::warn!(
+                    server_id,
+                    reason,
+                    "another eds server is already running for this server (id: {server_id}); retrying in {}s",
+                    every.as_secs_f64()
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
