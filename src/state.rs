@@ -303,6 +303,7 @@ impl ServerState {
         });
         json!({
             "live": self.liveness_problem().is_none(),
+            "pid": std::process::id(),
             "ingest": {
                 "state": s.state.name(),
                 "since": rfc3339_micros(s.since),

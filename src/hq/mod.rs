@@ -136,7 +136,7 @@ pub async fn run(
     let mut renewals = 0;
     loop {
         let body = session::request_body(&hq.server_id, &hq.company_ids, hq.driver.as_ref());
-        let Some(session) = session::start_every(&hq.api, &body, &mut stop, hq.conflict_retry).await? else {
+        let Some(session) = session::start(&hq.api, &body, &mut stop, hq.conflict_retry).await? else {
             return Ok(0);
         };
         let started = async {

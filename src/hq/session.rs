@@ -8,9 +8,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How long to wait before asking again while another eds holds this server's session.
-pub const CONFLICT_RETRY: Duration = Duration::from_secs(5);
-
 /// A session HQ granted.
 pub struct Session {
     /// Its id.
@@ -63,14 +60,10 @@ pub fn request_body(server_id: &str, company_ids: &[String], driver: Option<&Dri
     body
 }
 
-/// Starts a session, asking again every [`CONFLICT_RETRY`] while HQ answers 409 (another eds
-/// server runs with this server id). `Ok(None)` when `stop` turned true meanwhile.
-pub async fn start(api: &HqApi, body: &Value, stop: &mut watch::Receiver<bool>) -> Result<Option<Session>> {
-    start_every(api, body, stop, CONFLICT_RETRY).await
-}
-
-/// [`start`] with another wait between conflicts (tests).
-pub async fn start_every(
+/// Starts a session, asking again `every` (5 s by default, `--session-conflict-retry`) while HQ
+/// answers 409 (another eds server runs with this server id). `Ok(None)` when `stop` turned
+/// true meanwhile.
+pub async fn start(
     api: &HqApi,
     body: &Value,
     stop: &mut watch::Receiver<bool>,

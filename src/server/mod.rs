@@ -123,6 +123,9 @@ pub struct ServerArgs {
     /// How often a heartbeat goes to HQ
     #[arg(long, hide = true, default_value = "1m", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// How long to wait before asking HQ again while another server holds this server's session
+    #[arg(long, hide = true, default_value = "5s", value_parser = parse_duration)]
+    pub session_conflict_retry: Duration,
     /// JetStream AckWait: how long a delivered, unacked message waits before redelivery
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub ack_wait: Duration,
@@ -442,7 +445,7 @@ fn work(
             }),
             renew_every: args.renew_interval,
             heartbeat_every: args.heartbeat_interval,
-            conflict_retry: crate::hq::session::CONFLICT_RETRY,
+            conflict_retry: args.session_conflict_retry,
             data_dir: data_dir.to_path_buf(),
             keep_logs: settings.keep_logs,
         }),

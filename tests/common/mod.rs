@@ -352,6 +352,7 @@ pub fn bulky_event(n: u64, seed: &mut u64) -> Vec<u8> {
 
 pub mod events;
 pub mod hq;
+pub mod hq_session;
 pub mod model;
 pub mod proxy;
 pub mod setup;
