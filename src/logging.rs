@@ -1,8 +1,17 @@
 //! Console logging as EDS does it: INFO by default, `-v` for TRACE, `-s` for errors only (wins
 //! over `-v`), `-t` to prefix the Go standard logger's timestamp, `--log-label` to prefix
 //! `[label]`. Logs go to stderr so command output on stdout stays machine-readable.
+//!
+//! Beside the console, the same events go to the JSON log file of an HQ session ([`mod@file`]) once
+//! the server opens one through [`log_file`]: eds's own crates at TRACE whatever the console
+//! level. Until then (and in every other command) there is no file.
+
+pub mod file;
+
+pub use file::LogFileHandle;
 
 use std::fmt;
+use std::sync::OnceLock;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -57,9 +66,17 @@ where
     }
 }
 
-/// Install the console logger. Safe to call once per process.
-pub fn init(settings: &LogSettings) {
-    use tracing_subscriber::layer::SubscriberExt;
+/// The process's JSON log file, written by the layer [`init`] installs. Inactive until the
+/// server opens it for a session.
+pub fn log_file() -> &'static LogFileHandle {
+    static LOG_FILE: OnceLock<LogFileHandle> = OnceLock::new();
+    LOG_FILE.get_or_init(LogFileHandle::new)
+}
+
+/// Install the console logger and the (inactive) JSON log file layer writing [`log_file`],
+/// which it returns. Safe to call once per process; a later call installs nothing.
+pub fn init(settings: &LogSettings) -> &'static LogFileHandle {
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
     use tracing_subscriber::util::SubscriberInitExt;
     let label = settings.label.clone().filter(|l| !l.is_empty());
     let level = settings.level();
@@ -72,8 +89,12 @@ pub fn init(settings: &LogSettings) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .event_format(LineFormat { timestamps: settings.timestamps, label });
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+        .event_format(LineFormat { timestamps: settings.timestamps, label: label.clone() })
+        .with_filter(filter);
+    // Filters are per layer: the console's level must not hide TRACE from the file.
+    let file = file::layer(log_file().clone(), label);
+    let _ = tracing_subscriber::registry().with(fmt).with(file).try_init();
+    log_file()
 }
 
 #[cfg(test)]

@@ -29,6 +29,20 @@ pub fn rfc3339_micros(micros: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z")
 }
 
+/// RFC 3339 in UTC as Go's `time.RFC3339Nano` writes it: nanoseconds without trailing zeros, and
+/// no fraction at all on a whole second (`2026-11-27T03:12:56.1234Z`, `2026-11-27T03:12:56Z`).
+pub fn rfc3339_nanos(secs: u64, nanos: u32) -> String {
+    let (y, mo, d, h, mi, s, _) = parts(secs.saturating_mul(1_000_000));
+    let mut out = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}");
+    if nanos > 0 {
+        let fraction = format!("{:09}", nanos.min(999_999_999));
+        out.push('.');
+        out.push_str(fraction.trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
+
 /// The Go standard logger's timestamp, `2026/11/27 03:12:56`, which EDS prints with `-t`.
 pub fn go_log_stamp(micros: u64) -> String {
     let (y, mo, d, h, mi, s, _) = parts(micros);
@@ -80,6 +94,10 @@ mod tests {
         assert_eq!(rfc3339_micros(951_827_696_000_789), "2000-02-29T12:34:56.000789Z");
         assert_eq!(go_log_stamp(1_795_749_176_000_000), "2026/11/27 03:12:56");
         assert_eq!(rfc3339_micros(4_107_542_400_000_000), "2100-03-01T00:00:00.000000Z");
+        assert_eq!(rfc3339_nanos(951_827_696, 789_000), "2000-02-29T12:34:56.000789Z");
+        assert_eq!(rfc3339_nanos(951_827_696, 123_456_789), "2000-02-29T12:34:56.123456789Z");
+        assert_eq!(rfc3339_nanos(951_827_696, 500_000_000), "2000-02-29T12:34:56.5Z");
+        assert_eq!(rfc3339_nanos(951_827_696, 0), "2000-02-29T12:34:56Z");
     }
 
     #[test]

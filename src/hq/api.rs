@@ -11,11 +11,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// The `User-Agent` HQ expects from an EDS server.
-pub fn user_agent() -> String {
-    format!("Shopmonkey EDS Server/{}", crate::VERSION)
-}
-
 /// A client of HQ's API for one API key.
 #[derive(Clone)]
 pub struct HqApi {
@@ -81,7 +76,7 @@ impl HqApi {
             bail!("invalid API URL {base:?}: not an http or https URL");
         }
         let client = reqwest::Client::builder()
-            .user_agent(user_agent())
+            .user_agent(super::logs::user_agent())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .build()

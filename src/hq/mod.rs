@@ -10,6 +10,8 @@ pub mod api;
 pub mod creds;
 pub mod heartbeat;
 pub mod host;
+pub mod logs;
+pub mod mask;
 pub mod notify;
 pub mod session;
 pub mod wire;
@@ -22,22 +24,39 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// A URL with its secrets masked, for HQ and logs.
-pub fn mask_url(url: &str) -> String {
-    eds_drivers::url::redact(url)
-}
+pub use mask::mask_url;
 
-/// The session's log file and its uploads.
+/// How often the session's log goes to HQ.
+pub const LOG_UPLOAD_EVERY: Duration = Duration::from_secs(3600);
+
+/// The session's log file (`<data-dir>/logs/eds-<unixMillis>.log`) and its uploads to HQ.
 #[derive(Debug)]
 pub struct SessionLogs {
     api: api::HqApi,
+    shipper: logs::LogShipper,
 }
 
 impl SessionLogs {
-    /// Uploads the current log; the uploaded path.
+    fn new(api: api::HqApi, keep_logs: bool) -> SessionLogs {
+        let shipper = logs::LogShipper::new(api.http().clone(), crate::logging::log_file().clone(), keep_logs);
+        SessionLogs { api, shipper }
+    }
+
+    /// Cuts the log and uploads the finished part to a URL HQ hands out (hourly, `sendlogs`);
+    /// the uploaded path, empty when no log file is open.
     pub async fn send(&self, session_id: &str) -> Result<String> {
-        let _ = (&self.api, session_id);
-        anyhow::bail!("log upload is not wired yet")
+        let path = self
+            .shipper
+            .send_logs(|| async { Ok(self.api.log_url(session_id).await?.url) })
+            .await?;
+        Ok(path.unwrap_or_default())
+    }
+
+    /// At the session's end: closes the log and uploads it to the URL of the end's answer.
+    async fn finish(&self, url: Option<String>) -> Result<Option<String>> {
+        self.shipper
+            .send_final_logs(|| async { url.filter(|u| !u.is_empty()).context("HQ gave no upload URL") })
+            .await
     }
 }
 
@@ -132,7 +151,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<u8> {
     let (control_tx, mut control_rx) = mpsc::channel(8);
-    let logs = Arc::new(SessionLogs { api: hq.api.clone() });
+    let logs = Arc::new(SessionLogs::new(hq.api.clone(), hq.keep_logs));
     let mut renewals = 0;
     loop {
         let body = session::request_body(&hq.server_id, &hq.company_ids, hq.driver.as_ref());
@@ -156,10 +175,14 @@ pub async fn run(
         let (creds, client) = match started {
             Ok(v) => v,
             Err(e) => {
-                end(&hq, &session.id, true).await;
+                end(&hq, &session.id, true, &logs).await;
                 return Err(e);
             }
         };
+        match crate::logging::log_file().open(&hq.data_dir.join("logs")) {
+            Ok(file) => tracing::info!(file = %file.display(), session_id = %session.id, "session log file opened"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "no session log file: HQ gets no logs of this session"),
+        }
         tracing::info!(session_id = %session.id, server_id = %creds.server_id, companies = ingest_cfg.consumer.company_ids.len(), renewals, "HQ session started");
         *state.session() = Some(SessionStatus {
             id: session.id.clone(),
@@ -186,6 +209,7 @@ pub async fn run(
             data_dir: hq.data_dir.clone(),
             logs: Some(logs.clone()),
         };
+        let uploads = tokio::spawn(upload_hourly(notifier.clone(), logs.clone(), session_stop.clone()));
         let notifications = tokio::spawn(notify::run(notifier, session_stop.clone()));
         let mut ingesting =
             tokio::spawn(ingest::run(ingest_cfg.clone(), state.clone(), dlq.clone(), session_stop.clone()));
@@ -205,12 +229,13 @@ pub async fn run(
             None => joined(ingesting.await),
         };
         let _ = heartbeats.await;
+        let _ = uploads.await;
         match notifications.await {
             Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "HQ notifications ended with an error"),
             Err(e) => tracing::warn!(error = %e, "HQ notifications task failed"),
             Ok(Ok(())) => {}
         }
-        end(&hq, &session.id, ingest_result.is_err()).await;
+        end(&hq, &session.id, ingest_result.is_err(), &logs).await;
         let _ = client.flush().await;
         *state.session() = None;
         ingest_result?;
@@ -228,12 +253,37 @@ pub async fn run(
     }
 }
 
-/// Ends the session with HQ. Failures are logged: HQ ends abandoned sessions itself, and a
-/// stopping server must not hang on it.
-async fn end(hq: &HqSettings, session_id: &str, errored: bool) {
-    match hq.api.end_session(session_id, errored).await {
-        Ok(_urls) => tracing::info!(session_id, errored, "HQ session ended"),
-        Err(e) => tracing::warn!(session_id, error = format!("{e:#}"), "could not end the HQ session"),
+/// Uploads the log every [`LOG_UPLOAD_EVERY`] until `stop`, telling HQ each time.
+async fn upload_hourly(n: notify::Notifier, logs: Arc<SessionLogs>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LOG_UPLOAD_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        match logs.send(&n.session_id).await {
+            Ok(path) => n.logs_sent(&path).await,
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "the hourly log upload failed"),
+        }
+    }
+}
+
+/// Ends the session with HQ and uploads its last log to the URL HQ answers with. Failures are
+/// logged: HQ ends abandoned sessions itself, and a stopping server must not hang on it.
+async fn end(hq: &HqSettings, session_id: &str, errored: bool, logs: &SessionLogs) {
+    let url = match hq.api.end_session(session_id, errored).await {
+        Ok(urls) => {
+            tracing::info!(session_id, errored, "HQ session ended");
+            Some(urls.url)
+        }
+        Err(e) => {
+            tracing::warn!(session_id, error = format!("{e:#}"), "could not end the HQ session");
+            None
+        }
+    };
+    match logs.finish(url).await {
+        Ok(Some(path)) => tracing::info!(path, "the session's log is uploaded"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = format!("{e:#}"), "could not upload the session's last log"),
     }
     let dir = hq.data_dir.join("sessions").join(session_id);
     if let Err(e) = std::fs::remove_file(dir.join("nats.creds")) {

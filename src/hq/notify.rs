@@ -136,7 +136,7 @@ impl Notifier {
             "upgrade" => self.upgrade(&data).await,
             "sendlogs" => {
                 let path = self.send_logs().await;
-                self.publish("sendlogs-response", &json!({ "path": path, "sessionId": self.session_id })).await;
+                self.logs_sent(&path).await;
             }
             "configure" => self.configure(&data, reply.as_deref()).await,
             "import" => self.import(&data).await,
@@ -235,6 +235,11 @@ impl Notifier {
         if outcome.is_ok() {
             self.request(Control::Restart(format!("upgraded to {version}"))).await;
         }
+    }
+
+    /// `sendlogs-response`: where the log went (empty when nothing was sent).
+    pub async fn logs_sent(&self, path: &str) {
+        self.publish("sendlogs-response", &json!({ "path": path, "sessionId": self.session_id })).await;
     }
 
     /// Rotates and uploads the session's log; the uploaded path, empty when nothing was sent.

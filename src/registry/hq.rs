@@ -63,7 +63,9 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn delay(&self, attempts: u32) -> Duration {
+    /// The wait before the next attempt once `attempts` were made: `base_delay` plus a random
+    /// part below `jitter_per_attempt × attempts`.
+    pub fn delay(&self, attempts: u32) -> Duration {
         self.base_delay + random_below(self.jitter_per_attempt.saturating_mul(attempts))
     }
 }

@@ -130,3 +130,35 @@ pub fn unescape(segment: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Answers a request (method, URI, headers) and its whole body with a status and a body.
+pub type BodyHandler = Arc<dyn Fn(&Parts, &[u8]) -> (u16, String) + Send + Sync>;
+
+/// As [`serve`], with each request's body read whole before the handler sees it (uploads,
+/// POSTs). Answers have no `Content-Type`.
+pub async fn serve_with_body(listener: TcpListener, handler: BodyHandler) {
+    use http_body_util::BodyExt;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let handler = handler.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let (status, answer) = match body.collect().await {
+                        Ok(body) => handler(&parts, &body.to_bytes()),
+                        Err(e) => (400, format!("reading the body: {e}")),
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from(answer)));
+                    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
