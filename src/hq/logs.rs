@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `Content-Type` of an upload, as EDS sends it (the body is a gzip stream, not a tar).
 pub const UPLOAD_CONTENT_TYPE: &str = "application/x-tgz";
@@ -31,9 +31,6 @@ pub const UPLOAD_RETRY: RetryPolicy = RetryPolicy {
 
 /// The most one `PUT` may take (an hour of TRACE lines over a shop's uplink).
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// The most of an error answer read, for its message.
-const MAX_ERROR_BODY: usize = 64 << 10;
 
 /// The `User-Agent` of HQ requests: `Shopmonkey EDS Server/<version>`.
 pub fn user_agent() -> String {
@@ -79,46 +76,25 @@ async fn gzip(file: PathBuf) -> Result<Bytes> {
 /// `PUT`s `body` to `target` until it is accepted, a refusal is final, or `retry` is spent.
 async fn put(client: &reqwest::Client, target: reqwest::Url, body: Bytes, retry: &RetryPolicy) -> Result<()> {
     use reqwest::header::{CONTENT_TYPE, USER_AGENT};
-    let started = Instant::now();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let sent = client
+    let answer = crate::registry::send_retrying(retry, || {
+        client
             .put(target.clone())
             .header(CONTENT_TYPE, UPLOAD_CONTENT_TYPE)
             .header(USER_AGENT, user_agent())
             .timeout(UPLOAD_TIMEOUT)
             // A fresh body each attempt (EDS re-sent the one its first attempt consumed).
             .body(body.clone())
-            .send()
-            .await;
-        let (retryable, reason) = match sent {
-            Ok(response) if matches!(response.status().as_u16(), 200 | 201 | 204) => return Ok(()),
-            Ok(mut response) => {
-                let status = response.status();
-                let mut text = Vec::new();
-                while let Ok(Some(chunk)) = response.chunk().await {
-                    text.extend_from_slice(&chunk);
-                    if text.len() > MAX_ERROR_BODY {
-                        break;
-                    }
-                }
-                let retryable = matches!(status.as_u16(), 408 | 429) || status.is_server_error();
-                (retryable, refusal(status, &text))
-            }
-            // `without_url`: reqwest's text names the URL, signature and all.
-            Err(e) => (!e.is_builder(), eds_wal::error_chain(&e.without_url())),
-        };
-        let delay = retry.delay(attempts);
-        if !retryable || attempts >= retry.max_attempts || started.elapsed() + delay > retry.max_elapsed {
-            if attempts > 1 {
-                anyhow::bail!("{reason} (after {attempts} attempts)");
-            }
-            anyhow::bail!("{reason}");
-        }
-        tracing::debug!(attempts, reason, "a log upload failed; retrying");
-        tokio::time::sleep(delay).await;
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    if matches!(answer.status.as_u16(), 200 | 201 | 204) {
+        return Ok(());
     }
+    let reason = refusal(answer.status, &answer.body);
+    if answer.attempts > 1 {
+        anyhow::bail!("{reason} (after {} attempts)", answer.attempts);
+    }
+    anyhow::bail!("{reason}")
 }
 
 /// The text of a refused upload: the status, and S3's `<Code>`/`<Message>` or HQ's JSON

@@ -45,18 +45,13 @@ impl SessionLogs {
     /// Cuts the log and uploads the finished part to a URL HQ hands out (hourly, `sendlogs`);
     /// the uploaded path, empty when no log file is open.
     pub async fn send(&self, session_id: &str) -> Result<String> {
-        let path = self
-            .shipper
-            .send_logs(|| async { Ok(self.api.log_url(session_id).await?.url) })
-            .await?;
+        let path = self.shipper.send_logs(|| async { Ok(self.api.log_url(session_id).await?.url) }).await?;
         Ok(path.unwrap_or_default())
     }
 
     /// At the session's end: closes the log and uploads it to the URL of the end's answer.
     async fn finish(&self, url: Option<String>) -> Result<Option<String>> {
-        self.shipper
-            .send_final_logs(|| async { url.filter(|u| !u.is_empty()).context("HQ gave no upload URL") })
-            .await
+        self.shipper.send_final_logs(|| async { url.filter(|u| !u.is_empty()).context("HQ gave no upload URL") }).await
     }
 }
 

@@ -65,7 +65,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The wait before the next attempt once `attempts` were made: `base_delay` plus a random
     /// part below `jitter_per_attempt × attempts`.
-    pub fn delay(&self, attempts: u32) -> Duration {
+    fn delay(&self, attempts: u32) -> Duration {
         self.base_delay + random_below(self.jitter_per_attempt.saturating_mul(attempts))
     }
 }
@@ -83,7 +83,7 @@ pub(super) fn random_below(max: Duration) -> Duration {
 }
 
 /// HTTP statuses worth retrying (spec §3.7).
-const RETRY_STATUSES: [u16; 5] = [408, 429, 502, 503, 504];
+const RETRY_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
 /// The most of an answer's body read; a schema list of every Shopmonkey table is far smaller.
 const MAX_BODY: usize = 64 << 20;
@@ -198,7 +198,9 @@ pub async fn send_retrying(retry: &RetryPolicy, make: impl Fn() -> reqwest::Requ
                 }
                 (true, Ok(answer))
             }
-            Err(AttemptError::Http(e)) => (retryable_transport(&e), Err(error_chain(&e))),
+            // `without_url`: the caller names the URL (masked where it is a credential, as
+            // pre-signed upload URLs are).
+            Err(AttemptError::Http(e)) => (retryable_transport(&e), Err(error_chain(&e.without_url()))),
             Err(AttemptError::TooLarge) => (false, Err(format!("the answer is larger than {MAX_BODY} bytes"))),
         };
         let delay = retry.delay(attempts);

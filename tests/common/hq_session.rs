@@ -68,7 +68,11 @@ impl Drop for HqSession {
 pub fn api_key(iss: &str) -> String {
     use base64::Engine;
     let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    format!("{}.{}.c2lnbmF0dXJl", b64(json!({"alg": "HS256", "typ": "JWT"})), b64(json!({"iss": iss, "cid": "c1", "sid": "s1"})))
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(json!({"alg": "HS256", "typ": "JWT"})),
+        b64(json!({"iss": iss, "cid": "c1", "sid": "s1"}))
+    )
 }
 
 fn envelope(data: Value) -> (u16, String) {
@@ -117,7 +121,8 @@ impl HqSession {
                             Ok::<_, Infallible>(r)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
