@@ -1,0 +1,343 @@
+//! `eds server` under Shopmonkey HQ, against the HQ double (tests/common/hq_session.rs) and a
+//! JWT-mode nats-server whose session users carry exactly HQ's permissions: the session start,
+//! ingest with the issued credentials, heartbeats, every notification action with its exact
+//! answer, renewal, the 409 wait, the enrollment prompt, and the end of the session with its
+//! log upload.
+
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use common::hq_session::HqSession;
+use common::nats_jwt::JwtNats;
+use common::{eds_bin, eventually, wal_envelopes, Eds};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SERVER: &str = "5e7e7000-0000-4000-8000-00000000abcd";
+const COMPANY: &str = "c0ffee00-0000-4000-8000-000000000001";
+const OTHER: &str = "0dd0dd00-0000-4000-8000-000000000002";
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn setup() -> (Arc<JwtNats>, async_nats::jetstream::Context, HqSession) {
+    let nats = Arc::new(JwtNats::start().await);
+    let js = nats.create_stream().await;
+    let issuer = nats.clone();
+    let hq = HqSession::start(Arc::new(move |sid: &str| issuer.session_creds(SERVER, sid, &[COMPANY]))).await;
+    (nats, js, hq)
+}
+
+fn args(data: &Path, nats: &JwtNats, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["server", "-d", data.to_str().unwrap(), "--server", &nats.url(), "--port", "0", "-v"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn event(company: &str, id: &str) -> (String, Vec<u8>) {
+    let subject = format!("dbchange.order.INSERT.{company}.loc1.PUBLIC.2");
+    let body = json!({"id": id, "operation": "INSERT", "table": "order", "key": [id], "modelVersion": "fff000111",
+                      "companyId": company, "locationId": "loc1", "timestamp": 1_700_000_000_000u64,
+                      "after": {"id": id, "name": "n"}});
+    (subject, body.to_string().into_bytes())
+}
+
+/// The next message on `sub` within the deadline, decoded from msgpack when it says so.
+async fn next(sub: &mut async_nats::Subscriber, what: &str) -> (async_nats::Message, Value) {
+    let msg = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap();
+    let msgpack = msg.headers.as_ref().and_then(|h| h.get("content-encoding")).is_some_and(|v| v.as_str() == "msgpack");
+    let value = if msgpack {
+        let mut bytes = &msg.payload[..];
+        eds::hq::wire::from_msgpack(&rmpv::decode::read_value(&mut bytes).unwrap())
+    } else {
+        serde_json::from_slice(&msg.payload).unwrap_or(Value::Null)
+    };
+    (msg, value)
+}
+
+/// Sends a notification as HQ does (JSON, unless `encoding` says otherwise).
+async fn notify(client: &async_nats::Client, sid: &str, action: &str, data: Value) {
+    let body = json!({"action": action, "data": data}).to_string();
+    client.publish(format!("eds.notify.{sid}.{action}"), body.into()).await.unwrap();
+    client.flush().await.unwrap();
+}
+
+async fn ask(client: &async_nats::Client, sid: &str, action: &str, data: Value) -> Value {
+    let body = json!({"action": action, "data": data}).to_string();
+    let reply = tokio::time::timeout(WAIT, client.request(format!("eds.notify.{sid}.{action}"), body.into()))
+        .await
+        .unwrap_or_else(|_| panic!("no reply to {action}"))
+        .unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+fn config_toml(data: &Path) -> toml::Table {
+    toml::from_str(&std::fs::read_to_string(data.join("config.toml")).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ingests_with_its_credentials_heartbeats_and_answers_every_notification() {
+    let (nats, js, hq) = setup().await;
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // The key and the server id come from config.toml; the API URL from the key's issuer.
+    std::fs::write(
+        data.path().join("config.toml"),
+        format!("token = \"{}\"\nserver_id = \"{SERVER}\"\nmine = \"kept\"\n", hq.token),
+    )
+    .unwrap();
+    let url = format!("file://{}", out.path().display());
+    let mut eds = Eds::start_args(&args(data.path(), &nats, &["--no-restart", "--url", &url, "--heartbeat-interval", "1s"]));
+    let sid = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
+
+    // The session request, as §3.2 has it.
+    let start = hq.requests("POST", "/v3/eds/internal").pop().unwrap();
+    let body = start.json();
+    assert_eq!(body["serverId"], SERVER, "{body}");
+    assert_eq!(body["version"], eds_version());
+    assert_eq!(body["driver"]["id"], "file");
+    assert_eq!(body["machineId"].as_str().unwrap().len(), 64);
+    assert!(body["hostname"].as_str().is_some_and(|h| !h.is_empty()), "{body}");
+    assert!(body["osinfo"]["host"]["kernelVersion"].as_str().is_some_and(|k| !k.is_empty()), "{body}");
+
+    let admin = nats.admin().await;
+    let mut client = admin.subscribe(format!("eds.client.{sid}.>")).await.unwrap();
+    admin.flush().await.unwrap();
+
+    // Ingest with the session's credentials: this company's events only.
+    for (i, company) in [COMPANY, OTHER, COMPANY].into_iter().enumerate() {
+        let (subject, payload) = event(company, &format!("o{i}"));
+        js.publish(subject, payload.into()).await.unwrap().await.unwrap();
+    }
+    eds.wait_stored(3, WAIT).await;
+
+    // A heartbeat with EDS's fields and the real figures.
+    let heartbeat = loop {
+        let (msg, v) = next(&mut client, "a heartbeat").await;
+        if msg.subject.as_str() == format!("eds.client.{sid}.heartbeat") && v["stats"]["metrics"]["totalEvents"] == 2 {
+            let h = msg.headers.unwrap();
+            assert!(h.get("Nats-Msg-Id").is_some_and(|id| id.as_str().len() == 36));
+            break v;
+        }
+    };
+    assert_eq!(heartbeat["sessionId"], sid.as_str());
+    assert!(heartbeat["offset"].as_u64().is_some() && heartbeat["uptime"].as_u64().is_some(), "{heartbeat}");
+    assert!(heartbeat["stats"]["metrics"]["pendingEvents"].as_i64().is_some(), "{heartbeat}");
+    assert!(heartbeat["stats"]["memory"]["total"].as_u64().unwrap() > 0, "{heartbeat}");
+    assert!(heartbeat["stats"]["load"]["load1"].as_f64().is_some(), "{heartbeat}");
+    assert_eq!(heartbeat["wal"]["durableLsn"], 2, "{heartbeat}");
+    assert_eq!(heartbeat["destinations"][0]["name"].as_str().is_some(), true, "{heartbeat}");
+    assert!(heartbeat.get("paused").is_none());
+    let status = eds.status().await;
+    assert_eq!(status["session"]["id"], sid.as_str(), "{status}");
+    assert!(status["session"]["last_heartbeat"].is_string(), "{status}");
+
+    // ping, in each of HQ's encodings.
+    let mut pong = admin.subscribe("_INBOX.pong").await.unwrap();
+    admin.flush().await.unwrap();
+    notify(&admin, &sid, "ping", json!({"subject": "_INBOX.pong"})).await;
+    let packed = eds::hq::wire::encode(&eds::hq::wire::to_msgpack(&json!({"action": "ping", "data": {"subject": "_INBOX.pong"}})));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("content-encoding", "msgpack");
+    admin.publish_with_headers(format!("eds.notify.{sid}.ping"), headers, packed.into()).await.unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(json!({"action": "ping", "data": {"subject": "_INBOX.pong"}}).to_string().as_bytes()).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("content-encoding", "gzip/json");
+    admin.publish_with_headers(format!("eds.notify.{sid}.ping"), headers, gz.finish().unwrap().into()).await.unwrap();
+    for n in 0..3 {
+        let m = tokio::time::timeout(WAIT, pong.next()).await.unwrap_or_else(|_| panic!("pong {n}")).unwrap();
+        assert_eq!(&m.payload[..], b"pong");
+    }
+
+    // Bad input never takes the server down: garbage, a missing action, a bad encoding.
+    admin.publish(format!("eds.notify.{sid}.x"), "\u{0}not json".into()).await.unwrap();
+    notify(&admin, &sid, "frobnicate", json!(null)).await;
+    notify(&admin, &sid, "shutdown", json!({"deleted": 12})).await.ok_or_skip_when_shutdown_without_message();
+
+    // pause / unpause: delivery held, the heartbeat says since when.
+    notify(&admin, &sid, "pause", json!({})).await;
+    let (_, r) = expect(&mut client, &sid, "pause-response").await;
+    assert_eq!(r, json!({"success": true, "sessionId": sid, "action": "pause"}));
+    eventually("destinations paused", WAIT, || async {
+        (eds.status().await["destinations"][0]["paused"] == true).then_some(())
+    })
+    .await;
+    let paused = loop {
+        let (msg, v) = next(&mut client, "a paused heartbeat").await;
+        if msg.subject.ends_with(".heartbeat") && msg.payload.windows(2).any(|w| w == [0xd7, 0xff]) {
+            break v;
+        }
+    };
+    assert!(paused.get("paused").is_some(), "{paused}");
+    notify(&admin, &sid, "unpause", json!({})).await;
+    let (_, r) = expect(&mut client, &sid, "unpause-response").await;
+    assert_eq!(r["success"], true);
+
+    // driverconfig and validate answer with JSON replies.
+    let drivers = ask(&admin, &sid, "driverconfig", json!({})).await;
+    assert_eq!(drivers["sessionId"], sid.as_str());
+    assert!(drivers["drivers"]["file"]["metadata"]["exampleURL"].is_string(), "{drivers}");
+    let ok = ask(&admin, &sid, "validate", json!({"driver": "postgres", "config": {"Database": "d", "Hostname": "h", "Username": "u", "Password": "p@ss"}})).await;
+    assert_eq!(ok, json!({"success": true, "sessionId": sid, "url": "postgres://u:p%40ss@h:5432/d"}));
+    let bad = ask(&admin, &sid, "validate", json!({"driver": "postgres", "config": {}})).await;
+    assert_eq!(bad["success"], false);
+    assert!(bad["messsage"].is_string() && bad["field_errors"][0]["field"] == "Database", "{bad}");
+
+    // configure checks the destination and keeps it in config.toml (other keys kept).
+    let other = tempfile::tempdir().unwrap();
+    let new_url = format!("file://{}", other.path().display());
+    let configured = ask(&admin, &sid, "configure", json!({"url": new_url, "backfill": false})).await;
+    assert_eq!(configured["success"], true, "{configured}");
+    assert_eq!(configured["backfill"], false);
+    assert!(configured["maskedURL"].is_string(), "{configured}");
+    let config = config_toml(data.path());
+    assert_eq!(config["url"].as_str(), Some(new_url.as_str()));
+    assert_eq!(config["mine"].as_str(), Some("kept"));
+    let refused = ask(&admin, &sid, "configure", json!({"url": "bogus://x"})).await;
+    assert_eq!(refused["success"], false, "{refused}");
+
+    // upgrade without a version is refused in its status.
+    notify(&admin, &sid, "upgrade", json!({})).await;
+    let (_, r) = expect(&mut client, &sid, "upgrade-status").await;
+    assert_eq!(r["success"], false, "{r}");
+
+    // sendlogs: the log so far goes to HQ, gzipped; its path comes back.
+    notify(&admin, &sid, "sendlogs", json!({})).await;
+    let (_, r) = expect(&mut client, &sid, "sendlogs-response").await;
+    let path = r["path"].as_str().unwrap().to_owned();
+    assert!(path.starts_with(&format!("/upload/{sid}/")), "{r}");
+    let uploads = hq.uploads();
+    let (_, log) = uploads.iter().find(|(p, _)| *p == path).unwrap();
+    let first: Value = serde_json::from_slice(log.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert!(first["timestamp"].is_string() && first["severity"].is_string(), "{first}");
+
+    let metrics = eds.get("/metrics").await.1;
+    assert!(metrics.contains("eds_hq_notifications_total{action=\"ping\"} 3"), "{metrics}");
+    assert!(metrics.contains("eds_hq_notifications_total{action=\"unknown\"} 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("eds_hq_heartbeats_total ") && !l.ends_with(" 0")), "{metrics}");
+
+    // shutdown (deleted): the server forgets its id, ends the session and uploads its last log.
+    notify(&admin, &sid, "shutdown", json!({"message": "bye", "deleted": "true"})).await;
+    let status = tokio::task::spawn_blocking(move || eds.child.wait().unwrap()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(hq.ended(), vec![(sid.clone(), false)]);
+    assert!(hq.uploads().iter().any(|(p, body)| p == &format!("/upload/{sid}/final.gz") && !body.is_empty()));
+    assert_eq!(config_toml(data.path())["server_id"].as_str(), Some(""));
+    assert_eq!(wal_envelopes(data.path()).iter().map(|e| e.0).collect::<Vec<_>>(), [1, 3]);
+    assert!(nats.violations().is_empty(), "{:?}", nats.violations());
+}
+
+/// The next `eds.client.<sid>.<suffix>` message, skipping heartbeats and others.
+async fn expect(sub: &mut async_nats::Subscriber, sid: &str, suffix: &str) -> (async_nats::Message, Value) {
+    let subject = format!("eds.client.{sid}.{suffix}");
+    loop {
+        let (msg, v) = next(sub, &subject).await;
+        if msg.subject.as_str() == subject {
+            let h = msg.headers.as_ref().unwrap();
+            assert_eq!(h.get("content-encoding").map(|v| v.as_str()), Some("msgpack"));
+            return (msg, v);
+        }
+    }
+}
+
+fn eds_version() -> String {
+    let out = Command::new(eds_bin()).arg("version").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+trait OkOrSkip {
+    fn ok_or_skip_when_shutdown_without_message(self);
+}
+impl OkOrSkip for () {
+    fn ok_or_skip_when_shutdown_without_message(self) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_session_is_waited_for_and_renewal_keeps_ingesting() {
+    let (nats, js, hq) = setup().await;
+    hq.book.lock().unwrap().conflicts = 2;
+    let data = tempfile::tempdir().unwrap();
+    let extra = ["--no-restart", "--api-key", &hq.token, "--eds-id", SERVER, "--session-conflict-retry", "100ms", "--renew-interval", "2s"];
+    let eds = Eds::start_args(&args(data.path(), &nats, &extra));
+    let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
+    assert_eq!(hq.requests("POST", "/v3/eds/internal").len(), 3, "two 409s, then the session");
+    let second = eventually("a renewed session", WAIT, || async { hq.sessions().get(1).cloned() }).await;
+    assert_ne!(first, second);
+    assert_eq!(hq.ended().first(), Some(&(first.clone(), false)));
+    eventually("the status to show the renewal", WAIT, || async {
+        let s = eds.status().await;
+        (s["session"]["id"] == second.as_str() && s["session"]["renewals"] == 1).then_some(())
+    })
+    .await;
+    // The renewed session's credentials carry ingest on.
+    let (subject, payload) = event(COMPANY, "after-renewal");
+    js.publish(subject, payload.into()).await.unwrap().await.unwrap();
+    eds.wait_stored(1, WAIT).await;
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    assert!(hq.ended().iter().any(|(id, errored)| !errored && id != &first), "{:?}", hq.ended());
+    assert!(nats.violations().is_empty(), "{:?}", nats.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_an_id_asks_for_the_code_and_enrolls_into_its_data_dir() {
+    let (nats, _js, hq) = setup().await;
+    hq.book.lock().unwrap().codes.insert("Lcode1".into(), (hq.token.clone(), SERVER.into()));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("elsewhere");
+    let extra = ["--no-restart", "--api-key", &hq.token, "--api-url", &hq.url];
+    let mut child = Command::new(eds_bin())
+        .args(args(&data, &nats, &extra))
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Lnope\nLcode1\n").unwrap();
+    eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
+    // Written where --data-dir says (EDS wrote into ./data).
+    let config = config_toml(&data);
+    assert_eq!(config["server_id"].as_str(), Some(SERVER));
+    assert!(!dir.path().join("data").exists());
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("Enter one-time enrollment code") && log.contains("invalid enrollment code"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hqs_restart_makes_the_supervisor_start_a_new_worker_and_session() {
+    let (nats, _js, hq) = setup().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port().to_string();
+    let mut a = args(data.path(), &nats, &["--api-key", &hq.token, "--eds-id", SERVER]);
+    let at = a.iter().position(|x| x == "0").unwrap();
+    a[at] = port;
+    let eds = Eds::start_args(&a);
+    let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
+    let admin = nats.admin().await;
+    let mut client = admin.subscribe(format!("eds.client.{first}.>")).await.unwrap();
+    admin.flush().await.unwrap();
+    notify(&admin, &first, "restart", json!({})).await;
+    let (_, status) = expect(&mut client, &first, "restart-status").await;
+    assert_eq!(status, json!({"success": true, "message": "", "sessionId": first, "action": "restart"}));
+    let (_, response) = expect(&mut client, &first, "restart-response").await;
+    assert_eq!(response["success"], true);
+    let second = eventually("a new session", WAIT, || async { hq.sessions().get(1).cloned() }).await;
+    assert_ne!(first, second);
+    assert_eq!(hq.ended().first(), Some(&(first, false)));
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("worker asked to be started again"), "{log}");
+}
