@@ -26,6 +26,7 @@ pub mod shutdown;
 pub mod state;
 pub mod timefmt;
 pub mod tracker;
+pub mod upgrade;
 mod wal_cmd;
 
 /// The version string: `EDS_VERSION` from the build environment when set (release builds),

@@ -63,7 +63,8 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn delay(&self, attempts: u32) -> Duration {
+    /// The wait before the attempt after attempt number `attempts` (1 for the first).
+    pub fn delay(&self, attempts: u32) -> Duration {
         self.base_delay + random_below(self.jitter_per_attempt.saturating_mul(attempts))
     }
 }
@@ -243,7 +244,7 @@ pub(super) fn status_reason(status: reqwest::StatusCode, body: &[u8]) -> String 
 /// Whether a transport error is worth another attempt: the connection could not be made, or
 /// was reset or closed before the answer was complete (the request is a GET, so repeating it is
 /// harmless). Timeouts are not retried: the request timeout already spends the time budget.
-fn retryable_transport(e: &reqwest::Error) -> bool {
+pub(crate) fn retryable_transport(e: &reqwest::Error) -> bool {
     if e.is_connect() {
         return true;
     }
