@@ -22,6 +22,8 @@ const RETRY_STATUSES: [u16; 5] = [408, 429, 502, 503, 504];
 #[derive(Debug, clap::Args)]
 pub struct DownloadArgs {
     /// The release to download, e.g. 3.1.0 or v3.1.0
+    // Not the id `version`: that is `--version`'s (clap's propagated flag).
+    #[arg(id = "release", value_name = "VERSION")]
     pub version: String,
     /// Where to write the eds binary (mode 0755, replaced atomically)
     pub file: PathBuf,

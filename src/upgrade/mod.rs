@@ -122,7 +122,8 @@ impl UpgradeError {
 
 /// Upgrades to `version` (`v` optional): refuses inside a container, downloads and verifies the
 /// release to `<data_dir>/eds-<version without v>`, checks its `version` output, and replaces
-/// `opts.executable` with it; the downloaded copy is then removed. The caller pauses work before
+/// `opts.executable` with it; the downloaded copy is then removed (as is one that fails the
+/// version check). The caller pauses work before
 /// and restarts after (EDS's handler pauses the fork and asks the wrapper to restart).
 pub async fn upgrade(version: &str, data_dir: &Path, opts: &UpgradeOptions) -> Result<UpgradeOutcome, UpgradeError> {
     if let Some(evidence) = opts.container.evidence() {
@@ -133,7 +134,10 @@ pub async fn upgrade(version: &str, data_dir: &Path, opts: &UpgradeOptions) -> R
     let bare = tag.trim_start_matches('v').to_owned();
     let downloaded = data_dir.join(format!("eds-{bare}"));
     download(&tag, &downloaded, DOWNLOAD_MODE, &opts.download).await.map_err(download_error)?;
-    check_version(&downloaded, &bare, opts.version_timeout).await?;
+    if let Err(e) = check_version(&downloaded, &bare, opts.version_timeout).await {
+        let _ = std::fs::remove_file(&downloaded);
+        return Err(e);
+    }
     let (new, executable) = (downloaded.clone(), opts.executable.clone());
     let swapped =
         tokio::task::spawn_blocking(move || replace_executable(&new, &executable)).await.unwrap_or_else(|e| {

@@ -26,7 +26,7 @@ pub enum SignatureError {
         origin: String,
         /// What was wrong with it.
         #[source]
-        source: pgp::errors::Error,
+        source: Box<pgp::errors::Error>,
     },
     /// The key file could not be read.
     #[error("reading the public key {path}")]
@@ -42,7 +42,7 @@ pub enum SignatureError {
     Unreadable {
         /// What the parser said.
         #[source]
-        source: pgp::errors::Error,
+        source: Box<pgp::errors::Error>,
     },
     /// The signature is not a signature over binary data (type 0x00).
     #[error("the signature is of type {typ}, not a signature over binary data")]
@@ -58,7 +58,7 @@ pub enum SignatureError {
         key_name: String,
         /// The last verifier's complaint.
         #[source]
-        source: pgp::errors::Error,
+        source: Box<pgp::errors::Error>,
     },
 }
 
@@ -99,7 +99,7 @@ impl VerifyingKey {
     /// An armored public key. Its binding self-signatures must verify, so a damaged or
     /// tampered certificate is refused rather than half-used.
     fn from_armored(text: &str, origin: &str, name: &str) -> Result<VerifyingKey, SignatureError> {
-        let key_error = |source| SignatureError::Key { origin: origin.to_owned(), source };
+        let key_error = |source| SignatureError::Key { origin: origin.to_owned(), source: Box::new(source) };
         let (key, _headers) = SignedPublicKey::from_string(text).map_err(key_error)?;
         key.verify_bindings().map_err(key_error)?;
         Ok(VerifyingKey { key, name: name.to_owned() })
@@ -120,7 +120,7 @@ impl VerifyingKey {
             Some(SignatureType::Binary) => {}
             other => return Err(SignatureError::NotBinary { typ: format!("{other:?}") }),
         }
-        let mismatch = |source| SignatureError::Mismatch { key_name: self.name.clone(), source };
+        let mismatch = |source| SignatureError::Mismatch { key_name: self.name.clone(), source: Box::new(source) };
         let mut last = match signature.verify(&self.key, data) {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -139,7 +139,7 @@ impl VerifyingKey {
 
 /// A detached signature, ASCII-armored (`-----BEGIN PGP SIGNATURE-----`) or binary.
 fn parse_detached(bytes: &[u8]) -> Result<DetachedSignature, SignatureError> {
-    let unreadable = |source| SignatureError::Unreadable { source };
+    let unreadable = |source| SignatureError::Unreadable { source: Box::new(source) };
     let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
     if bytes.get(start..).is_some_and(|rest| rest.starts_with(b"-----BEGIN")) {
         DetachedSignature::from_armor_single(bytes).map(|(sig, _headers)| sig).map_err(unreadable)
