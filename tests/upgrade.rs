@@ -12,6 +12,7 @@ use pgp::composed::{ArmorOptions, DetachedSignature, KeyType, SecretKeyParamsBui
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ type Files = Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>;
 struct Releases {
     url: String,
     files: Files,
+    /// How many more requests get 503 (HQ-style busy answer) before the files are served.
+    busy: Arc<AtomicUsize>,
     /// Every request: (path, User-Agent).
     requests: Arc<Mutex<Vec<(String, String)>>>,
     secret: SignedSecretKey,
@@ -76,11 +79,15 @@ impl Releases {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let files: Files = Arc::default();
         let requests: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-        let (served, seen) = (files.clone(), requests.clone());
+        let busy = Arc::new(AtomicUsize::new(0));
+        let (served, seen, busy_left) = (files.clone(), requests.clone(), busy.clone());
         let handler: hq::BytesHandler = Arc::new(move |parts| {
             let path = parts.uri.path().to_owned();
             let agent = parts.headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             seen.lock().unwrap().push((path.clone(), agent));
+            if busy_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return (503, b"busy".to_vec());
+            }
             served.lock().unwrap().get(&path).cloned().unwrap_or((404, b"Not Found".to_vec()))
         });
         tokio::spawn(hq::serve_bytes(listener, handler, "application/octet-stream"));
@@ -89,7 +96,7 @@ impl Releases {
         let public_key_file = dir.path().join("release-key.asc");
         let armored = secret.to_public_key().to_armored_string(ArmorOptions::default()).unwrap();
         std::fs::write(&public_key_file, armored).unwrap();
-        Releases { url, files, requests, secret, public_key_file, _dir: dir }
+        Releases { url, files, busy, requests, secret, public_key_file, _dir: dir }
     }
 
     /// Serves `archive` as release `tag` for this host, with `signature`.
@@ -147,6 +154,8 @@ async fn a_signed_release_is_verified_and_its_eds_written_0755() {
     let releases = Releases::start().await;
     let archive = tar_gz(&[("LICENSE", b"MIT"), ("README.md", b"readme"), ("eds", &script("1.2.3"))]);
     releases.publish_signed("v1.2.3", archive);
+    // The first request finds the server busy and is made again.
+    releases.busy.store(1, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("eds-new");
     let o = releases.download("1.2.3", &file);
@@ -163,7 +172,11 @@ async fn a_signed_release_is_verified_and_its_eds_written_0755() {
     let requests = releases.requests.lock().unwrap().clone();
     let archive_path = format!("/v1.2.3/{}", archive_name());
     let paths: Vec<&str> = requests.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(paths, [archive_path.clone(), format!("{archive_path}.sig")], "the v prefix is added");
+    assert_eq!(
+        paths,
+        [archive_path.clone(), archive_path.clone(), format!("{archive_path}.sig")],
+        "the v prefix is added, and a busy answer is asked again"
+    );
     for (_, agent) in &requests {
         assert_eq!(agent, &format!("Shopmonkey EDS Server/{}", eds::VERSION));
     }
