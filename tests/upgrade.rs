@@ -7,7 +7,7 @@
 mod common;
 
 use common::hq;
-use eds::upgrade::{ContainerProbe, DownloadOptions, UpgradeError, UpgradeOptions, VerifyingKey};
+use eds::upgrade::{ContainerProbe, DownloadOptions, ReleaseKey, UpgradeError, UpgradeOptions};
 use pgp::composed::{ArmorOptions, DetachedSignature, KeyType, SecretKeyParamsBuilder, SignedSecretKey};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -130,7 +130,7 @@ impl Releases {
             download: DownloadOptions {
                 base_url: self.url.clone(),
                 retry: eds::registry::RetryPolicy::default(),
-                key: VerifyingKey::from_file(&self.public_key_file).unwrap(),
+                key: ReleaseKey::from_file(&self.public_key_file).unwrap(),
             },
             container: ContainerProbe { root: clean_root, container_env: None },
             version_timeout: Duration::from_secs(30),

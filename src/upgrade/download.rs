@@ -3,7 +3,7 @@
 //!
 //! Invariant: nothing from an archive is written anywhere before its signature has verified.
 
-use super::signature::{SignatureError, VerifyingKey};
+use super::signature::{ReleaseKey, SignatureError};
 use crate::registry::RetryPolicy;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -116,16 +116,16 @@ pub struct DownloadOptions {
     /// Retries of each request.
     pub retry: RetryPolicy,
     /// The key signatures must verify against.
-    pub key: VerifyingKey,
+    pub key: ReleaseKey,
 }
 
 impl DownloadOptions {
-    /// Shopmonkey's releases, the default retries, and [`VerifyingKey::for_releases`].
+    /// Shopmonkey's releases, the default retries, and [`ReleaseKey::for_releases`].
     pub fn new(base_url: &str) -> Result<DownloadOptions, DownloadError> {
         Ok(DownloadOptions {
             base_url: base_url.trim_end_matches('/').to_owned(),
             retry: RetryPolicy::default(),
-            key: VerifyingKey::for_releases().map_err(DownloadError::Key)?,
+            key: ReleaseKey::for_releases().map_err(DownloadError::Key)?,
         })
     }
 }
@@ -223,7 +223,7 @@ pub async fn download(
 
 /// Verifies `signature` over `archive`, then extracts its `eds` binary to `file`.
 fn install(
-    key: &VerifyingKey,
+    key: &ReleaseKey,
     archive: &[u8],
     signature: &[u8],
     signature_url: &str,

@@ -16,7 +16,7 @@ pub mod swap;
 
 pub use container::ContainerProbe;
 pub use download::{download, DownloadArgs, DownloadError, DownloadOptions, Downloaded, DEFAULT_BASE_URL};
-pub use signature::{SignatureError, VerifyingKey, SHOPMONKEY_PUBLIC_KEY};
+pub use signature::{ReleaseKey, SignatureError, SHOPMONKEY_PUBLIC_KEY};
 pub use swap::{replace_executable, SwapError};
 
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ pub struct UpgradeOptions {
 
 impl UpgradeOptions {
     /// Replace `executable` with Shopmonkey's releases ([`DEFAULT_BASE_URL`]), verified with
-    /// [`VerifyingKey::for_releases`], refusing inside a container of this host, allowing
+    /// [`ReleaseKey::for_releases`], refusing inside a container of this host, allowing
     /// `version` 30 s.
     pub fn new(executable: PathBuf) -> Result<UpgradeOptions, DownloadError> {
         Ok(UpgradeOptions {

@@ -64,45 +64,45 @@ pub enum SignatureError {
 
 /// The public key archives are verified against, with a name for messages.
 #[derive(Debug, Clone)]
-pub struct VerifyingKey {
+pub struct ReleaseKey {
     key: SignedPublicKey,
     name: String,
 }
 
-impl VerifyingKey {
+impl ReleaseKey {
     /// Shopmonkey's embedded key.
-    pub fn shopmonkey() -> Result<VerifyingKey, SignatureError> {
-        VerifyingKey::from_armored(SHOPMONKEY_PUBLIC_KEY, "embedded", "Shopmonkey")
+    pub fn shopmonkey() -> Result<ReleaseKey, SignatureError> {
+        ReleaseKey::from_armored(SHOPMONKEY_PUBLIC_KEY, "embedded", "Shopmonkey")
     }
 
     /// The key to verify release archives against: Shopmonkey's, or — in builds with debug
     /// assertions only — the armored key in the file [`PUBLIC_KEY_FILE_ENV`] names. Release
     /// builds never look at that variable: the check below is compiled out of them.
-    pub fn for_releases() -> Result<VerifyingKey, SignatureError> {
+    pub fn for_releases() -> Result<ReleaseKey, SignatureError> {
         #[cfg(debug_assertions)]
         if let Some(path) = std::env::var_os(PUBLIC_KEY_FILE_ENV).filter(|p| !p.is_empty()) {
             let path = PathBuf::from(path);
             tracing::warn!(path = %path.display(), "verifying against a test public key ({PUBLIC_KEY_FILE_ENV}; debug builds only)");
-            return VerifyingKey::from_file(&path);
+            return ReleaseKey::from_file(&path);
         }
-        VerifyingKey::shopmonkey()
+        ReleaseKey::shopmonkey()
     }
 
     /// The armored key in `path`.
-    pub fn from_file(path: &Path) -> Result<VerifyingKey, SignatureError> {
+    pub fn from_file(path: &Path) -> Result<ReleaseKey, SignatureError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| SignatureError::KeyFile { path: path.to_owned(), source })?;
         let origin = path.display().to_string();
-        VerifyingKey::from_armored(&text, &origin, &format!("test ({origin})"))
+        ReleaseKey::from_armored(&text, &origin, &format!("test ({origin})"))
     }
 
     /// An armored public key. Its binding self-signatures must verify, so a damaged or
     /// tampered certificate is refused rather than half-used.
-    fn from_armored(text: &str, origin: &str, name: &str) -> Result<VerifyingKey, SignatureError> {
+    fn from_armored(text: &str, origin: &str, name: &str) -> Result<ReleaseKey, SignatureError> {
         let key_error = |source| SignatureError::Key { origin: origin.to_owned(), source: Box::new(source) };
         let (key, _headers) = SignedPublicKey::from_string(text).map_err(key_error)?;
         key.verify_bindings().map_err(key_error)?;
-        Ok(VerifyingKey { key, name: name.to_owned() })
+        Ok(ReleaseKey { key, name: name.to_owned() })
     }
 
     /// The key's fingerprint, in hex.
@@ -177,14 +177,14 @@ pub(crate) mod tests {
         sig.to_armored_bytes(ArmorOptions::default()).unwrap()
     }
 
-    fn public(secret: &SignedSecretKey, name: &str) -> VerifyingKey {
+    fn public(secret: &SignedSecretKey, name: &str) -> ReleaseKey {
         let armored = secret.to_public_key().to_armored_string(ArmorOptions::default()).unwrap();
-        VerifyingKey::from_armored(&armored, "test", name).unwrap()
+        ReleaseKey::from_armored(&armored, "test", name).unwrap()
     }
 
     #[test]
     fn the_embedded_key_parses_and_its_self_signatures_hold() {
-        let key = VerifyingKey::shopmonkey().unwrap();
+        let key = ReleaseKey::shopmonkey().unwrap();
         assert_eq!(key.fingerprint().to_uppercase(), "C9946E99DD655505AD5FE9D2FECFF4915E7BF492");
         assert!(SHOPMONKEY_PUBLIC_KEY.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----\n"));
         assert!(SHOPMONKEY_PUBLIC_KEY.trim_end().ends_with("-----END PGP PUBLIC KEY BLOCK-----"));
@@ -193,8 +193,8 @@ pub(crate) mod tests {
     #[test]
     fn a_damaged_key_is_refused() {
         let damaged = SHOPMONKEY_PUBLIC_KEY.replacen("mDMEZqbX1BYJ", "mDMEZqbX1BYK", 1);
-        assert!(VerifyingKey::from_armored(&damaged, "damaged", "x").is_err());
-        assert!(VerifyingKey::from_armored("not a key", "junk", "x").is_err());
+        assert!(ReleaseKey::from_armored(&damaged, "damaged", "x").is_err());
+        assert!(ReleaseKey::from_armored("not a key", "junk", "x").is_err());
     }
 
     #[test]
@@ -220,7 +220,7 @@ pub(crate) mod tests {
         let other = sign(&test_key("Other <other@example.com>"), &data);
         assert!(matches!(key.verify(&data, &other).unwrap_err(), SignatureError::Mismatch { .. }));
         assert!(matches!(key.verify(&data, b"garbage").unwrap_err(), SignatureError::Unreadable { .. }));
-        let e = VerifyingKey::shopmonkey().unwrap().verify(&data, &armored).unwrap_err();
+        let e = ReleaseKey::shopmonkey().unwrap().verify(&data, &armored).unwrap_err();
         assert_eq!(e.to_string(), "the signature does not verify against the Shopmonkey key");
     }
 }
