@@ -63,6 +63,11 @@ enum Command {
     Version,
     /// Enroll this server with the one-time code from Shopmonkey (writes config.toml)
     Enroll(crate::enroll::EnrollArgs),
+    /// Print Shopmonkey's PGP public key, which release downloads and upgrades are verified against
+    #[command(name = "publickey")]
+    PublicKey,
+    /// Download a release of eds, verify its PGP signature, and write its binary to FILE
+    Download(crate::upgrade::DownloadArgs),
     /// Run the whole pipeline with generated Shopmonkey-shaped events and no external server
     Demo(crate::demo::DemoArgs),
     /// Run the gateway: pull change events from NATS JetStream into the write-ahead log
@@ -231,6 +236,11 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             crate::demo::run(args, cli.global.data_dir.as_deref().unwrap_or(std::path::Path::new("demo-data")))
         }
         Command::Enroll(args) => crate::enroll::run(args, &data_dir, out),
+        Command::PublicKey => {
+            out.write_all(crate::upgrade::SHOPMONKEY_PUBLIC_KEY.as_bytes())?;
+            Ok(0)
+        }
+        Command::Download(args) => crate::upgrade::download::run(args, out),
         Command::Version => {
             writeln!(out, "{}", crate::VERSION)?;
             Ok(0)

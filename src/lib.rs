@@ -27,6 +27,7 @@ pub mod state;
 pub mod supervisor;
 pub mod timefmt;
 pub mod tracker;
+pub mod upgrade;
 mod wal_cmd;
 
 /// The version string: `EDS_VERSION` from the build environment when set (release builds),

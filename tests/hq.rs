@@ -96,7 +96,8 @@ async fn a_session_ingests_with_its_credentials_heartbeats_and_answers_every_not
     )
     .unwrap();
     let url = format!("file://{}", out.path().display());
-    let mut eds = Eds::start_args(&args(data.path(), &nats, &["--no-restart", "--url", &url, "--heartbeat-interval", "1s"]));
+    let mut eds =
+        Eds::start_args(&args(data.path(), &nats, &["--no-restart", "--url", &url, "--heartbeat-interval", "1s"]));
     let sid = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
 
     // The session request, as §3.2 has it.
@@ -145,7 +146,9 @@ async fn a_session_ingests_with_its_credentials_heartbeats_and_answers_every_not
     let mut pong = admin.subscribe("_INBOX.pong").await.unwrap();
     admin.flush().await.unwrap();
     notify(&admin, &sid, "ping", json!({"subject": "_INBOX.pong"})).await;
-    let packed = eds::hq::wire::encode(&eds::hq::wire::to_msgpack(&json!({"action": "ping", "data": {"subject": "_INBOX.pong"}})));
+    let packed = eds::hq::wire::encode(&eds::hq::wire::to_msgpack(
+        &json!({"action": "ping", "data": {"subject": "_INBOX.pong"}}),
+    ));
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("content-encoding", "msgpack");
     admin.publish_with_headers(format!("eds.notify.{sid}.ping"), headers, packed.into()).await.unwrap();
@@ -267,7 +270,17 @@ async fn a_busy_session_is_waited_for_and_renewal_keeps_ingesting() {
     let (nats, js, hq) = setup().await;
     hq.book.lock().unwrap().conflicts = 2;
     let data = tempfile::tempdir().unwrap();
-    let extra = ["--no-restart", "--api-key", &hq.token, "--eds-id", SERVER, "--session-conflict-retry", "100ms", "--renew-interval", "2s"];
+    let extra = [
+        "--no-restart",
+        "--api-key",
+        &hq.token,
+        "--eds-id",
+        SERVER,
+        "--session-conflict-retry",
+        "100ms",
+        "--renew-interval",
+        "2s",
+    ];
     let eds = Eds::start_args(&args(data.path(), &nats, &extra));
     let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
     assert_eq!(hq.requests("POST", "/v3/eds/internal").len(), 3, "two 409s, then the session");

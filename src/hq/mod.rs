@@ -55,10 +55,25 @@ impl SessionLogs {
     }
 }
 
-/// Downloads, verifies and installs `version` in place of the running binary.
-pub async fn upgrade_to(data_dir: &Path, version: &str) -> Result<()> {
-    let _ = data_dir;
-    anyhow::bail!("upgrading to {version} is not wired yet")
+/// HQ's `upgrade`: downloads release `version` from `release_url`, verifies its signature
+/// against Shopmonkey's key, checks its `version`, and puts it in place of this program's file
+/// (see [`crate::upgrade`]); the caller then restarts the worker, which the supervisor starts
+/// from the new file. A failed rollback leaves no program to start: that exits at once.
+pub async fn upgrade_to(data_dir: &Path, version: &str, release_url: &str) -> Result<()> {
+    let exe = std::env::current_exe().context("finding this program's file")?;
+    let mut opts = crate::upgrade::UpgradeOptions::new(exe)?;
+    opts.download.base_url = release_url.trim_end_matches('/').to_owned();
+    match crate::upgrade::upgrade(version, data_dir, &opts).await {
+        Ok(done) => {
+            tracing::info!(version = %done.version, file = %done.executable.display(), "upgraded: the new version starts now");
+            Ok(())
+        }
+        Err(e) if e.is_fatal() => {
+            tracing::error!(error = %eds_wal::error_chain(&e), "the upgrade failed and could not be rolled back; exiting");
+            std::process::exit(i32::from(crate::exit::FAILURE));
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// How the server runs under HQ.
@@ -84,6 +99,8 @@ pub struct HqSettings {
     pub data_dir: PathBuf,
     /// Keep log files after uploading them.
     pub keep_logs: bool,
+    /// Where releases are downloaded from (`upgrade`).
+    pub release_url: String,
 }
 
 /// Why a session ended.
@@ -203,6 +220,7 @@ pub async fn run(
             control: control_tx.clone(),
             data_dir: hq.data_dir.clone(),
             logs: Some(logs.clone()),
+            release_url: hq.release_url.clone(),
         };
         let uploads = tokio::spawn(upload_hourly(notifier.clone(), logs.clone(), session_stop.clone()));
         let notifications = tokio::spawn(notify::run(notifier, session_stop.clone()));

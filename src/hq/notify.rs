@@ -40,6 +40,8 @@ pub struct Notifier {
     pub data_dir: PathBuf,
     /// The session's log file and uploads (`sendlogs`).
     pub logs: Option<Arc<super::SessionLogs>>,
+    /// Where releases are downloaded from (`upgrade`).
+    pub release_url: String,
 }
 
 /// The actions HQ sends; anything else is counted as `unknown`.
@@ -225,7 +227,7 @@ impl Notifier {
             return;
         };
         self.status("upgrade", true, "").await;
-        let outcome = super::upgrade_to(&self.data_dir, &version).await;
+        let outcome = super::upgrade_to(&self.data_dir, &version, &self.release_url).await;
         let mut body = json!({ "success": outcome.is_ok(), "sessionId": self.session_id, "version": version });
         if let Err(e) = &outcome {
             body["message"] = json!(format!("{e:#}"));

@@ -65,7 +65,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The wait before the next attempt once `attempts` were made: `base_delay` plus a random
     /// part below `jitter_per_attempt × attempts`.
-    fn delay(&self, attempts: u32) -> Duration {
+    pub fn delay(&self, attempts: u32) -> Duration {
         self.base_delay + random_below(self.jitter_per_attempt.saturating_mul(attempts))
     }
 }
@@ -310,8 +310,9 @@ pub(super) fn status_reason(status: reqwest::StatusCode, body: &[u8]) -> String 
 
 /// Whether a transport error is worth another attempt: the connection could not be made, or
 /// was reset or closed before the answer was complete (HQ's calls are safe to repeat: reads,
-/// and session calls HQ keys by server). Timeouts are not retried: the request timeout already spends the time budget.
-fn retryable_transport(e: &reqwest::Error) -> bool {
+/// and session calls HQ keys by server). Timeouts are not retried: the request timeout already
+/// spends the time budget.
+pub(crate) fn retryable_transport(e: &reqwest::Error) -> bool {
     if e.is_connect() {
         return true;
     }

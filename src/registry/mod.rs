@@ -440,4 +440,5 @@ mod hq;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use hq::retryable_transport;
 pub use hq::{api_url, api_url_of_key, send_retrying, Answer, HqSchemas, RetryPolicy, DEFAULT_API_URL};

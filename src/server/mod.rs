@@ -123,6 +123,9 @@ pub struct ServerArgs {
     /// How often a heartbeat goes to HQ
     #[arg(long, hide = true, default_value = "1m", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// Where HQ's `upgrade` downloads releases from
+    #[arg(long, hide = true, default_value = crate::upgrade::DEFAULT_BASE_URL, value_name = "URL")]
+    pub release_url: String,
     /// How long to wait before asking HQ again while another server holds this server's session
     #[arg(long, hide = true, default_value = "5s", value_parser = parse_duration)]
     pub session_conflict_retry: Duration,
@@ -448,6 +451,7 @@ fn work(
             conflict_retry: args.session_conflict_retry,
             data_dir: data_dir.to_path_buf(),
             keep_logs: settings.keep_logs,
+            release_url: args.release_url.clone(),
         }),
         _ => None,
     };

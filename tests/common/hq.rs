@@ -1,6 +1,7 @@
 //! A double of Shopmonkey HQ's schema routes (EDS's e2e mock, spec §9.2) on a local port, for the
 //! integration tests, the benchmarks and the registry's unit tests (each includes this file). Not
-//! part of eds: eds never starts it.
+//! part of eds: eds never starts it. [`serve_bytes`] also serves release archives for the
+//! download and upgrade tests.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use bytes::Bytes;
@@ -28,6 +29,19 @@ pub async fn serve_schemas(listener: TcpListener, routes: Routes) {
 
 /// As [`serve_schemas`], for handlers that look at more than the path (headers, method).
 pub async fn serve(listener: TcpListener, handler: Handler) {
+    let handler: BytesHandler = Arc::new(move |parts: &Parts| {
+        let (status, body) = handler(parts);
+        (status, body.into_bytes())
+    });
+    serve_bytes(listener, handler, "application/json").await
+}
+
+/// Answers a request (method, URI, headers) with a status and a body of any bytes.
+pub type BytesHandler = Arc<dyn Fn(&Parts) -> (u16, Vec<u8>) + Send + Sync>;
+
+/// As [`serve`], for bodies that are not text (release archives); every answer has
+/// `Content-Type: content_type`.
+pub async fn serve_bytes(listener: TcpListener, handler: BytesHandler, content_type: &'static str) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors, say: do not spin.
@@ -42,10 +56,9 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
                 async move {
                     let mut response = Response::new(Full::new(Bytes::from(body)));
                     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    response.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
                     Ok::<_, Infallible>(response)
                 }
             });
