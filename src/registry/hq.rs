@@ -186,11 +186,20 @@ impl Answer {
 /// bounded). `Err` holds the reason when no answer came; a non-2xx answer is returned as it is,
 /// for the caller to judge. Bodies above 64 MiB are refused.
 pub async fn send_retrying(retry: &RetryPolicy, make: impl Fn() -> reqwest::RequestBuilder) -> Result<Answer, String> {
+    send_retrying_limited(retry, MAX_BODY, make).await
+}
+
+/// [`send_retrying`] with another limit on the body read (release archives are larger).
+pub async fn send_retrying_limited(
+    retry: &RetryPolicy,
+    max_body: usize,
+    make: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<Answer, String> {
     let started = Instant::now();
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let (retryable, failure) = match attempt(make()).await {
+        let (retryable, failure) = match attempt(make(), max_body).await {
             Ok((status, body, request_id)) => {
                 let answer = Answer { status, body, request_id, attempts };
                 if !RETRY_STATUSES.contains(&status.as_u16()) {
@@ -201,7 +210,7 @@ pub async fn send_retrying(retry: &RetryPolicy, make: impl Fn() -> reqwest::Requ
             // `without_url`: the caller names the URL (masked where it is a credential, as
             // pre-signed upload URLs are).
             Err(AttemptError::Http(e)) => (retryable_transport(&e), Err(error_chain(&e.without_url()))),
-            Err(AttemptError::TooLarge) => (false, Err(format!("the answer is larger than {MAX_BODY} bytes"))),
+            Err(AttemptError::TooLarge) => (false, Err(format!("the answer is larger than {max_body} bytes"))),
         };
         let delay = retry.delay(attempts);
         if !retryable || attempts >= retry.max_attempts || started.elapsed() + delay > retry.max_elapsed {
@@ -224,6 +233,7 @@ pub async fn send_retrying(retry: &RetryPolicy, make: impl Fn() -> reqwest::Requ
 
 async fn attempt(
     request: reqwest::RequestBuilder,
+    max_body: usize,
 ) -> Result<(reqwest::StatusCode, Vec<u8>, Option<String>), AttemptError> {
     let mut response = request.send().await.map_err(AttemptError::Http)?;
     let status = response.status();
@@ -235,7 +245,7 @@ async fn attempt(
         .filter(|v| !v.is_empty());
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(AttemptError::Http)? {
-        if body.len() + chunk.len() > MAX_BODY {
+        if body.len() + chunk.len() > max_body {
             return Err(AttemptError::TooLarge);
         }
         body.extend_from_slice(&chunk);
@@ -312,7 +322,7 @@ pub(super) fn status_reason(status: reqwest::StatusCode, body: &[u8]) -> String 
 /// was reset or closed before the answer was complete (HQ's calls are safe to repeat: reads,
 /// and session calls HQ keys by server). Timeouts are not retried: the request timeout already
 /// spends the time budget.
-pub(crate) fn retryable_transport(e: &reqwest::Error) -> bool {
+fn retryable_transport(e: &reqwest::Error) -> bool {
     if e.is_connect() {
         return true;
     }

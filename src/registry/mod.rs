@@ -440,5 +440,6 @@ mod hq;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use hq::retryable_transport;
-pub use hq::{api_url, api_url_of_key, send_retrying, Answer, HqSchemas, RetryPolicy, DEFAULT_API_URL};
+pub use hq::{
+    api_url, api_url_of_key, send_retrying, send_retrying_limited, Answer, HqSchemas, RetryPolicy, DEFAULT_API_URL,
+};

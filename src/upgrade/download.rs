@@ -7,16 +7,13 @@ use super::signature::{ReleaseKey, SignatureError};
 use crate::registry::RetryPolicy;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where Shopmonkey publishes releases: `<base>/<vX.Y.Z>/eds_<OS>_<arch>.tar.gz`.
 pub const DEFAULT_BASE_URL: &str = "https://github.com/shopmonkeyus/eds/releases/download";
 
 /// The most of an archive (or signature) read; a release archive is some tens of MB.
 const MAX_ARCHIVE: usize = 512 << 20;
-
-/// HTTP statuses worth another attempt (spec §3.7).
-const RETRY_STATUSES: [u16; 5] = [408, 429, 502, 503, 504];
 
 /// `eds download` arguments.
 #[derive(Debug, clap::Args)]
@@ -298,46 +295,13 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 
 /// GETs `url`, retrying connection failures and busy answers as `retry` allows.
 async fn fetch(client: &reqwest::Client, url: &str, retry: RetryPolicy) -> Result<Vec<u8>, DownloadError> {
-    let started = Instant::now();
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let (retryable, reason) = match attempt(client, url).await {
-            Ok(Ok(body)) => return Ok(body),
-            Ok(Err(status)) => (RETRY_STATUSES.contains(&status.as_u16()), format!("HTTP {status}")),
-            Err(Failure::Http(e)) => (crate::registry::retryable_transport(&e), eds_wal::error_chain(&e)),
-            Err(Failure::TooLarge) => (false, format!("the answer is larger than {MAX_ARCHIVE} bytes")),
-        };
-        let delay = retry.delay(attempts);
-        if !retryable || attempts >= retry.max_attempts || started.elapsed() + delay > retry.max_elapsed {
-            let reason = if attempts > 1 { format!("{reason} (after {attempts} attempts)") } else { reason };
-            return Err(DownloadError::Request { url: url.to_owned(), reason });
-        }
-        tracing::debug!(url, attempts, reason, "download failed; retrying");
-        tokio::time::sleep(delay).await;
+    let failed = |reason| DownloadError::Request { url: url.to_owned(), reason };
+    let answer =
+        crate::registry::send_retrying_limited(&retry, MAX_ARCHIVE, || client.get(url)).await.map_err(failed)?;
+    if !answer.status.is_success() {
+        return Err(failed(answer.reason()));
     }
-}
-
-enum Failure {
-    Http(reqwest::Error),
-    TooLarge,
-}
-
-/// One GET: the body of a 2xx answer, else the status.
-async fn attempt(client: &reqwest::Client, url: &str) -> Result<Result<Vec<u8>, reqwest::StatusCode>, Failure> {
-    let mut response = client.get(url).send().await.map_err(Failure::Http)?;
-    let status = response.status();
-    if !status.is_success() {
-        return Ok(Err(status));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(Failure::Http)? {
-        if body.len() + chunk.len() > MAX_ARCHIVE {
-            return Err(Failure::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Ok(body))
+    Ok(answer.body)
 }
 
 /// Runs `eds download`.
