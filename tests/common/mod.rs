@@ -350,6 +350,7 @@ pub fn bulky_event(n: u64, seed: &mut u64) -> Vec<u8> {
 pub mod events;
 pub mod hq;
 pub mod model;
+pub mod nats_jwt;
 pub mod proxy;
 pub mod setup;
 pub mod wait;
