@@ -144,15 +144,6 @@ async fn connect(nats_url: &str, credential: &str, name: &str) -> Result<async_n
         })
 }
 
-/// Writes the session's credentials to `<data-dir>/sessions/<id>/nats.creds` (0600) for ingest.
-fn write_creds(data_dir: &Path, session_id: &str, credential: &str) -> Result<PathBuf> {
-    let dir = data_dir.join("sessions").join(session_id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file = dir.join("nats.creds");
-    crate::datadir::write_atomically(&file, credential.as_bytes())?;
-    Ok(file)
-}
-
 /// Runs ingest under HQ sessions until `stop` turns true or a notification ends the server.
 /// Returns the exit code: 0, or [`crate::exit::RESTART`] when HQ asked for a restart.
 pub async fn run(
@@ -171,7 +162,7 @@ pub async fn run(
             return Ok(0);
         };
         let started = async {
-            let creds = creds::parse(&session.credential).context("HQ's session credential")?;
+            let creds = creds::SessionCreds::parse(&session.credential).context("HQ's session credential")?;
             if creds.session_id.as_deref().is_some_and(|id| id != session.id) {
                 tracing::warn!(session_id = %session.id, "the session credential names another session id; using HQ's");
             }
@@ -179,7 +170,7 @@ pub async fn run(
             ingest_cfg.consumer.durable =
                 ingest::consumer::durable_name(&creds.server_id, hq.consumer_suffix.as_deref());
             ingest_cfg.connection_name = format!("eds-{}", creds.server_id);
-            ingest_cfg.creds = Some(write_creds(&hq.data_dir, &session.id, &session.credential)?);
+            ingest_cfg.creds = Some(creds.for_ingest());
             let client = connect(&ingest_cfg.nats_url, &session.credential, &ingest_cfg.connection_name).await?;
             Ok::<_, anyhow::Error>((creds, client))
         }
@@ -298,13 +289,6 @@ async fn end(hq: &HqSettings, session_id: &str, errored: bool, logs: &SessionLog
         Ok(None) => {}
         Err(e) => tracing::warn!(error = format!("{e:#}"), "could not upload the session's last log"),
     }
-    let dir = hq.data_dir.join("sessions").join(session_id);
-    if let Err(e) = std::fs::remove_file(dir.join("nats.creds")) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(error = %e, "could not remove the session's credentials file");
-        }
-    }
-    let _ = std::fs::remove_dir(&dir);
 }
 
 #[cfg(test)]

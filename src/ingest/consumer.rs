@@ -154,7 +154,9 @@ pub async fn ensure(
     stored_seq: u64,
     from_start: bool,
 ) -> Result<(PullConsumer, Info)> {
-    let stream = js.get_stream(STREAM).await.with_context(|| format!("opening JetStream stream {STREAM:?}"))?;
+    // No stream info (`$JS.API.STREAM.INFO`, which HQ's session credentials do not allow): only
+    // consumer requests, `$JS.API.CONSUMER.…`. A missing stream shows in the consumer lookup.
+    let stream = js.get_stream_no_info(STREAM).await.with_context(|| format!("naming JetStream stream {STREAM:?}"))?;
     let mut consumer: PullConsumer = match stream.consumer_info(&s.durable).await {
         Ok(existing) => {
             let kept = existing.config.deliver_policy;
@@ -194,6 +196,41 @@ pub async fn ensure(
     }
 }
 
+/// Whether the durable consumer exists (`$JS.API.CONSUMER.INFO`).
+pub async fn exists(js: &JetStream, durable: &str) -> Result<bool> {
+    let stream = js.get_stream_no_info(STREAM).await.with_context(|| format!("naming JetStream stream {STREAM:?}"))?;
+    match stream.consumer_info(durable).await {
+        Ok(_) => Ok(true),
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("looking up consumer {durable}"))),
+    }
+}
+
+/// The stream's last sequence, read without `$JS.API.STREAM.INFO` (which HQ's session
+/// credentials do not allow), through `$JS.API.CONSUMER.…` alone: a consumer on the whole stream
+/// that delivers only new messages starts right after the last one, and its info says so
+/// (`delivered.stream_sequence`). It is never pulled from, and deleted at once (the server would
+/// remove it after its short InactiveThreshold anyway).
+pub async fn last_sequence_by_probe(js: &JetStream, durable: &str) -> Result<u64> {
+    let stream = js.get_stream_no_info(STREAM).await.with_context(|| format!("naming JetStream stream {STREAM:?}"))?;
+    let name = format!("{durable}-probe");
+    let probe: PullConsumer = stream
+        .create_consumer(Config {
+            name: Some(name.clone()),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            inactive_threshold: Duration::from_secs(10),
+            ..Config::default()
+        })
+        .await
+        .with_context(|| format!("creating the probe consumer {name}"))?;
+    let last = probe.cached_info().delivered.stream_sequence;
+    if let Err(e) = stream.delete_consumer(&name).await {
+        tracing::debug!(consumer = %name, error = %e, "deleting the probe consumer failed; the server removes it when it turns inactive");
+    }
+    Ok(last)
+}
+
 /// One pull request: up to MaxRequestBatch messages, each handed over as it arrives, ending when
 /// the batch is full or after [`PULL_EXPIRES`]. Ingest issues them one after another rather than
 /// as a continuous stream so that, when it stops, no request is left open on the server to
@@ -214,9 +251,9 @@ pub async fn request(consumer: &PullConsumer, s: &ConsumerSettings) -> Result<Ba
 /// inactive and get deleted after InactiveThreshold.
 pub async fn keep_alive(js: &JetStream, s: &ConsumerSettings) -> Result<()> {
     let stream = js
-        .get_stream(STREAM)
+        .get_stream_no_info(STREAM)
         .await
-        .with_context(|| format!("opening JetStream stream {STREAM:?} for a keep-alive pull"))?;
+        .with_context(|| format!("naming JetStream stream {STREAM:?} for a keep-alive pull"))?;
     let consumer: PullConsumer = stream
         .get_consumer(&s.durable)
         .await

@@ -39,8 +39,8 @@ pub struct IngestConfig {
     pub consumer: ConsumerSettings,
     /// NATS URLs, comma separated.
     pub nats_url: String,
-    /// NATS creds file.
-    pub creds: Option<PathBuf>,
+    /// NATS user credentials (none: the URL's user info, or no authentication).
+    pub creds: Option<NatsCredentials>,
     /// Connection name.
     pub connection_name: String,
     /// Largest number of messages appended as one WAL frame.
@@ -58,6 +58,35 @@ pub struct IngestConfig {
     pub accept_stream_reset: Option<u64>,
     /// Deliveries to lose on purpose (fault-injection tests only).
     pub faults: Option<Arc<DeliveryFaults>>,
+}
+
+/// NATS user credentials as ingest uses them: a decorated `.creds` text (user JWT and NKEY
+/// seed), from a `--creds` file or handed over in memory by an HQ session, and what they allow.
+/// The text is secret: `Debug` does not show it.
+#[derive(Clone)]
+pub struct NatsCredentials {
+    text: Arc<str>,
+    /// Whether the credentials allow `$JS.API.STREAM.INFO.dbchange`. HQ's session credentials do
+    /// not: ingest then never asks for the stream's info (each refused request would be a
+    /// permissions violation on the server, and a timeout here): a recreated stream is looked for
+    /// with a probe consumer when the durable one is missing.
+    pub stream_info_allowed: bool,
+}
+
+impl NatsCredentials {
+    /// Credentials from a decorated `.creds` text.
+    pub fn new(text: impl Into<Arc<str>>, stream_info_allowed: bool) -> NatsCredentials {
+        NatsCredentials { text: text.into(), stream_info_allowed }
+    }
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsCredentials")
+            .field("text", &"<redacted>")
+            .field("stream_info_allowed", &self.stream_info_allowed)
+            .finish()
+    }
 }
 
 /// Bytes a message takes in a frame: payload, envelope fields (subject, id) and framing.
@@ -159,6 +188,8 @@ struct Ingest {
     /// that range arriving later cannot go into the WAL (it would break stream order) and must
     /// not be acked away as "already stored": it goes to the dead-letter log.
     gap_window: Option<(u64, u64, std::collections::BTreeSet<u64>)>,
+    /// The log said once that the credentials do not allow reading the stream's info.
+    told_no_stream_info: bool,
 }
 
 /// Run ingest until `shutdown` turns true. Returns after in-flight batches are durable and acked.
@@ -184,6 +215,7 @@ pub async fn run(
         failure: Arc::default(),
         reopen: None,
         gap_window: None,
+        told_no_stream_info: false,
     };
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -250,10 +282,8 @@ impl Ingest {
         }
         .name(&self.cfg.connection_name);
         if let Some(creds) = &self.cfg.creds {
-            opts = opts
-                .credentials_file(creds)
-                .await
-                .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
+            // The error names what is missing, never the text.
+            opts = opts.credentials(&creds.text).context("reading the NATS credentials")?;
         }
         let client = opts.connect(servers.as_str()).await.map_err(|e| {
             // async-nats's message may quote the server address it was given, secrets and all.
@@ -296,7 +326,13 @@ impl Ingest {
             // Acks of the previous session may still be in the old connection's buffer.
             let _ = tokio::time::timeout(Duration::from_secs(2), old.flush()).await;
         }
-        let from_start = match self.check_stream(&js, &wal).await? {
+        let stream_info = self.cfg.creds.as_ref().is_none_or(|c| c.stream_info_allowed);
+        let checked = if stream_info {
+            self.check_stream(&js, &wal).await?
+        } else {
+            self.check_stream_without_info(&js, &wal).await?
+        };
+        let from_start = match checked {
             StreamCheck::Continue { from_start } => from_start,
             StreamCheck::Reset(e) => return self.hold_for_stream_reset(e, shutdown).await,
         };
@@ -449,6 +485,44 @@ impl Ingest {
             .with_context(|| format!("reading the state of stream {:?}", consumer::STREAM))?
             .state
             .last_sequence;
+        self.judge_stream(last, wal).await
+    }
+
+    /// [`Ingest::check_stream`] for credentials that may not read the stream's info (HQ's session
+    /// credentials). Only a missing durable consumer needs the check: a consumer goes with its
+    /// stream, so an existing one lives on the stream the WAL's messages came from, while a new
+    /// one would be created after the WAL's last sequence — on a recreated stream, past its new
+    /// messages. The stream's last sequence then comes from a probe consumer.
+    async fn check_stream_without_info(&mut self, js: &jetstream::Context, wal: &eds_wal::Wal) -> Result<StreamCheck> {
+        if !self.told_no_stream_info {
+            self.told_no_stream_info = true;
+            tracing::info!(
+                stream = consumer::STREAM,
+                "the NATS credentials do not allow reading the stream's info ($JS.API.STREAM.INFO): a recreated stream \
+                 is looked for only when the durable consumer is missing (through a probe consumer), and a gap's reason \
+                 does not say whether the stream's limits removed the messages"
+            );
+        }
+        let stored = self.state.ingest().stream_seq;
+        if stored == 0 || consumer::exists(js, &self.cfg.consumer.durable).await? {
+            return Ok(StreamCheck::Continue { from_start: false });
+        }
+        match consumer::last_sequence_by_probe(js, &self.cfg.consumer.durable).await {
+            Ok(last) => self.judge_stream(last, wal).await,
+            Err(e) => {
+                tracing::warn!(
+                    error = %eds_wal::error_chain(e.as_ref()),
+                    "could not check whether the stream was recreated; creating the consumer after the last stored message"
+                );
+                Ok(StreamCheck::Continue { from_start: false })
+            }
+        }
+    }
+
+    /// The stream's last sequence is `last`: go on, or stop on a recreated stream (see
+    /// [`Ingest::check_stream`]).
+    async fn judge_stream(&mut self, last: u64, wal: &eds_wal::Wal) -> Result<StreamCheck> {
+        let stored = self.state.ingest().stream_seq;
         if last >= stored {
             return Ok(StreamCheck::Continue { from_start: false });
         }
@@ -503,7 +577,9 @@ impl Ingest {
     async fn note_gap(&mut self, js: &jetstream::Context, mut gap: Gap, released: &[Pending]) {
         // Say which it was when the stream tells: removed by its limits, or still there but never
         // redelivered (MaxDeliver).
-        if let Ok(mut stream) = js.get_stream(consumer::STREAM).await {
+        let stream_info = self.cfg.creds.as_ref().is_none_or(|c| c.stream_info_allowed);
+        let stream = if stream_info { js.get_stream(consumer::STREAM).await.ok() } else { None };
+        if let Some(mut stream) = stream {
             if let Ok(info) = stream.info().await {
                 let first = info.state.first_sequence;
                 gap.reason = if first > gap.from_seq {

@@ -9,6 +9,7 @@ pub mod settings;
 
 use crate::dlq::DeadLetters;
 use crate::exit::UsageError;
+use crate::hq::creds::SessionCreds;
 use crate::ingest::{self, consumer::ConsumerSettings, IngestConfig};
 use crate::metrics::Metrics;
 use crate::state::ServerState;
@@ -84,10 +85,11 @@ pub struct ServerArgs {
     /// Address the health and metrics server binds to (0.0.0.0 in containers)
     #[arg(long = "bind", env = "EDS_BIND", default_value = "127.0.0.1", value_name = "ADDR")]
     pub bind: IpAddr,
-    /// EDS server id (from enrollment)
+    /// EDS server id (from enrollment) [default: the name in --creds]
     #[arg(long, value_name = "ID")]
     pub eds_id: Option<String>,
-    /// Only consume these company IDs (comma separated or repeated)
+    /// Only consume these company IDs (comma separated or repeated; with --creds, only some of
+    /// the credentials' companies)
     #[arg(long = "companyIds", hide = true, value_delimiter = ',', value_name = "IDS")]
     pub company_ids: Vec<String>,
     /// Keep session log files
@@ -96,7 +98,8 @@ pub struct ServerArgs {
     /// NATS server URL(s), comma separated
     #[arg(long, hide = true, default_value = "nats://connect.nats.shopmonkey.pub")]
     pub server: String,
-    /// NATS credentials file (not needed for a NATS server on localhost)
+    /// NATS credentials file, as HQ issues them: its user JWT names the server id and the
+    /// companies to consume (not needed for a NATS server on localhost)
     #[arg(long, value_name = "FILE")]
     pub creds: Option<PathBuf>,
     /// Suffix appended to the durable consumer name
@@ -276,13 +279,35 @@ impl ServerArgs {
         let Some(mode) = self.mode(settings) else {
             bail!("API key not found. Make sure you run `eds enroll [CODE]` before continuing (or give --creds for NATS credentials you manage)");
         };
-        let server_id = match (mode, settings.server_id.as_deref()) {
-            (Mode::Dev, _) => "dev".to_owned(),
-            (_, Some(id)) => id.to_owned(),
-            (Mode::Operator, None) => bail!("--eds-id is required with --creds"),
-            (Mode::Hq, None) => {
+        let creds = match &self.creds {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+                Some(
+                    SessionCreds::parse(&text)
+                        .with_context(|| format!("reading NATS credentials {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let server_id = match (mode, settings.server_id.as_deref(), &creds) {
+            (Mode::Dev, _, _) => "dev".to_owned(),
+            (_, Some(id), c) => {
+                if let Some(c) = c.as_ref().filter(|c| c.server_id != id) {
+                    tracing::warn!(eds_id = %id, credentials = %c.server_id, "--eds-id differs from the server id in the NATS credentials; the durable consumer is named after --eds-id");
+                }
+                id.to_owned()
+            }
+            (_, None, Some(c)) => c.server_id.clone(),
+            (_, None, None) => {
                 bail!("no server id: run `eds enroll [CODE]` (it writes token and server_id to config.toml)")
             }
+        };
+        // The credentials name the companies; --companyIds may only narrow them.
+        let asked: Vec<String> = self.company_ids.iter().filter(|c| !c.is_empty()).cloned().collect();
+        let company_ids = match &creds {
+            Some(c) => crate::hq::companies(&c.company_ids, &asked)?,
+            None => asked,
         };
         if self.wal_segment_size < (64 << 10) {
             bail!("--wal-segment-size {} is below the minimum of 64KiB", self.wal_segment_size);
@@ -301,7 +326,7 @@ impl ServerArgs {
         let ingest = IngestConfig {
             consumer: ConsumerSettings {
                 durable,
-                company_ids: self.company_ids.iter().filter(|c| !c.is_empty()).cloned().collect(),
+                company_ids,
                 ack_wait: self.ack_wait,
                 max_ack_pending,
                 max_request_batch,
@@ -309,7 +334,7 @@ impl ServerArgs {
                 restart: self.restart,
             },
             nats_url: self.server.clone(),
-            creds: self.creds.clone(),
+            creds: creds.as_ref().map(SessionCreds::for_ingest),
             connection_name: format!("eds-{server_id}"),
             max_batch: (max_request_batch as usize).min(4096),
             // A batch must fit one WAL frame (half a segment at most), envelopes included.
@@ -575,6 +600,7 @@ async fn serve(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -585,6 +611,51 @@ mod tests {
         assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
         assert!(parse_size("4 XB").unwrap_err().contains("unknown unit"));
         assert!(parse_size("lots").unwrap_err().contains("expected a number"));
+    }
+
+    fn args(extra: &[&str]) -> ServerArgs {
+        #[derive(clap::Parser)]
+        #[command(disable_help_subcommand = true)]
+        struct Cli {
+            #[command(flatten)]
+            server: ServerArgs,
+        }
+        let argv = ["eds", "--server", "nats://nats.example.com:4222"].iter().chain(extra);
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().server
+    }
+
+    fn plan_of(extra: &[&str], dir: &Path) -> Result<ServerPlan> {
+        let a = args(extra);
+        let settings = Settings::resolve(&a, &crate::config::ConfigFile::default(), None);
+        a.plan(dir, &settings)
+    }
+
+    #[test]
+    fn the_credentials_name_the_server_and_the_companies() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hq.creds");
+        let session = "4641e7c5-0f86-4576-89ca-15db401aea56";
+        let claims = crate::hq::creds::tests::hq_claims("srv-1", session, &["c0ffee", "beef"]);
+        std::fs::write(&file, crate::hq::creds::tests::creds_text(&claims)).unwrap();
+        let creds = file.to_str().unwrap();
+
+        let plan = plan_of(&["--creds", creds], dir.path()).unwrap();
+        assert_eq!(plan.server_id, "srv-1");
+        assert_eq!(plan.ingest.consumer.durable, "eds-srv-1");
+        assert_eq!(plan.ingest.consumer.company_ids, ["c0ffee", "beef"]);
+        assert!(!plan.ingest.creds.as_ref().unwrap().stream_info_allowed);
+        assert!(!format!("{plan:?}").contains("SUASECRET"), "the seed stays out of Debug output");
+
+        let plan = plan_of(&["--creds", creds, "--companyIds", "beef", "--eds-id", "other"], dir.path()).unwrap();
+        assert_eq!(
+            (plan.server_id.as_str(), plan.ingest.consumer.company_ids.as_slice()),
+            ("other", ["beef".to_owned()].as_slice())
+        );
+
+        let e = plan_of(&["--creds", creds, "--companyIds", "beef,cafe"], dir.path()).unwrap_err();
+        assert_eq!(e.to_string(), "provided company ID cafe not in credentials");
+        let e = plan_of(&["--creds", "/nonexistent/x.creds"], dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("reading NATS credentials /nonexistent/x.creds"), "{e:#}");
     }
 
     #[test]

@@ -354,6 +354,7 @@ pub mod events;
 pub mod hq;
 pub mod hq_session;
 pub mod model;
+pub mod nats_jwt;
 pub mod proxy;
 pub mod setup;
 pub mod wait;
