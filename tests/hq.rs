@@ -225,7 +225,7 @@ async fn a_session_ingests_with_its_credentials_heartbeats_and_answers_every_not
     assert!(first["timestamp"].is_string() && first["severity"].is_string(), "{first}");
 
     let metrics = eds.get("/metrics").await.1;
-    assert!(metrics.contains("eds_hq_notifications_total{action=\"ping\"} 3"), "{metrics}");
+    assert!(metrics.contains("eds_hq_notifications_total{action=\"ping\"} 4"), "{metrics}");
     assert!(metrics.contains("eds_hq_notifications_total{action=\"unknown\"} 1"), "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("eds_hq_heartbeats_total ") && !l.ends_with(" 0")), "{metrics}");
 
