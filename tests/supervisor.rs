@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 mod common;
 
-use common::{eds_bin, eventually, free_port, http_get, Eds, Nats};
+use common::{eds_bin, eventually, free_port, Eds, Nats};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,18 +20,25 @@ fn supervised(data: &std::path::Path, nats: &Nats, port: u16, extra: &[&str]) ->
     Eds::start_args(&args)
 }
 
+/// The pid `/status` names, or `None` while nothing (or nothing whole) answers: a worker
+/// being killed or started.
 async fn worker_pid(addr: &str) -> Option<u32> {
-    let (code, body) = tokio::time::timeout(Duration::from_secs(2), async {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => Some(http_get(addr, "/status").await),
-            Err(_) => None,
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return None;
         }
-    })
-    .await
-    .ok()
-    .flatten()?;
-    let s: serde_json::Value = serde_json::from_str(&body).ok()?;
-    (code == 200).then(|| s["pid"].as_u64().map(|p| p as u32)).flatten()
+        let s: serde_json::Value = serde_json::from_str(body).ok()?;
+        s["pid"].as_u64().map(|p| p as u32)
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
 }
 
 fn alive(pid: u32) -> bool {
