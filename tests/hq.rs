@@ -136,7 +136,7 @@ async fn a_session_ingests_with_its_credentials_heartbeats_and_answers_every_not
     assert!(heartbeat["stats"]["memory"]["total"].as_u64().unwrap() > 0, "{heartbeat}");
     assert!(heartbeat["stats"]["load"]["load1"].as_f64().is_some(), "{heartbeat}");
     assert_eq!(heartbeat["wal"]["durableLsn"], 2, "{heartbeat}");
-    assert_eq!(heartbeat["destinations"][0]["name"].as_str().is_some(), true, "{heartbeat}");
+    assert!(heartbeat["destinations"][0]["name"].as_str().is_some(), "{heartbeat}");
     assert!(heartbeat.get("paused").is_none());
     let status = eds.status().await;
     assert_eq!(status["session"]["id"], sid.as_str(), "{status}");
@@ -231,8 +231,24 @@ async fn a_session_ingests_with_its_credentials_heartbeats_and_answers_every_not
 
     // shutdown (deleted): the server forgets its id, ends the session and uploads its last log.
     notify(&admin, &sid, "shutdown", json!({"message": "bye", "deleted": "true"})).await;
-    let status = tokio::task::spawn_blocking(move || eds.child.wait().unwrap()).await.unwrap();
-    assert_eq!(status.code(), Some(0));
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let status = eds.child.wait().unwrap();
+        let mut log = Vec::new();
+        while let Ok(line) = eds.lines.recv_timeout(Duration::from_secs(10)) {
+            log.push(line);
+        }
+        (status, log.join("\n"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    // Secrets never reach the log: the API key, the credential's seed, the upload signature.
+    assert!(log.contains("HQ session ended"), "{log}");
+    let creds = hq.book.lock().unwrap().credentials[0].clone();
+    let seed = creds.lines().find(|l| l.starts_with("SU")).unwrap().to_owned();
+    for secret in [hq.token.as_str(), seed.as_str(), "s3cr3t"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
     assert_eq!(hq.ended(), vec![(sid.clone(), false)]);
     assert!(hq.uploads().iter().any(|(p, body)| p == &format!("/upload/{sid}/final.gz") && !body.is_empty()));
     assert_eq!(config_toml(data.path())["server_id"].as_str(), Some(""));

@@ -46,6 +46,8 @@ pub struct Book {
     pub ended: Vec<(String, bool)>,
     /// Uploads: (path, gunzipped body).
     pub uploads: Vec<(String, Vec<u8>)>,
+    /// The credentials issued, in order (decorated `.creds` texts).
+    pub credentials: Vec<String>,
     /// Enrollment codes: code → (token, server id).
     pub codes: HashMap<String, (String, String)>,
 }
@@ -197,8 +199,10 @@ fn answer(rec: &Recorded, book: &Mutex<Book>, token: &str, base: &str, issuer: &
         let id = session_id(b.sessions.len() + 1);
         b.sessions.push(id.clone());
         drop(b);
+        let creds = issuer(&id);
+        book.lock().unwrap().credentials.push(creds.clone());
         use base64::Engine;
-        let credential = base64::engine::general_purpose::STANDARD.encode(issuer(&id));
+        let credential = base64::engine::general_purpose::STANDARD.encode(creds);
         return envelope(json!({"sessionId": id, "credential": credential}));
     }
     let rest = path.trim_start_matches("/v3/eds/internal/");
