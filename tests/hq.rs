@@ -363,3 +363,129 @@ async fn hqs_restart_makes_the_supervisor_start_a_new_worker_and_session() {
     assert_eq!(code, 0, "{log}");
     assert!(log.contains("worker asked to be started again"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_from_hq_is_verified_swapped_and_started_and_a_bad_signature_changes_nothing() {
+    use common::release::{key, sign, tar_gz};
+    use pgp::composed::ArmorOptions;
+    use std::os::unix::fs::MetadataExt;
+    let (nats, _js, hq) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The server runs from a copy (the upgrade replaces the file it runs from).
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join("eds");
+    std::fs::copy(eds_bin(), &exe).unwrap();
+    let before = std::fs::metadata(&exe).unwrap().ino();
+    // The release: an `eds` that runs this build (so its `version` is right and the supervisor
+    // can start it), signed with a key made here.
+    let signer = key("Test Releases <releases@example.com>");
+    let public = dir.path().join("release.asc");
+    std::fs::write(&public, signer.to_public_key().to_armored_string(ArmorOptions::default()).unwrap()).unwrap();
+    let script = format!("#!/bin/sh\nexec '{}' \"$@\"\n", eds_bin());
+    let archive = tar_gz(&[("eds", script.as_bytes())]);
+    let version = eds_version();
+    let good = eds::upgrade::download::archive_url(&format!("{}/good", hq.url), &version).unwrap();
+    let bad = eds::upgrade::download::archive_url(&format!("{}/bad", hq.url), &version).unwrap();
+    {
+        let mut book = hq.book.lock().unwrap();
+        let path = |url: &str| url.strip_prefix(hq.url.as_str()).unwrap().to_owned();
+        book.files.insert(path(&good), archive.clone());
+        book.files.insert(format!("{}.sig", path(&good)), sign(&signer, &archive));
+        book.files.insert(path(&bad), archive.clone());
+        book.files.insert(format!("{}.sig", path(&bad)), sign(&key("Stranger <x@example.com>"), &archive));
+    }
+
+    // This machine may itself be a container: the probe looks at an empty root instead.
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let env =
+        [("EDS_UPGRADE_PUBLIC_KEY_FILE", public.to_str().unwrap()), ("EDS_UPGRADE_PROBE_ROOT", root.to_str().unwrap())];
+    let data = dir.path().join("data");
+    let start = |release: &str| {
+        let mut a = args(&data, &nats, &["--api-key", &hq.token, "--eds-id", SERVER, "--release-url", release]);
+        a.insert(0, exe.to_str().unwrap().to_owned());
+        a
+    };
+    // A bad signature: refused, nothing replaced, nothing restarted.
+    let a = start(&format!("{}/bad", hq.url));
+    let child = Eds::start_program(&a[0], &a[1..], &env);
+    let sid = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
+    let admin = nats.admin().await;
+    let mut client = admin.subscribe(format!("eds.client.{sid}.>")).await.unwrap();
+    admin.flush().await.unwrap();
+    notify(&admin, &sid, "upgrade", json!({"version": version})).await;
+    let (_, status) = expect(&mut client, &sid, "upgrade-status").await;
+    assert_eq!(status["success"], true, "{status}");
+    let (_, response) = expect(&mut client, &sid, "upgrade-response").await;
+    assert_eq!(response["success"], false, "{response}");
+    assert!(response["message"].as_str().unwrap().contains("signature"), "{response}");
+    assert_eq!(std::fs::metadata(&exe).unwrap().ino(), before, "a refused release replaced the program");
+    assert_eq!(hq.sessions().len(), 1);
+    assert_eq!(child.stop(), 0);
+
+    // A good one: installed in place of the program, and the supervisor starts it.
+    let a = start(&format!("{}/good", hq.url));
+    let child = Eds::start_program(&a[0], &a[1..], &env);
+    let sid = eventually("a second session", WAIT, || async { hq.sessions().get(1).cloned() }).await;
+    let mut client = admin.subscribe(format!("eds.client.{sid}.>")).await.unwrap();
+    admin.flush().await.unwrap();
+    notify(&admin, &sid, "upgrade", json!({"version": format!("v{version}")})).await;
+    let (_, response) = expect(&mut client, &sid, "upgrade-response").await;
+    assert_eq!(response, json!({"success": true, "sessionId": sid, "version": format!("v{version}")}));
+    assert_eq!(std::fs::read(&exe).unwrap(), script.as_bytes());
+    assert_eq!(std::fs::metadata(&exe).unwrap().mode() & 0o777, 0o755);
+    eventually("the upgraded worker's session", WAIT, || async { hq.sessions().get(2).cloned() }).await;
+    assert!(hq.ended().contains(&(sid, false)), "{:?}", hq.ended());
+    let (code, log) = child.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("upgraded: the new version starts now") && log.contains("worker asked to be started again"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_then_import_applies_the_destination_through_a_restart() {
+    let (nats, _js, hq) = setup().await;
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let port = common::free_port().to_string();
+    let mut a = args(data.path(), &nats, &["--api-key", &hq.token, "--eds-id", SERVER]);
+    let at = a.iter().position(|x| x == "0").unwrap();
+    a[at] = port;
+    // No destination yet: the session says so (no `driver`).
+    let eds = Eds::start_args(&a);
+    let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
+    assert!(hq.requests("POST", "/v3/eds/internal")[0].json().get("driver").is_none());
+    let admin = nats.admin().await;
+    let mut client = admin.subscribe(format!("eds.client.{first}.>")).await.unwrap();
+    admin.flush().await.unwrap();
+
+    // import before configure: refused, nothing restarts.
+    notify(&admin, &first, "import", json!({"backfill": false})).await;
+    let (_, r) = expect(&mut client, &first, "import-response").await;
+    assert_eq!(r["success"], false, "{r}");
+
+    let url = format!("file://{}", out.path().display());
+    let answer =
+        ask(&admin, &first, "configure", json!({"url": url, "backfill": true, "updateStrategy": "after"})).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    notify(&admin, &first, "import", json!({"backfill": true})).await;
+    let (_, status) = expect(&mut client, &first, "import-status").await;
+    assert_eq!(status["success"], true);
+    let (_, r) = expect(&mut client, &first, "import-response").await;
+    // A backfill is not loaded by this version; it says so instead of reporting success.
+    assert_eq!(r["success"], false, "{r}");
+    assert!(r["message"].as_str().unwrap().contains("backfill"), "{r}");
+
+    // The new worker runs with the configured destination.
+    eventually("a new session", WAIT, || async { hq.sessions().get(1).cloned() }).await;
+    let second = hq.requests("POST", "/v3/eds/internal").pop().unwrap().json();
+    assert_eq!(second["driver"]["id"], "file", "{second}");
+    let config = config_toml(data.path());
+    assert_eq!(config["url"].as_str(), Some(url.as_str()));
+    assert_eq!(config["update_strategy"].as_str(), Some("after"));
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+}

@@ -7,8 +7,9 @@
 mod common;
 
 use common::hq;
+use common::release::{key, sign, tar_gz};
 use eds::upgrade::{ContainerProbe, DownloadOptions, ReleaseKey, UpgradeError, UpgradeOptions};
-use pgp::composed::{ArmorOptions, DetachedSignature, KeyType, SecretKeyParamsBuilder, SignedSecretKey};
+use pgp::composed::{ArmorOptions, SignedSecretKey};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,37 +20,6 @@ use std::time::Duration;
 /// The binary a test release holds: a script that prints its version.
 fn script(version: &str) -> Vec<u8> {
     format!("#!/bin/sh\necho {version}\n").into_bytes()
-}
-
-fn key(user: &str) -> SignedSecretKey {
-    let mut params = SecretKeyParamsBuilder::default();
-    params.key_type(KeyType::Ed25519Legacy).can_certify(true).can_sign(true).primary_user_id(user.into());
-    params.build().unwrap().generate(rand::thread_rng()).unwrap()
-}
-
-fn sign(secret: &SignedSecretKey, data: &[u8]) -> Vec<u8> {
-    DetachedSignature::sign_binary_data(
-        rand::thread_rng(),
-        &secret.primary_key,
-        &pgp::types::Password::empty(),
-        pgp::crypto::hash::HashAlgorithm::Sha256,
-        data,
-    )
-    .unwrap()
-    .to_armored_bytes(ArmorOptions::default())
-    .unwrap()
-}
-
-/// A gzip-compressed tar with `entries` (name, content), each a regular file of mode 0755.
-fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (name, data) in entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o755);
-        builder.append_data(&mut header, name, *data).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
 }
 
 /// This host's archive name, as eds computes it.

@@ -14,6 +14,9 @@ use std::path::PathBuf;
 /// `/machine.slice/libpod-<id>.scope`, ...).
 const ENGINES: [&str; 5] = ["docker", "kubepods", "containerd", "lxc", "libpod"];
 
+/// Where builds with debug assertions look for container markers instead of `/` (tests).
+pub const PROBE_ROOT_ENV: &str = "EDS_UPGRADE_PROBE_ROOT";
+
 /// Where to look: a root directory (for `/.dockerenv`, `/run/.containerenv`, `/proc/1/cgroup`)
 /// and the value of the `container` environment variable. Tests point it at a fake root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +28,14 @@ pub struct ContainerProbe {
 }
 
 impl ContainerProbe {
-    /// This process's view: the real root and environment.
+    /// This process's view: the real root and environment. Builds with debug assertions (the
+    /// tests', which may run in a container themselves) read below `EDS_UPGRADE_PROBE_ROOT`
+    /// instead when it is set, without the environment; release builds always probe the host.
     pub fn host() -> ContainerProbe {
+        #[cfg(debug_assertions)]
+        if let Some(root) = std::env::var_os(PROBE_ROOT_ENV).filter(|r| !r.is_empty()) {
+            return ContainerProbe { root: PathBuf::from(root), container_env: None };
+        }
         ContainerProbe { root: PathBuf::from("/"), container_env: std::env::var_os("container") }
     }
 

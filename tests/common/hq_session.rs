@@ -50,6 +50,8 @@ pub struct Book {
     pub credentials: Vec<String>,
     /// Enrollment codes: code → (token, server id).
     pub codes: HashMap<String, (String, String)>,
+    /// Other files served on GET (release archives and signatures): path → body.
+    pub files: HashMap<String, Vec<u8>>,
 }
 
 pub struct HqSession {
@@ -114,7 +116,16 @@ impl HqSession {
                                 headers,
                                 body,
                             };
-                            let (status, text) = answer(&rec, &b, &t, &u, &issuer);
+                            let served = (rec.method == "GET")
+                                .then(|| b.lock().unwrap().files.get(&rec.path).cloned())
+                                .flatten();
+                            let (status, text) = match served {
+                                Some(bytes) => (200, bytes),
+                                None => {
+                                    let (status, text) = answer(&rec, &b, &t, &u, &issuer);
+                                    (status, text.into_bytes())
+                                }
+                            };
                             b.lock().unwrap().requests.push(rec);
                             let mut r = Response::new(Full::new(Bytes::from(text)));
                             *r.status_mut() = StatusCode::from_u16(status).unwrap();

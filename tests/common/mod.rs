@@ -187,8 +187,14 @@ impl Eds {
     }
 
     pub fn start_args(args: &[String]) -> Eds {
-        let mut child = Command::new(eds_bin())
+        Eds::start_program(eds_bin(), args, &[])
+    }
+
+    /// `program` (a copy of eds) with `args` and extra environment variables.
+    pub fn start_program(program: &str, args: &[String], env: &[(&str, &str)]) -> Eds {
+        let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("PORT")
             .env_remove("SM_APIKEY")
             .stdout(Stdio::null())
@@ -356,5 +362,6 @@ pub mod hq_session;
 pub mod model;
 pub mod nats_jwt;
 pub mod proxy;
+pub mod release;
 pub mod setup;
 pub mod wait;
