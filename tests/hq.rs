@@ -489,3 +489,47 @@ async fn configure_then_import_applies_the_destination_through_a_restart() {
     let (code, log) = eds.stop_with_log();
     assert_eq!(code, 0, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_api_key_exits_2_at_once_and_an_hq_out_of_reach_is_waited_for() {
+    let (nats, _js, hq) = setup().await;
+    let data = tempfile::tempdir().unwrap();
+    // HQ refuses the key (401): not retried, by the worker nor by its supervisor.
+    let wrong = format!("{}.d3Jvbmc", hq.token.rsplit_once('.').unwrap().0);
+    let out = Command::new(eds_bin())
+        .args(args(data.path(), &nats, &["--api-key", &wrong, "--eds-id", SERVER]))
+        .env_remove("PORT")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(log.contains("starting the HQ session") && log.contains("unauthorized"), "{log}");
+    assert_eq!(log.matches("worker started").count(), 1, "{log}");
+
+    // HQ out of reach: the server waits for it (EDS's bounded-retry client gave up, and so
+    // would a supervisor counting failures), and starts the session once HQ answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let later = format!("http://{addr}");
+    let key = common::hq_session::api_key(&later);
+    let eds = Eds::start_args(&args(data.path(), &nats, &["--no-restart", "--api-key", &key, "--eds-id", SERVER]));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let line = eds.lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).unwrap();
+        if line.contains("no HQ session yet") {
+            break;
+        }
+    }
+    let issuer = nats.clone();
+    let hq = HqSession::start_on(
+        tokio::net::TcpListener::bind(addr).await.unwrap(),
+        Arc::new(move |sid: &str| issuer.session_creds(SERVER, sid, &[COMPANY])),
+    );
+    assert_eq!(hq.token, key);
+    eventually("a session once HQ answers", WAIT, || async { hq.sessions().first().cloned() }).await;
+    eventually("ingest running", WAIT, || async { (eds.status().await["ingest"]["state"] == "running").then_some(()) })
+        .await;
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+}

@@ -39,6 +39,9 @@ pub enum SessionStart {
     },
     /// 409: another eds server holds a session for this server id.
     Conflict(String),
+    /// A refusal that asking again will not change (401, 403, 404 and other 4xx but 408 and
+    /// 429): a wrong API key or API URL, a deleted server.
+    Refused(String),
 }
 
 /// Where to upload logs: HQ's pre-signed URLs (`data` of session end and of the log-URL call).
@@ -137,6 +140,9 @@ impl HqApi {
         let answer = self.post(WHAT, "/v3/eds/internal", request).await?;
         if answer.status == reqwest::StatusCode::CONFLICT {
             return Ok(SessionStart::Conflict(answer.reason()));
+        }
+        if answer.status.is_client_error() && !matches!(answer.status.as_u16(), 408 | 429) {
+            return Ok(SessionStart::Refused(format!("{WHAT}: {}", answer.reason())));
         }
         let started: Started = Self::data(WHAT, &answer)?;
         let Some(encoded) = started.credential.filter(|c| !c.is_empty()) else {

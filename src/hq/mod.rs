@@ -133,6 +133,9 @@ async fn connect(nats_url: &str, credential: &str, name: &str) -> Result<async_n
     async_nats::ConnectOptions::with_credentials(credential)
         .context("the session's NATS credentials are not a valid creds file")?
         .name(name)
+        // A NATS server out of reach now is tried again in the background, as ingest does: a
+        // shop's internet comes and goes.
+        .retry_on_initial_connect()
         .connect(servers.as_str())
         .await
         .map_err(|e| {

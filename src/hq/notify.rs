@@ -79,8 +79,11 @@ fn text<'a>(data: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
 pub async fn run(n: Notifier, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let subject = format!("eds.notify.{}.>", n.session_id);
     let mut sub = n.client.subscribe(subject.clone()).await?;
-    // The subscription is live at the server once a round trip has passed.
-    n.client.flush().await?;
+    // The subscription is live at the server once a round trip has passed (or, while NATS is
+    // out of reach, once the client connects and subscribes again).
+    if let Err(e) = n.client.flush().await {
+        tracing::warn!(subject, error = %e, "HQ notifications wait for the NATS connection");
+    }
     tracing::info!(subject, "listening for HQ notifications");
     loop {
         let msg = tokio::select! {

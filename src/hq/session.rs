@@ -60,9 +60,14 @@ pub fn request_body(server_id: &str, company_ids: &[String], driver: Option<&Dri
     body
 }
 
+/// The longest wait between session starts while HQ cannot be reached.
+const UNREACHABLE_MAX_WAIT: Duration = Duration::from_secs(60);
+
 /// Starts a session, asking again `every` (5 s by default, `--session-conflict-retry`) while HQ
-/// answers 409 (another eds server runs with this server id). `Ok(None)` when `stop` turned
-/// true meanwhile.
+/// answers 409 (another eds server runs with this server id), and with a growing wait (5 s up to
+/// a minute) while HQ cannot be reached or fails: a shop's internet may be down for hours, and
+/// the destinations go on draining the log meanwhile. `Ok(None)` when `stop` turned true
+/// meanwhile. A refusal that asking again cannot change (a wrong key) is a usage error.
 pub async fn start(
     api: &HqApi,
     body: &Value,
@@ -70,25 +75,38 @@ pub async fn start(
     every: Duration,
 ) -> Result<Option<Session>> {
     let server_id = body.get("serverId").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut unreachable = Duration::from_secs(5);
     loop {
         if *stop.borrow() {
             return Ok(None);
         }
-        match api.start_session(body).await? {
-            SessionStart::Started { session_id, credential } => {
+        let wait = match api.start_session(body).await {
+            Ok(SessionStart::Started { session_id, credential }) => {
                 return Ok(Some(Session { id: session_id, credential }));
             }
-            SessionStart::Conflict(reason) => {
+            Ok(SessionStart::Conflict(reason)) => {
                 tracing::warn!(
                     server_id,
                     reason,
                     "another eds server is already running for this server (id: {server_id}); retrying in {}s",
                     every.as_secs_f64()
                 );
+                every
             }
-        }
+            Ok(SessionStart::Refused(reason)) => return Err(crate::exit::UsageError(reason).into()),
+            Err(e) => {
+                let wait = unreachable;
+                unreachable = (unreachable * 2).min(UNREACHABLE_MAX_WAIT);
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_secs = wait.as_secs(),
+                    "no HQ session yet; ingest waits, destinations go on draining the log"
+                );
+                wait
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
     }

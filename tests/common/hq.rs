@@ -42,6 +42,17 @@ pub type BytesHandler = Arc<dyn Fn(&Parts) -> (u16, Vec<u8>) + Send + Sync>;
 /// As [`serve`], for bodies that are not text (release archives); every answer has
 /// `Content-Type: content_type`.
 pub async fn serve_bytes(listener: TcpListener, handler: BytesHandler, content_type: &'static str) {
+    serve_full(listener, Arc::new(move |parts: &Parts, _: &[u8]| handler(parts)), Some(content_type)).await
+}
+
+/// Answers a request (method, URI, headers) and its whole body with a status and a body.
+pub type FullHandler = Arc<dyn Fn(&Parts, &[u8]) -> (u16, Vec<u8>) + Send + Sync>;
+
+/// Serves `handler` on `listener` over HTTP/1 until the task is dropped or aborted, each
+/// request's body read whole first; answers carry `Content-Type: content_type` when given. The
+/// one loop every double here runs on.
+pub async fn serve_full(listener: TcpListener, handler: FullHandler, content_type: Option<&'static str>) {
+    use http_body_util::BodyExt;
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors, say: do not spin.
@@ -51,14 +62,20 @@ pub async fn serve_bytes(listener: TcpListener, handler: BytesHandler, content_t
         let handler = handler.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (parts, _body) = req.into_parts();
-                let (status, body) = handler(&parts);
+                let handler = handler.clone();
                 async move {
-                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    let (parts, body) = req.into_parts();
+                    let (status, answer) = match body.collect().await {
+                        Ok(body) => handler(&parts, &body.to_bytes()),
+                        Err(e) => (400, format!("reading the body: {e}").into_bytes()),
+                    };
+                    let mut response = Response::new(Full::new(Bytes::from(answer)));
                     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    response
-                        .headers_mut()
-                        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+                    if let Some(ct) = content_type {
+                        response
+                            .headers_mut()
+                            .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ct));
+                    }
                     Ok::<_, Infallible>(response)
                 }
             });
@@ -150,28 +167,9 @@ pub type BodyHandler = Arc<dyn Fn(&Parts, &[u8]) -> (u16, String) + Send + Sync>
 /// As [`serve`], with each request's body read whole before the handler sees it (uploads,
 /// POSTs). Answers have no `Content-Type`.
 pub async fn serve_with_body(listener: TcpListener, handler: BodyHandler) {
-    use http_body_util::BodyExt;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            continue;
-        };
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let handler = handler.clone();
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let (status, answer) = match body.collect().await {
-                        Ok(body) => handler(&parts, &body.to_bytes()),
-                        Err(e) => (400, format!("reading the body: {e}")),
-                    };
-                    let mut response = Response::new(Full::new(Bytes::from(answer)));
-                    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
+    let handler: FullHandler = Arc::new(move |parts: &Parts, body: &[u8]| {
+        let (status, answer) = handler(parts, body);
+        (status, answer.into_bytes())
+    });
+    serve_full(listener, handler, None).await
 }

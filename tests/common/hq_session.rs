@@ -5,14 +5,10 @@
 //! gzip (`Content-Type: application/x-tgz`); the double keeps them gunzipped.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::http::request::Parts;
+use hyper::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
@@ -90,55 +86,39 @@ fn refusal(status: u16, message: &str) -> (u16, String) {
 impl HqSession {
     /// A double on a free port that issues session credentials with `issuer`.
     pub async fn start(issuer: Issuer) -> HqSession {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        HqSession::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), issuer)
+    }
+
+    /// A double on `listener`.
+    pub fn start_on(listener: TcpListener, issuer: Issuer) -> HqSession {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let token = api_key(&url);
         let book = Arc::new(Mutex::new(Book::default()));
         let (b, t, u) = (book.clone(), token.clone(), url.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (b, t, u, issuer) = (b.clone(), t.clone(), u.clone(), issuer.clone());
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (b, t, u, issuer) = (b.clone(), t.clone(), u.clone(), issuer.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes().to_vec()).unwrap_or_default();
-                            let headers = parts
-                                .headers
-                                .iter()
-                                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-                                .collect();
-                            let rec = Recorded {
-                                method: parts.method.to_string(),
-                                path: parts.uri.path().to_owned(),
-                                headers,
-                                body,
-                            };
-                            let served = (rec.method == "GET")
-                                .then(|| b.lock().unwrap().files.get(&rec.path).cloned())
-                                .flatten();
-                            let (status, text) = match served {
-                                Some(bytes) => (200, bytes),
-                                None => {
-                                    let (status, text) = answer(&rec, &b, &t, &u, &issuer);
-                                    (status, text.into_bytes())
-                                }
-                            };
-                            b.lock().unwrap().requests.push(rec);
-                            let mut r = Response::new(Full::new(Bytes::from(text)));
-                            *r.status_mut() = StatusCode::from_u16(status).unwrap();
-                            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
-                            r.headers_mut().insert("x-request-id", "req-42".parse().unwrap());
-                            Ok::<_, Infallible>(r)
-                        }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
+        let handler: super::hq::FullHandler = Arc::new(move |parts: &Parts, body: &[u8]| {
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let rec = Recorded {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
+                headers,
+                body: body.to_vec(),
+            };
+            let served = (rec.method == "GET").then(|| b.lock().unwrap().files.get(&rec.path).cloned()).flatten();
+            let (status, answer) = match served {
+                Some(bytes) => (200, bytes),
+                None => {
+                    let (status, text) = answer(&rec, &b, &t, &u, &issuer);
+                    (status, text.into_bytes())
+                }
+            };
+            b.lock().unwrap().requests.push(rec);
+            (status, answer)
         });
+        let task = tokio::spawn(super::hq::serve_full(listener, handler, Some("application/json")));
         HqSession { url, token, book, task }
     }
 
