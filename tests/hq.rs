@@ -289,6 +289,8 @@ async fn a_busy_session_is_waited_for_and_renewal_keeps_ingesting() {
         "100ms",
         "--renew-interval",
         "2s",
+        "--log-upload-interval",
+        "500ms",
     ];
     let eds = Eds::start_args(&args(data.path(), &nats, &extra));
     let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
@@ -296,6 +298,10 @@ async fn a_busy_session_is_waited_for_and_renewal_keeps_ingesting() {
     let second = eventually("a renewed session", WAIT, || async { hq.sessions().get(1).cloned() }).await;
     assert_ne!(first, second);
     assert_eq!(hq.ended().first(), Some(&(first.clone(), false)));
+    // The periodic upload ran within the first session, and its last log went at its end.
+    let uploads: Vec<String> = hq.uploads().into_iter().map(|(p, _)| p).collect();
+    assert!(uploads.iter().any(|p| p.starts_with(&format!("/upload/{first}/log-"))), "{uploads:?}");
+    assert!(uploads.contains(&format!("/upload/{first}/final.gz")), "{uploads:?}");
     eventually("the status to show the renewal", WAIT, || async {
         let s = eds.status().await;
         (s["session"]["id"] == second.as_str() && s["session"]["renewals"] == 1).then_some(())

@@ -26,9 +26,6 @@ use tokio::sync::{mpsc, watch};
 
 pub use mask::mask_url;
 
-/// How often the session's log goes to HQ.
-pub const LOG_UPLOAD_EVERY: Duration = Duration::from_secs(3600);
-
 /// The session's log file (`<data-dir>/logs/eds-<unixMillis>.log`) and its uploads to HQ.
 #[derive(Debug)]
 pub struct SessionLogs {
@@ -101,6 +98,8 @@ pub struct HqSettings {
     pub keep_logs: bool,
     /// Where releases are downloaded from (`upgrade`).
     pub release_url: String,
+    /// How often the session's log goes to HQ (hourly).
+    pub log_upload_every: Duration,
 }
 
 /// Why a session ended.
@@ -216,7 +215,8 @@ pub async fn run(
             logs: Some(logs.clone()),
             release_url: hq.release_url.clone(),
         };
-        let uploads = tokio::spawn(upload_hourly(notifier.clone(), logs.clone(), session_stop.clone()));
+        let uploads =
+            tokio::spawn(upload_hourly(notifier.clone(), logs.clone(), hq.log_upload_every, session_stop.clone()));
         let notifications = tokio::spawn(notify::run(notifier, session_stop.clone()));
         let mut ingesting =
             tokio::spawn(ingest::run(ingest_cfg.clone(), state.clone(), dlq.clone(), session_stop.clone()));
@@ -260,11 +260,11 @@ pub async fn run(
     }
 }
 
-/// Uploads the log every [`LOG_UPLOAD_EVERY`] until `stop`, telling HQ each time.
-async fn upload_hourly(n: notify::Notifier, logs: Arc<SessionLogs>, mut stop: watch::Receiver<bool>) {
+/// Uploads the log `every` (an hour) until `stop`, telling HQ each time.
+async fn upload_hourly(n: notify::Notifier, logs: Arc<SessionLogs>, every: Duration, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(LOG_UPLOAD_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
         match logs.send(&n.session_id).await {

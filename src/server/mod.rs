@@ -126,6 +126,9 @@ pub struct ServerArgs {
     /// How often a heartbeat goes to HQ
     #[arg(long, hide = true, default_value = "1m", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+    /// How often the session's log is uploaded to HQ
+    #[arg(long, hide = true, default_value = "1h", value_parser = parse_duration)]
+    pub log_upload_interval: Duration,
     /// Where HQ's `upgrade` downloads releases from
     #[arg(long, hide = true, default_value = crate::upgrade::DEFAULT_BASE_URL, value_name = "URL")]
     pub release_url: String,
@@ -477,6 +480,7 @@ fn work(
             data_dir: data_dir.to_path_buf(),
             keep_logs: settings.keep_logs,
             release_url: args.release_url.clone(),
+            log_upload_every: args.log_upload_interval,
         }),
         _ => None,
     };
