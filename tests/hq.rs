@@ -539,3 +539,33 @@ async fn a_wrong_api_key_exits_2_at_once_and_an_hq_out_of_reach_is_waited_for() 
     let (code, log) = eds.stop_with_log();
     assert_eq!(code, 0, "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_log_reaches_hq_from_the_next_session() {
+    let (nats, _js, hq) = setup().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut a = args(data.path(), &nats, &["--api-key", &hq.token, "--eds-id", SERVER]);
+    let at = a.iter().position(|x| x == "0").unwrap();
+    a[at] = port.to_string();
+    let eds = Eds::start_args(&a);
+    let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
+    let addr = format!("127.0.0.1:{port}");
+    let worker = eventually("the worker's pid", WAIT, || async {
+        let s = common::http_get(&addr, "/status").await.1;
+        serde_json::from_str::<Value>(&s).ok()?["pid"].as_u64()
+    })
+    .await;
+    // Killed: it cannot end its session or upload its log.
+    Command::new("kill").args(["-KILL", &worker.to_string()]).status().unwrap();
+    let second = eventually("a session of the new worker", WAIT, || async { hq.sessions().get(1).cloned() }).await;
+    let upload = eventually("the killed worker's log, uploaded by the next session", WAIT, || async {
+        hq.uploads().into_iter().find(|(p, _)| p.starts_with(&format!("/upload/{second}/log-")))
+    })
+    .await;
+    let text = String::from_utf8_lossy(&upload.1).into_owned();
+    assert!(text.contains(&first) && text.contains("HQ session started"), "{text}");
+    assert!(!hq.ended().iter().any(|(id, _)| id == &first), "a killed worker ended its session?");
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+}

@@ -188,16 +188,56 @@ impl LogShipper {
         self.ship(&url, &file).await.map(Some)
     }
 
+    /// Sends the log files an earlier session left in the current file's directory — a worker
+    /// that crashed, was killed, or could not reach HQ at its end — oldest first, each to a URL
+    /// `upload_url` gives; returns the uploaded paths. Stops at the first failure (the rest wait
+    /// for the next session). Nothing when no file is open.
+    pub async fn send_leftovers<F, Fut>(&self, mut upload_url: F) -> Result<Vec<String>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<String>>,
+    {
+        let _turn = self.one_at_a_time.lock().await;
+        let Some(current) = self.log.current() else { return Ok(Vec::new()) };
+        let Some(dir) = current.parent() else { return Ok(Vec::new()) };
+        let mut left: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| *p != current && p.file_name().and_then(|n| n.to_str()).is_some_and(is_unsent_log))
+            .collect();
+        left.sort();
+        let mut sent = Vec::new();
+        for file in left {
+            let url = upload_url().await.context("asking HQ for a log upload URL")?;
+            sent.push(self.ship(&url, &file).await?);
+        }
+        Ok(sent)
+    }
+
+    /// Uploads `file`, then deletes it — or, with `keep_logs`, renames it `sent-<name>` so it is
+    /// never taken for a leftover.
     async fn ship(&self, url: &str, file: &Path) -> Result<String> {
         let path = upload_gzip_with(&self.client, url, file, &self.retry).await?;
-        if !self.keep_logs {
-            if let Err(e) = tokio::fs::remove_file(file).await {
-                tracing::warn!(file = %file.display(), error = %e, "could not delete an uploaded log file");
-            }
+        let done = if self.keep_logs {
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            tokio::fs::rename(file, file.with_file_name(format!("{SENT_PREFIX}{name}"))).await
+        } else {
+            tokio::fs::remove_file(file).await
+        };
+        if let Err(e) = done {
+            tracing::warn!(file = %file.display(), error = %e, "could not delete or mark an uploaded log file");
         }
         tracing::debug!(file = %file.display(), path, "uploaded a log file");
         Ok(path)
     }
+}
+
+/// The prefix of a kept log file that was uploaded (`--keep-logs`).
+pub const SENT_PREFIX: &str = "sent-";
+
+/// A session log file's name (`eds-<unix millis>.log`) not marked as sent.
+fn is_unsent_log(name: &str) -> bool {
+    name.strip_prefix("eds-").and_then(|r| r.strip_suffix(".log")).is_some_and(|ms| !ms.is_empty())
 }
 
 /// The HQ test double, for the tests below (the registry's tests load it too).
@@ -429,8 +469,42 @@ mod tests {
         let shipper = LogShipper::new(reqwest::Client::new(), log.clone(), true).with_retry(fast());
         let url = format!("{}/k.gz", bucket.base);
         within(shipper.send_logs(|| async { Ok(url) })).await.unwrap();
-        assert!(std::fs::read_to_string(&first).unwrap().contains("kept"));
-        assert_eq!(gunzip(&bucket.seen()[0].body), std::fs::read(&first).unwrap());
+        // Kept, and marked as sent so a later session does not take it for a leftover.
+        let kept = first.with_file_name(format!("{SENT_PREFIX}{}", first.file_name().unwrap().to_string_lossy()));
+        assert!(!first.exists());
+        assert!(std::fs::read_to_string(&kept).unwrap().contains("kept"));
+        assert_eq!(gunzip(&bucket.seen()[0].body), std::fs::read(&kept).unwrap());
+        let sent = within(shipper.send_leftovers(|| async { Ok(String::new()) })).await.unwrap();
+        assert!(sent.is_empty(), "{sent:?}");
+        log.close();
+    }
+
+    #[tokio::test]
+    async fn logs_an_earlier_session_left_are_sent_oldest_first_and_only_once() {
+        let bucket = Bucket::start(vec![]).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("eds-100.log"), "crashed\n").unwrap();
+        std::fs::write(dir.path().join("eds-200.log"), "unreachable\n").unwrap();
+        std::fs::write(dir.path().join("sent-eds-50.log"), "kept\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine\n").unwrap();
+        let log = LogFileHandle::new();
+        let current = log.open(dir.path()).unwrap();
+        let shipper = LogShipper::new(reqwest::Client::new(), log.clone(), false).with_retry(fast());
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        let base = bucket.base.clone();
+        let sent = within(shipper.send_leftovers(|| {
+            let url = format!("{base}/left-{}.gz", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+            async move { Ok(url) }
+        }))
+        .await
+        .unwrap();
+        assert_eq!(sent, ["/left-0.gz", "/left-1.gz"]);
+        let bodies: Vec<Vec<u8>> = bucket.seen().iter().map(|r| gunzip(&r.body)).collect();
+        assert_eq!(bodies, [b"crashed\n".to_vec(), b"unreachable\n".to_vec()]);
+        assert!(!dir.path().join("eds-100.log").exists() && !dir.path().join("eds-200.log").exists());
+        assert!(
+            current.exists() && dir.path().join("sent-eds-50.log").exists() && dir.path().join("notes.txt").exists()
+        );
         log.close();
     }
 

@@ -46,6 +46,12 @@ impl SessionLogs {
         Ok(path.unwrap_or_default())
     }
 
+    /// The logs earlier sessions left (a crashed worker's, say), each to a URL HQ hands out;
+    /// their uploaded paths.
+    async fn send_leftovers(&self, session_id: &str) -> Result<Vec<String>> {
+        self.shipper.send_leftovers(|| async { Ok(self.api.log_url(session_id).await?.url) }).await
+    }
+
     /// At the session's end: closes the log and uploads it to the URL of the end's answer.
     async fn finish(&self, url: Option<String>) -> Result<Option<String>> {
         self.shipper.send_final_logs(|| async { url.filter(|u| !u.is_empty()).context("HQ gave no upload URL") }).await
@@ -101,6 +107,11 @@ pub struct HqSettings {
     /// How often the session's log goes to HQ (hourly).
     pub log_upload_every: Duration,
 }
+
+/// The longest a session's end (HQ's answer and the last log's upload) may hold up a stop or a
+/// renewal: a stopping server must not hang on an HQ out of reach (systemd stops waiting after
+/// 90 s by default).
+const END_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why a session ended.
 enum Ending {
@@ -217,6 +228,22 @@ pub async fn run(
         };
         let uploads =
             tokio::spawn(upload_hourly(notifier.clone(), logs.clone(), hq.log_upload_every, session_stop.clone()));
+        let leftovers = {
+            let (n, logs) = (notifier.clone(), logs.clone());
+            tokio::spawn(async move {
+                match logs.send_leftovers(&n.session_id).await {
+                    Ok(paths) => {
+                        for path in paths {
+                            tracing::info!(path, "uploaded a log an earlier session left");
+                            n.logs_sent(&path).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "could not upload the logs earlier sessions left")
+                    }
+                }
+            })
+        };
         let notifications = tokio::spawn(notify::run(notifier, session_stop.clone()));
         let mut ingesting =
             tokio::spawn(ingest::run(ingest_cfg.clone(), state.clone(), dlq.clone(), session_stop.clone()));
@@ -237,12 +264,18 @@ pub async fn run(
         };
         let _ = heartbeats.await;
         let _ = uploads.await;
+        // Leftovers not sent yet wait for the next session.
+        leftovers.abort();
+        let _ = leftovers.await;
         match notifications.await {
             Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "HQ notifications ended with an error"),
             Err(e) => tracing::warn!(error = %e, "HQ notifications task failed"),
             Ok(Ok(())) => {}
         }
-        end(&hq, &session.id, ingest_result.is_err(), &logs).await;
+        let ending_session = end(&hq, &session.id, ingest_result.is_err(), &logs);
+        if tokio::time::timeout(END_DEADLINE, ending_session).await.is_err() {
+            tracing::warn!(session_id = %session.id, "ending the HQ session took longer than {}s; going on without (its log stays in {})", END_DEADLINE.as_secs(), hq.data_dir.join("logs").display());
+        }
         let _ = client.flush().await;
         *state.session() = None;
         ingest_result?;

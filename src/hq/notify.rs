@@ -306,10 +306,12 @@ impl Notifier {
 
     async fn import(&self, data: &Map<String, Value>) {
         self.status("import", true, "").await;
-        let configured = crate::config::load(&self.data_dir)
-            .ok()
-            .and_then(|c| c.other.get("url").and_then(toml::Value::as_str).map(|u| !u.trim().is_empty()))
-            .unwrap_or(false);
+        // A destination in config.toml (HQ's configure), or one this server runs with (--url).
+        let configured = !self.state.destination_positions().is_empty()
+            || crate::config::load(&self.data_dir)
+                .ok()
+                .and_then(|c| c.other.get("url").and_then(toml::Value::as_str).map(|u| !u.trim().is_empty()))
+                .unwrap_or(false);
         let (success, message) = match (configured, flag(data, "backfill")) {
             (false, _) => (false, "no destination is configured yet: send configure first".to_owned()),
             // Tables are created from HQ's schemas as their first events arrive, so a
