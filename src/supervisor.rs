@@ -7,7 +7,7 @@
 //! | 0 (stopped by a signal or by HQ) | exits 0 |
 //! | 2 (usage or configuration error) | exits 2 at once: a retry would fail the same way (EDS retried it five times, each with a new HQ session) |
 //! | 4 (restart asked for: HQ restart, upgrade, new configuration) | starts it again at once; not a failure |
-//! | anything else, or killed by a signal | a failure: starts it again after 1 s, 2 s, 3 s, 4 s; the 5th failure in a row exits 1 |
+//! | anything else, or killed by a signal | a failure: starts it again after 1 s, 2 s, 3 s, 4 s (a stop meanwhile exits 0); the 5th failure in a row exits 1 |
 //!
 //! A worker that ran [`HEALTHY_RUN`] before failing starts the count again, so a server running
 //! for months is not given up after five crashes spread over them. SIGINT and SIGTERM are passed
@@ -66,12 +66,13 @@ async fn supervise(exe: PathBuf, args: Vec<OsString>) -> Result<u8> {
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(&exe)
-            .args(&args)
-            .arg("--wrapper")
-            .arg(format!("--parent={}", std::process::id()))
-            .spawn()
-            .with_context(|| format!("starting the worker {}", exe.display()))?;
+        let mut command = tokio::process::Command::new(&exe);
+        command.args(&args).arg("--wrapper").arg(format!("--parent={}", std::process::id()));
+        // Its own process group: a Ctrl-C at the terminal reaches the supervisor only, which
+        // passes one stop on (the worker would take two signals for "exit at once").
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = command.spawn().with_context(|| format!("starting the worker {}", exe.display()))?;
         let pid = child.id();
         tracing::info!(pid, "worker started");
         let status = tokio::select! {
@@ -117,8 +118,8 @@ async fn supervise(exe: PathBuf, args: Vec<OsString>) -> Result<u8> {
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = signals.next() => {
-                tracing::info!("stopping while the worker was down");
-                return Ok(crate::exit::FAILURE);
+                tracing::info!("stopped while the worker was down");
+                return Ok(0);
             }
         }
     }

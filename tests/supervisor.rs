@@ -125,3 +125,32 @@ async fn a_killed_supervisor_takes_its_worker_down() {
     let again = Eds::start(data.path(), &nats, &[]);
     assert_eq!(again.stop(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ctrl_c_or_a_whole_service_stop_is_one_clean_stop() {
+    let nats = Nats::start().await;
+    let _js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let args: Vec<String> =
+        ["server", "-d", data.path().to_str().unwrap(), "--server", &nats.url(), "--port", &port.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    // Ctrl-C at a terminal: SIGINT to the foreground process group.
+    let eds = Eds::start_own_group(&args);
+    eventually("the worker", Duration::from_secs(20), || worker_pid(&addr)).await;
+    eds.signal_group("INT");
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains("second signal"), "{log}");
+
+    // systemd stopping the service signals every process of it: supervisor and worker at once.
+    let eds = Eds::start_args(&args);
+    let worker = eventually("the worker", Duration::from_secs(20), || worker_pid(&addr)).await;
+    Command::new("kill").args(["-TERM", &worker.to_string()]).status().unwrap();
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains("second signal"), "{log}");
+}

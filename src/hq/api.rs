@@ -39,9 +39,14 @@ pub enum SessionStart {
     },
     /// 409: another eds server holds a session for this server id.
     Conflict(String),
-    /// A refusal that asking again will not change (401, 403, 404 and other 4xx but 408 and
-    /// 429): a wrong API key or API URL, a deleted server.
-    Refused(String),
+    /// A 4xx answer other than 408, 409 and 429: a wrong or revoked API key (401, 403), a wrong
+    /// API URL (404), a proxy in the way.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// HQ's message.
+        reason: String,
+    },
 }
 
 /// Where to upload logs: HQ's pre-signed URLs (`data` of session end and of the log-URL call).
@@ -142,7 +147,10 @@ impl HqApi {
             return Ok(SessionStart::Conflict(answer.reason()));
         }
         if answer.status.is_client_error() && !matches!(answer.status.as_u16(), 408 | 429) {
-            return Ok(SessionStart::Refused(format!("{WHAT}: {}", answer.reason())));
+            return Ok(SessionStart::Refused {
+                status: answer.status.as_u16(),
+                reason: format!("{WHAT}: {}", answer.reason()),
+            });
         }
         let started: Started = Self::data(WHAT, &answer)?;
         let Some(encoded) = started.credential.filter(|c| !c.is_empty()) else {

@@ -166,12 +166,17 @@ pub async fn run(
     dlq: crate::dlq::DeadLetters,
     mut stop: watch::Receiver<bool>,
 ) -> Result<u8> {
-    let (control_tx, mut control_rx) = mpsc::channel(8);
     let logs = Arc::new(SessionLogs::new(hq.api.clone(), hq.keep_logs));
     let mut renewals = 0;
     loop {
+        // One channel per session: a slow handler of an ended session cannot restart the next.
+        let (control_tx, mut control_rx) = mpsc::channel(8);
         let body = session::request_body(&hq.server_id, &hq.company_ids, hq.driver.as_ref());
-        let Some(session) = session::start(&hq.api, &body, &mut stop, hq.conflict_retry).await? else {
+        // A refusal (a wrong or revoked key) stops a server that just started; a server that has
+        // run keeps draining and keeps asking.
+        let refusal_is_final = renewals == 0;
+        let Some(session) = session::start(&hq.api, &body, &mut stop, hq.conflict_retry, refusal_is_final).await?
+        else {
             return Ok(0);
         };
         let started = async {
@@ -191,7 +196,7 @@ pub async fn run(
         let (creds, client) = match started {
             Ok(v) => v,
             Err(e) => {
-                end(&hq, &session.id, true, &logs).await;
+                let _ = tokio::time::timeout(END_DEADLINE, end(&hq, &session.id, true, &logs)).await;
                 return Err(e);
             }
         };
@@ -263,20 +268,24 @@ pub async fn run(
             None => joined(ingesting.await),
         };
         let _ = heartbeats.await;
+        // An hourly upload in flight is left to the next session (its file is a leftover then).
+        uploads.abort();
         let _ = uploads.await;
         // Leftovers not sent yet wait for the next session.
         leftovers.abort();
         let _ = leftovers.await;
-        match notifications.await {
-            Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "HQ notifications ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "HQ notifications task failed"),
-            Ok(Ok(())) => {}
+        match tokio::time::timeout(Duration::from_secs(5), notifications).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = format!("{e:#}"), "HQ notifications ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HQ notifications task failed"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => tracing::warn!("HQ notifications did not stop within 5s; left behind"),
         }
         let ending_session = end(&hq, &session.id, ingest_result.is_err(), &logs);
         if tokio::time::timeout(END_DEADLINE, ending_session).await.is_err() {
             tracing::warn!(session_id = %session.id, "ending the HQ session took longer than {}s; going on without (its log stays in {})", END_DEADLINE.as_secs(), hq.data_dir.join("logs").display());
         }
-        let _ = client.flush().await;
+        // Bounded: while NATS is out of reach a flush waits for the reconnect.
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
         *state.session() = None;
         ingest_result?;
         match ending {

@@ -81,8 +81,13 @@ pub async fn run(n: Notifier, mut stop: watch::Receiver<bool>) -> anyhow::Result
     let mut sub = n.client.subscribe(subject.clone()).await?;
     // The subscription is live at the server once a round trip has passed (or, while NATS is
     // out of reach, once the client connects and subscribes again).
-    if let Err(e) = n.client.flush().await {
-        tracing::warn!(subject, error = %e, "HQ notifications wait for the NATS connection");
+    tokio::select! {
+        flushed = n.client.flush() => {
+            if let Err(e) = flushed {
+                tracing::warn!(subject, error = %e, "HQ notifications wait for the NATS connection");
+            }
+        }
+        _ = stop.changed() => return Ok(()),
     }
     tracing::info!(subject, "listening for HQ notifications");
     loop {
@@ -225,8 +230,14 @@ impl Notifier {
     }
 
     async fn upgrade(&self, data: &Map<String, Value>) {
+        // One upgrade at a time: two would race on the same download and the same swap.
+        static UPGRADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let Some(version) = text(data, "version").map(str::to_owned) else {
             self.status("upgrade", false, "the upgrade notification names no version").await;
+            return;
+        };
+        let Ok(_one) = UPGRADING.try_lock() else {
+            self.status("upgrade", false, "an upgrade is already running").await;
             return;
         };
         self.status("upgrade", true, "").await;

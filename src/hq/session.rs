@@ -67,12 +67,14 @@ const UNREACHABLE_MAX_WAIT: Duration = Duration::from_secs(60);
 /// answers 409 (another eds server runs with this server id), and with a growing wait (5 s up to
 /// a minute) while HQ cannot be reached or fails: a shop's internet may be down for hours, and
 /// the destinations go on draining the log meanwhile. `Ok(None)` when `stop` turned true
-/// meanwhile. A refusal that asking again cannot change (a wrong key) is a usage error.
+/// meanwhile. When `refusal_is_final`, a 401 or 403 (a wrong key) is a usage error; any other
+/// refusal is asked again like an HQ out of reach (an HQ deploy, a proxy in the way).
 pub async fn start(
     api: &HqApi,
     body: &Value,
     stop: &mut watch::Receiver<bool>,
     every: Duration,
+    refusal_is_final: bool,
 ) -> Result<Option<Session>> {
     let server_id = body.get("serverId").and_then(Value::as_str).unwrap_or_default().to_owned();
     let mut unreachable = Duration::from_secs(5);
@@ -80,7 +82,12 @@ pub async fn start(
         if *stop.borrow() {
             return Ok(None);
         }
-        let wait = match api.start_session(body).await {
+        // A stop is honoured even while a request waits for its answer.
+        let answer = tokio::select! {
+            a = api.start_session(body) => a,
+            _ = stop.changed() => return Ok(None),
+        };
+        let wait: Result<Duration> = match answer {
             Ok(SessionStart::Started { session_id, credential }) => {
                 return Ok(Some(Session { id: session_id, credential }));
             }
@@ -91,9 +98,16 @@ pub async fn start(
                     "another eds server is already running for this server (id: {server_id}); retrying in {}s",
                     every.as_secs_f64()
                 );
-                every
+                Ok(every)
             }
-            Ok(SessionStart::Refused(reason)) => return Err(crate::exit::UsageError(reason).into()),
+            Ok(SessionStart::Refused { status: 401 | 403, reason }) if refusal_is_final => {
+                return Err(crate::exit::UsageError(reason).into())
+            }
+            Ok(SessionStart::Refused { reason, .. }) => Err(anyhow::anyhow!(reason)),
+            Err(e) => Err(e),
+        };
+        let wait = match wait {
+            Ok(wait) => wait,
             Err(e) => {
                 let wait = unreachable;
                 unreachable = (unreachable * 2).min(UNREACHABLE_MAX_WAIT);

@@ -263,8 +263,16 @@ pub async fn run(
     ingest.drain_inflight().await;
     if let Some(client) = &ingest.client {
         // Acks are published by the batch tasks; make sure they are on the wire before exit.
-        if let Err(e) = client.flush().await {
-            tracing::warn!(error = %e, "flushing the last acks failed; those messages will be redelivered and acked then");
+        // Bounded: while NATS is out of reach a flush waits for the reconnect, and a stop must
+        // not (the unflushed acks' messages are redelivered and acked as already stored).
+        match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "flushing the last acks failed; those messages will be redelivered and acked then")
+            }
+            Err(_) => tracing::warn!(
+                "the last acks could not be flushed within 5s (NATS out of reach); those messages will be redelivered and acked then"
+            ),
         }
     }
     Ok(())

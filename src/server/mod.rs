@@ -259,6 +259,8 @@ pub struct ServerPlan {
     pub wal_segment_size: u64,
     /// 503 period before stopping.
     pub shutdown_delay: Duration,
+    /// This is a worker its supervisor started (`--wrapper`).
+    pub supervised: bool,
 }
 
 impl ServerArgs {
@@ -356,6 +358,7 @@ impl ServerArgs {
             wal_max_bytes: self.wal_max_bytes,
             wal_segment_size: self.wal_segment_size,
             shutdown_delay: self.shutdown_delay,
+            supervised: self.wrapper,
         })
     }
 
@@ -551,19 +554,32 @@ async fn serve(
     let signal_state = state.clone();
     let delay = plan.shutdown_delay;
     let signal_stop = stop_tx.clone();
+    // A supervised worker may get one stop twice at once: from its supervisor and from systemd
+    // signalling the whole service. Only a signal a moment later means "exit at once".
+    let echo = if plan.supervised { Duration::from_secs(2) } else { Duration::ZERO };
     tokio::spawn(async move {
         signals.next().await;
+        let first = std::time::Instant::now();
         tracing::info!(delay = %duration::format(delay), "shutting down: finishing in-flight appends and acks (signal again to exit at once)");
         signal_state.begin_shutdown();
+        let second = async {
+            loop {
+                signals.next().await;
+                if first.elapsed() >= echo {
+                    break;
+                }
+            }
+        };
+        tokio::pin!(second);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = signals.next() => {
+            _ = &mut second => {
                 tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");
                 std::process::exit(130);
             }
         }
         let _ = signal_stop.send(true);
-        signals.next().await;
+        second.await;
         tracing::warn!("second signal: exiting at once (safe: nothing is acked before it is durable)");
         std::process::exit(130);
     });

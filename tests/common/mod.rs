@@ -192,9 +192,22 @@ impl Eds {
 
     /// `program` (a copy of eds) with `args` and extra environment variables.
     pub fn start_program(program: &str, args: &[String], env: &[(&str, &str)]) -> Eds {
-        let mut child = Command::new(program)
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = Command::new(program);
+        command.args(args).envs(env.iter().copied());
+        Eds::spawn(command)
+    }
+
+    /// `eds` with `args` in a process group of its own (as a shell starts a foreground job), so
+    /// a test can signal the whole group as a terminal's Ctrl-C does.
+    pub fn start_own_group(args: &[String]) -> Eds {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(eds_bin());
+        command.args(args).process_group(0);
+        Eds::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Eds {
+        let mut child = command
             .env_remove("PORT")
             .env_remove("SM_APIKEY")
             .stdout(Stdio::null())
@@ -253,6 +266,13 @@ impl Eds {
 
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Send `sig` to eds's whole process group (see [`Eds::start_own_group`]).
+    pub fn signal_group(&self, sig: &str) {
+        let ok =
+            Command::new("kill").args([&format!("-{sig}"), "--", &format!("-{}", self.child.id())]).status().unwrap();
         assert!(ok.success());
     }
 
