@@ -32,7 +32,14 @@ async fn setup() -> (Arc<JwtNats>, async_nats::jetstream::Context, HqSession) {
 }
 
 fn args(data: &Path, nats: &JwtNats, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["server", "-d", data.to_str().unwrap(), "--server", &nats.url(), "--port", "0", "-v"]
+    args_on(data, nats, 0, extra)
+}
+
+/// `eds server` flags with the HTTP server on `port` (a supervised worker that restarts binds
+/// it again).
+fn args_on(data: &Path, nats: &JwtNats, port: u16, extra: &[&str]) -> Vec<String> {
+    let port = port.to_string();
+    let mut a: Vec<String> = ["server", "-d", data.to_str().unwrap(), "--server", &nats.url(), "--port", &port, "-v"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -69,6 +76,22 @@ async fn notify(client: &async_nats::Client, sid: &str, action: &str, data: Valu
     let body = json!({"action": action, "data": data}).to_string();
     client.publish(format!("eds.notify.{sid}.{action}"), body.into()).await.unwrap();
     client.flush().await.unwrap();
+}
+
+/// Waits until the server listens to its session's notifications, pinging until a pong comes
+/// back: a notification sent before its subscription is live is lost (as it would be from HQ).
+async fn listening(admin: &async_nats::Client, sid: &str) {
+    let inbox = format!("_INBOX.ready.{sid}");
+    let mut pongs = admin.subscribe(inbox.clone()).await.unwrap();
+    admin.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        notify(admin, sid, "ping", json!({"subject": inbox})).await;
+        if tokio::time::timeout(Duration::from_millis(250), pongs.next()).await.is_ok() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "session {sid}'s notifications were never listened to");
+    }
 }
 
 async fn ask(client: &async_nats::Client, sid: &str, action: &str, data: Value) -> Value {
@@ -113,6 +136,7 @@ async fn a_session_ingests_with_its_credentials_heartbeats_and_answers_every_not
     let admin = nats.admin().await;
     let mut client = admin.subscribe(format!("eds.client.{sid}.>")).await.unwrap();
     admin.flush().await.unwrap();
+    listening(&admin, &sid).await;
 
     // Ingest with the session's credentials: this company's events only.
     for (i, company) in [COMPANY, OTHER, COMPANY].into_iter().enumerate() {
@@ -225,7 +249,13 @@ async fn a_session_ingests_with_its_credentials_heartbeats_and_answers_every_not
     assert!(first["timestamp"].is_string() && first["severity"].is_string(), "{first}");
 
     let metrics = eds.get("/metrics").await.1;
-    assert!(metrics.contains("eds_hq_notifications_total{action=\"ping\"} 4"), "{metrics}");
+    // Three encodings, a bad one, and those that waited for the subscription.
+    let pings: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("eds_hq_notifications_total{action=\"ping\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(pings >= 5, "{metrics}");
     assert!(metrics.contains("eds_hq_notifications_total{action=\"unknown\"} 1"), "{metrics}");
     assert!(metrics.lines().any(|l| l.starts_with("eds_hq_heartbeats_total ") && !l.ends_with(" 0")), "{metrics}");
 
@@ -348,15 +378,13 @@ async fn a_server_without_an_id_asks_for_the_code_and_enrolls_into_its_data_dir(
 async fn hqs_restart_makes_the_supervisor_start_a_new_worker_and_session() {
     let (nats, _js, hq) = setup().await;
     let data = tempfile::tempdir().unwrap();
-    let port = common::free_port().to_string();
-    let mut a = args(data.path(), &nats, &["--api-key", &hq.token, "--eds-id", SERVER]);
-    let at = a.iter().position(|x| x == "0").unwrap();
-    a[at] = port;
+    let a = args_on(data.path(), &nats, common::free_port(), &["--api-key", &hq.token, "--eds-id", SERVER]);
     let eds = Eds::start_args(&a);
     let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
     let admin = nats.admin().await;
     let mut client = admin.subscribe(format!("eds.client.{first}.>")).await.unwrap();
     admin.flush().await.unwrap();
+    listening(&admin, &first).await;
     notify(&admin, &first, "restart", json!({})).await;
     let (_, status) = expect(&mut client, &first, "restart-status").await;
     assert_eq!(status, json!({"success": true, "message": "", "sessionId": first, "action": "restart"}));
@@ -420,6 +448,7 @@ async fn an_upgrade_from_hq_is_verified_swapped_and_started_and_a_bad_signature_
     let admin = nats.admin().await;
     let mut client = admin.subscribe(format!("eds.client.{sid}.>")).await.unwrap();
     admin.flush().await.unwrap();
+    listening(&admin, &sid).await;
     notify(&admin, &sid, "upgrade", json!({"version": version})).await;
     let (_, status) = expect(&mut client, &sid, "upgrade-status").await;
     assert_eq!(status["success"], true, "{status}");
@@ -436,6 +465,7 @@ async fn an_upgrade_from_hq_is_verified_swapped_and_started_and_a_bad_signature_
     let sid = eventually("a second session", WAIT, || async { hq.sessions().get(1).cloned() }).await;
     let mut client = admin.subscribe(format!("eds.client.{sid}.>")).await.unwrap();
     admin.flush().await.unwrap();
+    listening(&admin, &sid).await;
     notify(&admin, &sid, "upgrade", json!({"version": format!("v{version}")})).await;
     let (_, response) = expect(&mut client, &sid, "upgrade-response").await;
     assert_eq!(response, json!({"success": true, "sessionId": sid, "version": format!("v{version}")}));
@@ -456,10 +486,7 @@ async fn configure_then_import_applies_the_destination_through_a_restart() {
     let (nats, _js, hq) = setup().await;
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let port = common::free_port().to_string();
-    let mut a = args(data.path(), &nats, &["--api-key", &hq.token, "--eds-id", SERVER]);
-    let at = a.iter().position(|x| x == "0").unwrap();
-    a[at] = port;
+    let a = args_on(data.path(), &nats, common::free_port(), &["--api-key", &hq.token, "--eds-id", SERVER]);
     // No destination yet: the session says so (no `driver`).
     let eds = Eds::start_args(&a);
     let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
@@ -467,6 +494,7 @@ async fn configure_then_import_applies_the_destination_through_a_restart() {
     let admin = nats.admin().await;
     let mut client = admin.subscribe(format!("eds.client.{first}.>")).await.unwrap();
     admin.flush().await.unwrap();
+    listening(&admin, &first).await;
 
     // import before configure: refused, nothing restarts.
     notify(&admin, &first, "import", json!({"backfill": false})).await;
@@ -545,9 +573,7 @@ async fn a_killed_workers_log_reaches_hq_from_the_next_session() {
     let (nats, _js, hq) = setup().await;
     let data = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let mut a = args(data.path(), &nats, &["--api-key", &hq.token, "--eds-id", SERVER]);
-    let at = a.iter().position(|x| x == "0").unwrap();
-    a[at] = port.to_string();
+    let a = args_on(data.path(), &nats, port, &["--api-key", &hq.token, "--eds-id", SERVER]);
     let eds = Eds::start_args(&a);
     let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
     let addr = format!("127.0.0.1:{port}");

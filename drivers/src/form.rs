@@ -35,19 +35,6 @@ fn value_text(v: &Value) -> Option<String> {
     }
 }
 
-/// Percent-escapes everything outside RFC 3986's unreserved set.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The URL the form `values` describe for the driver `d`, or every field error found.
 pub fn url_from_form(d: &Description, values: &Map<String, Value>) -> Result<String, Vec<FieldError>> {
     let mut errors = Vec::new();
@@ -72,16 +59,16 @@ pub fn url_from_form(d: &Description, values: &Map<String, Value>) -> Result<Str
         let (database, user, password, host, port) =
             (get("Database"), get("Username"), get("Password"), get("Hostname"), get("Port"));
         let auth = match (user, password) {
-            (Some(u), Some(p)) => format!("{}:{}@", escape(&u), escape(&p)),
-            (Some(u), None) => format!("{}@", escape(&u)),
-            (None, Some(p)) => format!(":{}@", escape(&p)),
+            (Some(u), Some(p)) => format!("{}:{}@", crate::url::escape_component(&u), crate::url::escape_component(&p)),
+            (Some(u), None) => format!("{}@", crate::url::escape_component(&u)),
+            (None, Some(p)) => format!(":{}@", crate::url::escape_component(&p)),
             (None, None) => String::new(),
         };
         match (host, database) {
             (Some(host), Some(db)) => {
                 let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
                 let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-                Some(format!("{}://{auth}{host}{port}/{}", d.scheme, escape(&db)))
+                Some(format!("{}://{auth}{host}{port}/{}", d.scheme, crate::url::escape_component(&db)))
             }
             _ => None,
         }

@@ -85,6 +85,20 @@ fn redact_one(url: &str) -> String {
     }
 }
 
+/// `s` percent-escaped as one URL component: RFC 3986's unreserved bytes (`A-Z a-z 0-9 - . _ ~`)
+/// stay, every other byte becomes `%XX`.
+pub fn escape_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The host of a URL (or of `host[:port]`), without user info, port or brackets.
 pub fn host(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -104,6 +118,12 @@ pub fn is_local_host(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn components_keep_only_unreserved_bytes() {
+        assert_eq!(escape_component("0b6c-11ef_A.b~"), "0b6c-11ef_A.b~");
+        assert_eq!(escape_component("../x?y z/é"), "..%2Fx%3Fy%20z%2F%C3%A9");
+    }
 
     #[test]
     fn secrets_are_masked_and_nothing_else() {

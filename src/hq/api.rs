@@ -169,7 +169,7 @@ impl HqApi {
     /// HQ answers where to upload its last log.
     pub async fn end_session(&self, session_id: &str, errored: bool) -> Result<LogUrls> {
         let what = format!("ending HQ session {session_id}");
-        let path = format!("/v3/eds/internal/{}", segment(session_id));
+        let path = format!("/v3/eds/internal/{}", eds_drivers::url::escape_component(session_id));
         let answer = self.post(&what, &path, &serde_json::json!({ "errored": errored })).await?;
         Self::data(&what, &answer)
     }
@@ -177,34 +177,15 @@ impl HqApi {
     /// `POST /v3/eds/internal/<sessionId>/log` with `{}`: a fresh URL for a log upload.
     pub async fn log_url(&self, session_id: &str) -> Result<LogUrls> {
         let what = format!("asking HQ where to upload the logs of session {session_id}");
-        let path = format!("/v3/eds/internal/{}/log", segment(session_id));
+        let path = format!("/v3/eds/internal/{}/log", eds_drivers::url::escape_component(session_id));
         let answer = self.post(&what, &path, &serde_json::json!({})).await?;
         Self::data(&what, &answer)
     }
 }
 
-/// A session id as one URL path segment: ids are UUIDs; anything else is escaped.
-fn segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn session_ids_are_one_path_segment() {
-        assert_eq!(segment("0b6c-11ef"), "0b6c-11ef");
-        assert_eq!(segment("../x?y"), "..%2Fx%3Fy");
-    }
 
     #[test]
     fn the_key_is_not_in_debug_output() {

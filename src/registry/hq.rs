@@ -281,21 +281,7 @@ impl SchemaSource for HqSchemas {
 /// `s` percent-escaped as one URL path segment: RFC 3986 unreserved bytes stay, every other
 /// byte becomes `%XX`. `None` for names that are not a segment of their own (``, `.`, `..`).
 fn path_segment(s: &str) -> Option<String> {
-    if matches!(s, "" | "." | "..") {
-        return None;
-    }
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
-        }
-    }
-    Some(out)
+    (!matches!(s, "" | "." | "..")).then(|| eds_drivers::url::escape_component(s))
 }
 
 /// The error text of a non-2xx answer: HQ's `message` when the body is JSON with one, else the
