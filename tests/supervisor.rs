@@ -20,6 +20,16 @@ fn supervised(data: &std::path::Path, nats: &Nats, port: u16, extra: &[&str]) ->
     Eds::start_args(&args)
 }
 
+/// A supervised server on a free port, once its worker answers: the server, the worker's HTTP
+/// address and its pid.
+async fn supervised_worker(data: &std::path::Path, nats: &Nats) -> (Eds, String, u32) {
+    let port = free_port();
+    let eds = supervised(data, nats, port, &[]);
+    let addr = format!("127.0.0.1:{port}");
+    let pid = eventually("the worker's pid", Duration::from_secs(20), || worker_pid(&addr)).await;
+    (eds, addr, pid)
+}
+
 /// The pid `/status` names, or `None` while nothing (or nothing whole) answers: a worker
 /// being killed or started.
 async fn worker_pid(addr: &str) -> Option<u32> {
@@ -53,10 +63,7 @@ async fn a_killed_worker_is_started_again_and_a_stop_reaches_it() {
     let nats = Nats::start().await;
     let _js = nats.create_stream().await;
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let eds = supervised(data.path(), &nats, port, &[]);
-    let addr = format!("127.0.0.1:{port}");
-    let first = eventually("the worker's pid", Duration::from_secs(20), || worker_pid(&addr)).await;
+    let (eds, addr, first) = supervised_worker(data.path(), &nats).await;
     assert_ne!(first, eds.child.id(), "the server answering is the supervisor itself, not a worker");
     assert!(alive(first));
 
@@ -114,10 +121,7 @@ async fn a_killed_supervisor_takes_its_worker_down() {
     let nats = Nats::start().await;
     let _js = nats.create_stream().await;
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let eds = supervised(data.path(), &nats, port, &[]);
-    let addr = format!("127.0.0.1:{port}");
-    let worker = eventually("the worker's pid", Duration::from_secs(20), || worker_pid(&addr)).await;
+    let (eds, _, worker) = supervised_worker(data.path(), &nats).await;
     eds.kill();
     eventually("the orphaned worker to die", Duration::from_secs(10), || async { (!alive(worker)).then_some(()) })
         .await;

@@ -72,6 +72,13 @@ pub struct Description {
     pub needs_schema: bool,
 }
 
+impl Description {
+    /// The first sentence of the help: a one-line description (HQ's session and driver list).
+    pub fn summary(&self) -> &'static str {
+        self.help.split(". ").next().unwrap_or(self.help)
+    }
+}
+
 /// How big a batch may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

@@ -208,21 +208,28 @@ impl Notifier {
         }
     }
 
+    /// Reads `config.toml`, changes it with `change`, and writes it back (atomically), off the
+    /// async threads.
+    async fn update_config(
+        &self,
+        change: impl FnOnce(&mut crate::config::ConfigFile) + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut config = crate::config::load(&dir)?;
+            change(&mut config);
+            crate::config::save(&dir, &config)
+        })
+        .await?
+    }
+
     async fn shutdown(&self, data: &Map<String, Value>) {
         let message = text(data, "message").unwrap_or("HQ asked this server to shut down").to_owned();
         if flag(data, "deleted") {
             // HQ deleted this server: forget its id, so the next start asks for a new enrollment.
-            let dir = self.data_dir.clone();
-            let cleared = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let mut config = crate::config::load(&dir)?;
-                config.server_id = Some(String::new());
-                crate::config::save(&dir, &config)
-            })
-            .await;
-            match cleared {
-                Ok(Ok(())) => tracing::warn!("HQ deleted this server: its server id is cleared from config.toml"),
-                Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "could not clear the server id in config.toml"),
-                Err(e) => tracing::error!(error = %e, "could not clear the server id in config.toml"),
+            match self.update_config(|config| config.server_id = Some(String::new())).await {
+                Ok(()) => tracing::warn!("HQ deleted this server: its server id is cleared from config.toml"),
+                Err(e) => tracing::error!(error = format!("{e:#}"), "could not clear the server id in config.toml"),
             }
         }
         tracing::warn!(message, "HQ asked this server to shut down");
@@ -285,19 +292,16 @@ impl Notifier {
                     answer["message"] = json!(message);
                 }
                 Ok(()) => {
-                    let (dir, url_owned) = (self.data_dir.clone(), url.to_owned());
-                    let saved = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                        let mut config = crate::config::load(&dir)?;
-                        config.other.insert("url".into(), toml::Value::String(url_owned));
-                        match strategy {
-                            Some(s) => config.other.insert("update_strategy".into(), toml::Value::String(s)),
-                            None => config.other.remove("update_strategy"),
-                        };
-                        crate::config::save(&dir, &config)
-                    })
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| r);
+                    let url_owned = url.to_owned();
+                    let saved = self
+                        .update_config(move |config| {
+                            config.other.insert("url".into(), toml::Value::String(url_owned));
+                            match strategy {
+                                Some(s) => config.other.insert("update_strategy".into(), toml::Value::String(s)),
+                                None => config.other.remove("update_strategy"),
+                            };
+                        })
+                        .await;
                     match saved {
                         Ok(()) => {
                             answer["success"] = json!(true);
@@ -390,7 +394,7 @@ pub fn driver_config() -> Value {
                 "metadata": {
                     "scheme": d.scheme,
                     "name": d.name,
-                    "description": d.help.split(". ").next().unwrap_or(d.help),
+                    "description": d.summary(),
                     "exampleURL": d.example_url,
                     "help": d.help,
                     "supportsImport": false,

@@ -473,7 +473,7 @@ fn work(
                 crate::hq::session::DriverInfo {
                     id: desc.scheme.to_owned(),
                     name: desc.name.to_owned(),
-                    description: desc.help.split(". ").next().unwrap_or(desc.help).to_owned(),
+                    description: desc.summary().to_owned(),
                     masked_url: crate::hq::mask_url(&settings.urls[0]),
                 }
             }),

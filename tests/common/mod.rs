@@ -116,15 +116,7 @@ impl Nats {
 
     /// Create the `dbchange` stream as Shopmonkey's has it.
     pub async fn create_stream(&self) -> jetstream::Context {
-        let js = self.js().await;
-        js.create_stream(jetstream::stream::Config {
-            name: "dbchange".into(),
-            subjects: vec!["dbchange.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        js
+        create_dbchange(self.js().await).await
     }
 }
 
@@ -148,6 +140,18 @@ pub fn event(key: &str, n: u64) -> Vec<u8> {
         ts = 1_795_749_176_000u64 + n
     )
     .into_bytes()
+}
+
+/// Creates the `dbchange` stream (`dbchange.>`) through `js` and returns `js`.
+pub async fn create_dbchange(js: jetstream::Context) -> jetstream::Context {
+    js.create_stream(jetstream::stream::Config {
+        name: "dbchange".into(),
+        subjects: vec!["dbchange.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
 }
 
 /// Publish and return the stream sequence.

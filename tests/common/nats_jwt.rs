@@ -159,15 +159,7 @@ impl JwtNats {
 
     /// Create the `dbchange` stream (as the admin) and return the admin's JetStream context.
     pub async fn create_stream(&self) -> jetstream::Context {
-        let js = jetstream::new(self.admin().await);
-        js.create_stream(jetstream::stream::Config {
-            name: "dbchange".into(),
-            subjects: vec!["dbchange.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        js
+        super::create_dbchange(jetstream::new(self.admin().await)).await
     }
 
     /// A user as HQ issues it for a session: named after the server, publish and subscribe
