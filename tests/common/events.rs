@@ -119,3 +119,128 @@ pub fn churn(n: u64, keys: u64, version: &'static str) -> Vec<Ev> {
     }
     out
 }
+
+/// One event of [`mixed_stream`]: what the stream destinations' tests compare against.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    pub subject: String,
+    /// Exactly as published.
+    pub bytes: Vec<u8>,
+    pub table: String,
+    pub op: &'static str,
+    /// The event id.
+    pub id: String,
+    /// The primary key: the last element of `key`.
+    pub pk: String,
+    pub company: Option<String>,
+    pub location: Option<String>,
+    /// Unix milliseconds.
+    pub timestamp: i64,
+}
+
+/// Values no destination may alter: quotes, backslashes, SQL, emoji, control characters, markup,
+/// and JSON-looking text.
+pub const HOSTILE: &[&str] = &[
+    "it's",
+    r#"say "hi""#,
+    r"back\slash \\ \n",
+    "'); DROP TABLE x; --",
+    "emoji 😀🚗 ünïcödé",
+    "<script>&amp;</script>",
+    "tab\tnew\nline\r\n\u{0}\u{1f}",
+    "",
+    "{\"looks\": [\"like json\"]}",
+];
+
+/// Primary keys that are no safe object names or message keys.
+pub const HOSTILE_IDS: &[&str] = &["it's \"odd\"", r"a\b", "😀", "<id>", "../../etc/passwd", "a/b", "sp ace", "%2F", "."];
+
+/// A realistic mixed stream of `n` events (at least 40): INSERT, UPDATE and DELETE over five
+/// tables and many keys, several events for one key within one second, keys with a region prefix,
+/// events without company or location, fields eds does not know, hostile strings in values and
+/// keys, 2^63-1 and 2^64-1, a long decimal, nested objects and arrays, and one 200 KiB value.
+pub fn mixed_stream(n: usize) -> Vec<Raw> {
+    assert!(n >= 40);
+    const TABLES: &[&str] = &["order", "customer", "vehicle", "inventory_part", "labor"];
+    let big_decimal: Value = serde_json::from_str("12345678901234567890.123456789012345678").unwrap();
+    let mut live: BTreeMap<(usize, usize), Value> = BTreeMap::new();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = i % TABLES.len();
+        let k = (i / TABLES.len()) % 7;
+        let table = TABLES[t];
+        let pk = if i % 11 == 3 { HOSTILE_IDS[i % HOSTILE_IDS.len()].to_owned() } else { format!("{table}-{k}") };
+        let company = (i % 13 != 5).then(|| COMPANY.to_owned());
+        let location = (i % 17 != 6).then(|| format!("loc-{}", i % 3));
+        let h = HOSTILE[i % HOSTILE.len()];
+        let mut row = json!({
+            "id": pk,
+            "name": format!("{h} #{i}"),
+            "companyId": company,
+            "locationId": location,
+            "count": i,
+            "max_i64": i64::MAX,
+            "max_u64": u64::MAX,
+            "amount": big_decimal,
+            "meta": {"tags": [h, {"deep": [1, 2.5, null, true]}], "note": h},
+            "updatedDate": date((i as i64 * 10) % 60_000),
+        });
+        if i == n / 2 {
+            row["blob"] = Value::String("x".repeat(200 * 1024));
+        }
+        let slot = (t, if pk.starts_with(table) { k } else { 100 + i });
+        let (op, before, after, diff) = match live.get(&slot) {
+            None => ("INSERT", None, Some(row.clone()), None),
+            Some(prev) if i % 4 == 0 => ("DELETE", Some(prev.clone()), None, None),
+            Some(prev) => ("UPDATE", Some(prev.clone()), Some(row.clone()), Some(json!(["name", "count"]))),
+        };
+        match op {
+            "DELETE" => live.remove(&slot),
+            _ => live.insert(slot, row),
+        };
+        let id = format!("{:016x}", (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        // Several events per second, so one key sees more than one event within a second.
+        let timestamp = T0 + i as i64 * 150;
+        let key = if i % 3 == 0 { json!(["gcp-us-west1", pk]) } else { json!([pk]) };
+        let mut e = json!({
+            "operation": op,
+            "id": id,
+            "table": table,
+            "key": key,
+            "modelVersion": "fff000112-update",
+            "timestamp": timestamp,
+            "mvccTimestamp": format!("{timestamp}000000.0000000000"),
+            "region": "gcp-us-west1",
+            "sessionId": "0b6c-11ef",
+            "version": 2,
+        });
+        if let Some(c) = &company {
+            e["companyId"] = json!(c);
+        }
+        if let Some(l) = &location {
+            e["locationId"] = json!(l);
+        }
+        if let Some(b) = before {
+            e["before"] = b;
+        }
+        if let Some(a) = after {
+            e["after"] = a;
+        }
+        if let Some(d) = diff {
+            e["diff"] = d;
+        }
+        let company_subject = company.clone().unwrap_or_else(|| "NONE".to_owned());
+        out.push(Raw {
+            subject: format!("dbchange.{table}.{op}.{company_subject}.1.PUBLIC.2"),
+            bytes: serde_json::to_vec(&e).unwrap(),
+            table: table.to_owned(),
+            op,
+            id,
+            pk,
+            company,
+            location,
+            timestamp,
+        });
+    }
+    out
+}

@@ -1,51 +1,115 @@
-//! A TCP proxy in front of a server (a destination database), to cut the connection to it.
+//! A TCP proxy in front of a server (a destination), to cut the connection to it or to make it a
+//! black hole.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::Arc;
+use tokio::sync::watch;
 
-/// A TCP proxy to a server that can be switched off: off, it closes every connection it holds
-/// and drops new ones as soon as they are accepted.
+/// What the proxy does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forwards both ways.
+    Up,
+    /// Closes every connection it holds and drops new ones as soon as they are accepted (a
+    /// refused or reset connection: the client notices at once).
+    Cut,
+    /// Keeps every connection open and accepts new ones, but forwards nothing either way and
+    /// answers nothing (a network that swallows packets: the client notices only by its own
+    /// deadlines).
+    Blackhole,
+}
+
+/// A TCP proxy to a server that can be cut or turned into a black hole.
 pub struct Proxy {
     pub port: u16,
-    up: Arc<tokio::sync::watch::Sender<bool>>,
+    mode: Arc<watch::Sender<Mode>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    /// A proxy to `upstream` (`host:port`) on a free port of 127.0.0.1, switched on.
-    pub async fn start(upstream: &'static str) -> Proxy {
+    /// A proxy to `upstream` (`host:port`) on a free port of 127.0.0.1, up.
+    pub async fn start(upstream: impl Into<String>) -> Proxy {
+        let upstream: Arc<str> = upstream.into().into();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(tokio::sync::watch::channel(true).0);
-        let switch = up.clone();
+        let mode = Arc::new(watch::channel(Mode::Up).0);
+        let switch = mode.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { continue };
-                let mut rx = switch.subscribe();
-                if !*rx.borrow_and_update() {
-                    drop(client);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = rx.wait_for(|up| !*up) => {}
-                    }
-                });
+                let Ok((client, _)) = listener.accept().await else { continue };
+                let rx = switch.subscribe();
+                tokio::spawn(serve(client, upstream.clone(), rx));
             }
         });
-        Proxy { port, up, task }
+        Proxy { port, mode, task }
     }
 
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Up (`true`) or cut (`false`).
     pub fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
+        self.set(if up { Mode::Up } else { Mode::Cut });
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+}
+
+/// One client connection: forwarded while up; held silent in a black hole (and forwarded again,
+/// without losing a byte, when the proxy comes back up, as a network that recovers would); closed
+/// when cut.
+async fn serve(client: tokio::net::TcpStream, upstream: Arc<str>, mut rx: watch::Receiver<Mode>) {
+    // A connection accepted in a black hole waits, unanswered, for the proxy to come up or be cut.
+    if *rx.wait_for(|m| *m != Mode::Blackhole).await.unwrap() == Mode::Cut {
+        return;
+    }
+    let Ok(server) = tokio::net::TcpStream::connect(&*upstream).await else { return };
+    let (client_r, client_w) = client.into_split();
+    let (server_r, server_w) = server.into_split();
+    tokio::join!(pump(client_r, server_w, rx.clone()), pump(server_r, client_w, rx));
+}
+
+/// Copies one direction, reading only while up and holding what it read until it may write it.
+/// Returns when the source ends (after passing the end on) or the proxy is cut.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: watch::Receiver<Mode>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = loop {
+            if *rx.wait_for(|m| *m != Mode::Blackhole).await.unwrap() == Mode::Cut {
+                return;
+            }
+            // A TCP read is cancel-safe: nothing read is lost when the mode changes first.
+            tokio::select! {
+                n = from.read(&mut buf) => break n.unwrap_or(0),
+                _ = rx.wait_for(|m| *m != Mode::Up) => continue,
+            }
+        };
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return;
+        }
+        if *rx.wait_for(|m| *m != Mode::Blackhole).await.unwrap() == Mode::Cut {
+            return;
+        }
+        tokio::select! {
+            r = to.write_all(&buf[..n]) => if r.is_err() { return },
+            _ = rx.wait_for(|m| *m == Mode::Cut) => return,
+        }
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
-        self.set_up(false);
+        self.set(Mode::Cut);
         self.task.abort();
     }
 }
