@@ -1,4 +1,4 @@
-use super::sink::escape;
+use crate::naming::escape;
 use super::*;
 use crate::conformance;
 use crate::driver::{Batch, Delivery, Driver, ErrorClass};
