@@ -18,11 +18,11 @@ pub mod naming;
 pub mod number;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod schema;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlserver"))]
 pub mod sql;
-#[cfg(feature = "s3")]
-pub mod s3;
 #[cfg(feature = "sqlserver")]
 pub mod sqlserver;
 #[cfg(any(feature = "postgres", feature = "mysql"))]

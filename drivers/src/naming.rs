@@ -60,6 +60,9 @@ mod tests {
             br#"{"operation":"INSERT","table":"a/b","key":["r","../k"],"after":{"id":"../k"},"timestamp":-1}"#,
         )
         .unwrap();
-        assert_eq!((table_dir(&e), plain_name(&e), lsn_name(&e, 9)), ("a%2Fb".into(), "-1-%2E.%2Fk.json".into(), "-1-%2E.%2Fk-9.json".into()));
+        assert_eq!(
+            (table_dir(&e), plain_name(&e), lsn_name(&e, 9)),
+            ("a%2Fb".into(), "-1-%2E.%2Fk.json".into(), "-1-%2E.%2Fk-9.json".into())
+        );
     }
 }

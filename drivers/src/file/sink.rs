@@ -11,8 +11,8 @@
 //! they do not depend on the process's umask (eds runs with 077 to keep its data dir private).
 
 use super::config::DESCRIPTION;
-use crate::naming;
 use crate::driver::{Batch, BoxFuture, Delivery, Description, Driver, DriverError, ErrorClass, Limits};
+use crate::naming;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};

@@ -183,7 +183,8 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Config
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let key = percent_decode(k).ok_or_else(|| config_error(url, format!("query key {k:?} is not well escaped")))?;
-        let value = percent_decode(v).ok_or_else(|| config_error(url, format!("the value of {key} is not well escaped")))?;
+        let value =
+            percent_decode(v).ok_or_else(|| config_error(url, format!("the value of {key} is not well escaped")))?;
         let value = value.trim().to_owned();
         if is_eds_param(&key) {
             continue;
@@ -202,11 +203,9 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Config
                 })
             }
             "upload-tasks" | "uploadTasks" => {
-                upload_tasks = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=1024).contains(n))
-                    .ok_or_else(|| config_error(url, format!("{key} must be a whole number from 1 to 1024, not {value:?}")))?
+                upload_tasks = value.parse::<usize>().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| {
+                    config_error(url, format!("{key} must be a whole number from 1 to 1024, not {value:?}"))
+                })?
             }
             "format" => {
                 format = match value.to_ascii_lowercase().as_str() {
@@ -215,9 +214,11 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Config
                     _ => return Err(config_error(url, format!("format must be json or ndjson, not {value:?}"))),
                 }
             }
-            "timeout" => timeout = parse_duration(&value).ok_or_else(|| {
-                config_error(url, format!("timeout must be a duration such as 30s, 500ms or 2m, not {value:?}"))
-            })?,
+            "timeout" => {
+                timeout = parse_duration(&value).ok_or_else(|| {
+                    config_error(url, format!("timeout must be a duration such as 30s, 500ms or 2m, not {value:?}"))
+                })?
+            }
             // EDS's options that eds does not need (the drain retries and sizes batches).
             "max-retries" | "maxBatchSize" => {}
             _ => return Err(config_error(url, format!("unknown option {key:?}"))),
@@ -275,7 +276,9 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S3Config
         return Err(config_error(url, format!("region {region:?} is not a region name (such as us-west-2)")));
     }
     let keys = match keys {
-        (Some(id), Some(secret), token) => Some(Keys { access_key_id: id, secret_access_key: secret, session_token: token }),
+        (Some(id), Some(secret), token) => {
+            Some(Keys { access_key_id: id, secret_access_key: secret, session_token: token })
+        }
         (Some(_), None, _) => return Err(config_error(url, "access-key-id is given without secret-access-key")),
         (None, Some(_), _) => return Err(config_error(url, "secret-access-key is given without access-key-id")),
         (None, None, Some(_)) => return Err(config_error(url, "session-token is given without the keys")),

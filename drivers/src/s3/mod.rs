@@ -19,13 +19,13 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
+/// The AWS SDK this driver is built on, for tests and benchmarks that read objects back.
+pub use aws_sdk_s3 as sdk;
 pub use config::{
     parse, process_env, Format, Keys, Provider, S3Config, DEFAULT_REGION, DEFAULT_TIMEOUT, DEFAULT_UPLOAD_TASKS,
     DESCRIPTION, GCS_ENDPOINT,
 };
 pub use sink::{classify, client, S3Driver};
-/// The AWS SDK this driver is built on, for tests and benchmarks that read objects back.
-pub use aws_sdk_s3 as sdk;
 
 /// The S3 driver for an `s3://` URL (the registry's entry point).
 pub fn open(url: &str) -> Result<std::sync::Arc<dyn crate::driver::Driver>, crate::driver::DriverError> {

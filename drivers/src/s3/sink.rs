@@ -45,7 +45,8 @@ impl std::fmt::Debug for S3Driver {
 /// of its own (the drain retries with backoff).
 pub async fn client(config: &S3Config) -> Client {
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-    let http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
+    let http =
+        aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::Ring)).build_https();
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(config.timeout.min(Duration::from_secs(10)))
         .operation_timeout(config.timeout)
@@ -282,21 +283,36 @@ where
                     ),
                 ),
                 (
-                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken"
-                    | "TokenRefreshRequired" | "AllAccessDisabled" | "AccountProblem" | "InvalidSecurity"
+                    "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "ExpiredToken"
+                    | "InvalidToken"
+                    | "TokenRefreshRequired"
+                    | "AllAccessDisabled"
+                    | "AccountProblem"
+                    | "InvalidSecurity"
                     | "RequestTimeTooSkewed",
                     _,
                 )
                 | ("", 401 | 403) => (ErrorClass::Config, format!("{what}: access denied to {location} ({detail})")),
-                ("" | "NotFound", 404) => (
-                    ErrorClass::Config,
-                    format!("{what}: bucket {:?} does not exist ({detail})", config.bucket),
-                ),
+                ("" | "NotFound", 404) => {
+                    (ErrorClass::Config, format!("{what}: bucket {:?} does not exist ({detail})", config.bucket))
+                }
                 ("EntityTooLarge", _) | (_, 413) => {
                     (ErrorClass::Rejected, format!("{what}: the object is too large for S3 ({detail})"))
                 }
-                ("SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout" | "OperationAborted"
-                | "ConditionalRequestConflict" | "Throttling" | "ThrottlingException", _)
+                (
+                    "SlowDown"
+                    | "ServiceUnavailable"
+                    | "InternalError"
+                    | "RequestTimeout"
+                    | "OperationAborted"
+                    | "ConditionalRequestConflict"
+                    | "Throttling"
+                    | "ThrottlingException",
+                    _,
+                )
                 | (_, 408 | 409 | 429 | 500..=599) => (ErrorClass::Transient, format!("{what}: {detail}")),
                 _ => (ErrorClass::Unknown, format!("{what}: {detail}")),
             }

@@ -63,7 +63,10 @@ fn urls_eds_forms_endpoints_and_the_environment() {
 
     // Any S3-compatible store: endpoint, path-style by default there, and overridable.
     let c = parse("s3://bkt/p?endpoint=https://minio.local:9000&path-style=false&name=x&eds-batch=1", &no_env).unwrap();
-    assert_eq!((c.provider, c.endpoint.as_deref(), c.path_style), (Provider::Compatible, Some("https://minio.local:9000"), false));
+    assert_eq!(
+        (c.provider, c.endpoint.as_deref(), c.path_style),
+        (Provider::Compatible, Some("https://minio.local:9000"), false)
+    );
     let c = parse("s3://bkt/p?endpoint=http%3A%2F%2F10.0.0.5%3A9000", &no_env).unwrap();
     assert_eq!((c.endpoint.as_deref(), c.path_style), (Some("http://10.0.0.5:9000"), true));
 
@@ -75,11 +78,15 @@ fn urls_eds_forms_endpoints_and_the_environment() {
 
     // GCS: region auto, its endpoint, virtual-hosted addressing.
     let c = parse("s3://storage.googleapis.com/gbucket/x?access-key-id=GOOG&secret-access-key=s", &env).unwrap();
-    assert_eq!((c.provider, c.bucket.as_str(), c.prefix.as_str(), c.region.as_str()), (Provider::Gcs, "gbucket", "x/", "auto"));
+    assert_eq!(
+        (c.provider, c.bucket.as_str(), c.prefix.as_str(), c.region.as_str()),
+        (Provider::Gcs, "gbucket", "x/", "auto")
+    );
     assert_eq!(c.endpoint.as_deref(), Some(GCS_ENDPOINT));
 
     // Options, EDS's spelling, EDS's options without effect.
-    let c = parse("s3://bkt?upload-tasks=3&format=NDJSON&timeout=1500ms&max-retries=5&maxBatchSize=9", &no_env).unwrap();
+    let c =
+        parse("s3://bkt?upload-tasks=3&format=NDJSON&timeout=1500ms&max-retries=5&maxBatchSize=9", &no_env).unwrap();
     assert_eq!((c.upload_tasks, c.format, c.timeout), (3, Format::Ndjson, Duration::from_millis(1500)));
     assert_eq!(parse("s3://bkt?uploadTasks=7&timeout=2m", &no_env).unwrap().upload_tasks, 7);
     assert_eq!(parse("s3://bkt?timeout=2m", &no_env).unwrap().timeout, Duration::from_secs(120));
@@ -146,11 +153,17 @@ async fn writes_each_event_as_received_with_lsn_names_for_collisions_and_replays
 async fn many_events_of_one_key_and_second_are_named_in_lsn_order_even_in_parallel() {
     let (moto, driver) = start("", "&upload-tasks=8").await;
     let raws: Vec<String> = (0..12)
-        .map(|i| format!(r#"{{"operation":"UPDATE","table":"t","key":["k"],"after":{{"id":"k","n":{i}}},"timestamp":5000}}"#))
+        .map(|i| {
+            format!(r#"{{"operation":"UPDATE","table":"t","key":["k"],"after":{{"id":"k","n":{i}}},"timestamp":5000}}"#)
+        })
         .collect();
     let events: Vec<ChangeEvent> = raws.iter().map(|r| event(r)).collect();
-    let batch: Vec<Delivery<'_>> =
-        events.iter().zip(&raws).enumerate().map(|(i, (e, r))| Delivery { lsn: 100 + i as u64, event: e, raw: r.as_bytes() }).collect();
+    let batch: Vec<Delivery<'_>> = events
+        .iter()
+        .zip(&raws)
+        .enumerate()
+        .map(|(i, (e, r))| Delivery { lsn: 100 + i as u64, event: e, raw: r.as_bytes() })
+        .collect();
     driver.write(Batch::Events(&batch)).await.unwrap();
     driver.write(Batch::Events(&batch)).await.unwrap();
     let mut want = BTreeMap::new();
@@ -164,7 +177,8 @@ async fn many_events_of_one_key_and_second_are_named_in_lsn_order_even_in_parall
 #[tokio::test]
 async fn hostile_tables_and_keys_stay_below_their_prefix_and_a_200_kib_event_arrives_whole() {
     let (moto, driver) = start("p", "").await;
-    let hostile = r#"{"operation":"INSERT","table":"../../etc","key":["../../../passwd"],"after":{"id":"x"},"timestamp":1000}"#;
+    let hostile =
+        r#"{"operation":"INSERT","table":"../../etc","key":["../../../passwd"],"after":{"id":"x"},"timestamp":1000}"#;
     let slashes = r#"{"operation":"INSERT","table":"a/b","key":["%2F é ?#"],"after":{"id":"y"},"timestamp":2500}"#;
     let big = format!(
         r#"{{"operation":"INSERT","table":"blob","key":["b1"],"after":{{"id":"b1","data":"{}"}},"timestamp":3000}}"#,
@@ -188,7 +202,8 @@ async fn hostile_tables_and_keys_stay_below_their_prefix_and_a_200_kib_event_arr
 #[tokio::test]
 async fn ndjson_writes_one_object_per_batch_one_event_per_line() {
     let (moto, driver) = start("nd", "&format=ndjson").await;
-    let pretty = "{\"operation\":\"INSERT\",\r\n \"table\":\"t\",\n \"key\":[\"k\"],\"after\":{\"id\":\"k\"},\"timestamp\":1}";
+    let pretty =
+        "{\"operation\":\"INSERT\",\r\n \"table\":\"t\",\n \"key\":[\"k\"],\"after\":{\"id\":\"k\"},\"timestamp\":1}";
     let (a, b, p) = (event(A), event(B), event(pretty));
     let batch = [
         Delivery { lsn: 41, event: &a, raw: A.as_bytes() },
