@@ -187,7 +187,7 @@ pub fn mixed_stream(n: usize) -> Vec<Raw> {
             "updatedDate": date((i as i64 * 10) % 60_000),
         });
         // Odd, so never a DELETE (which carries only `before`).
-        if i == n / 2 | 1 {
+        if i == (n / 2) | 1 {
             row["blob"] = Value::String("x".repeat(200 * 1024));
         }
         let slot = (t, if pk.starts_with(table) { k } else { 100 + i });

@@ -84,6 +84,11 @@ impl Moto {
         moto
     }
 
+    /// Its process id (for CPU figures).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
