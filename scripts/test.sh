@@ -45,6 +45,17 @@ if [ ! -x "$tools/natsvenv/bin/nats-server" ]; then
 fi
 export NATS_SERVER_LATEST="$tools/natsvenv/bin/nats-server"
 "$NATS_SERVER_LATEST" --version >/dev/null || die "$NATS_SERVER_LATEST does not run"
+# S3: moto's server (PyPI moto[server], pinned) in a venv; the S3 tests start their own on free ports.
+moto_version="5.2.5"
+if ! "$tools/motovenv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; then
+  say "installing moto[server] $moto_version into $tools/motovenv (PyPI)"
+  command -v python3 >/dev/null || die "python3 is needed to install moto"
+  mkdir -p "$tools"
+  python3 -m venv "$tools/motovenv" || die "could not create a Python venv (apt-get install python3-venv)"
+  "$tools/motovenv/bin/pip" install -q "moto[server]==$moto_version" || die "pip install moto[server]==$moto_version failed"
+fi
+export MOTO_SERVER="$tools/motovenv/bin/moto_server"
+"$MOTO_SERVER" --help >/dev/null || die "$MOTO_SERVER does not run"
 
 # PostgreSQL at 127.0.0.1:5432, user postgres without a password, database `test` (these machines
 # start one; elsewhere a private cluster is created under $tools/pgdata and started).

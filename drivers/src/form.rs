@@ -1,6 +1,8 @@
 //! A destination URL from the values of a driver's configuration form (HQ's `validate`
 //! notification, spec §7): the fields each driver describes in its [`Description`].
 //!
+//! The S3 driver takes `Bucket`, `Prefix`, `Region`, `Access Key ID`, `Secret Access Key` and
+//! `Endpoint` and gives `s3://<bucket>[/<prefix>]?<options>`.
 //! Database drivers take `Database`, `Username`, `Password`, `Hostname` and `Port` and give
 //! `<scheme>://[user:password@]host[:port]/<database>`; the file driver takes `directory`.
 //! Unlike EDS, a missing required field is a field error (EDS panicked), the user name and
@@ -35,6 +37,33 @@ fn value_text(v: &Value) -> Option<String> {
     }
 }
 
+/// `s3://<bucket>[/<prefix>]?<options>`: EDS's S3 form (spec §7.6), but the endpoint as the
+/// `endpoint=` option (EDS put it in front of the bucket, where it read as the bucket's name).
+/// Options sorted by name, every part percent-escaped (`/` kept in the prefix).
+fn s3_url(d: &Description, get: &mut dyn FnMut(&str) -> Option<String>) -> Option<String> {
+    let bucket = get("Bucket");
+    let prefix = get("Prefix");
+    let options = [
+        ("access-key-id", get("Access Key ID")),
+        ("endpoint", get("Endpoint")),
+        ("region", get("Region")),
+        ("secret-access-key", get("Secret Access Key")),
+    ];
+    let mut url = format!("{}://{}", d.scheme, crate::url::escape_component(&bucket?));
+    if let Some(p) = prefix.filter(|p| !p.trim_matches('/').is_empty()) {
+        let escaped: Vec<String> = p.trim_start_matches('/').split('/').map(crate::url::escape_component).collect();
+        url = format!("{url}/{}", escaped.join("/"));
+    }
+    let query: Vec<String> = options
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", crate::url::escape_component(v))))
+        .collect();
+    if !query.is_empty() {
+        url = format!("{url}?{}", query.join("&"));
+    }
+    Some(url)
+}
+
 /// The URL the form `values` describe for the driver `d`, or every field error found.
 pub fn url_from_form(d: &Description, values: &Map<String, Value>) -> Result<String, Vec<FieldError>> {
     let mut errors = Vec::new();
@@ -53,7 +82,9 @@ pub fn url_from_form(d: &Description, values: &Map<String, Value>) -> Result<Str
         }
         value
     };
-    let url = if d.fields.iter().any(|f| f.name == "directory") {
+    let url = if d.scheme == "s3" {
+        s3_url(d, &mut get)
+    } else if d.fields.iter().any(|f| f.name == "directory") {
         get("directory").map(|dir| format!("{}://{dir}", d.scheme))
     } else {
         let (database, user, password, host, port) =

@@ -13,9 +13,13 @@ pub mod file;
 pub mod form;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(any(feature = "file", feature = "s3"))]
+pub mod naming;
 pub mod number;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod schema;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlserver"))]
 pub mod sql;
@@ -70,6 +74,8 @@ const REGISTERED: &[Registered] = &[
     Registered { description: &mysql::DESCRIPTION, open: mysql::open },
     #[cfg(feature = "sqlserver")]
     Registered { description: &sqlserver::DESCRIPTION, open: sqlserver::open },
+    #[cfg(feature = "s3")]
+    Registered { description: &s3::DESCRIPTION, open: s3::open },
 ];
 
 /// Every driver compiled into this build, in a stable order.

@@ -186,7 +186,8 @@ pub fn mixed_stream(n: usize) -> Vec<Raw> {
             "meta": {"tags": [h, {"deep": [1, 2.5, null, true]}], "note": h},
             "updatedDate": date((i as i64 * 10) % 60_000),
         });
-        if i == n / 2 {
+        // Odd, so never a DELETE (which carries only `before`).
+        if i == (n / 2) | 1 {
             row["blob"] = Value::String("x".repeat(200 * 1024));
         }
         let slot = (t, if pk.starts_with(table) { k } else { 100 + i });
@@ -200,8 +201,9 @@ pub fn mixed_stream(n: usize) -> Vec<Raw> {
             _ => live.insert(slot, row),
         };
         let id = format!("{:016x}", (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        // Several events per second, so one key sees more than one event within a second.
-        let timestamp = T0 + i as i64 * 150;
+        // 70 events per second (10 ms apart): a key comes back every 35 events, so each key sees
+        // two events within one second.
+        let timestamp = T0 + (i as i64 / 70) * 1000 + (i as i64 % 70) * 10;
         let key = if i % 3 == 0 { json!(["gcp-us-west1", pk]) } else { json!([pk]) };
         let mut e = json!({
             "operation": op,

@@ -12,6 +12,7 @@
 
 use super::config::DESCRIPTION;
 use crate::driver::{Batch, BoxFuture, Delivery, Description, Driver, DriverError, ErrorClass, Limits};
+use crate::naming;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
@@ -21,24 +22,6 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct FileDriver {
     dir: PathBuf,
-}
-
-/// A file-name-safe form of a table name or key: letters, digits, `_` and `-` as they are, `.`
-/// except in first place, everything else as `%XX`. No key can climb out of its table directory.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for (i, b) in s.bytes().enumerate() {
-        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
-        if plain {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    if out.is_empty() {
-        out.push_str("%00");
-    }
-    out
 }
 
 fn io_err(what: &str, path: &Path, e: io::Error) -> DriverError {
@@ -102,19 +85,17 @@ impl FileDriver {
         d: &Delivery<'_>,
         created_dirs: &mut BTreeSet<PathBuf>,
     ) -> Result<Option<PathBuf>, DriverError> {
-        let table_dir = self.dir.join(escape(&d.event.table));
+        let table_dir = self.dir.join(naming::table_dir(d.event));
         if !table_dir.is_dir() {
             create_dirs(&table_dir)?;
             created_dirs.insert(table_dir.clone());
         }
-        let secs = d.event.timestamp.div_euclid(1000);
-        let pk = escape(d.event.primary_key());
-        let mut path = table_dir.join(format!("{secs}-{pk}.json"));
+        let mut path = table_dir.join(naming::plain_name(d.event));
         match fs::read(&path) {
             Ok(existing) if existing == d.raw => return Ok(None), // a replay
             Ok(_) => {
                 // Another event for the key in the same second: its own name, by LSN.
-                path = table_dir.join(format!("{secs}-{pk}-{}.json", d.lsn));
+                path = table_dir.join(naming::lsn_name(d.event, d.lsn));
                 match fs::read(&path) {
                     Ok(existing) if existing == d.raw => return Ok(None),
                     Ok(_) | Err(_) => {}

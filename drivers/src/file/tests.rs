@@ -1,8 +1,8 @@
-use super::sink::escape;
 use super::*;
 use crate::conformance;
 use crate::driver::{Batch, Delivery, Driver, ErrorClass};
 use crate::event::ChangeEvent;
+use crate::naming::escape;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -8,7 +8,7 @@
 
 use crate::driver::{ConfigField, Description, DriverError, ErrorClass, FieldKind, Kind};
 pub use crate::url::redact;
-use crate::url::{is_eds_param, is_local_host};
+use crate::url::{is_eds_param, is_local_host, percent_decode};
 use tiberius::{AuthMethod, Config, EncryptionLevel};
 
 /// What the SQL Server destination says about itself.
@@ -143,26 +143,6 @@ impl ConnectSpec {
 /// Query parameters that belong to eds's drain, not to SQL Server.
 fn config_error(url: &str, problem: impl std::fmt::Display) -> DriverError {
     DriverError::new(ErrorClass::Config, format!("invalid SQL Server URL {}: {problem}", redact(url)))
-}
-
-/// Percent-decodes `s` (`+` stays a plus, as in a URL path); `None` when an escape is malformed or
-/// the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A query parameter's key or value: `+` is a space there, then percent-decoding.

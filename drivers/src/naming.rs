@@ -1,0 +1,68 @@
+//! How the stream destinations that write an object per event (files, S3) name it:
+//! `<table>/<unix seconds>-<primary key>.json`, or `<unix seconds>-<primary key>-<lsn>.json` when
+//! another event already holds that name (EDS overwrote it).
+//!
+//! Invariant: a name is a pure function of the event (and its LSN), and no table or key can climb
+//! out of its table's "directory": both drivers name identically.
+
+use crate::event::ChangeEvent;
+
+/// A name-safe form of a table name or key: letters, digits, `_` and `-` as they are, `.` except
+/// in first place, everything else as `%XX` (so `/`, `..` and `%` itself are escaped).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, b) in s.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if plain {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("%00");
+    }
+    out
+}
+
+/// The table "directory" of an event: its table, escaped.
+pub fn table_dir(event: &ChangeEvent) -> String {
+    escape(&event.table)
+}
+
+/// `<unix seconds>-<primary key>`: seconds are the event's timestamp (milliseconds) rounded down.
+pub fn stem(event: &ChangeEvent) -> String {
+    format!("{}-{}", event.timestamp.div_euclid(1000), escape(event.primary_key()))
+}
+
+/// The first name an event tries: `<stem>.json`.
+pub fn plain_name(event: &ChangeEvent) -> String {
+    format!("{}.json", stem(event))
+}
+
+/// The name of an event whose plain name holds another event: `<stem>-<lsn>.json`.
+pub fn lsn_name(event: &ChangeEvent, lsn: u64) -> String {
+    format!("{}-{lsn}.json", stem(event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_climb_out() {
+        assert_eq!(escape(""), "%00");
+        assert_eq!(escape("order"), "order");
+        assert_eq!(escape("é"), "%C3%A9");
+        assert_eq!(escape("../x/y"), "%2E.%2Fx%2Fy");
+        assert_eq!(escape("%2F"), "%252F");
+        let e = ChangeEvent::from_json(
+            br#"{"operation":"INSERT","table":"a/b","key":["r","../k"],"after":{"id":"../k"},"timestamp":-1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (table_dir(&e), plain_name(&e), lsn_name(&e, 9)),
+            ("a%2Fb".into(), "-1-%2E.%2Fk.json".into(), "-1-%2E.%2Fk-9.json".into())
+        );
+    }
+}
