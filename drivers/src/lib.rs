@@ -11,6 +11,8 @@ pub mod event;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod form;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 pub mod number;
@@ -70,6 +72,8 @@ const REGISTERED: &[Registered] = &[
     Registered { description: &mysql::DESCRIPTION, open: mysql::open },
     #[cfg(feature = "sqlserver")]
     Registered { description: &sqlserver::DESCRIPTION, open: sqlserver::open },
+    #[cfg(feature = "kafka")]
+    Registered { description: &kafka::DESCRIPTION, open: kafka::open },
 ];
 
 /// Every driver compiled into this build, in a stable order.

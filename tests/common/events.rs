@@ -153,7 +153,8 @@ pub const HOSTILE: &[&str] = &[
 ];
 
 /// Primary keys that are no safe object names or message keys.
-pub const HOSTILE_IDS: &[&str] = &["it's \"odd\"", r"a\b", "😀", "<id>", "../../etc/passwd", "a/b", "sp ace", "%2F", "."];
+pub const HOSTILE_IDS: &[&str] =
+    &["it's \"odd\"", r"a\b", "😀", "<id>", "../../etc/passwd", "a/b", "sp ace", "%2F", "."];
 
 /// A realistic mixed stream of `n` events (at least 40): INSERT, UPDATE and DELETE over five
 /// tables and many keys, several events for one key within one second, keys with a region prefix,
