@@ -7,7 +7,6 @@ use eds_drivers::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
 use eds_drivers::kafka::rdkafka::error::KafkaError;
 use eds_drivers::kafka::rdkafka::message::{Headers, Message};
 use eds_drivers::kafka::rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,8 +105,8 @@ impl Consumed {
     }
 
     /// Everything but the offset: what a replay repeats.
-    pub fn content(&self) -> (i32, &[u8], &[(String, Vec<u8>)], &[u8]) {
-        (self.partition, &self.key, &self.headers, &self.value)
+    pub fn without_offset(&self) -> Consumed {
+        Consumed { offset: -1, ..self.clone() }
     }
 }
 

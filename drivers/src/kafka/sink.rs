@@ -18,6 +18,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -151,6 +152,9 @@ pub struct KafkaDriver {
     last_error: Arc<LastError>,
     /// Replaced after a fatal error of the idempotent producer (it cannot go on after one).
     producer: Mutex<Client>,
+    /// A broker refused the producer's identity (fenced, unknown or out-of-sequence producer id):
+    /// the producer is replaced, so the next attempt starts with a new id.
+    spent: AtomicBool,
     /// The topic's partition count and when it was asked; `None` after an error.
     partitions: Mutex<Option<(i32, Instant)>>,
 }
@@ -224,12 +228,32 @@ pub fn classify(code: RDKafkaErrorCode) -> ErrorClass {
     }
 }
 
+/// Whether a delivery error says the producer's identity is no longer good at the broker.
+fn producer_is_spent(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::UnknownProducerId
+            | C::OutOfOrderSequenceNumber
+            | C::InvalidProducerIdMapping
+            | C::Fatal
+    )
+}
+
 impl KafkaDriver {
     /// A driver for `config`. Creates librdkafka's client (which connects in the background).
     pub fn new(config: KafkaConfig) -> Result<KafkaDriver, DriverError> {
         let last_error = Arc::new(LastError::default());
         let producer = create(&config, &last_error)?;
-        Ok(KafkaDriver { config, last_error, producer: Mutex::new(producer), partitions: Mutex::new(None) })
+        Ok(KafkaDriver {
+            config,
+            last_error,
+            producer: Mutex::new(producer),
+            spent: AtomicBool::new(false),
+            partitions: Mutex::new(None),
+        })
     }
 
     /// The parsed URL.
@@ -312,11 +336,13 @@ impl KafkaDriver {
     }
 
     /// After a failed batch: ask the partition count again, and replace a producer that hit a
-    /// fatal error (the idempotent producer stops for good after one).
+    /// fatal error (the idempotent producer stops for good after one) or whose identity a broker
+    /// refused (some brokers fence an idempotent producer for good after its messages timed out).
     fn after_failure(&self) {
         *self.partitions.lock().unwrap_or_else(PoisonError::into_inner) = None;
         let mut producer = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
-        if producer.client().fatal_error().is_some() {
+        let spent = self.spent.swap(false, Ordering::Relaxed);
+        if spent || producer.client().fatal_error().is_some() {
             if let Ok(fresh) = create(&self.config, &self.last_error) {
                 *producer = fresh;
             }
@@ -385,6 +411,9 @@ impl KafkaDriver {
                 Ok(Err(_canceled)) => failed.push((lsn, RDKafkaErrorCode::Fatal)),
                 Err(_elapsed) => failed.push((lsn, RDKafkaErrorCode::MessageTimedOut)),
             }
+        }
+        if failed.iter().any(|(_, code)| producer_is_spent(*code)) {
+            self.spent.store(true, Ordering::Relaxed);
         }
         // The worst first: what an operator must fix, then what passes, then what the data did.
         let rank = |code: RDKafkaErrorCode| match classify(code) {
