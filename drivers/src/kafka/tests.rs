@@ -259,6 +259,26 @@ fn bad_urls_are_configuration_errors_naming_the_problem_without_secrets() {
 }
 
 #[test]
+fn hq_forms_become_urls_the_driver_reads() {
+    use crate::form::url_from_form;
+    let form = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+    let url = url_from_form(
+        &DESCRIPTION,
+        &form(serde_json::json!({"Brokers": "a:9092, b:9093", "Topic": "eds", "Username": "me", "Password": "p@ss:/", "TLS": "true"})),
+    )
+    .unwrap();
+    assert_eq!(url, "kafka://me:p%40ss%3A%2F@a:9092,b:9093/eds?tls=true");
+    let c = parse(&url).unwrap();
+    assert_eq!((c.brokers.len(), c.tls), (2, true));
+    assert_eq!(c.sasl.map(|s| (s.mechanism, s.password)), Some((SaslMechanism::Plain, "p@ss:/".to_owned())));
+    let url = url_from_form(&DESCRIPTION, &form(serde_json::json!({"Brokers": "kafka", "Topic": "t"}))).unwrap();
+    assert_eq!(parse(&url).unwrap().brokers, ["kafka:9092"]);
+    let errors = url_from_form(&DESCRIPTION, &form(serde_json::json!({"Username": "me", "TLS": "maybe"}))).unwrap_err();
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["Brokers", "Topic", "Password", "TLS"], "{errors:?}");
+}
+
+#[test]
 fn librdkafka_gets_the_idempotent_producer_and_the_security_settings() {
     let c =
         parse("kafka://u:s3cret@a:1,b:2/t?tls=true&insecure-skip-verify=true&sasl-mechanism=SCRAM-SHA-256&timeout=7s")
