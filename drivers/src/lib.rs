@@ -11,6 +11,8 @@ pub mod event;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod form;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(any(feature = "file", feature = "s3"))]
@@ -76,6 +78,8 @@ const REGISTERED: &[Registered] = &[
     Registered { description: &sqlserver::DESCRIPTION, open: sqlserver::open },
     #[cfg(feature = "s3")]
     Registered { description: &s3::DESCRIPTION, open: s3::open },
+    #[cfg(feature = "kafka")]
+    Registered { description: &kafka::DESCRIPTION, open: kafka::open },
 ];
 
 /// Every driver compiled into this build, in a stable order.
