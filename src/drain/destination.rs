@@ -277,7 +277,13 @@ mod tests {
         let pg = parse_destination("postgres://u:secret@db:5433/shop?sslmode=require").unwrap().unwrap();
         assert_eq!(pg.name, "postgres-db-5433-shop", "no user, no password, no query");
         assert_eq!(pg.driver.describe().kind, Kind::State);
-        assert!(parse_destination("kafka://u:secret@broker/x").unwrap().is_none(), "no driver in this build yet");
+        assert!(parse_destination("eventhub://u:secret@ns/x").unwrap().is_none(), "no driver in this build yet");
+        #[cfg(feature = "kafka")]
+        {
+            let k = parse_destination("kafka://u:secret@broker/x?sasl-password=secret2").unwrap().unwrap();
+            assert!(!k.name.contains("secret") && k.name.starts_with("kafka-broker"), "{}", k.name);
+            assert_eq!(k.driver.describe().kind, Kind::Stream);
+        }
         let my = parse_destination("mysql://root:pw@127.0.0.1:3306/shop").unwrap().unwrap();
         assert_eq!((my.name.as_str(), my.driver.describe().name), ("mysql-127.0.0.1-3306-shop", "MySQL"));
         let ms = parse_destination("mssql://sa:pw@db/shop").unwrap().unwrap();
