@@ -296,6 +296,12 @@ mod tests {
         assert!(parse_destination("eventhub://h/;SharedAccessKey=k").unwrap().is_none(), "no driver yet");
         let err = parse_destination("postgress://u:secret@db/x").unwrap_err().to_string();
         assert!(err.contains("no destination has the scheme \"postgress\"") && !err.contains("secret"), "{err}");
+        #[cfg(feature = "kafka")]
+        {
+            let k = parse_destination("kafka://u:secret@broker/x?sasl-password=secret2").unwrap().unwrap();
+            assert!(!k.name.contains("secret") && k.name.starts_with("kafka-broker"), "{}", k.name);
+            assert_eq!(k.driver.describe().kind, Kind::Stream);
+        }
         let my = parse_destination("mysql://root:pw@127.0.0.1:3306/shop").unwrap().unwrap();
         assert_eq!((my.name.as_str(), my.driver.describe().name), ("mysql-127.0.0.1-3306-shop", "MySQL"));
         let ms = parse_destination("mssql://sa:pw@db/shop").unwrap().unwrap();

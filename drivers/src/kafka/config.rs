@@ -324,8 +324,10 @@ pub fn parse(url: &str) -> Result<KafkaConfig, DriverError> {
             "sasl-password" => password = Some(value).filter(|s| !s.is_empty()),
             "timeout" => {
                 config.timeout = parse_duration(&value)
-                    .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(d))
-                    .ok_or_else(|| bad("expected a duration from 1s to 60m (30s, 1500ms, 2m)"))?
+                    // Below the drain's own deadline for a write (2 minutes), so the driver's
+                    // error, which says what the brokers did, comes first.
+                    .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(100)).contains(d))
+                    .ok_or_else(|| bad("expected a duration from 1s to 100s (30s, 1500ms)"))?
             }
             "compression" => {
                 config.compression = match value.to_ascii_lowercase().as_str() {

@@ -242,6 +242,7 @@ fn bad_urls_are_configuration_errors_naming_the_problem_without_secrets() {
         ("kafka://k/t?acks=1", "unknown option \"acks\""),
         ("kafka://k/t?timeout=forever", "timeout"),
         ("kafka://k/t?timeout=0s", "timeout"),
+        ("kafka://k/t?timeout=5m", "timeout"),
         ("kafka://k/t?compression=brotli", "compression"),
         ("kafka://k/t?max-message-bytes=10", "max-message-bytes"),
         ("kafka://k/t?tls=maybe", "tls"),
