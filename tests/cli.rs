@@ -287,8 +287,9 @@ fn server_help_finds_drivers_by_scheme() {
     let o = eds(&["server", "help", "nope"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        // Drivers behind optional features (s3) follow when built in.
-        stderr(&o).contains("no driver for scheme \"nope\" in this build (known: file, postgres, mysql, sqlserver"),
+        stderr(&o).contains(
+            "no driver for scheme \"nope\": no destination has this scheme (in this build: file, postgres, mysql"
+        ),
         "{}",
         stderr(&o)
     );
@@ -352,6 +353,13 @@ fn demo_delivers_every_generated_event_and_keeps_off_server_data() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["position"], 1500);
     assert_eq!(v[0]["lag_records"], 0);
+
+    // A mistyped scheme is a usage error, not a destination that silently gets nothing.
+    let bad = ["demo", "--events", "10", "--port", "0", "--url", "postgress://u:pw@db/x", "-d", data.to_str().unwrap()];
+    let o = eds(&bad);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no destination has the scheme \"postgress\""), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("pw@"), "{}", stderr(&o));
 
     // A server's data directory is refused.
     let server = d.path().join("server");

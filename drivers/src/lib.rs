@@ -83,10 +83,84 @@ pub fn descriptions() -> Vec<&'static driver::Description> {
     REGISTERED.iter().map(|r| r.description).collect()
 }
 
+/// Every scheme (and alias) of EDS's destinations, with the cargo feature of eds's driver for it
+/// (`None`: eds has no driver for it yet).
+const SCHEMES: &[(&str, Option<&str>)] = &[
+    ("file", Some("file")),
+    ("postgres", Some("postgres")),
+    ("postgresql", Some("postgres")),
+    ("mysql", Some("mysql")),
+    ("mariadb", Some("mysql")),
+    ("sqlserver", Some("sqlserver")),
+    ("mssql", Some("sqlserver")),
+    ("s3", Some("s3")),
+    ("kafka", Some("kafka")),
+    ("snowflake", None),
+    ("snowflake-keypair", None),
+    ("eventhub", None),
+];
+
+/// Why [`find`] has no driver for a scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// eds has a driver for it, but this build was made without its cargo feature.
+    NotBuilt {
+        /// The cargo feature that brings it.
+        feature: &'static str,
+    },
+    /// An EDS destination eds has no driver for yet.
+    NotYet,
+    /// No destination of EDS or eds has this scheme (a typo?).
+    Unknown,
+}
+
+/// Why there is no driver for `scheme` in this build, or `None` when [`find`] has one.
+pub fn missing(scheme: &str) -> Option<Missing> {
+    if find(scheme).is_some() {
+        return None;
+    }
+    Some(match SCHEMES.iter().find(|(s, _)| s.eq_ignore_ascii_case(scheme)) {
+        Some((_, Some(feature))) => Missing::NotBuilt { feature },
+        Some((_, None)) => Missing::NotYet,
+        None => Missing::Unknown,
+    })
+}
+
+/// Every scheme eds knows of (built into this build or not), for messages.
+pub fn known_schemes() -> impl Iterator<Item = &'static str> {
+    SCHEMES.iter().map(|(s, _)| *s)
+}
+
 /// The driver for a URL scheme or one of its aliases (case-insensitive): `find(scheme)?.open(url)`.
 pub fn find(scheme: &str) -> Option<Registered> {
     REGISTERED.iter().copied().find(|r| {
         r.description.scheme.eq_ignore_ascii_case(scheme)
             || r.description.aliases.iter().any(|a| a.eq_ignore_ascii_case(scheme))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_scheme_is_known_and_the_rest_say_why_they_are_missing() {
+        for d in descriptions() {
+            for s in std::iter::once(d.scheme).chain(d.aliases.iter().copied()) {
+                assert!(known_schemes().any(|k| k == s), "{s} is registered but not in SCHEMES");
+                assert_eq!(missing(s), None, "{s}");
+                assert_eq!(missing(&s.to_ascii_uppercase()), None, "{s}");
+            }
+        }
+        assert_eq!(missing("eventhub"), Some(Missing::NotYet));
+        assert_eq!(missing("postgress"), Some(Missing::Unknown));
+        for (scheme, feature) in SCHEMES {
+            match (find(scheme), feature) {
+                (Some(_), Some(_)) => {}
+                (None, Some(f)) => assert_eq!(missing(scheme), Some(Missing::NotBuilt { feature: f })),
+                (None, None) => assert_eq!(missing(scheme), Some(Missing::NotYet)),
+                (Some(_), None) => panic!("{scheme} has a driver: name its feature in SCHEMES"),
+            }
+        }
+    }
 }

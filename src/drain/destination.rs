@@ -6,6 +6,7 @@ use crate::state::ServerState;
 use anyhow::{bail, Context, Result};
 use eds_drivers::driver::Driver;
 use eds_drivers::url::redact;
+use eds_drivers::Missing;
 use eds_wal::{CursorStart, Wal};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,7 +95,9 @@ fn query_param<'a>(url: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').find_map(|kv| kv.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
 }
 
-/// Parse one `--url`. `Ok(None)` for a scheme whose driver is not in this build yet.
+/// Parse one `--url`. `Ok(None)` for a destination of EDS that eds has no driver for yet; an
+/// error for a scheme nobody knows (a typo would otherwise deliver nowhere) and for a driver this
+/// build was made without.
 pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
     let Some((scheme, rest)) = url.split_once("://") else {
         bail!("--url {:?}: expected <scheme>://…", redact(url));
@@ -108,7 +111,20 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
         },
     };
     // Every driver of this build, by scheme or alias: no per-scheme code here.
-    let Some(registered) = eds_drivers::find(scheme) else { return Ok(None) };
+    let Some(registered) = eds_drivers::find(scheme) else {
+        return match eds_drivers::missing(scheme) {
+            Some(Missing::NotYet) | None => Ok(None),
+            Some(Missing::NotBuilt { feature }) => bail!(
+                "--url {:?}: this eds was built without the {scheme} driver (build with `--features {feature}`)",
+                redact(url)
+            ),
+            Some(Missing::Unknown) => bail!(
+                "--url {:?}: no destination has the scheme {scheme:?} (known: {})",
+                redact(url),
+                eds_drivers::known_schemes().collect::<Vec<_>>().join(", ")
+            ),
+        };
+    };
     let driver = registered
         .open(url)
         .map_err(|e| anyhow::anyhow!("--url {:?}: {}", redact(url), redact(&eds_wal::error_chain(&e))))?;
@@ -277,7 +293,9 @@ mod tests {
         let pg = parse_destination("postgres://u:secret@db:5433/shop?sslmode=require").unwrap().unwrap();
         assert_eq!(pg.name, "postgres-db-5433-shop", "no user, no password, no query");
         assert_eq!(pg.driver.describe().kind, Kind::State);
-        assert!(parse_destination("kafka://u:secret@broker/x").unwrap().is_none(), "no driver in this build yet");
+        assert!(parse_destination("eventhub://h/;SharedAccessKey=k").unwrap().is_none(), "no driver yet");
+        let err = parse_destination("postgress://u:secret@db/x").unwrap_err().to_string();
+        assert!(err.contains("no destination has the scheme \"postgress\"") && !err.contains("secret"), "{err}");
         let my = parse_destination("mysql://root:pw@127.0.0.1:3306/shop").unwrap().unwrap();
         assert_eq!((my.name.as_str(), my.driver.describe().name), ("mysql-127.0.0.1-3306-shop", "MySQL"));
         let ms = parse_destination("mssql://sa:pw@db/shop").unwrap().unwrap();

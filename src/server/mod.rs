@@ -189,10 +189,17 @@ pub fn help(scheme: Option<&str>, out: &mut dyn std::io::Write) -> Result<u8> {
         }
         Some(s) => {
             let Some(d) = eds_drivers::find(s) else {
-                let known: Vec<&str> = eds_drivers::descriptions().iter().map(|d| d.scheme).collect();
+                let built: Vec<&str> = eds_drivers::descriptions().iter().map(|d| d.scheme).collect();
+                let why = match eds_drivers::missing(s) {
+                    Some(eds_drivers::Missing::NotBuilt { feature }) => {
+                        format!("this eds was built without it (build with `--features {feature}`)")
+                    }
+                    Some(eds_drivers::Missing::NotYet) => "eds has no driver for it yet".to_owned(),
+                    _ => "no destination has this scheme".to_owned(),
+                };
                 return Err(UsageError(format!(
-                    "no driver for scheme {s:?} in this build (known: {})",
-                    known.join(", ")
+                    "no driver for scheme {s:?}: {why} (in this build: {})",
+                    built.join(", ")
                 ))
                 .into());
             };

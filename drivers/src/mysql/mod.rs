@@ -8,13 +8,17 @@
 //! never dropped, no column dropped or retyped. DDL commits implicitly in MySQL and MariaDB, so it
 //! never runs inside a batch's transaction.
 
+mod catalog;
+mod cells;
 mod config;
 mod sink;
 #[cfg(test)]
 mod tests;
 
+pub use catalog::ddl_type;
+pub use cells::datetime_text;
 pub use config::{connect_options, redact, DESCRIPTION, SESSION_SQL_MODE};
-pub use sink::{classify, classify_number, datetime_text, ddl_type, quote_ident, MysqlDriver, MAX_BIND_PARAMS};
+pub use sink::{classify, classify_number, quote_ident, MysqlDriver, MAX_BIND_PARAMS};
 
 /// The MySQL/MariaDB driver for a URL (the registry's entry point).
 pub fn open(url: &str) -> Result<std::sync::Arc<dyn crate::driver::Driver>, crate::driver::DriverError> {

@@ -1,14 +1,10 @@
 //! Writing folded changes to MySQL or MariaDB, and keeping tables in step with HQ's schemas.
 //!
 //! Statements: every identifier goes through [`quote_ident`]; every value is a bound parameter
-//! (`?`), converted in Rust by the destination column's real type as `information_schema` reports
-//! it, so tables made earlier by EDS or by hand (`TIMESTAMP`, `VARCHAR(64)`, `TINYINT(1)`, `FLOAT`,
-//! `DECIMAL`…) are written by their own types: integers exactly as `i64`/`u64` (never through
-//! `f64`), floats as `f64`, booleans as `bool`, JSON as its text, ISO-8601 date-times as
-//! `YYYY-MM-DD HH:MM:SS.ffffff` in UTC, parsed here rather than by the server (see
-//! [`datetime_text`]). Sessions run with `time_zone='+00:00'` (so a `TIMESTAMP` column stores the
-//! right instant) and a strict `sql_mode` (so a value the column cannot hold is an error, not a
-//! silent truncation or a zero date).
+//! (`?`), converted in Rust by the destination column's real type (see `cells.rs`). Sessions run
+//! with `time_zone='+00:00'` (so a `TIMESTAMP` column stores the right instant) and a strict
+//! `sql_mode` (so a value the column cannot hold is an error, not a silent truncation or a zero
+//! date).
 //!
 //! Upserts: `INSERT INTO t (…) VALUES (?, …), (?, …) ON DUPLICATE KEY UPDATE c = VALUES(c), …`.
 //! `VALUES(c)` is the one spelling both servers accept: MariaDB (10.11 included) has no row alias
@@ -32,27 +28,20 @@
 //! MariaDB commit implicitly on DDL, so DDL is serialised by a mutex and runs on its own, never
 //! inside a batch's transaction. Column names are case-insensitive in MySQL, so the catalog is
 //! matched by lower-cased name.
-//!
-//! New tables: InnoDB, `DEFAULT CHARSET=utf8mb4` (4-byte UTF-8 such as emoji), types by
-//! [`ddl_type`], and the database's default collation when it is a utf8mb4 one, else the server's
-//! default for utf8mb4 — eds picks none of its own, so an operator decides by the database's
-//! collation. With the usual case-insensitive defaults (`utf8mb4_general_ci`,
-//! `utf8mb4_0900_ai_ci`) two keys that differ only in case or trailing spaces are one row;
-//! Shopmonkey's ids are lower-case hex, so this does not arise; a database created with
-//! `utf8mb4_bin` compares keys byte for byte.
 
+use super::catalog::{
+    check_table, create_table_sql, load_server, load_table, migration_actions, ServerInfo, TableInfo,
+    ASSUMED_MAX_PACKET,
+};
+use super::cells::{bind_cell, Cell, ColumnPlan};
 use super::config::{connect_options, redact, DESCRIPTION, SESSION_SQL_MODE};
 use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
-use crate::schema::{ColumnType, Schema};
-use crate::sql::datetime;
-use crate::sql::plan::{self, KeyPart, Prepare, Step};
+use crate::schema::Schema;
+use crate::sql::plan::{self, Step};
 use crate::sqltx::BatchTx;
-use serde_json::Value;
 use sqlx::mysql::MySqlPoolOptions;
-use sqlx::mysql::{MySql, MySqlArguments, MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool};
-use sqlx::query::Query;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool};
 use sqlx::{Connection, Executor};
-use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,10 +50,6 @@ use std::time::Duration;
 /// Bind parameters per statement by default: MySQL's prepared statements take at most 65,535
 /// placeholders; this stays well below.
 pub const MAX_BIND_PARAMS: usize = 60_000;
-
-/// The `max_allowed_packet` assumed until the server has told its own (MariaDB's default; MySQL
-/// 8's is 64 MiB).
-const ASSUMED_MAX_PACKET: usize = 16 << 20;
 
 /// Statements never carry more than this many bytes of values, whatever `max_allowed_packet` is.
 const MAX_STATEMENT_BYTES: usize = 64 << 20;
@@ -80,10 +65,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// MySQL identifiers are at most 64 characters.
 const MAX_IDENTIFIER_CHARS: usize = 64;
-
-/// The first and last instant a `TIMESTAMP` column holds, in microseconds since the epoch:
-/// `1970-01-01 00:00:01` and `2038-01-19 03:14:07.999999` UTC (MySQL 8; MariaDB before 11.5).
-const TIMESTAMP_RANGE: (i64, i64) = (1_000_000, 2_147_483_647_999_999);
 
 /// `name` as a MySQL identifier: always in backticks, with every backtick doubled, so case, spaces
 /// and punctuation are kept exactly (`updatedDate` stays `updatedDate`). Names MySQL cannot hold —
@@ -119,327 +100,6 @@ pub fn quote_ident(name: &str) -> Result<String, DriverError> {
     }
     out.push('`');
     Ok(out)
-}
-
-/// How a destination column stores values, from its catalog type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Storage {
-    /// `char`, `varchar` and the `text` types.
-    Text,
-    /// `enum`, `set`.
-    Enum,
-    /// `json` (MySQL), or a text column with a `json_valid` check (MariaDB's `JSON`).
-    Json,
-    /// `datetime`: written as UTC wall-clock time.
-    DateTime,
-    /// `timestamp`: an instant, written in the session's time zone, UTC.
-    Timestamp,
-    /// `tinyint` (but `tinyint(1)`), `smallint`, `mediumint`, `int`, `bigint`, signed or not.
-    Integer,
-    /// `tinyint(1)` (what `BOOLEAN` creates), `bit(1)`.
-    Boolean,
-    /// `decimal`.
-    Decimal,
-    /// `double`, `float`.
-    Float,
-    /// Anything else (date, time, year, blobs, spatial types…): holds no schema type.
-    Other,
-}
-
-impl Storage {
-    fn of(data_type: &str, column_type: &str, json_check: bool) -> Storage {
-        let column_type = column_type.to_ascii_lowercase();
-        match data_type.to_ascii_lowercase().as_str() {
-            "json" => Storage::Json,
-            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" if json_check => Storage::Json,
-            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => Storage::Text,
-            "enum" | "set" => Storage::Enum,
-            "datetime" => Storage::DateTime,
-            "timestamp" => Storage::Timestamp,
-            "tinyint" if column_type.starts_with("tinyint(1)") => Storage::Boolean,
-            "bit" if column_type == "bit(1)" => Storage::Boolean,
-            "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" => Storage::Integer,
-            "decimal" | "numeric" => Storage::Decimal,
-            "double" | "float" | "real" | "double precision" => Storage::Float,
-            _ => Storage::Other,
-        }
-    }
-
-    /// Whether a column stored this way can hold the schema's type. Text columns hold anything
-    /// (values become their text); otherwise:
-    ///
-    /// | schema type | destination types accepted besides text |
-    /// |---|---|
-    /// | string | enum, set |
-    /// | date-time string | datetime, timestamp |
-    /// | integer | the integer types, decimal, double, float |
-    /// | number | double, float, decimal |
-    /// | boolean | tinyint(1), bit(1) |
-    /// | object, array | json |
-    /// | enum | enum, set |
-    /// | unknown | — |
-    fn holds(self, kind: &ColumnType) -> bool {
-        matches!(
-            (kind, self),
-            (_, Storage::Text)
-                | (ColumnType::Text | ColumnType::Enum { .. }, Storage::Enum)
-                | (ColumnType::DateTime, Storage::DateTime | Storage::Timestamp)
-                | (ColumnType::Integer, Storage::Integer | Storage::Decimal | Storage::Float)
-                | (ColumnType::Number, Storage::Float | Storage::Decimal)
-                | (ColumnType::Boolean, Storage::Boolean)
-                | (ColumnType::Object | ColumnType::Array { .. }, Storage::Json)
-        )
-    }
-}
-
-/// The column type CREATE TABLE and ADD COLUMN use for a schema type (spec §6.2, improved):
-/// strings are `LONGTEXT` (`TEXT` holds only 64 KiB) and `VARCHAR(255)` in the primary key (an
-/// index needs a bounded type; 255 characters of utf8mb4 fit InnoDB's 3072-byte key limit);
-/// date-times `DATETIME(6)` (microseconds, and unlike `TIMESTAMP` not limited to 1970–2038);
-/// numbers `DOUBLE` (EDS's `FLOAT` is single precision); objects and arrays `JSON` (MariaDB makes
-/// that `LONGTEXT` with a `json_valid` check); enums `VARCHAR(64)`.
-pub fn ddl_type(kind: &ColumnType, primary_key: bool) -> &'static str {
-    match kind {
-        ColumnType::Text | ColumnType::Unknown(_) | ColumnType::Object | ColumnType::Array { .. } if primary_key => {
-            "VARCHAR(255)"
-        }
-        ColumnType::Text | ColumnType::Unknown(_) => "LONGTEXT",
-        ColumnType::DateTime => "DATETIME(6)",
-        ColumnType::Integer => "BIGINT",
-        ColumnType::Number => "DOUBLE",
-        ColumnType::Boolean => "BOOLEAN",
-        ColumnType::Object | ColumnType::Array { .. } => "JSON",
-        ColumnType::Enum { .. } => "VARCHAR(64)",
-    }
-}
-
-/// One column of a destination table, as the catalog describes it.
-#[derive(Debug, Clone)]
-struct DestColumn {
-    /// The name as the table spells it.
-    name: String,
-    /// The full type (`varchar(64)`, `tinyint(1)`), for messages and to loosen NOT NULL.
-    column_type: String,
-    storage: Storage,
-    not_null: bool,
-    /// `ON UPDATE current_timestamp()`: the server overwrites it on any update that does not set
-    /// it (the first `TIMESTAMP` column of tables made with `explicit_defaults_for_timestamp=OFF`).
-    on_update: bool,
-}
-
-impl DestColumn {
-    /// The type for messages: MariaDB's `JSON` is a `longtext` with a check.
-    fn display(&self) -> &str {
-        match self.storage {
-            Storage::Json => "json",
-            _ => &self.column_type,
-        }
-    }
-}
-
-/// A destination table, as the catalog describes it. Column names are lower-cased keys.
-#[derive(Debug, Clone, Default)]
-struct TableInfo {
-    /// The table's name as the server spells it.
-    name: String,
-    /// A base table (not a view).
-    base_table: bool,
-    columns: HashMap<String, DestColumn>,
-    /// The primary key's columns (lower-cased).
-    primary_key: BTreeSet<String>,
-    /// Column sets (lower-cased) of the unique indexes without prefix lengths, the primary key
-    /// included.
-    unique_keys: Vec<BTreeSet<String>>,
-    /// Names of the unique indexes other than the primary key (prefixed or functional ones too):
-    /// `ON DUPLICATE KEY UPDATE` would fire on any of them and update another row.
-    other_unique: Vec<String>,
-}
-
-/// What the server says about itself, read once.
-#[derive(Debug, Clone)]
-struct ServerInfo {
-    mariadb: bool,
-    max_packet: usize,
-    /// The database's default collation.
-    collation: Option<String>,
-}
-
-/// Bytes as text (catalog strings are read as bytes: MySQL 8 flags some of them binary).
-fn text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// Of catalog rows found for `table` (the server may compare names case-insensitively), those of
-/// the table spelled exactly so, else those of the one table found.
-fn pick_table<T>(rows: Vec<(String, T)>, table: &str) -> Vec<T> {
-    let exact = rows.iter().any(|(t, _)| t == table);
-    let first = rows.first().map(|(t, _)| t.clone());
-    rows.into_iter()
-        .filter(|(t, _)| if exact { t == table } else { Some(t) == first.as_ref() })
-        .map(|(_, r)| r)
-        .collect()
-}
-
-const SERVER_SQL: &str = "SELECT CAST(VERSION() AS CHAR), CAST(@@max_allowed_packet AS CHAR), \
-CAST(@@collation_database AS CHAR)";
-
-const TABLES_SQL: &str = "SELECT table_name, table_type FROM information_schema.tables \
-WHERE table_schema = DATABASE() AND table_name = ?";
-
-const COLUMNS_SQL: &str = "SELECT table_name, column_name, data_type, column_type, is_nullable, extra \
-FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position";
-
-const KEYS_SQL: &str = "SELECT table_name, index_name, column_name, CAST(sub_part AS CHAR) \
-FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? AND non_unique = 0 \
-ORDER BY index_name, seq_in_index";
-
-/// MariaDB only (MySQL's `check_constraints` has no table name, and MySQL has a real JSON type).
-/// MariaDB names a column's own check after the column: `JSON` makes `json_valid(`c`)`.
-const JSON_CHECKS_SQL: &str = "SELECT table_name, constraint_name, check_clause \
-FROM information_schema.check_constraints WHERE constraint_schema = DATABASE() AND table_name = ?";
-
-async fn load_server(conn: &mut MySqlConnection) -> Result<ServerInfo, sqlx::Error> {
-    let (version, packet, collation): (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>) =
-        sqlx::query_as(SERVER_SQL).fetch_one(&mut *conn).await?;
-    let version = text(version);
-    Ok(ServerInfo {
-        mariadb: version.to_ascii_lowercase().contains("mariadb"),
-        max_packet: packet.map(text).and_then(|p| p.trim().parse().ok()).unwrap_or(ASSUMED_MAX_PACKET),
-        collation: collation.map(text),
-    })
-}
-
-/// Reads `table` of the current database from the catalog; `None` when there is no such table or
-/// view.
-async fn load_table(conn: &mut MySqlConnection, table: &str, mariadb: bool) -> Result<Option<TableInfo>, sqlx::Error> {
-    let tables: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(TABLES_SQL).bind(table).fetch_all(&mut *conn).await?;
-    let tables: Vec<(String, (String, String))> = tables
-        .into_iter()
-        .map(|(name, kind)| {
-            let name = text(name);
-            (name.clone(), (name, text(kind)))
-        })
-        .collect();
-    let Some((name, kind)) = pick_table(tables, table).into_iter().next() else {
-        return Ok(None);
-    };
-    let mut info = TableInfo {
-        base_table: matches!(kind.as_str(), "BASE TABLE" | "SYSTEM VERSIONED"),
-        name: name.clone(),
-        ..TableInfo::default()
-    };
-
-    let mut json_checks: HashSet<String> = HashSet::new();
-    if mariadb {
-        let checks: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> =
-            match sqlx::query_as(JSON_CHECKS_SQL).bind(&name).fetch_all(&mut *conn).await {
-                Ok(rows) => rows,
-                // An old MariaDB without this view or its table_name: no JSON columns known.
-                Err(sqlx::Error::Database(db))
-                    if db
-                        .try_downcast_ref::<MySqlDatabaseError>()
-                        .is_some_and(|e| matches!(e.number(), 1054 | 1109)) =>
-                {
-                    Vec::new()
-                }
-                Err(e) => return Err(e),
-            };
-        let checks = checks.into_iter().map(|(t, c, clause)| (text(t), (text(c), text(clause)))).collect();
-        for (column, clause) in pick_table(checks, &name) {
-            let own = quote_ident(&column).map(|q| format!("json_valid({q})")).unwrap_or_default();
-            if clause.to_lowercase().replace(' ', "") == own.to_lowercase().replace(' ', "") {
-                json_checks.insert(column.to_lowercase());
-            }
-        }
-    }
-
-    type ColumnRow = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
-    let rows: Vec<ColumnRow> = sqlx::query_as(COLUMNS_SQL).bind(&name).fetch_all(&mut *conn).await?;
-    let rows = rows
-        .into_iter()
-        .map(|(t, c, d, ct, n, x)| (text(t), (text(c), text(d), text(ct), text(n), x.map(text).unwrap_or_default())))
-        .collect();
-    for (column, data_type, column_type, nullable, extra) in pick_table(rows, &name) {
-        let key = column.to_lowercase();
-        let storage = Storage::of(&data_type, &column_type, json_checks.contains(&key));
-        let not_null = nullable.eq_ignore_ascii_case("NO");
-        let on_update = extra.to_ascii_lowercase().contains("on update");
-        info.columns.insert(key, DestColumn { name: column, column_type, storage, not_null, on_update });
-    }
-
-    type KeyRow = (Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
-    let keys: Vec<KeyRow> = sqlx::query_as(KEYS_SQL).bind(&name).fetch_all(&mut *conn).await?;
-    let keys = keys.into_iter().map(|(t, i, c, s)| (text(t), (text(i), c.map(text), s.is_some()))).collect();
-    // index name → (columns, usable as a key: every part a whole column)
-    let mut indexes: Vec<(String, BTreeSet<String>, bool)> = Vec::new();
-    for (index, column, prefix) in pick_table(keys, &name) {
-        if indexes.last().is_none_or(|(i, _, _)| *i != index) {
-            indexes.push((index.clone(), BTreeSet::new(), true));
-        }
-        if let Some((_, columns, usable)) = indexes.last_mut() {
-            match column {
-                Some(c) if !prefix => {
-                    columns.insert(c.to_lowercase());
-                }
-                // A prefix or an expression (MySQL's functional key parts).
-                _ => *usable = false,
-            }
-        }
-    }
-    for (index, columns, usable) in indexes {
-        if index == "PRIMARY" {
-            info.primary_key = columns.clone();
-        } else {
-            info.other_unique.push(index.clone());
-        }
-        if usable {
-            info.unique_keys.push(columns);
-        }
-    }
-    Ok(Some(info))
-}
-
-/// `SHOW CREATE TABLE`'s definition of column `column` with its top-level `NOT NULL` made `NULL`,
-/// everything else (type, character set, collation, default, `ON UPDATE`, comment, check) kept as
-/// it is. `None` when the definition is not found or has no `NOT NULL`.
-pub(super) fn loosened_definition(create: &str, column: &str) -> Option<String> {
-    let quoted = quote_ident(column).ok()?;
-    let prefix = format!("{quoted} ");
-    let line = create.lines().map(str::trim_start).find(|l| l.starts_with(&prefix))?;
-    let def = line[quoted.len()..].trim().trim_end_matches(',');
-    // Find ` NOT NULL` outside quotes and parentheses (a CHECK or a generated expression may say
-    // `IS NOT NULL`, a default or comment may contain the words).
-    let bytes = def.as_bytes();
-    let (mut depth, mut quote, mut i) = (0usize, None::<u8>, 0usize);
-    while i < bytes.len() {
-        let b = bytes[i];
-        match quote {
-            Some(q) => {
-                if b == b'\\' {
-                    i += 1;
-                } else if b == q {
-                    quote = None;
-                }
-            }
-            None => match b {
-                b'\'' | b'"' | b'`' => quote = Some(b),
-                b'(' => depth += 1,
-                b')' => depth = depth.saturating_sub(1),
-                b' ' if depth == 0 => {
-                    let rest = &def[i..];
-                    if rest.len() >= 9 && rest[..9].eq_ignore_ascii_case(" NOT NULL") {
-                        let after = &rest[9..];
-                        if after.is_empty() || after.starts_with(' ') {
-                            return Some(format!("{} NULL{after}", &def[..i]));
-                        }
-                    }
-                }
-                _ => {}
-            },
-        }
-        i += 1;
-    }
-    None
 }
 
 /// How the drain should treat a MySQL / MariaDB error number (with its SQLSTATE as a fallback).
@@ -509,7 +169,7 @@ fn describe_error(e: &sqlx::Error) -> String {
     }
 }
 
-fn sql_error(what: &str, e: sqlx::Error) -> DriverError {
+pub(super) fn sql_error(what: &str, e: sqlx::Error) -> DriverError {
     let class = classify(&e);
     DriverError::caused(class, format!("MySQL: {what} failed: {}", describe_error(&e)), e)
 }
@@ -527,39 +187,6 @@ fn ddl_error(what: &str, e: sqlx::Error) -> DriverError {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while holding these locks; a poisoned one still holds consistent data.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A value ready to bind; text borrows the event's strings where it can.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Cell<'v> {
-    Null,
-    Text(Cow<'v, str>),
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl Cell<'_> {
-    /// An upper bound of the bytes the value takes in a COM_STMT_EXECUTE packet (type, length
-    /// prefix, data, null bitmap).
-    fn wire_bytes(&self) -> usize {
-        match self {
-            Cell::Text(s) => s.len() + 12,
-            _ => 12,
-        }
-    }
-}
-
-fn bind_cell<'q>(q: Query<'q, MySql, MySqlArguments>, cell: &'q Cell<'_>) -> Query<'q, MySql, MySqlArguments> {
-    match cell {
-        Cell::Null => q.bind(None::<&str>),
-        Cell::Text(s) => q.bind(s.as_ref()),
-        Cell::Int(i) => q.bind(*i),
-        Cell::UInt(u) => q.bind(*u),
-        Cell::Float(f) => q.bind(*f),
-        Cell::Bool(b) => q.bind(*b),
-    }
 }
 
 /// The MySQL destination.
@@ -585,226 +212,6 @@ impl std::fmt::Debug for MysqlDriver {
             .field("max_bind_params", &self.max_bind_params)
             .finish_non_exhaustive()
     }
-}
-
-/// How one schema column is written: its destination column and value conversion.
-#[derive(Debug)]
-pub(super) struct ColumnPlan<'s> {
-    pub(super) name: &'s str,
-    pub(super) quoted: String,
-    pub(super) storage: Storage,
-    /// Integer columns: the column is unsigned.
-    pub(super) unsigned: bool,
-    /// JSON default for a missing or null value (`{}`/`[]`), as EDS writes for not-null object
-    /// and array columns.
-    pub(super) default: Option<&'static str>,
-    /// The server would overwrite it on update (`ON UPDATE current_timestamp()`): a partial
-    /// update must set it to itself, or an event's date would be replaced by the clock.
-    pub(super) on_update: bool,
-}
-
-/// A JSON value for messages, cut to a readable length.
-fn preview(v: &Value) -> String {
-    let mut s = match v {
-        Value::String(s) => format!("{s:?}"),
-        other => other.to_string(),
-    };
-    if s.len() > 120 {
-        let mut end = 117;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
-    }
-    s
-}
-
-impl ColumnPlan<'_> {
-    fn refuse(&self, table: &str, v: &Value, why: &str) -> DriverError {
-        DriverError::new(
-            ErrorClass::Rejected,
-            format!("MySQL: column {:?} of table {table:?}: {} {why}", self.name, preview(v)),
-        )
-    }
-
-    /// The value converted for the column's storage, or why the column cannot take it.
-    pub(super) fn cell<'v>(&self, value: Option<&'v Value>, table: &str) -> Result<Cell<'v>, DriverError> {
-        let v = match value {
-            None | Some(Value::Null) => return Ok(self.default.map_or(Cell::Null, |d| Cell::Text(Cow::Borrowed(d)))),
-            Some(v) => v,
-        };
-        match self.storage {
-            Storage::Json => Ok(Cell::Text(Cow::Owned(v.to_string()))),
-            Storage::DateTime | Storage::Timestamp => {
-                let Value::String(s) = v else {
-                    return Err(self.refuse(table, v, "is not an ISO-8601 date-time"));
-                };
-                let micros = parse_datetime(s).ok_or_else(|| self.refuse(table, v, "is not an ISO-8601 date-time"))?;
-                if self.storage == Storage::Timestamp && !(TIMESTAMP_RANGE.0..=TIMESTAMP_RANGE.1).contains(&micros) {
-                    return Err(self.refuse(
-                        table,
-                        v,
-                        "is outside what a TIMESTAMP column holds (1970-01-01 00:00:01 to 2038-01-19 03:14:07 UTC)",
-                    ));
-                }
-                format_micros(micros)
-                    .map(|t| Cell::Text(Cow::Owned(t)))
-                    .ok_or_else(|| self.refuse(table, v, "is outside the years 0000 to 9999"))
-            }
-            Storage::Integer => match v {
-                // A whole value (`3.0`, `1e3`) is the integer, exactly; never through f64.
-                Value::Number(n) => match crate::number::integer_text(n) {
-                    Some(t) => match (t.parse::<i64>(), t.parse::<u64>()) {
-                        (Ok(i), _) => Ok(Cell::Int(i)),
-                        (_, Ok(u)) => Ok(Cell::UInt(u)),
-                        _ => Err(self.refuse(table, v, "does not fit a 64-bit integer column")),
-                    },
-                    None => Err(self.refuse(table, v, "is not an integer")),
-                },
-                Value::String(s) => match (s.parse::<i64>(), s.parse::<u64>()) {
-                    (Ok(i), _) => Ok(Cell::Int(i)),
-                    (_, Ok(u)) => Ok(Cell::UInt(u)),
-                    _ => Err(self.refuse(table, v, "is not an integer")),
-                },
-                Value::Bool(b) => Ok(Cell::Int(i64::from(*b))),
-                _ => Err(self.refuse(table, v, "is not an integer")),
-            }
-            .and_then(|c| match c {
-                Cell::Int(i) if self.unsigned && i < 0 => Err(self.refuse(table, v, "is negative (unsigned column)")),
-                c => Ok(c),
-            }),
-            Storage::Boolean => match v {
-                Value::Bool(b) => Ok(Cell::Bool(*b)),
-                Value::Number(n) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
-                    Ok(Cell::Bool(n.as_u64() == Some(1)))
-                }
-                Value::String(s) => match s.to_ascii_lowercase().as_str() {
-                    "true" | "t" | "1" => Ok(Cell::Bool(true)),
-                    "false" | "f" | "0" => Ok(Cell::Bool(false)),
-                    _ => Err(self.refuse(table, v, "is not a boolean")),
-                },
-                _ => Err(self.refuse(table, v, "is not a boolean")),
-            },
-            Storage::Float => match v {
-                Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-                    (Some(i), _, _) => Ok(Cell::Int(i)),
-                    (_, Some(u), _) => Ok(Cell::UInt(u)),
-                    (_, _, Some(f)) => Ok(Cell::Float(f)),
-                    _ => Err(self.refuse(table, v, "is not a number")),
-                },
-                Value::String(s) => match s.trim().parse::<f64>() {
-                    Ok(f) if f.is_finite() => Ok(Cell::Float(f)),
-                    _ => Err(self.refuse(table, v, "is not a number")),
-                },
-                _ => Err(self.refuse(table, v, "is not a number")),
-            },
-            // Exact text: the server parses it into the column's precision.
-            Storage::Decimal => match v {
-                Value::Number(n) => Ok(Cell::Text(Cow::Owned(crate::number::exact_text(n)))),
-                Value::String(s) => Ok(Cell::Text(Cow::Borrowed(s))),
-                _ => Err(self.refuse(table, v, "is not a number")),
-            },
-            Storage::Text | Storage::Enum | Storage::Other => Ok(Cell::Text(text_of(v))),
-        }
-    }
-}
-
-impl Prepare for ColumnPlan<'_> {
-    type Cell<'v> = Cell<'v>;
-
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn cell<'v>(&self, value: Option<&'v Value>, table: &str) -> Result<Self::Cell<'v>, DriverError> {
-        ColumnPlan::cell(self, value, table)
-    }
-
-    fn key_cell<'v>(&self, key: &'v str, table: &str) -> Result<Self::Cell<'v>, DriverError> {
-        // Through the column's own conversion (an integer key column gets an integer).
-        let value = Value::String(key.to_owned());
-        ColumnPlan::cell(self, Some(&value), table).map(Cell::into_owned)
-    }
-
-    fn key<'c>(cell: &'c Self::Cell<'_>) -> KeyPart<'c> {
-        match cell {
-            Cell::Null => KeyPart::Null,
-            Cell::Text(s) => KeyPart::Text(s),
-            Cell::Int(i) => KeyPart::Int(i128::from(*i)),
-            Cell::UInt(u) => KeyPart::Int(i128::from(*u)),
-            Cell::Float(f) => KeyPart::Float(f.to_bits()),
-            Cell::Bool(b) => KeyPart::Bool(*b),
-        }
-    }
-}
-
-impl Cell<'_> {
-    /// The same value, owning its text.
-    pub(super) fn into_owned(self) -> Cell<'static> {
-        match self {
-            Cell::Null => Cell::Null,
-            Cell::Text(s) => Cell::Text(Cow::Owned(s.into_owned())),
-            Cell::Int(i) => Cell::Int(i),
-            Cell::UInt(u) => Cell::UInt(u),
-            Cell::Float(f) => Cell::Float(f),
-            Cell::Bool(b) => Cell::Bool(b),
-        }
-    }
-}
-
-/// A value as text for a text column (see [`crate::sql::text_of`]).
-fn text_of(v: &Value) -> Cow<'_, str> {
-    crate::sql::text_of(v, false)
-}
-
-/// [`text_of`], owned.
-#[cfg(test)]
-pub(super) fn value_text(v: &Value) -> String {
-    text_of(v).into_owned()
-}
-
-#[cfg(test)]
-pub(super) use crate::number::column_text as number_text;
-
-/// 1970-01-01T00:00:00, the origin of [`parse_datetime`]'s microseconds.
-const UNIX_EPOCH: jiff::civil::DateTime = jiff::civil::date(1970, 1, 1).at(0, 0, 0, 0);
-
-/// Microseconds since 1970-01-01T00:00:00Z of an ISO-8601 date-time (see [`crate::sql::datetime`];
-/// `24:00` is the end of the day), rounded half up to the microsecond. `None` for anything else —
-/// words such as `now` or `yesterday`, impossible dates; nothing panics.
-pub(super) fn parse_datetime(s: &str) -> Option<i64> {
-    let utc = datetime::parse(s, datetime::EndOfDay::Accept).ok()?;
-    let utc = datetime::round(utc, 1_000).ok()?;
-    i64::try_from(utc.duration_since(UNIX_EPOCH).as_micros()).ok()
-}
-
-/// `YYYY-MM-DD HH:MM:SS.ffffff` (UTC) of microseconds since the epoch; `None` outside the years
-/// 0000–9999.
-pub(super) fn format_micros(micros: i64) -> Option<String> {
-    let dt = UNIX_EPOCH.checked_add(jiff::SignedDuration::from_micros(micros)).ok()?;
-    if !(0..=9999).contains(&dt.year()) {
-        return None;
-    }
-    Some(format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
-        dt.year(),
-        dt.month(),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second(),
-        dt.subsec_nanosecond() / 1_000
-    ))
-}
-
-/// An ISO-8601 date-time (`YYYY-MM-DD[THH:MM[:SS[.fraction]]]` with `Z`, an offset such as
-/// `+05:30`, or nothing for UTC) as MySQL's `YYYY-MM-DD HH:MM:SS.ffffff` in UTC, converted here
-/// rather than by the server (whose reading depends on its version and `sql_mode`). Dates before
-/// 1970 are kept as they are (EDS clamped them). `None` for anything that is not such a date-time,
-/// words such as `now` included (the server's reading of those would change on a replay).
-pub fn datetime_text(value: &str) -> Option<String> {
-    parse_datetime(value).and_then(format_micros)
 }
 
 type UpsertGroup<'b> = plan::UpsertGroup<'b, Cell<'b>>;
@@ -942,7 +349,7 @@ impl MysqlDriver {
             }
             Some(info) => {
                 check_table(schema, &info)?;
-                let actions = self.migration_actions(&mut conn, schema, &info).await?;
+                let actions = migration_actions(&mut conn, schema, &info).await?;
                 if !actions.is_empty() {
                     let sql = format!("ALTER TABLE {} {}", quote_ident(&info.name)?, actions.join(", "));
                     conn.execute(sql.as_str()).await.map_err(|e| ddl_error(&format!("altering table {table:?}"), e))?;
@@ -979,51 +386,6 @@ impl MysqlDriver {
         lock(&self.catalog).insert(table.to_owned(), Arc::new(info));
         lock(&self.ensured).insert(id);
         Ok(())
-    }
-
-    /// The ALTER TABLE actions that bring an existing table up to `schema`: every missing column
-    /// added (nullable), and NOT NULL dropped from every non-key column the schema lacks or does
-    /// not declare NOT NULL — by `MODIFY COLUMN` with the column's own definition from `SHOW
-    /// CREATE TABLE` (type, character set, collation, default, comment kept), or with its
-    /// `column_type` when that cannot be read. Never drops or retypes anything.
-    async fn migration_actions(
-        &self,
-        conn: &mut MySqlConnection,
-        schema: &Schema,
-        info: &TableInfo,
-    ) -> Result<Vec<String>, DriverError> {
-        let mut actions = Vec::new();
-        for c in schema.columns().iter().filter(|c| !info.columns.contains_key(&c.name.to_lowercase())) {
-            actions.push(format!("ADD COLUMN {} {}", quote_ident(&c.name)?, ddl_type(&c.kind, c.primary_key)));
-        }
-        let by_name: HashMap<String, &crate::schema::Column> =
-            schema.columns().iter().map(|c| (c.name.to_lowercase(), c)).collect();
-        let mut loosen: Vec<&DestColumn> = info
-            .columns
-            .iter()
-            .filter(|(key, dest)| {
-                dest.not_null
-                    && !info.primary_key.contains(*key)
-                    && by_name.get(*key).is_none_or(|c| !c.primary_key && !c.not_null_in_ddl())
-            })
-            .map(|(_, dest)| dest)
-            .collect();
-        if loosen.is_empty() {
-            return Ok(actions);
-        }
-        loosen.sort_by(|a, b| a.name.cmp(&b.name));
-        let table = &info.name;
-        let sql = format!("SHOW CREATE TABLE {}", quote_ident(table)?);
-        let row: (Vec<u8>, Vec<u8>) = sqlx::query_as(&sql)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| sql_error(&format!("reading the definition of table {table:?}"), e))?;
-        let create = text(row.1);
-        for dest in loosen {
-            let def = loosened_definition(&create, &dest.name).unwrap_or_else(|| format!("{} NULL", dest.column_type));
-            actions.push(format!("MODIFY COLUMN {} {def}", quote_ident(&dest.name)?));
-        }
-        Ok(actions)
     }
 
     /// How each column of `schema` is written to `info`'s table, in schema column order.
@@ -1189,55 +551,6 @@ impl MysqlDriver {
             Ok(Ok(Some(_))) => Ok(()),
         }
     }
-}
-
-/// Fails with [`ErrorClass::Config`] when `info` is not a base table, or for the first schema
-/// column whose destination column cannot hold its type.
-fn check_table(schema: &Schema, info: &TableInfo) -> Result<(), DriverError> {
-    if !info.base_table {
-        return Err(DriverError::new(
-            ErrorClass::Config,
-            format!("MySQL: {:?} exists in the database but is not a table", schema.table()),
-        ));
-    }
-    for c in schema.columns() {
-        if let Some(dest) = info.columns.get(&c.name.to_lowercase()) {
-            if !dest.storage.holds(&c.kind) {
-                return Err(DriverError::new(
-                    ErrorClass::Config,
-                    format!(
-                        "MySQL: column {} of table {} is {} at the destination but the schema says {}",
-                        c.name,
-                        schema.table(),
-                        dest.display(),
-                        c.kind
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `CREATE TABLE IF NOT EXISTS` with every schema column in EDS order (spec §7.2, minus the DROP):
-/// InnoDB, utf8mb4, and the database's default collation when that is a utf8mb4 one (else the
-/// server's default for utf8mb4).
-fn create_table_sql(quoted_table: &str, schema: &Schema, collation: Option<&str>) -> Result<String, DriverError> {
-    let mut lines = Vec::with_capacity(schema.columns().len() + 1);
-    for c in schema.columns() {
-        let not_null = if c.not_null_in_ddl() { " NOT NULL" } else { "" };
-        lines.push(format!("\t{} {}{not_null}", quote_ident(&c.name)?, ddl_type(&c.kind, c.primary_key)));
-    }
-    let keys = schema.primary_keys().iter().map(|k| quote_ident(k)).collect::<Result<Vec<_>, _>>()?;
-    lines.push(format!("\tPRIMARY KEY ({})", keys.join(", ")));
-    let collate = collation
-        .filter(|c| c.starts_with("utf8mb4_") && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .map(|c| format!(" COLLATE={c}"))
-        .unwrap_or_default();
-    Ok(format!(
-        "CREATE TABLE IF NOT EXISTS {quoted_table} (\n{}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4{collate}",
-        lines.join(",\n")
-    ))
 }
 
 /// `(?, ?, …)` for `n` values.

@@ -6,9 +6,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+use super::catalog::{loosened_definition, Storage};
+use super::cells::{format_micros, number_text, parse_datetime, value_text, Cell, ColumnPlan};
 use super::config::clean_url;
-use super::sink::{chunks, format_micros, loosened_definition, number_text, parse_datetime, value_text};
-use super::sink::{Cell, ColumnPlan, Storage};
+use super::sink::chunks;
 use super::*;
 use crate::conformance;
 use crate::driver::{Batch, Driver, DriverError, ErrorClass, StateChange};

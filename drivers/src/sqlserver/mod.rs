@@ -7,15 +7,18 @@
 //! (upserts and deletes by primary key). Tables are only ever created or widened: never dropped,
 //! no column dropped or retyped. No value is ever put into SQL text.
 
+mod catalog;
+mod cells;
 mod config;
 mod sink;
 #[cfg(test)]
 mod tests;
 
+pub use catalog::ddl_type;
+pub use cells::{parse_datetime, DateTimeError, Instant, Param};
 pub use config::{connect_spec, redact, ConnectSpec, Encryption, Trust, DEFAULT_PORT, DESCRIPTION};
 pub use sink::{
-    classify, classify_number, ddl_type, parse_datetime, quote_ident, DateTimeError, GroupSql, Instant, Param,
-    SqlServerDriver, Statement, MAX_INSERT_ROWS, MAX_STATEMENT_PARAMS,
+    classify, classify_number, quote_ident, GroupSql, SqlServerDriver, Statement, MAX_INSERT_ROWS, MAX_STATEMENT_PARAMS,
 };
 
 /// The SQL Server driver for a URL (the registry's entry point).

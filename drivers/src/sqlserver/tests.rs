@@ -13,11 +13,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use super::sink::{
-    batch_sql, check_types, column_plans, create_stage_sql, create_table_sql, migration_sql, open, plan, run_batch,
-    settle, stage_inserts, table_info, type_sql, CatalogRow, Client, ColumnPlan, Rollback, Storage, TableInfo,
-    CATALOG_SQL,
+use super::catalog::{
+    check_types, create_table_sql, migration_sql, table_info, type_sql, CatalogRow, Storage, TableInfo, CATALOG_SQL,
 };
+use super::cells::{column_plans, ColumnPlan};
+use super::sink::{batch_sql, create_stage_sql, open, plan, run_batch, settle, stage_inserts, Client, Rollback};
 use super::*;
 use crate::conformance;
 use crate::driver::{Batch, Driver, DriverError, ErrorClass, StateChange};
@@ -1447,8 +1447,8 @@ async fn real_server_conformance() {
 fn numbers_reach_decimal_columns_digit_for_digit() {
     let n = |text: &str| -> serde_json::Number { serde_json::from_str(text).unwrap() };
     // SQL Server reads no exponent when it converts text to DECIMAL: plain notation, every digit.
-    assert_eq!(super::sink::number_text(&n("123456789012345678901234567890")), "123456789012345678901234567890");
-    assert_eq!(super::sink::number_text(&n("0.123456789012345678901234567890")), "0.123456789012345678901234567890");
-    assert_eq!(super::sink::number_text(&n("1.5e21")), "1500000000000000000000");
-    assert_eq!(super::sink::number_text(&n("-2E-3")), "-0.002");
+    assert_eq!(super::cells::number_text(&n("123456789012345678901234567890")), "123456789012345678901234567890");
+    assert_eq!(super::cells::number_text(&n("0.123456789012345678901234567890")), "0.123456789012345678901234567890");
+    assert_eq!(super::cells::number_text(&n("1.5e21")), "1500000000000000000000");
+    assert_eq!(super::cells::number_text(&n("-2E-3")), "-0.002");
 }
