@@ -289,7 +289,8 @@ fn server_help_finds_drivers_by_scheme() {
     // Every driver of this build, in registry order (the features decide which: `kafka` adds one).
     let known: Vec<&str> = eds_drivers::descriptions().iter().map(|d| d.scheme).collect();
     assert!(known.starts_with(&["file", "postgres", "mysql", "sqlserver"]), "{known:?}");
-    let expected = format!("no driver for scheme \"nope\": no destination has this scheme (in this build: {})", known.join(", "));
+    let expected =
+        format!("no driver for scheme \"nope\": no destination has this scheme (in this build: {})", known.join(", "));
     assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
 }
 

@@ -193,8 +193,7 @@ pub fn mixed_stream(n: usize) -> Vec<Raw> {
         let slot = (t, if pk.starts_with(table) { k } else { 100 + i });
         let (op, before, after, diff) = match live.get(&slot) {
             None => ("INSERT", None, Some(row.clone()), None),
-            // The event with the 200 KiB value is never a DELETE (its row would never be written).
-            Some(prev) if i % 4 == 0 && i != n / 2 => ("DELETE", Some(prev.clone()), None, None),
+            Some(prev) if i % 4 == 0 => ("DELETE", Some(prev.clone()), None, None),
             Some(prev) => ("UPDATE", Some(prev.clone()), Some(row.clone()), Some(json!(["name", "count"]))),
         };
         match op {

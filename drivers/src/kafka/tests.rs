@@ -443,12 +443,14 @@ async fn a_stopped_broker_is_a_transient_error_within_the_timeout() {
     let e = driver.write(Batch::Events(&one)).await.unwrap_err();
     let took = started.elapsed();
     assert_eq!(e.class, ErrorClass::Transient, "{e}");
-    assert!(took < Duration::from_secs(14), "took {took:?}, not bounded by the 3 s timeout: {e}");
+    // Bounded by the URL's 3 s (a metadata request and a delivery at most), well under the
+    // default 30 s; generous for a loaded machine.
+    assert!(took < Duration::from_secs(25), "took {took:?}, not bounded by the 3 s timeout: {e}");
     assert!(e.message.contains("not acknowledged") || e.message.contains("asking Kafka"), "{e}");
     // `test` says so too, within the timeout.
     let started = Instant::now();
     assert_eq!(driver.test().await.unwrap_err().class, ErrorClass::Transient);
-    assert!(started.elapsed() < Duration::from_secs(14));
+    assert!(started.elapsed() < Duration::from_secs(25));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
