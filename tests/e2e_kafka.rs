@@ -164,12 +164,15 @@ async fn sigkill_during_delivery_then_restart_loses_nothing() {
 
     proxy.set(Mode::Blackhole);
     let last = stored(&eds, publish_raw(&s.js, rest).await).await;
-    // The drain reads what ingest stored at once; with a 60 s timeout its first attempt at the
-    // rest is still waiting for the broker's acknowledgements, not retrying.
-    let st = status(&eds).await;
-    let d = destination(&st, "k");
-    let cursor = d["cursor"].as_u64().unwrap();
-    assert!(cursor < last && d["state"] != "retrying", "not mid-delivery: {st}");
+    // With a 60 s timeout the first attempt at the rest waits for the broker's acknowledgements
+    // (its produce requests held in the black hole), not retrying.
+    until(&eds, "a batch in flight", DELIVERY, || async {
+        let st = status(&eds).await;
+        let d = destination(&st, "k");
+        let waiting = d["cursor"].as_u64().unwrap_or(0) < last && d["state"] != "retrying";
+        (waiting && proxy.swallowed() > 0).then_some(())
+    })
+    .await;
     eds.kill();
     // What eds had sent reaches the broker now, after eds died.
     proxy.set(Mode::Up);

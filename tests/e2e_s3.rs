@@ -44,7 +44,7 @@ fn wal_events(data_dir: &Path) -> Vec<(u64, Vec<u8>)> {
 
 /// The objects one clean delivery of `events` (LSN, bytes; in LSN order) writes: each event at
 /// `<prefix><table>/<secs>-<pk>.json` unless an earlier event took that name, then at
-/// `…-<lsn>.json`; and how many got an `-<lsn>` name.
+/// `…+<lsn>.json`; and how many got an `+<lsn>` name.
 fn clean_delivery(events: &[(u64, Vec<u8>)]) -> (BTreeMap<String, Vec<u8>>, usize) {
     let mut out = BTreeMap::new();
     let mut collisions = 0;
@@ -164,7 +164,8 @@ async fn an_outage_cut_then_black_hole_loses_nothing() {
     for (mode, part) in [(Mode::Cut, second), (Mode::Blackhole, third)] {
         proxy.set(mode);
         let last = publish_raw(&s.js, part).await;
-        let err = retrying(&eds, 2.0).await;
+        let before = metric(&eds, r#"eds_destination_retries_total{destination="s3"}"#).await;
+        let err = retrying(&eds, before + 2.0).await;
         assert!(!err.is_empty(), "{mode:?}");
         let lsn = acked_while_away(&s, &eds, last).await;
         proxy.set(Mode::Up);
@@ -178,7 +179,7 @@ async fn an_outage_cut_then_black_hole_loses_nothing() {
 
 /// eds is SIGKILLed while a batch is in flight (S3 a black hole); requests it sent before dying
 /// reach S3 late, and the restart on the same data dir replays from the persisted cursor: nothing
-/// is missing, and the objects are exactly those of one clean delivery (no `-<lsn>` copies).
+/// is missing, and the objects are exactly those of one clean delivery (no `+<lsn>` copies).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_delivery_then_restart_converges() {
     let moto = moto().await;
@@ -193,10 +194,12 @@ async fn sigkill_during_delivery_then_restart_converges() {
 
     proxy.set(Mode::Blackhole);
     let last_lsn = stored(&eds, publish_raw(&s.js, rest).await).await;
+    // Uploads sent into the black hole, before the first of them times out (30 s by default).
     until(&eds, "a batch in flight", DELIVERY, || async {
         let st = status(&eds).await;
         let d = destination(&st, "s3");
-        (d["cursor"].as_u64().unwrap_or(0) < last_lsn && d["state"] == "delivering").then_some(())
+        let waiting = d["cursor"].as_u64().unwrap_or(0) < last_lsn && d["state"] != "retrying";
+        (waiting && proxy.swallowed() > 0).then_some(())
     })
     .await;
     eds.kill();

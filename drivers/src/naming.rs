@@ -1,6 +1,8 @@
 //! How the stream destinations that write an object per event (files, S3) name it:
-//! `<table>/<unix seconds>-<primary key>.json`, or `<unix seconds>-<primary key>-<lsn>.json` when
-//! another event already holds that name (EDS overwrote it).
+//! `<table>/<unix seconds>-<primary key>.json`, or `<unix seconds>-<primary key>+<lsn>.json` when
+//! another event already holds that name (EDS overwrote it). The `+` is a byte [`escape`] never
+//! leaves as it is, so no key's plain name is another key's LSN name (with `-`, key `k` at LSN 8
+//! and key `k-8` would share `<seconds>-k-8.json`).
 //!
 //! Invariant: a name is a pure function of the event (and its LSN), and no table or key can climb
 //! out of its table's "directory": both drivers name identically.
@@ -40,9 +42,9 @@ pub fn plain_name(event: &ChangeEvent) -> String {
     format!("{}.json", stem(event))
 }
 
-/// The name of an event whose plain name holds another event: `<stem>-<lsn>.json`.
+/// The name of an event whose plain name holds another event: `<stem>+<lsn>.json`.
 pub fn lsn_name(event: &ChangeEvent, lsn: u64) -> String {
-    format!("{}-{lsn}.json", stem(event))
+    format!("{}+{lsn}.json", stem(event))
 }
 
 #[cfg(test)]
@@ -62,7 +64,19 @@ mod tests {
         .unwrap();
         assert_eq!(
             (table_dir(&e), plain_name(&e), lsn_name(&e, 9)),
-            ("a%2Fb".into(), "-1-%2E.%2Fk.json".into(), "-1-%2E.%2Fk-9.json".into())
+            ("a%2Fb".into(), "-1-%2E.%2Fk.json".into(), "-1-%2E.%2Fk+9.json".into())
         );
+    }
+
+    #[test]
+    fn no_key_takes_the_lsn_name_of_another() {
+        let ev = |pk: &str| {
+            let json = format!(r#"{{"operation":"INSERT","table":"t","key":["{pk}"],"timestamp":5000}}"#);
+            ChangeEvent::from_json(json.as_bytes()).unwrap()
+        };
+        assert_eq!(lsn_name(&ev("k"), 8), "5-k+8.json");
+        for other in ["k-8", "k+8", "k_8", "k.8"] {
+            assert_ne!(plain_name(&ev(other)), lsn_name(&ev("k"), 8), "{other}");
+        }
     }
 }

@@ -2,7 +2,9 @@
 //! black hole.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// What the proxy does with connections.
@@ -23,6 +25,7 @@ pub enum Mode {
 pub struct Proxy {
     pub port: u16,
     mode: Arc<watch::Sender<Mode>>,
+    swallowed: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -34,14 +37,22 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let mode = Arc::new(watch::channel(Mode::Up).0);
         let switch = mode.clone();
+        let swallowed = Arc::new(AtomicU64::new(0));
+        let count = swallowed.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { continue };
                 let rx = switch.subscribe();
-                tokio::spawn(serve(client, upstream.clone(), rx));
+                tokio::spawn(serve(client, upstream.clone(), rx, count.clone()));
             }
         });
-        Proxy { port, mode, task }
+        Proxy { port, mode, swallowed, task }
+    }
+
+    /// Bytes clients sent into the black hole so far (held, and passed on once the proxy is up):
+    /// more than 0 after the proxy became a black hole means a request is in flight.
+    pub fn swallowed(&self) -> u64 {
+        self.swallowed.load(Ordering::SeqCst)
     }
 
     /// `127.0.0.1:<port>`.
@@ -61,41 +72,42 @@ impl Proxy {
 
 /// One client connection: forwarded while up; held silent in a black hole (and forwarded again,
 /// without losing a byte, when the proxy comes back up, as a network that recovers would); closed
-/// when cut.
-async fn serve(client: tokio::net::TcpStream, upstream: Arc<str>, mut rx: watch::Receiver<Mode>) {
-    // A connection accepted in a black hole waits, unanswered, for the proxy to come up or be cut.
-    if *rx.wait_for(|m| *m != Mode::Blackhole).await.unwrap() == Mode::Cut {
+/// when cut. What the client sends into a black hole is counted in `swallowed`.
+async fn serve(client: TcpStream, upstream: Arc<str>, rx: watch::Receiver<Mode>, swallowed: Arc<AtomicU64>) {
+    if *rx.borrow() == Mode::Cut {
         return;
     }
-    let Ok(server) = tokio::net::TcpStream::connect(&*upstream).await else { return };
+    let Ok(server) = TcpStream::connect(&*upstream).await else { return };
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
-    tokio::join!(pump(client_r, server_w, rx.clone()), pump(server_r, client_w, rx));
+    tokio::join!(pump(client_r, server_w, rx.clone(), Some(swallowed)), pump(server_r, client_w, rx, None));
 }
 
-/// Copies one direction, reading only while up and holding what it read until it may write it.
-/// Returns when the source ends (after passing the end on) or the proxy is cut.
+/// Copies one direction; what it reads in a black hole it holds (counting it in `swallowed`) until
+/// the proxy is up again. Returns when the source ends (after passing the end on) or the proxy is
+/// cut.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut rx: watch::Receiver<Mode>,
+    swallowed: Option<Arc<AtomicU64>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = loop {
-            if *rx.wait_for(|m| *m != Mode::Blackhole).await.unwrap() == Mode::Cut {
-                return;
-            }
-            // A TCP read is cancel-safe: nothing read is lost when the mode changes first.
-            tokio::select! {
-                n = from.read(&mut buf) => break n.unwrap_or(0),
-                _ = rx.wait_for(|m| *m != Mode::Up) => continue,
-            }
+        // A TCP read is cancel-safe: nothing is lost when the proxy is cut first.
+        let n = tokio::select! {
+            n = from.read(&mut buf) => n.unwrap_or(0),
+            _ = rx.wait_for(|m| *m == Mode::Cut) => return,
         };
         if n == 0 {
             let _ = to.shutdown().await;
             return;
+        }
+        if *rx.borrow_and_update() == Mode::Blackhole {
+            if let Some(count) = &swallowed {
+                count.fetch_add(n as u64, Ordering::SeqCst);
+            }
         }
         if *rx.wait_for(|m| *m != Mode::Blackhole).await.unwrap() == Mode::Cut {
             return;

@@ -10,7 +10,7 @@ pub const DESCRIPTION: Description = Description {
     aliases: &[],
     example_url: "file:///var/eds/out",
     help: "Writes every change event, exactly as received, to <dir>/<table>/<unix seconds>-<primary key>.json. \
-A second event for the same key in the same second goes to <unix seconds>-<primary key>-<lsn>.json. \
+A second event for the same key in the same second goes to <unix seconds>-<primary key>+<lsn>.json. \
 The directory may be absolute (file:///var/eds/out) or relative to the working directory (file://out).",
     fields: &[ConfigField {
         name: "directory",

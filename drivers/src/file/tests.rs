@@ -47,7 +47,7 @@ async fn writes_each_event_as_received_in_eds_layout() {
     let expect: BTreeMap<PathBuf, Vec<u8>> = [
         ("order/1795749176-k1.json", A),
         // Same key, same second, another event: its own file, named by LSN.
-        ("order/1795749176-k1-8.json", B),
+        ("order/1795749176-k1+8.json", B),
         ("customer/1795749177-c9.json", C),
     ]
     .iter()

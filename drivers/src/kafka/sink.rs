@@ -54,8 +54,9 @@ pub fn partition_for(partition_key: &str, partitions: i32) -> i32 {
     }
 }
 
+/// EDS's `NONE` for a company or location that is absent or empty.
 fn or_none(value: Option<&str>) -> &str {
-    value.unwrap_or("NONE")
+    value.filter(|v| !v.is_empty()).unwrap_or("NONE")
 }
 
 /// The message key: `dbchange.<table>.<operation>.<companyId|NONE>.<locationId|NONE>.<event id>`
@@ -207,9 +208,10 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 pub fn classify(code: RDKafkaErrorCode) -> ErrorClass {
     use RDKafkaErrorCode as C;
     match code {
-        C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord | C::InvalidMessage | C::InvalidTimestamp => {
-            ErrorClass::Rejected
-        }
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord => ErrorClass::Rejected,
+        // The broker finds the producer's timestamp (this machine's clock) out of its range: no
+        // event's fault, so never dead-lettered (see `hint`).
+        C::InvalidTimestamp => ErrorClass::Config,
         C::Authentication
         | C::SaslAuthenticationFailed
         | C::UnsupportedSASLMechanism
@@ -217,14 +219,25 @@ pub fn classify(code: RDKafkaErrorCode) -> ErrorClass {
         | C::TopicAuthorizationFailed
         | C::ClusterAuthorizationFailed
         | C::TransactionalIdAuthorizationFailed
-        | C::UnknownTopic
-        | C::UnknownTopicOrPartition
         | C::InvalidTopic
         | C::InvalidRequiredAcks
         | C::InvalidArgument
         | C::InvalidConfig => ErrorClass::Config,
-        // Brokers away or slow, leaders moving, replicas missing, a full queue, timeouts.
+        // Brokers away or slow, leaders moving, replicas missing, a full queue, timeouts; also a
+        // corrupt message on the way (retriable in Kafka's protocol) and an unknown topic or
+        // partition while brokers restart or move leaders (a topic that really is missing is a
+        // configuration error from the metadata check).
         _ => ErrorClass::Transient,
+    }
+}
+
+/// What an operator should look at for an error of `code`, if anything beyond the code.
+fn hint(code: RDKafkaErrorCode) -> &'static str {
+    match code {
+        RDKafkaErrorCode::InvalidTimestamp => {
+            " (the broker refuses the messages' timestamps: check this machine's clock)"
+        }
+        _ => "",
     }
 }
 
@@ -299,12 +312,13 @@ impl KafkaDriver {
             Ok(Some((None, n))) if n > 0 => Ok(i32::try_from(n).unwrap_or(i32::MAX)),
             Ok(Some((Some(err), _))) => {
                 let code = RDKafkaErrorCode::from(err);
-                let class = classify(code);
-                let hint = match code {
-                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
-                        " (create it, or leave create-topic on for brokers that create topics)"
+                let (class, hint) = match code {
+                    RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                        if !self.config.create_topic =>
+                    {
+                        (ErrorClass::Config, " (create it, or leave create-topic on for brokers that create topics)")
                     }
-                    _ => "",
+                    _ => (classify(code), hint(code)),
                 };
                 Err(DriverError::new(class, format!("Kafka topic {topic:?} at {brokers}: {code}{hint}")))
             }
@@ -324,6 +338,7 @@ impl KafkaDriver {
     /// when there was one (which says why a message or a request timed out, and may make it a
     /// configuration error: a failed authentication).
     fn client_error(&self, code: RDKafkaErrorCode, what: String, since: Instant) -> DriverError {
+        let what = format!("{what}{}", hint(code));
         match self.last_error.take_recent(since) {
             Some((cause, reason)) if classify(cause) == ErrorClass::Config => {
                 DriverError::new(ErrorClass::Config, format!("{what}: {code}; the client reports {cause}: {reason}"))
@@ -449,7 +464,9 @@ impl Driver for KafkaDriver {
     }
 
     fn limits(&self) -> Limits {
-        Limits { max_rows: 10_000, max_bytes: 64 << 20, max_bind_params: usize::MAX }
+        // Every message of a batch must be acknowledged within `timeout` (librdkafka's
+        // message.timeout.ms): 4 MiB in the default 30 s is about 1.1 Mbit/s of a shop's uplink.
+        Limits { max_rows: 5_000, max_bytes: 4 << 20, max_bind_params: usize::MAX }
     }
 
     fn test(&self) -> BoxFuture<'_, Result<(), DriverError>> {

@@ -203,6 +203,13 @@ fn keys_and_partition_keys_use_the_envelope_or_none() {
     assert_eq!(partition_key(&b), "customer.NONE.NONE.c9");
     assert_eq!(message_key(&c), "dbchange.vehicle.DELETE.NONE.l2.ev-c");
     assert_eq!(partition_key(&c), "vehicle.NONE.l2.v/2 ü");
+    // Empty is NONE too, as EDS had it (else key and partition would differ from EDS's).
+    let d = ChangeEvent::from_json(
+        br#"{"operation":"INSERT","id":"ev-d","table":"t","key":["k"],"companyId":"","locationId":"","after":{"id":"k"}}"#,
+    )
+    .unwrap();
+    assert_eq!(message_key(&d), "dbchange.t.INSERT.NONE.NONE.ev-d");
+    assert_eq!(partition_key(&d), "t.NONE.NONE.k");
 }
 
 #[test]
@@ -305,10 +312,13 @@ fn errors_are_classified_for_the_drain() {
     for code in [C::BrokerTransportFailure, C::RequestTimedOut, C::NotLeaderForPartition, C::Fatal] {
         assert_eq!(classify(code), ErrorClass::Transient, "{code:?}");
     }
-    for code in
-        [C::SaslAuthenticationFailed, C::Authentication, C::TopicAuthorizationFailed, C::UnknownTopicOrPartition]
-    {
+    for code in [C::SaslAuthenticationFailed, C::Authentication, C::TopicAuthorizationFailed, C::InvalidTimestamp] {
         assert_eq!(classify(code), ErrorClass::Config, "{code:?}");
+    }
+    // Retriable in Kafka's protocol: a corrupt message on the way, a topic or partition unknown
+    // while brokers restart (a missing topic is found by the metadata check).
+    for code in [C::InvalidMessage, C::UnknownTopicOrPartition] {
+        assert_eq!(classify(code), ErrorClass::Transient, "{code:?}");
     }
     assert_eq!(classify(C::MessageSizeTooLarge), ErrorClass::Rejected);
 }

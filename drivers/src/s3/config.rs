@@ -20,7 +20,7 @@ pub const DESCRIPTION: Description = Description {
     help: "Writes every change event, exactly as received, as an object <prefix><table>/<unix seconds>-<primary key>.json \
 (Content-Type application/json) in an S3 bucket. \
 Objects are created only if absent (If-None-Match): a second event for the same key in the same second goes to \
-<unix seconds>-<primary key>-<lsn>.json, and a replay writes nothing new. \
+<unix seconds>-<primary key>+<lsn>.json, and a replay writes nothing new. \
 Options: region (else AWS_REGION, AWS_DEFAULT_REGION, us-west-2); access-key-id, secret-access-key, session-token \
 (else AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, else the standard AWS credential chain: \
 profile, web identity, ECS, EC2 instance metadata); endpoint=https://host[:port] for any S3-compatible store \

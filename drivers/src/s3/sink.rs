@@ -3,7 +3,7 @@
 //! Every object is created with `If-None-Match: *`, so nothing is ever overwritten: when the name
 //! is taken (412), the object there is read back; the same bytes mean a replay (nothing to do),
 //! other bytes mean another event of the same key in the same second, which goes to the
-//! `-<lsn>` name the same way. Events of a batch that share a name are written one after another
+//! `+<lsn>` name the same way. Events of a batch that share a name are written one after another
 //! in LSN order, so a replay finds the names it wrote before; different names are written in
 //! parallel, at most `upload-tasks` at once. `write` returns `Ok` only when every object of the
 //! batch is confirmed.
@@ -21,6 +21,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use futures_util::stream::{self, StreamExt};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -83,7 +84,10 @@ pub async fn client(config: &S3Config) -> Client {
     if let Some(endpoint) = &config.endpoint {
         builder = builder.endpoint_url(endpoint);
     }
-    if config.provider == Provider::Gcs {
+    // Checksums only when the operation requires them, except on AWS itself: S3-compatible stores
+    // (MinIO, Ceph and R2 releases before the SDK's 2025 default) and GCS refuse the SDK's
+    // default CRC32 trailers.
+    if config.provider != Provider::Aws {
         builder = builder
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
@@ -119,6 +123,7 @@ impl S3Driver {
 
     /// Create `key` with `body` unless it exists; when it does, compare.
     async fn create(&self, key: &str, body: &[u8]) -> Result<Created, DriverError> {
+        let gcs = self.config.provider == Provider::Gcs;
         let put = self
             .client()
             .await
@@ -128,6 +133,13 @@ impl S3Driver {
             .content_type("application/json")
             .if_none_match("*")
             .body(ByteStream::from(body.to_vec()))
+            .customize()
+            .mutate_request(move |request| {
+                // GCS's XML API creates only-if-absent by generation, not by If-None-Match.
+                if gcs {
+                    request.headers_mut().insert("x-goog-if-generation-match", "0");
+                }
+            })
             .send()
             .await;
         match put {
@@ -149,7 +161,7 @@ impl S3Driver {
         format!("s3://{}/{key}", self.config.bucket)
     }
 
-    /// One event: its plain name, else its `-<lsn>` name.
+    /// One event: its plain name, else its `+<lsn>` name.
     async fn write_event(&self, d: &Delivery<'_>) -> Result<(), DriverError> {
         let dir = format!("{}{}/", self.config.prefix, naming::table_dir(d.event));
         if self.create(&format!("{dir}{}", naming::plain_name(d.event)), d.raw).await? != Created::Taken {
@@ -186,10 +198,24 @@ impl S3Driver {
                 g.push(at);
             }
         }
+        // After an error only the data explains (Rejected), the rest goes on so the drain can
+        // isolate that event; after any other (S3 away, access denied), no new upload starts: the
+        // whole batch is retried anyway, and a black hole would otherwise cost a timeout per
+        // upload.
+        let halt = AtomicBool::new(false);
+        let halt = &halt;
         let results: Vec<Result<(), DriverError>> = stream::iter(groups)
             .map(|group| async move {
                 for d in group.into_iter().filter_map(|at| events.get(at)) {
-                    self.write_event(d).await?;
+                    if halt.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    if let Err(e) = self.write_event(d).await {
+                        if e.class != ErrorClass::Rejected {
+                            halt.store(true, Ordering::Relaxed);
+                        }
+                        return Err(e);
+                    }
                 }
                 Ok(())
             })
@@ -299,6 +325,13 @@ where
                 ("" | "NotFound", 404) => {
                     (ErrorClass::Config, format!("{what}: bucket {:?} does not exist ({detail})", config.bucket))
                 }
+                ("NotImplemented", _) | (_, 501) => (
+                    ErrorClass::Config,
+                    format!(
+                        "{what}: this store does not support a request eds needs (conditional creates with \
+                         If-None-Match, which keep one event from overwriting another) ({detail})"
+                    ),
+                ),
                 ("EntityTooLarge", _) | (_, 413) => {
                     (ErrorClass::Rejected, format!("{what}: the object is too large for S3 ({detail})"))
                 }
@@ -328,11 +361,14 @@ impl Driver for S3Driver {
     }
 
     fn limits(&self) -> Limits {
+        // A batch must get through a shop's slow uplink within the drain's deadline per write
+        // (2 minutes; 8 MiB is about 0.6 Mbit/s over it), and one ndjson object within `timeout`
+        // (8 MiB in the default 30 s is about 2.2 Mbit/s; raise `timeout` on slower links).
         match self.config.format {
-            // Each event is a call: a batch a few seconds long at `upload-tasks` calls in flight.
-            Format::Json => Limits { max_rows: 2_000, max_bytes: 32 << 20, max_bind_params: usize::MAX },
+            // Each event is a call: at most `upload-tasks` calls in flight.
+            Format::Json => Limits { max_rows: 1_000, max_bytes: 8 << 20, max_bind_params: usize::MAX },
             // One object per batch.
-            Format::Ndjson => Limits { max_rows: 10_000, max_bytes: 64 << 20, max_bind_params: usize::MAX },
+            Format::Ndjson => Limits { max_rows: 10_000, max_bytes: 8 << 20, max_bind_params: usize::MAX },
         }
     }
 

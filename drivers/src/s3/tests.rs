@@ -130,7 +130,7 @@ async fn writes_each_event_as_received_with_lsn_names_for_collisions_and_replays
     let want = expect(&[
         ("out/order/1795749176-k1.json", A),
         // Same key, same second, another event: its own object, named by LSN.
-        ("out/order/1795749176-k1-8.json", B),
+        ("out/order/1795749176-k1+8.json", B),
         ("out/customer/1795749177-c9.json", C),
     ]);
     assert_eq!(moto.objects("eds-test", "").await, want);
@@ -169,7 +169,7 @@ async fn many_events_of_one_key_and_second_are_named_in_lsn_order_even_in_parall
     let mut want = BTreeMap::new();
     want.insert("t/5-k.json".to_owned(), raws[0].as_bytes().to_vec());
     for (i, r) in raws.iter().enumerate().skip(1) {
-        want.insert(format!("t/5-k-{}.json", 100 + i), r.as_bytes().to_vec());
+        want.insert(format!("t/5-k+{}.json", 100 + i), r.as_bytes().to_vec());
     }
     assert_eq!(moto.objects("eds-test", "").await, want);
 }
