@@ -156,7 +156,7 @@ async fn sigkill_during_delivery_then_restart_loses_nothing() {
     tansu.create_topic("cdc", 3);
     let s = setup().await;
     let events = mixed_stream(1000);
-    let url = tansu.url("cdc", "?name=k&timeout=60s");
+    let url = tansu.url("cdc", "?name=k&timeout=50s");
     let eds = s.eds(std::slice::from_ref(&url), &[]);
     let (first, rest) = events.split_at(500);
     let lsn = stored(&eds, publish_raw(&s.js, first).await).await;
@@ -164,7 +164,7 @@ async fn sigkill_during_delivery_then_restart_loses_nothing() {
 
     proxy.set(Mode::Blackhole);
     let last = stored(&eds, publish_raw(&s.js, rest).await).await;
-    // With a 60 s timeout the first attempt at the rest waits for the broker's acknowledgements
+    // With a 50 s timeout the first attempt at the rest waits for the broker's acknowledgements
     // (its produce requests held in the black hole), not retrying.
     until(&eds, "a batch in flight", DELIVERY, || async {
         let st = status(&eds).await;

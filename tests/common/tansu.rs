@@ -46,10 +46,13 @@ impl Tansu {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting tansu");
-        let tansu = Tansu { child, port, advertised };
+        let mut tansu = Tansu { child, port, advertised };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "tansu did not listen on port {port} within 20 s");
+            // A broker that could not bind its port has exited: fail, rather than wait or find another's.
+            let exited = tansu.child.try_wait().unwrap();
+            assert!(exited.is_none(), "tansu exited at start on port {port}: {exited:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
         tansu

@@ -7,7 +7,7 @@
 //! print the password: every URL in them goes through [`redact`].
 
 use crate::driver::{ConfigField, Description, DriverError, ErrorClass, FieldKind, Kind};
-use crate::url::{is_eds_param, redact};
+use crate::url::{is_eds_param, percent_decode, redact};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -171,24 +171,6 @@ fn config_error(url: &str, problem: impl std::fmt::Display) -> DriverError {
     DriverError::new(ErrorClass::Config, format!("invalid Kafka URL {}: {problem}", redact(url)))
 }
 
-/// Percent-decodes `s`; `None` when an escape is malformed or the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 fn parse_bool(value: &str) -> Option<bool> {
     match value.to_ascii_lowercase().as_str() {
         "" | "true" | "yes" | "1" => Some(true),
@@ -300,7 +282,8 @@ pub fn parse(url: &str) -> Result<KafkaConfig, DriverError> {
         if is_eds_param(&key) {
             continue;
         }
-        let value = percent_decode(&raw_value.replace('+', " "))
+        // `+` stays a plus (as the S3 URL reads it): a password `a+b` is `a+b`.
+        let value = percent_decode(raw_value)
             .ok_or_else(|| config_error(url, format!("the value of {key} is badly percent-encoded")))?;
         let bad = |what: &str| config_error(url, format!("{key}={value:?}: {what}"));
         match key.as_str() {
@@ -326,8 +309,11 @@ pub fn parse(url: &str) -> Result<KafkaConfig, DriverError> {
                 config.timeout = parse_duration(&value)
                     // Below the drain's own deadline for a write (2 minutes), so the driver's
                     // error, which says what the brokers did, comes first.
-                    .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(100)).contains(d))
-                    .ok_or_else(|| bad("expected a duration from 1s to 100s (30s, 1500ms)"))?
+                    // At most 50 s: a metadata request and a delivery, each within it, stay inside
+                    // the drain's 2-minute deadline per write (past it the driver's own clean-up
+                    // after a failed batch would not run).
+                    .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(50)).contains(d))
+                    .ok_or_else(|| bad("expected a duration from 1s to 50s (30s, 1500ms)"))?
             }
             "compression" => {
                 config.compression = match value.to_ascii_lowercase().as_str() {

@@ -46,10 +46,13 @@ impl Tansu {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting tansu");
-        let tansu = Tansu { child, port };
+        let mut tansu = Tansu { child, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "tansu did not listen on port {port} within 20 s");
+            // A broker that could not bind its port has exited: fail, rather than wait or find another's.
+            let exited = tansu.child.try_wait().unwrap();
+            assert!(exited.is_none(), "tansu exited at start on port {port}: {exited:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
         tansu
@@ -231,8 +234,10 @@ fn urls_parse_with_defaults_and_options() {
     assert_eq!((c.tls, c.ca.as_deref()), (true, Some(std::path::Path::new("/etc/ca.pem"))));
     assert_eq!(c.security_protocol(), "sasl_ssl");
     assert!(!format!("{c:?}").contains("p:ss"), "Debug hides the password");
-    let c = parse("kafka://k/t?sasl-username=me&sasl-password=s3cret").unwrap();
-    assert_eq!(c.sasl.map(|s| s.mechanism), Some(SaslMechanism::Plain));
+    let c = parse("kafka://k/t?sasl-username=me&sasl-password=s3+cr%2Bet%20").unwrap();
+    let sasl = c.sasl.unwrap();
+    assert_eq!(sasl.mechanism, SaslMechanism::Plain);
+    assert_eq!(sasl.password, "s3+cr+et ", "a plus stays a plus; escapes are decoded");
 }
 
 #[test]
@@ -250,6 +255,7 @@ fn bad_urls_are_configuration_errors_naming_the_problem_without_secrets() {
         ("kafka://k/t?timeout=forever", "timeout"),
         ("kafka://k/t?timeout=0s", "timeout"),
         ("kafka://k/t?timeout=5m", "timeout"),
+        ("kafka://k/t?timeout=51s", "timeout"),
         ("kafka://k/t?compression=brotli", "compression"),
         ("kafka://k/t?max-message-bytes=10", "max-message-bytes"),
         ("kafka://k/t?tls=maybe", "tls"),
