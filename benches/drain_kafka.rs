@@ -30,7 +30,7 @@
 
 use anyhow::{bail, Context, Result};
 use common::backlog::{read_batch, write_backlog};
-use common::procs::{clk_tck, free_port, load, ticks_of, Probe};
+use common::procs::{clk_tck, load, ticks_of, Probe};
 use common::runs::{time_drain, Config, Outcome};
 use eds::drain;
 use eds_drivers::driver::Driver;
@@ -43,69 +43,20 @@ use eds_drivers::kafka::{client_config, parse, partition_for, KafkaDriver};
 use eds_wal::Wal;
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 use common::describe_fs;
+use eds_drivers::kafka::tansu::Tansu;
 
 const RUNS: [&str; 2] = ["eds", "direct"];
 const PARTITIONS: i32 = 3;
 
-/// A tansu broker in memory on a free port; killed on drop.
-struct Tansu {
-    child: Child,
-    port: u16,
-}
-
-impl Tansu {
-    fn start() -> Result<Tansu> {
-        let bin = PathBuf::from(
-            std::env::var_os("TANSU_BIN").context("TANSU_BIN is not set (scripts/test.sh installs tansu)")?,
-        );
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let tansu = Tansu { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("tansu did not listen on port {port} within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(tansu)
-    }
-
-    fn create_topic(&self, topic: &str) -> Result<()> {
-        let bin = std::env::var_os("TANSU_BIN").context("TANSU_BIN")?;
-        let out = Command::new(bin)
-            .args(["topic", "create", "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
-            .args(["--partitions", &PARTITIONS.to_string(), topic])
-            .output()?;
-        if !out.status.success() {
-            bail!("tansu topic create {topic}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
-
-    fn ticks(&self) -> HashMap<String, u64> {
-        ticks_of(&[self.child.id().to_string()])
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The CPU ticks of the broker process so far.
+fn broker_ticks(tansu: &Tansu) -> HashMap<String, u64> {
+    ticks_of(&[tansu.child.id().to_string()])
 }
 
 /// What the direct path reads of an event.
@@ -214,8 +165,8 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
             bail!("unknown run {run:?} (known: {})", RUNS.join(", "));
         }
     }
-    let tansu = Tansu::start()?;
-    let bootstrap = format!("127.0.0.1:{}", tansu.port);
+    let tansu = Tansu::start();
+    let bootstrap = tansu.addr();
     let version = Command::new(std::env::var_os("TANSU_BIN").context("TANSU_BIN")?).arg("--version").output()?;
     println!(
         "  env:    dir {} — {}; {} in memory at {bootstrap}, topics of {PARTITIONS} partitions; {} cpus available \
@@ -241,9 +192,9 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
     let mut rates = HashMap::new();
     for (i, run) in cfg.runs.iter().enumerate() {
         let topic = format!("bench-{run}-{i}");
-        tansu.create_topic(&topic)?;
+        tansu.create_topic(&topic, PARTITIONS.unsigned_abs());
         let url = format!("kafka://{bootstrap}/{topic}");
-        let ticks = || tansu.ticks();
+        let ticks = || broker_ticks(&tansu);
         let outcome: Outcome = match run.as_str() {
             "eds" => {
                 let dest = drain::parse_destination(&format!("{url}?name={run}&start=oldest"))?

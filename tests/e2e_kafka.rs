@@ -10,9 +10,9 @@ mod common;
 use common::events::{mixed_stream, Raw};
 use common::proxy::{Mode, Proxy};
 use common::setup::setup;
-use common::tansu::{consume, Consumed, Tansu};
 use common::wait::{delivered, destination, metric, status, stored, until, DELIVERY};
 use common::{eds_bin, free_port, publish};
+use eds_drivers::kafka::tansu::{consume, Consumed, Tansu};
 use eds_drivers::kafka::{partition_for, LSN_HEADER, PARTITION_KEY_HEADER};
 use std::collections::BTreeMap;
 

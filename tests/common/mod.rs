@@ -388,6 +388,4 @@ pub mod nats_jwt;
 pub mod proxy;
 pub mod release;
 pub mod setup;
-#[cfg(feature = "kafka")]
-pub mod tansu;
 pub mod wait;

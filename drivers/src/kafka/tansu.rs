@@ -1,15 +1,22 @@
-//! A private tansu broker (Kafka-compatible, in memory) per test, and a consumer that reads a
-//! topic back to its end. `TANSU_BIN` names the binary (scripts/test.sh installs it).
-#![allow(dead_code, clippy::unwrap_used)]
+//! Test harness, shared by this driver's tests, the end-to-end tests and the benchmark: a private
+//! tansu broker (Kafka-compatible, in memory) per test, and a consumer that reads a topic back to
+//! its end. `TANSU_BIN` names the binary (scripts/test.sh installs it); without it the harness
+//! panics, it never skips.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
-use eds_drivers::kafka::rdkafka::config::ClientConfig;
-use eds_drivers::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
-use eds_drivers::kafka::rdkafka::error::KafkaError;
-use eds_drivers::kafka::rdkafka::message::{Headers, Message};
-use eds_drivers::kafka::rdkafka::{Offset, TopicPartitionList};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// A port of 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 /// The tansu binary, or a panic saying how to get it (never a silent skip).
 pub fn tansu_bin() -> PathBuf {
@@ -21,7 +28,8 @@ pub fn tansu_bin() -> PathBuf {
 
 /// A tansu broker in memory; killed on drop.
 pub struct Tansu {
-    child: Child,
+    /// The broker process.
+    pub child: Child,
     /// Where it listens.
     pub port: u16,
     /// What it tells clients to connect to (its own port, or a proxy's in front of it).
@@ -31,7 +39,7 @@ pub struct Tansu {
 impl Tansu {
     /// A broker on a free port that advertises itself.
     pub fn start() -> Tansu {
-        let port = super::free_port();
+        let port = free_port();
         Tansu::start_advertising(port, port)
     }
 
