@@ -78,6 +78,12 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Publish Shopmonkey-shaped test events to a NATS server, to smoke-test a server and its destinations
+    #[command(name = "integrationtest")]
+    IntegrationTest {
+        #[command(subcommand)]
+        command: crate::integrationtest::IntegrationTestCommand,
+    },
     /// Look into the write-ahead log (read-only; safe while a server runs)
     Wal {
         #[command(subcommand)]
@@ -233,9 +239,11 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             wal_cmd::dlq_replay(&data_dir, destination, url, api_url, *force, out)
         }
         Command::Demo(args) => {
-            crate::demo::run(args, cli.global.data_dir.as_deref().unwrap_or(std::path::Path::new("demo-data")))
+            let data_dir = cli.global.data_dir.as_deref().unwrap_or(std::path::Path::new("demo-data"));
+            crate::demo::run(args, data_dir, cli.global.schema_validator.as_deref())
         }
         Command::Enroll(args) => crate::enroll::run(args, &data_dir, out),
+        Command::IntegrationTest { command } => crate::integrationtest::run(command, out),
         Command::PublicKey => {
             out.write_all(crate::upgrade::SHOPMONKEY_PUBLIC_KEY.as_bytes())?;
             Ok(0)

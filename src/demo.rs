@@ -42,7 +42,7 @@ pub struct DemoArgs {
 }
 
 /// Run the demo in `data_dir`. Returns the exit code.
-pub fn run(args: &DemoArgs, data_dir: &Path) -> Result<u8> {
+pub fn run(args: &DemoArgs, data_dir: &Path, schema_validator: Option<&Path>) -> Result<u8> {
     let urls = if args.urls.is_empty() { vec!["file://demo-out".to_owned()] } else { args.urls.clone() };
     let destinations = drain::parse_destinations(&urls).map_err(|e| UsageError(format!("{e:#}")))?;
     if destinations.is_empty() {
@@ -55,8 +55,18 @@ pub fn run(args: &DemoArgs, data_dir: &Path) -> Result<u8> {
         ))
         .into());
     }
+    let validator = match schema_validator {
+        None => None,
+        Some(dir) => Some(Arc::new(
+            crate::validator::Validator::load(dir)
+                .map_err(|e| UsageError(format!("{:#}", e.context("--schema-validator"))))?,
+        )),
+    };
     crate::datadir::prepare(data_dir)?;
     let mut destinations = destinations;
+    for d in &mut destinations {
+        d.validator = validator.clone();
+    }
     for d in &mut destinations {
         d.dead_letters = Some(crate::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?);
     }

@@ -16,6 +16,7 @@ pub mod exit;
 pub mod hq;
 pub mod http;
 pub mod ingest;
+pub mod integrationtest;
 pub mod logging;
 pub mod metrics;
 pub mod record;
@@ -28,6 +29,7 @@ pub mod supervisor;
 pub mod timefmt;
 pub mod tracker;
 pub mod upgrade;
+pub mod validator;
 mod wal_cmd;
 
 /// The version string: `EDS_VERSION` from the build environment when set (release builds),

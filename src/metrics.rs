@@ -27,6 +27,9 @@ pub const DESTINATION_DELIVERED: &str = "eds_destination_delivered_total";
 pub const DESTINATION_RETRIES: &str = "eds_destination_retries_total";
 /// Events a destination rejected, now in its dead-letter log (label `destination`).
 pub const DESTINATION_DEAD_LETTERED: &str = "eds_destination_dead_lettered_total";
+/// Events a destination skipped because the schema validator has no rule for their table
+/// (labels `destination`, `table`).
+pub const VALIDATOR_SKIPPED: &str = "eds_validator_skipped_total";
 /// Heartbeats published to HQ.
 pub const HQ_HEARTBEATS: &str = "eds_hq_heartbeats_total";
 /// HQ notifications received (label `action`).
@@ -94,6 +97,8 @@ pub struct Metrics {
     pub destination_retries: prometheus::IntCounterVec,
     /// Dead-lettered events, per destination.
     pub destination_dead_lettered: prometheus::IntCounterVec,
+    /// [`VALIDATOR_SKIPPED`].
+    pub validator_skipped: prometheus::IntCounterVec,
     /// [`HQ_HEARTBEATS`].
     pub hq_heartbeats: IntCounter,
     /// [`HQ_NOTIFICATIONS`].
@@ -177,6 +182,10 @@ impl Metrics {
                 Opts::new(DESTINATION_DEAD_LETTERED, "events the destination rejected, kept in its dead-letter log"),
                 &["destination"],
             )?,
+            validator_skipped: prometheus::IntCounterVec::new(
+                Opts::new(VALIDATOR_SKIPPED, "events skipped because the schema validator has no rule for their table"),
+                &["destination", "table"],
+            )?,
             hq_heartbeats: IntCounter::with_opts(Opts::new(HQ_HEARTBEATS, "heartbeats published to Shopmonkey HQ"))?,
             hq_notifications: prometheus::IntCounterVec::new(
                 Opts::new(HQ_NOTIFICATIONS, "notifications received from Shopmonkey HQ, by action"),
@@ -204,6 +213,7 @@ impl Metrics {
         m.registry.register(Box::new(m.destination_delivered.clone()))?;
         m.registry.register(Box::new(m.destination_retries.clone()))?;
         m.registry.register(Box::new(m.destination_dead_lettered.clone()))?;
+        m.registry.register(Box::new(m.validator_skipped.clone()))?;
         m.registry.register(Box::new(m.hq_heartbeats.clone()))?;
         m.registry.register(Box::new(m.hq_notifications.clone()))?;
         Ok(m)

@@ -29,6 +29,12 @@ pub fn rfc3339_micros(micros: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z")
 }
 
+/// RFC 3339 in UTC with milliseconds, as Shopmonkey's rows carry dates: `2026-11-27T03:12:56.123Z`.
+pub fn rfc3339_millis(millis: u64) -> String {
+    let (y, mo, d, h, mi, s, us) = parts(millis.saturating_mul(1_000));
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", us / 1_000)
+}
+
 /// RFC 3339 in UTC as Go's `time.RFC3339Nano` writes it: nanoseconds without trailing zeros, and
 /// no fraction at all on a whole second (`2026-11-27T03:12:56.1234Z`, `2026-11-27T03:12:56Z`).
 pub fn rfc3339_nanos(secs: u64, nanos: u32) -> String {

@@ -355,6 +355,9 @@ pub struct ChangeEvent {
     pub mvcc_timestamp: String,
     /// Synthesised by an import.
     pub imported: bool,
+    /// The object name the schema validator's `path` template gave it (set by the drain, not
+    /// part of the event): the S3 and file destinations use it instead of their own naming.
+    pub path: Option<String>,
     /// The primary key (last element of `key`, else the row's `id`).
     primary_key: String,
 }
@@ -408,6 +411,7 @@ impl ChangeEvent {
             timestamp: w.timestamp,
             mvcc_timestamp: w.mvcc_timestamp,
             imported: w.imported,
+            path: None,
             primary_key,
         }
     }

@@ -44,7 +44,29 @@ pub fn plain_name(event: &ChangeEvent) -> String {
 
 /// The name of an event whose plain name holds another event: `<stem>+<lsn>.json`.
 pub fn lsn_name(event: &ChangeEvent, lsn: u64) -> String {
-    format!("{}+{lsn}.json", stem(event))
+    with_lsn(&plain_name(event), lsn)
+}
+
+/// The folder (relative, `/`-separated, maybe empty) and first name of an event's object: the
+/// schema validator's `path` when it gave the event one (already checked to stay inside the
+/// destination), else [`table_dir`] and [`plain_name`].
+pub fn object(event: &ChangeEvent) -> (String, String) {
+    match &event.path {
+        Some(p) => match p.rsplit_once('/') {
+            Some((dir, file)) => (dir.to_owned(), file.to_owned()),
+            None => (String::new(), p.clone()),
+        },
+        None => (table_dir(event), plain_name(event)),
+    }
+}
+
+/// `name` with `+<lsn>` before its extension: the name of an event whose first name holds
+/// another event.
+pub fn with_lsn(name: &str, lsn: u64) -> String {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}+{lsn}.{ext}"),
+        _ => format!("{name}+{lsn}"),
+    }
 }
 
 #[cfg(test)]
@@ -66,6 +88,20 @@ mod tests {
             (table_dir(&e), plain_name(&e), lsn_name(&e, 9)),
             ("a%2Fb".into(), "-1-%2E.%2Fk.json".into(), "-1-%2E.%2Fk+9.json".into())
         );
+    }
+
+    #[test]
+    fn a_validator_path_names_the_object() {
+        let json = r#"{"operation":"INSERT","table":"order","key":["k"],"timestamp":5000}"#;
+        let mut e = ChangeEvent::from_json(json.as_bytes()).unwrap();
+        assert_eq!(object(&e), ("order".to_owned(), "5-k.json".to_owned()));
+        e.path = Some("labor/received/labor_1_2.json".into());
+        assert_eq!(object(&e), ("labor/received".to_owned(), "labor_1_2.json".to_owned()));
+        e.path = Some("flat.json".into());
+        assert_eq!(object(&e), (String::new(), "flat.json".to_owned()));
+        assert_eq!(with_lsn("labor_1.2.json", 7), "labor_1.2+7.json");
+        assert_eq!(with_lsn("noext", 7), "noext+7");
+        assert_eq!(with_lsn(".hidden", 7), ".hidden+7");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Destination {
     /// Per table: events older than this (unix milliseconds) are skipped — an import already
     /// wrote the table as of that time.
     pub skip_before: HashMap<String, i64>,
+    /// The `--schema-validator` rules, when there are (set by the caller).
+    pub validator: Option<Arc<crate::validator::Validator>>,
     /// How long a failed batch waits before it is tried again.
     pub retry: Retry,
 }
@@ -146,6 +148,7 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
         overflow,
         registry: None,
         skip_before: HashMap::new(),
+        validator: None,
         retry: Retry::default(),
     }))
 }

@@ -31,6 +31,7 @@ pub use replay::{replay, Replayed};
 use crate::dlq::watch::Watched;
 use crate::record::{self, Kind as EnvelopeKind};
 use crate::state::ServerState;
+use crate::validator::Verdict;
 use anyhow::Result;
 use eds_drivers::driver::{DriverError, ErrorClass, Kind};
 use eds_drivers::event::ChangeEvent;
@@ -173,7 +174,29 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
             match record::decode(&rec.data) {
                 Ok(env) if env.kind == EnvelopeKind::Event => match decode(env.payload) {
                     Ok(e) if dest.skip_before.get(&e.table).is_some_and(|&t| e.timestamp < t) => skipped += 1,
-                    Ok(e) => {
+                    Ok(mut e) => {
+                        if let Some(v) = &dest.validator {
+                            match v.check(env.payload) {
+                                Verdict::Valid(path) => e.path = path,
+                                Verdict::Invalid(why) => {
+                                    undecodable.push((rec.lsn, why));
+                                    continue;
+                                }
+                                Verdict::NoRule => {
+                                    state.metrics.validator_skipped.with_label_values(&[&name, &e.table]).inc();
+                                    if v.first_skip(&name, &e.table) {
+                                        tracing::warn!(
+                                            destination = %name,
+                                            table = %e.table,
+                                            validator = %v.dir().join(crate::validator::CONFIG_FILE).display(),
+                                            "the schema validator has no rule for this table: its events are skipped (counted in {})",
+                                            crate::metrics::VALIDATOR_SKIPPED
+                                        );
+                                    }
+                                    continue;
+                                }
+                            }
+                        }
                         if watching.is_some_and(|w| w.contains(&e.table, e.primary_key())) {
                             watched.push((rec.lsn, e.table.clone(), e.primary_key().to_owned(), env.stream_seq));
                         }

@@ -88,6 +88,7 @@ mod rejection_tests {
             overflow: Overflow::Block,
             registry: None,
             skip_before: HashMap::new(),
+            validator: None,
             retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
         }
     }
@@ -461,6 +462,7 @@ mod state_tests {
             overflow: Overflow::Block,
             registry: Some(Arc::new(Registry::new(Arc::new(Source), None))),
             skip_before,
+            validator: None,
             retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
         };
         let (stop, stop_rx) = watch::channel(false);

@@ -444,6 +444,12 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
     let settings = settings(args, data_dir)?;
     let plan = args.plan(data_dir, &settings).map_err(usage)?;
     let destinations = crate::drain::parse_destinations(&settings.urls).map_err(usage)?;
+    let validator = match schema_validator {
+        None => None,
+        Some(dir) => Some(std::sync::Arc::new(
+            crate::validator::Validator::load(dir).map_err(|e| usage(e.context("--schema-validator")))?,
+        )),
+    };
     if !args.wrapper && !args.no_restart {
         // Usage errors are found above, once: the supervisor never retries them.
         drop(destinations);
@@ -452,21 +458,24 @@ pub fn run(args: &ServerArgs, data_dir: &Path, schema_validator: Option<&Path>) 
     if args.wrapper {
         crate::supervisor::die_with_parent(args.parent);
     }
-    work(args, data_dir, schema_validator, settings, plan, destinations)
+    work(args, data_dir, validator, settings, plan, destinations)
 }
 
 /// The worker: ingest, drains, HTTP, and the HQ session when there is one.
 fn work(
     args: &ServerArgs,
     data_dir: &Path,
-    schema_validator: Option<&Path>,
+    validator: Option<std::sync::Arc<crate::validator::Validator>>,
     settings: Settings,
     plan: ServerPlan,
     mut destinations: Vec<crate::drain::Destination>,
 ) -> Result<u8> {
     args.log_inactive_flags();
-    if schema_validator.is_some() {
-        tracing::warn!(flag = "--schema-validator", "accepted but not active yet in this version of eds");
+    if let Some(validator) = validator {
+        tracing::info!(dir = %validator.dir().display(), "schema validator loaded");
+        for d in &mut destinations {
+            d.validator = Some(validator.clone());
+        }
     }
     let api_url = crate::registry::api_url(args.api_url.as_deref(), settings.token.as_deref());
     let hq = match (plan.mode, &settings.token) {

@@ -85,17 +85,18 @@ impl FileDriver {
         d: &Delivery<'_>,
         created_dirs: &mut BTreeSet<PathBuf>,
     ) -> Result<Option<PathBuf>, DriverError> {
-        let table_dir = self.dir.join(naming::table_dir(d.event));
+        let (folder, name) = naming::object(d.event);
+        let table_dir = self.dir.join(folder);
         if !table_dir.is_dir() {
             create_dirs(&table_dir)?;
             created_dirs.insert(table_dir.clone());
         }
-        let mut path = table_dir.join(naming::plain_name(d.event));
+        let mut path = table_dir.join(&name);
         match fs::read(&path) {
             Ok(existing) if existing == d.raw => return Ok(None), // a replay
             Ok(_) => {
                 // Another event for the key in the same second: its own name, by LSN.
-                path = table_dir.join(naming::lsn_name(d.event, d.lsn));
+                path = table_dir.join(naming::with_lsn(&name, d.lsn));
                 match fs::read(&path) {
                     Ok(existing) if existing == d.raw => return Ok(None),
                     Ok(_) | Err(_) => {}

@@ -163,11 +163,15 @@ impl S3Driver {
 
     /// One event: its plain name, else its `+<lsn>` name.
     async fn write_event(&self, d: &Delivery<'_>) -> Result<(), DriverError> {
-        let dir = format!("{}{}/", self.config.prefix, naming::table_dir(d.event));
-        if self.create(&format!("{dir}{}", naming::plain_name(d.event)), d.raw).await? != Created::Taken {
+        let (folder, name) = naming::object(d.event);
+        let dir = match folder.is_empty() {
+            true => self.config.prefix.clone(),
+            false => format!("{}{folder}/", self.config.prefix),
+        };
+        if self.create(&format!("{dir}{name}"), d.raw).await? != Created::Taken {
             return Ok(());
         }
-        let key = format!("{dir}{}", naming::lsn_name(d.event, d.lsn));
+        let key = format!("{dir}{}", naming::with_lsn(&name, d.lsn));
         match self.create(&key, d.raw).await? {
             Created::New | Created::Same => Ok(()),
             Created::Taken => Err(DriverError::new(
@@ -189,7 +193,7 @@ impl S3Driver {
         let mut groups: Vec<Vec<usize>> = Vec::new();
         let mut by_name: HashMap<(String, String), usize> = HashMap::new();
         for (at, d) in events.iter().enumerate() {
-            let name = (naming::table_dir(d.event), naming::plain_name(d.event));
+            let name = naming::object(d.event);
             let i = *by_name.entry(name).or_insert_with(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
