@@ -132,3 +132,26 @@ async fn files_and_directories_get_eds_modes_whatever_the_umask() {
         assert_eq!(mode(&d), 0o755, "{}", d.display());
     }
 }
+
+#[tokio::test]
+async fn a_validator_path_names_the_file_below_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = FileDriver::new(dir.path());
+    let (mut a, mut b, mut c) = (event(A), event(B), event(C));
+    a.path = Some("order/received/order_1_e1.json".into());
+    b.path = Some("order/received/order_1_e1.json".into());
+    c.path = Some("flat.json".into());
+    let batch = [
+        Delivery { lsn: 7, event: &a, raw: A.as_bytes() },
+        Delivery { lsn: 8, event: &b, raw: B.as_bytes() },
+        Delivery { lsn: 9, event: &c, raw: C.as_bytes() },
+    ];
+    driver.write(Batch::Events(&batch)).await.unwrap();
+    driver.write(Batch::Events(&batch)).await.unwrap();
+    let expect: BTreeMap<PathBuf, Vec<u8>> =
+        [("order/received/order_1_e1.json", A), ("order/received/order_1_e1+8.json", B), ("flat.json", C)]
+            .iter()
+            .map(|(p, raw)| (PathBuf::from(p), raw.as_bytes().to_vec()))
+            .collect();
+    assert_eq!(snapshot(dir.path()), expect);
+}

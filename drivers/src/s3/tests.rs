@@ -150,6 +150,29 @@ async fn writes_each_event_as_received_with_lsn_names_for_collisions_and_replays
 }
 
 #[tokio::test]
+async fn a_validator_path_names_the_object_below_the_prefix() {
+    let (moto, driver) = start("out/", "").await;
+    let (mut a, mut b, mut c) = (event(A), event(B), event(C));
+    a.path = Some("order/received/order_1_e1.json".into());
+    // Another event the template gives the same name: its own object, by LSN.
+    b.path = Some("order/received/order_1_e1.json".into());
+    c.path = Some("flat.json".into());
+    let batch = [
+        Delivery { lsn: 7, event: &a, raw: A.as_bytes() },
+        Delivery { lsn: 8, event: &b, raw: B.as_bytes() },
+        Delivery { lsn: 9, event: &c, raw: C.as_bytes() },
+    ];
+    driver.write(Batch::Events(&batch)).await.unwrap();
+    driver.write(Batch::Events(&batch)).await.unwrap();
+    let want = expect(&[
+        ("out/order/received/order_1_e1.json", A),
+        ("out/order/received/order_1_e1+8.json", B),
+        ("out/flat.json", C),
+    ]);
+    assert_eq!(moto.objects("eds-test", "").await, want);
+}
+
+#[tokio::test]
 async fn many_events_of_one_key_and_second_are_named_in_lsn_order_even_in_parallel() {
     let (moto, driver) = start("", "&upload-tasks=8").await;
     let raws: Vec<String> = (0..12)
