@@ -131,6 +131,7 @@ fn settings(durable: &str) -> ConsumerSettings {
         max_request_batch: 4096,
         inactive_threshold: Duration::from_secs(72 * 3600),
         restart: true,
+        start_after_import: None,
     }
 }
 

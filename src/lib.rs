@@ -15,6 +15,7 @@ pub mod enroll;
 pub mod exit;
 pub mod hq;
 pub mod http;
+pub mod import;
 pub mod ingest;
 pub mod integrationtest;
 pub mod logging;

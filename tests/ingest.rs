@@ -26,6 +26,7 @@ fn config(nats: &Nats, dir: &std::path::Path, ack_wait: Duration, faults: Arc<De
             max_request_batch: 64,
             inactive_threshold: Duration::from_secs(3600),
             restart: true,
+            start_after_import: None,
         },
         nats_url: nats.url(),
         creds: None,

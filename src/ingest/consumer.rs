@@ -36,6 +36,9 @@ pub struct ConsumerSettings {
     pub inactive_threshold: Duration,
     /// A new consumer starts at the beginning of the stream (EDS `--restart`).
     pub restart: bool,
+    /// Else, a new consumer starts at this time (unix milliseconds): the earliest import
+    /// timestamp, so streaming takes over where an import ended.
+    pub start_after_import: Option<i64>,
 }
 
 /// Credentials given in the NATS URL itself (`nats://user:password@host`, `nats://token@host`), as
@@ -169,6 +172,11 @@ pub async fn ensure(
                 DeliverPolicy::ByStartSequence { start_sequence: stored_seq + 1 }
             } else if s.restart || from_start {
                 DeliverPolicy::All
+            } else if let Some(ms) = s.start_after_import {
+                let start_time = async_nats::datetime::from_nanos(i128::from(ms) * 1_000_000)
+                    .map_err(|e| anyhow::anyhow!("import timestamp {ms} ms: {e}"))?;
+                tracing::info!(start_time = ms, consumer = %s.durable, "creating the consumer at the earliest import timestamp");
+                DeliverPolicy::ByStartTime { start_time }
             } else {
                 tracing::warn!("no import timestamp found, starting data stream from now");
                 DeliverPolicy::New
@@ -298,6 +306,7 @@ mod tests {
             max_request_batch: 4096,
             inactive_threshold: Duration::from_secs(72 * 3600),
             restart: false,
+            start_after_import: None,
         };
         let one = config(&s, DeliverPolicy::New);
         assert_eq!(one.filter_subject, "dbchange.*.*.c1.*.PUBLIC.>");

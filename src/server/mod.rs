@@ -344,6 +344,7 @@ impl ServerArgs {
                 max_request_batch,
                 inactive_threshold: self.inactive_threshold,
                 restart: self.restart,
+                start_after_import: None,
             },
             nats_url: self.server.clone(),
             creds: creds.as_ref().map(SessionCreds::for_ingest),
@@ -510,8 +511,10 @@ fn work(
         d.dead_letters = Some(crate::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?.count_in(&dlq_bytes));
     }
     crate::drain::record_destinations(data_dir, &destinations, &settings.urls)?;
+    let tracker = crate::tracker::Tracker::open(data_dir)?;
+    let mut plan = plan;
+    plan.ingest.consumer.start_after_import = crate::import::timestamps::apply(&tracker, &mut destinations)?;
     crate::drain::attach_registry(&mut destinations, || {
-        let tracker = crate::tracker::Tracker::open(data_dir)?;
         let source = crate::registry::HqSchemas::new(&api_url)
             .map_err(|e| UsageError(format!("--api-url {api_url:?}: {e:#}")))?;
         Ok(std::sync::Arc::new(crate::registry::Registry::new(std::sync::Arc::new(source), Some(tracker))))

@@ -1,0 +1,6 @@
+//! `eds import` and what it leaves for the server: the bulk export of a shop's tables loaded into
+//! a destination, and the per-table timestamps that make streaming take over exactly where the
+//! export ended.
+
+pub mod files;
+pub mod timestamps;

@@ -1,0 +1,118 @@
+//! Import timestamps: per table, the time an import wrote the table as of. The server skips,
+//! per destination, events of a table older than its timestamp (the import already holds them),
+//! and a new durable consumer starts at the earliest one — so nothing is lost or doubled at the
+//! seam between an import and streaming.
+//!
+//! Stored in the tracker: under EDS's key `table-export`, in EDS's format
+//! (`[{"Table":"order","Timestamp":"2024-07-24T20:03:01.585498856Z"}]`, so an EDS data dir keeps
+//! working and EDS could read eds's), and under `table-export:<destination>` for the destination
+//! the import wrote. A destination that has its own key skips by it; when no destination has one
+//! (a data dir EDS imported into, with its single destination) EDS's key applies to all.
+
+use crate::drain::Destination;
+use crate::tracker::Tracker;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// EDS's key.
+pub const KEY: &str = "table-export";
+
+/// The key of one destination's import timestamps.
+pub fn destination_key(destination: &str) -> String {
+    format!("{KEY}:{destination}")
+}
+
+/// One table's import timestamp, as EDS stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableExport {
+    /// The table.
+    #[serde(rename = "Table")]
+    pub table: String,
+    /// RFC 3339 with up to nanoseconds, UTC.
+    #[serde(rename = "Timestamp")]
+    pub timestamp: String,
+}
+
+impl TableExport {
+    /// The timestamp in unix milliseconds (events' `timestamp` unit), rounded down.
+    pub fn millis(&self) -> Result<i64> {
+        let ts: jiff::Timestamp =
+            self.timestamp.parse().with_context(|| format!("table {}: timestamp {:?}", self.table, self.timestamp))?;
+        Ok(ts.as_millisecond())
+    }
+}
+
+/// Decode a `table-export` value.
+pub fn decode(bytes: &[u8]) -> Result<Vec<TableExport>> {
+    serde_json::from_slice(bytes).context("the tracker's import timestamps are not EDS's table-export JSON")
+}
+
+/// Encode `exports` as EDS does.
+pub fn encode(exports: &[TableExport]) -> Vec<u8> {
+    serde_json::to_vec(exports).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+/// Per table, unix milliseconds.
+fn millis_by_table(exports: &[TableExport]) -> Result<HashMap<String, i64>> {
+    exports.iter().map(|e| Ok((e.table.clone(), e.millis()?))).collect()
+}
+
+/// Give every destination the import timestamps it skips by (see the module doc). Returns the
+/// earliest timestamp of all, in unix milliseconds, for a new consumer's start.
+pub fn apply(tracker: &Tracker, destinations: &mut [Destination]) -> Result<Option<i64>> {
+    let mut earliest: Option<i64> = None;
+    let mut note = |m: &HashMap<String, i64>| {
+        if let Some(&min) = m.values().min() {
+            earliest = Some(earliest.map_or(min, |e| e.min(min)));
+        }
+    };
+    let mut own = 0;
+    for d in destinations.iter_mut() {
+        if let Some(bytes) = tracker.get(&destination_key(&d.name))? {
+            let m = millis_by_table(&decode(&bytes)?).with_context(|| format!("destination {}", d.name))?;
+            note(&m);
+            tracing::info!(destination = %d.name, tables = m.len(), "skipping events older than this destination's import, per table");
+            d.skip_before = m;
+            own += 1;
+        }
+    }
+    if let Some(bytes) = tracker.get(KEY)? {
+        let m = millis_by_table(&decode(&bytes)?).context("EDS's table-export")?;
+        note(&m);
+        if own == 0 && !m.is_empty() {
+            tracing::info!(
+                tables = m.len(),
+                "skipping events older than the data dir's import (EDS's table-export), per table"
+            );
+            for d in destinations.iter_mut() {
+                d.skip_before = m.clone();
+            }
+        }
+    }
+    Ok(earliest)
+}
+
+/// Record `exports` as the import timestamps of `destination` (and under EDS's key).
+pub async fn record(tracker: &Tracker, destination: &str, exports: &[TableExport]) -> Result<()> {
+    let value = encode(exports);
+    tracker.set_all(&[(KEY.to_owned(), value.clone()), (destination_key(destination), value)]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eds_format_round_trips_and_reads_as_milliseconds() {
+        let eds = br#"[{"Table":"order","Timestamp":"2024-07-24T20:03:01.585498856Z"},{"Table":"user","Timestamp":"2024-07-24T20:03:02Z"}]"#;
+        let v = decode(eds).unwrap();
+        assert_eq!(v[0], TableExport { table: "order".into(), timestamp: "2024-07-24T20:03:01.585498856Z".into() });
+        assert_eq!(v[0].millis().unwrap(), 1_721_851_381_585);
+        assert_eq!(v[1].millis().unwrap(), 1_721_851_382_000);
+        assert_eq!(encode(&v), eds.to_vec());
+        let bad = TableExport { table: "t".into(), timestamp: "yesterday".into() };
+        assert!(format!("{:#}", bad.millis().unwrap_err()).contains("table t"));
+        assert!(decode(b"{}").is_err());
+    }
+}
