@@ -97,6 +97,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     written.with_context(|| format!("writing {}", path.display()))
 }
 
+/// Make the entries of `dir` (files renamed into it) durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing directory {}", dir.display()))
+}
+
 /// Whether the file system of `dir` takes writes: at least `room` bytes free, and a small file
 /// written, fsynced and removed there (a disk that failed with EIO may answer the first but not
 /// the second).

@@ -60,6 +60,51 @@ pub struct LogUrls {
     pub error_url: String,
 }
 
+/// What `POST /v3/export/bulk` asks for (empty lists and no time are left out, as EDS sends it).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ExportRequest {
+    /// Only rows changed after this time (unix milliseconds).
+    #[serde(rename = "timeOffset", skip_serializing_if = "Option::is_none")]
+    pub time_offset: Option<i64>,
+    /// Only these companies.
+    #[serde(rename = "companyIds", skip_serializing_if = "Vec::is_empty")]
+    pub company_ids: Vec<String>,
+    /// Only these locations.
+    #[serde(rename = "locationIds", skip_serializing_if = "Vec::is_empty")]
+    pub location_ids: Vec<String>,
+    /// Only these tables.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+}
+
+/// Where a bulk export job stands.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct ExportStatus {
+    /// Every table is done.
+    #[serde(default)]
+    pub completed: bool,
+    /// Per table.
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, TableExportStatus>,
+}
+
+/// One table of a bulk export job.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct TableExportStatus {
+    /// `Pending`, `Completed` or `Failed`.
+    #[serde(default)]
+    pub status: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: String,
+    /// Its files (pre-signed, fetched without the key).
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// The export's time for the table, integer nanoseconds as a string.
+    #[serde(default)]
+    pub cursor: String,
+}
+
 #[derive(Deserialize)]
 struct Envelope<T> {
     #[serde(default)]
@@ -125,6 +170,37 @@ impl HqApi {
         })
         .await
         .map_err(|reason| anyhow::anyhow!("{what}: POST {url}: {reason}"))
+    }
+
+    async fn get(&self, what: &str, path: &str) -> Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        send_retrying(&self.retry, || self.client.get(&url).bearer_auth(&self.key))
+            .await
+            .map_err(|reason| anyhow::anyhow!("{what}: GET {url}: {reason}"))
+    }
+
+    /// `POST /v3/export/bulk` (spec §3.6): starts a bulk export; its job id.
+    pub async fn create_export(&self, request: &ExportRequest) -> Result<String> {
+        const WHAT: &str = "creating the bulk export";
+        #[derive(Deserialize)]
+        struct Job {
+            #[serde(rename = "jobId")]
+            job_id: String,
+        }
+        let answer = self.post(WHAT, "/v3/export/bulk", request).await?;
+        let job: Job = Self::data(WHAT, &answer)?;
+        if job.job_id.is_empty() {
+            bail!("{WHAT}: HQ answered an empty job id");
+        }
+        Ok(job.job_id)
+    }
+
+    /// `GET /v3/export/bulk/<jobId>` (spec §3.6): where the export stands.
+    pub async fn export_status(&self, job_id: &str) -> Result<ExportStatus> {
+        let what = format!("reading bulk export job {job_id}");
+        let path = format!("/v3/export/bulk/{}", eds_drivers::url::escape_component(job_id));
+        let answer = self.get(&what, &path).await?;
+        Self::data(&what, &answer)
     }
 
     fn data<T: DeserializeOwned>(what: &str, answer: &Answer) -> Result<T> {

@@ -2,5 +2,9 @@
 //! a destination, and the per-table timestamps that make streaming take over exactly where the
 //! export ended.
 
+pub mod download;
 pub mod files;
 pub mod timestamps;
+
+#[cfg(test)]
+mod tests;
