@@ -68,6 +68,8 @@ enum Command {
     PublicKey,
     /// Download a release of eds, verify its PGP signature, and write its binary to FILE
     Download(crate::upgrade::DownloadArgs),
+    /// Load a bulk export of the shop's tables into a destination (run while `eds server` is stopped)
+    Import(Box<crate::import::command::ImportArgs>),
     /// Run the whole pipeline with generated Shopmonkey-shaped events and no external server
     Demo(crate::demo::DemoArgs),
     /// Run the gateway: pull change events from NATS JetStream into the write-ahead log
@@ -235,6 +237,13 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Dlq { command: DlqCommand::List { destination, json } } => {
             wal_cmd::dlq(&data_dir, destination.as_deref(), *json, out)
         }
+        Command::Dlq { command: DlqCommand::Replay { .. } } if cli.global.schema_validator.is_some() => {
+            Err(UsageError(
+                "--schema-validator does not apply to `eds dlq replay`: dead letters are re-delivered as they are"
+                    .into(),
+            )
+            .into())
+        }
         Command::Dlq { command: DlqCommand::Replay { destination, url, api_url, force } } => {
             wal_cmd::dlq_replay(&data_dir, destination, url, api_url, *force, out)
         }
@@ -243,6 +252,9 @@ fn dispatch(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             crate::demo::run(args, data_dir, cli.global.schema_validator.as_deref())
         }
         Command::Enroll(args) => crate::enroll::run(args, &data_dir, out),
+        Command::Import(args) => {
+            crate::import::command::run(args, &data_dir, cli.global.schema_validator.as_deref(), out)
+        }
         Command::IntegrationTest { command } => crate::integrationtest::run(command, out),
         Command::PublicKey => {
             out.write_all(crate::upgrade::SHOPMONKEY_PUBLIC_KEY.as_bytes())?;

@@ -98,11 +98,12 @@ pub fn run(command: &IntegrationTestCommand, out: &mut dyn Write) -> Result<u8> 
         IntegrationTestCommand::PublishFileData { count, file, only, company_id, location_id, target } => {
             let events = read_recording(file, only, company_id, location_id, count.unwrap_or(u64::MAX))?;
             if events.is_empty() {
-                bail!(
-                    "{}: no change event to publish{}",
+                return Err(UsageError(format!(
+                    "--file {}: no change event to publish{}",
                     file.display(),
-                    if only.is_empty() { "" } else { " (after --only)" }
-                );
+                    if only.is_empty() { "" } else { " of the --only tables" }
+                ))
+                .into());
             }
             runtime.block_on(publish_all(target, events.into_iter(), Duration::ZERO, out))
         }
@@ -201,7 +202,7 @@ fn read_recording(
     location: &str,
     limit: u64,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::File::open(path).map_err(|e| UsageError(format!("--file {}: {e}", path.display())))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let reader: Box<dyn Read> = if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
@@ -297,10 +298,8 @@ async fn connect(target: &Target) -> Result<jetstream::Context> {
     .name("eds-integrationtest")
     .connection_timeout(Duration::from_secs(5));
     if let Some(creds) = &target.creds {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .with_context(|| format!("reading the NATS credentials file {}", creds.display()))?;
+        opts =
+            opts.credentials_file(creds).await.map_err(|e| UsageError(format!("--creds {}: {e}", creds.display())))?;
     }
     let redacted = eds_drivers::url::redact(&target.server);
     let client = tokio::time::timeout(Duration::from_secs(10), opts.connect(servers.as_str()))
@@ -367,7 +366,8 @@ async fn publish_all(
             Err(_) => bail!("{subject}: {redacted} did not acknowledge the event within {ACK_TIMEOUT:?}"),
             Ok(Err(e)) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
                 return Err(UsageError(format!(
-                    "no JetStream stream on {redacted} captures {subject}: create one (subjects `dbchange.>`) or pass --create-stream"
+                    "no JetStream stream on {redacted} captures {subject}: create one (subjects `dbchange.>`), or \
+                     pass --create-stream when the server has no `dbchange` stream"
                 ))
                 .into())
             }

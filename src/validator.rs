@@ -26,6 +26,52 @@ use std::sync::Mutex;
 pub const CONFIG_FILE: &str = "config.json";
 /// At most this many of an event's problems are named in its dead letter.
 const MAX_PROBLEMS: usize = 5;
+/// Each at most this long.
+const MAX_PROBLEM_CHARS: usize = 300;
+/// The longest name a `path` may render: S3's key limit (bytes).
+const MAX_NAME_BYTES: usize = 1024;
+/// The longest segment of it: file systems' name limit (bytes).
+const MAX_SEGMENT_BYTES: usize = 255;
+/// The envelope fields EDS kept when it built the validated document (its `DBChangeEvent`).
+const ENVELOPE: [&str; 12] = [
+    "operation",
+    "id",
+    "table",
+    "key",
+    "modelVersion",
+    "companyId",
+    "locationId",
+    "userId",
+    "before",
+    "after",
+    "diff",
+    "timestamp",
+];
+
+/// The document a rule validates, as EDS built it: the event's own fields only (unknown ones such
+/// as `region` and `sessionId` dropped), null ones and an empty `diff` left out, `imported`
+/// dropped, `before`/`after` as objects.
+fn document(event: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut all: serde_json::Map<String, Value> = serde_json::from_slice(event)?;
+    let mut doc = serde_json::Map::new();
+    for key in ENVELOPE.iter().copied().chain(["mvccTimestamp"]) {
+        match all.remove(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) if key == "diff" && a.is_empty() => {}
+            Some(v) => {
+                doc.insert(key.to_owned(), v);
+            }
+        }
+    }
+    Ok(Value::Object(doc))
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
 
 /// What the validator says of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +141,7 @@ impl Validator {
                 }
             };
             let rel = file.strip_prefix(&dir).unwrap_or(&file).to_string_lossy().replace('\\', "/");
+            let rel = uri_path(&rel);
             for uri in [format!("file://{rel}"), format!("file:///{rel}"), file_uri(&file)] {
                 if !resources.iter().any(|(u, _)| *u == uri) {
                     resources.push((uri, value.clone()));
@@ -139,9 +186,9 @@ impl Validator {
 
     /// Validate an event (its bytes as received).
     pub fn check(&self, event: &[u8]) -> Verdict {
-        let doc: Value = match serde_json::from_slice(event) {
+        let doc = match document(event) {
             Ok(v) => v,
-            Err(e) => return Verdict::Invalid(format!("schema validator: the event is not JSON: {e}")),
+            Err(e) => return Verdict::Invalid(format!("schema validator: the event is not a JSON object: {e}")),
         };
         let table = doc.get("table").and_then(Value::as_str).unwrap_or_default();
         let Some(rule) = self.rules.get(table) else { return Verdict::NoRule };
@@ -151,7 +198,9 @@ impl Validator {
             .take(MAX_PROBLEMS + 1)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                format!("{}: {e}", if at.is_empty() { "/" } else { &at })
+                // The validator's message quotes the failing value (at the root: the whole
+                // event): keep each one short.
+                format!("{}: {}", if at.is_empty() { "/" } else { &at }, shorten(&e.to_string(), MAX_PROBLEM_CHARS))
             })
             .collect();
         if !problems.is_empty() {
@@ -180,7 +229,21 @@ impl Validator {
 }
 
 fn file_uri(path: &Path) -> String {
-    format!("file://{}", path.to_string_lossy().replace('\\', "/"))
+    format!("file://{}", uri_path(&path.to_string_lossy().replace('\\', "/")))
+}
+
+/// A path as URI text: what a URI cannot hold as it is (space, `#`, `%`, `?`, non-ASCII, …)
+/// percent-encoded, so a directory named `my rules` still registers.
+fn uri_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -208,7 +271,10 @@ pub struct Template {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
+    /// The template's own text: as it is.
     Text(String),
+    /// A string literal action: escaped, as Go escapes every action's output.
+    Literal(String),
     Field(Vec<String>),
 }
 
@@ -255,7 +321,7 @@ impl Template {
                 }
                 parts.push(Part::Field(segments));
             } else if let Some(s) = string_literal(action) {
-                parts.push(Part::Text(s));
+                parts.push(Part::Literal(s));
             } else {
                 bail!("{{{{{action}}}}} is not supported: eds renders field access ({{{{.table}}}}, {{{{.after.id}}}}) and string literals")
             }
@@ -278,6 +344,7 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
+                Part::Literal(t) => html_escape(t, &mut out),
                 Part::Field(path) => {
                     let mut v = doc;
                     for s in path {
@@ -302,8 +369,22 @@ impl Template {
         if out.is_empty() {
             bail!("the name is empty");
         }
-        if out.starts_with('/') || out.contains('\0') || out.split('/').any(|s| s == ".." || s == "." || s.is_empty()) {
-            bail!("{out:?} is not a relative name inside the destination (no leading /, no empty, . or .. segments)");
+        if out.starts_with('/')
+            || out.contains('\\')
+            || out.chars().any(char::is_control)
+            || out.split('/').any(|s| s == ".." || s == "." || s.is_empty())
+        {
+            bail!(
+                "{out:?} is not a relative name inside the destination (no leading /, no backslash or control \
+                 character, no empty, . or .. segment)"
+            );
+        }
+        if out.len() > MAX_NAME_BYTES || out.split('/').any(|s| s.len() > MAX_SEGMENT_BYTES) {
+            bail!(
+                "{:?}… is too long a name ({} bytes; at most {MAX_NAME_BYTES}, and {MAX_SEGMENT_BYTES} per segment)",
+                shorten(&out, 60),
+                out.len()
+            );
         }
         Ok(out)
     }

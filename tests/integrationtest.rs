@@ -126,8 +126,8 @@ async fn publish_file_data_publishes_a_recording() {
     let missing = dir.path().join("nope.jsonl");
     let o =
         eds(&["integrationtest", "publish-file-data", "--file", missing.to_str().unwrap(), "--server", &nats.url()]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("nope.jsonl"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "a bad flag value: {}", text(&o));
+    assert!(text(&o).contains("--file") && text(&o).contains("nope.jsonl"), "{}", text(&o));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

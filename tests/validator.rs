@@ -121,12 +121,27 @@ fn a_bad_validator_directory_stops_the_server_at_start() {
     .unwrap();
     let data = tempfile::tempdir().unwrap();
     let url = format!("file://{}", data.path().join("out").display());
-    let o = Command::new(eds_bin())
+    let mut child = Command::new(eds_bin())
         .args(["server", "-d", data.path().to_str().unwrap(), "--url", &url, "--server", "nats://127.0.0.1:1"])
         .args(["--schema-validator", rules.path().to_str().unwrap(), "--no-restart", "--port", "0"])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    // A server that started after all would run on: it must have exited within the deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("eds server started with a bad validator directory (still running after 30s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("--schema-validator") && err.contains("\"labor\"") && err.contains("{{range .x}}"), "{err}");
 }

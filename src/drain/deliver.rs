@@ -191,6 +191,28 @@ pub async fn deliver_one(
     Ok(out.rejected.into_iter().next().map(|(_, why)| why))
 }
 
+/// Deliver a batch as the drain would (schemas, tables, folding, splitting around rejected
+/// changes): the (LSN, reason) of every event the destination rejected. For `eds import`, whose
+/// rows do not come from the WAL; the "LSN" is whatever position the caller numbers them by.
+pub async fn deliver_batch(
+    dest: &Destination,
+    decoded: Vec<(u64, ChangeEvent, &[u8])>,
+) -> Result<Vec<(u64, String)>, DriverError> {
+    let mut out = Undelivered::default();
+    match dest.driver.describe().kind {
+        Kind::Stream => write_stream(&*dest.driver, &decoded, &mut out).await?,
+        Kind::State => write_state(dest, decoded, &mut out).await?,
+    }
+    // A change that failed alone with an error the driver could not place is rejected here: an
+    // import has no later attempt to wait for.
+    let mut rejected = out.rejected;
+    for s in out.suspects {
+        rejected.extend(s.lsns.into_iter().map(|lsn| (lsn, s.reason.clone())));
+    }
+    rejected.sort_by_key(|r| r.0);
+    Ok(rejected)
+}
+
 /// Schemas by table, then model version.
 type Schemas = HashMap<String, HashMap<String, Arc<Schema>>>;
 

@@ -21,7 +21,7 @@ mod replay;
 #[cfg(test)]
 mod tests;
 
-pub use deliver::deliver_one;
+pub use deliver::{deliver_batch, deliver_one};
 pub use destination::{
     attach_registry, ensure_cursor, ensure_cursors, parse_destination, parse_destinations, record_destinations,
     recorded_destinations, register, Destination, Overflow, Retry, Start, DESTINATIONS_FILE,
@@ -161,6 +161,9 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         // Decode: events go to the driver; dead-letter markers only move the cursor.
         let mut decoded: Vec<(u64, ChangeEvent, &[u8])> = Vec::with_capacity(records.len());
         let mut undecodable: Vec<(u64, String)> = Vec::new();
+        // Events the schema validator refused: dead-lettered, never a reason to stop (the rule,
+        // not the destination, refuses them, and would refuse them again after any wait).
+        let mut invalid: Vec<(u64, String)> = Vec::new();
         let mut skipped = 0usize;
         // Events of rows with dead letters: (LSN, table, key, stream sequence).
         let mut watched: Vec<(u64, String, String, u64)> = Vec::new();
@@ -179,7 +182,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                             match v.check(env.payload) {
                                 Verdict::Valid(path) => e.path = path,
                                 Verdict::Invalid(why) => {
-                                    undecodable.push((rec.lsn, why));
+                                    invalid.push((rec.lsn, why));
                                     continue;
                                 }
                                 Verdict::NoRule => {
@@ -242,6 +245,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
             rejected.sort_by_key(|r| r.0);
         }
         let attempted = attempted + undecodable_count;
+        let invalid_count = invalid.len();
         if written.is_ok() && !rejected.is_empty() {
             // Rejections in a row (across batches) or most of a big batch: something systematic
             // (a type mismatch, a NOT NULL column) — stop instead of dead-lettering a whole table.
@@ -259,11 +263,20 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 ))
             } else {
                 consecutive_rejected = if all_rejected { in_a_row } else { 0 };
+                rejected.append(&mut invalid);
+                rejected.sort_by_key(|r| r.0);
                 dead_letter(&dest, &name, &records, &rejected, watch.as_ref()).await
             };
+        } else if written.is_ok() && !invalid.is_empty() {
+            if attempted > 0 {
+                consecutive_rejected = 0;
+            }
+            rejected.append(&mut invalid);
+            written = dead_letter(&dest, &name, &records, &rejected, watch.as_ref()).await;
         } else if written.is_ok() && attempted > 0 {
             consecutive_rejected = 0;
         }
+        let attempted = attempted + invalid_count;
         // Newer events of rows with dead letters are on record before the cursor moves past them.
         if let (true, Some(w)) = (written.is_ok() && !watched.is_empty(), &watch) {
             let items: Vec<(String, String, u64)> = watched

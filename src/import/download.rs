@@ -11,8 +11,22 @@ use std::time::Duration;
 
 /// Files fetched at once (EDS's 10).
 pub const PARALLEL: usize = 10;
-/// Attempts per file.
-const ATTEMPTS: u32 = 4;
+/// How often a file is tried, and the first wait between attempts; the waits double up to 30 s,
+/// longer when the server says so (`Retry-After`, at most 2 minutes).
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Attempts per file, the first included.
+    pub attempts: u32,
+    /// The wait after the first failure.
+    pub first_wait: Duration,
+}
+
+impl Default for Retry {
+    /// 8 attempts from half a second: about a minute of trying in all.
+    fn default() -> Retry {
+        Retry { attempts: 8, first_wait: Duration::from_millis(500) }
+    }
+}
 /// A transfer that delivers nothing for this long is cut and tried again.
 const STALL: Duration = Duration::from_secs(60);
 
@@ -53,6 +67,7 @@ pub async fn download(
     urls: &[String],
     dir: &Path,
     parallel: usize,
+    retry: Retry,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Downloaded> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -74,24 +89,34 @@ pub async fn download(
                     return Ok(false);
                 }
                 let mut last = None;
-                for attempt in 1..=ATTEMPTS {
+                for attempt in 1..=retry.attempts.max(1) {
+                    let got = AtomicU64::new(0);
                     match fetch(http, url, file, &|n| {
-                        bytes.fetch_add(n, Ordering::Relaxed);
+                        got.fetch_add(n, Ordering::Relaxed);
                         progress(n)
                     })
                     .await
                     {
-                        Ok(()) => return Ok(true),
+                        Ok(()) => {
+                            bytes.fetch_add(got.load(Ordering::Relaxed), Ordering::Relaxed);
+                            return Ok(true);
+                        }
                         Err(Fetch::Fatal(e)) => return Err(e),
-                        Err(Fetch::Again(e)) => {
-                            tracing::warn!(file = %file.display(), attempt, error = %format!("{e:#}"), "download failed; trying again");
+                        Err(Fetch::Again(e, asked)) => {
                             last = Some(e);
-                            tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                            if attempt >= retry.attempts {
+                                break;
+                            }
+                            let backoff = (retry.first_wait * (1 << (attempt - 1).min(10))).min(Duration::from_secs(30));
+                            let wait = asked.map_or(backoff, |a| a.min(Duration::from_secs(120)).max(backoff));
+                            let error = last.as_ref().map(|e| format!("{e:#}")).unwrap_or_default();
+                            tracing::warn!(file = %file.display(), attempt, retry_in = ?wait, error, "download failed; trying again");
+                            tokio::time::sleep(wait).await;
                         }
                     }
                 }
                 Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
-                    .context(format!("downloading {} failed {ATTEMPTS} times", shown(url))))
+                    .context(format!("downloading {} failed {} times", shown(url), retry.attempts.max(1))))
             }
         })
         .buffered(parallel.max(1))
@@ -110,8 +135,9 @@ pub async fn download(
 }
 
 enum Fetch {
-    /// Worth another attempt (network, 5xx, a short or damaged body).
-    Again(anyhow::Error),
+    /// Worth another attempt (network, 5xx, 429, a short or damaged body), after the wait the
+    /// server asked for, if it did.
+    Again(anyhow::Error, Option<Duration>),
     /// Not (403: the pre-signed URL expired or is wrong; 404).
     Fatal(anyhow::Error),
 }
@@ -119,8 +145,8 @@ enum Fetch {
 async fn fetch(http: &reqwest::Client, url: &str, file: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<(), Fetch> {
     let what = shown(url);
     let mut response = match tokio::time::timeout(STALL, http.get(url).send()).await {
-        Err(_) => return Err(Fetch::Again(anyhow::anyhow!("GET {what}: no answer within {STALL:?}"))),
-        Ok(Err(e)) => return Err(Fetch::Again(anyhow::anyhow!("GET {what}: {}", e.without_url()))),
+        Err(_) => return Err(Fetch::Again(anyhow::anyhow!("GET {what}: no answer within {STALL:?}"), None)),
+        Ok(Err(e)) => return Err(Fetch::Again(anyhow::anyhow!("GET {what}: {}", e.without_url()), None)),
         Ok(Ok(r)) => r,
     };
     let status = response.status();
@@ -128,21 +154,26 @@ async fn fetch(http: &reqwest::Client, url: &str, file: &Path, progress: &(dyn F
         return Err(Fetch::Fatal(anyhow::anyhow!("GET {what}: {status} (an expired or wrong pre-signed URL?)")));
     }
     if !status.is_success() {
-        return Err(Fetch::Again(anyhow::anyhow!("GET {what}: {status}")));
+        let asked = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return Err(Fetch::Again(anyhow::anyhow!("GET {what}: {status}"), asked));
     }
     let expected = response.content_length();
-    let part = file.with_extension(format!(
-        "{}.part",
-        file.extension().and_then(|e| e.to_str()).unwrap_or_default()
-    ));
-    let fatal = |e: std::io::Error, doing: &str| Fetch::Fatal(anyhow::Error::new(e).context(format!("{doing} {}", part.display())));
+    let part = file.with_extension(format!("{}.part", file.extension().and_then(|e| e.to_str()).unwrap_or_default()));
+    let fatal = |e: std::io::Error, doing: &str| {
+        Fetch::Fatal(anyhow::Error::new(e).context(format!("{doing} {}", part.display())))
+    };
     let mut out = std::fs::File::create(&part).map_err(|e| fatal(e, "creating"))?;
     let mut got = 0u64;
     loop {
         match tokio::time::timeout(STALL, response.chunk()).await {
-            Err(_) => return Err(Fetch::Again(anyhow::anyhow!("GET {what}: nothing received for {STALL:?}"))),
+            Err(_) => return Err(Fetch::Again(anyhow::anyhow!("GET {what}: nothing received for {STALL:?}"), None)),
             Ok(Ok(None)) => break,
-            Ok(Err(e)) => return Err(Fetch::Again(anyhow::anyhow!("GET {what}: {}", e.without_url()))),
+            Ok(Err(e)) => return Err(Fetch::Again(anyhow::anyhow!("GET {what}: {}", e.without_url()), None)),
             Ok(Ok(Some(chunk))) => {
                 out.write_all(&chunk).map_err(|e| fatal(e, "writing"))?;
                 got += chunk.len() as u64;
@@ -151,12 +182,17 @@ async fn fetch(http: &reqwest::Client, url: &str, file: &Path, progress: &(dyn F
         }
     }
     if let Some(n) = expected.filter(|&n| n != got) {
-        return Err(Fetch::Again(anyhow::anyhow!("GET {what}: {got} bytes received of {n} announced")));
+        return Err(Fetch::Again(anyhow::anyhow!("GET {what}: {got} bytes received of {n} announced"), None));
     }
     out.sync_all().map_err(|e| fatal(e, "syncing"))?;
     drop(out);
     if file.extension().is_some_and(|e| e == "gz") {
-        check_gzip(&part).map_err(|e| Fetch::Again(e.context(format!("GET {what}: the file is not whole gzip"))))?;
+        // Reading the whole file is CPU work: off the async threads.
+        let p = part.clone();
+        let checked = tokio::task::spawn_blocking(move || check_gzip(&p))
+            .await
+            .map_err(|e| Fetch::Fatal(anyhow::anyhow!("checking {}: {e}", part.display())))?;
+        checked.map_err(|e| Fetch::Again(e.context(format!("GET {what}: the file is not whole gzip")), None))?;
     }
     std::fs::rename(&part, file).map_err(|e| fatal(e, "renaming"))?;
     Ok(())

@@ -2,8 +2,10 @@
 //! a destination, and the per-table timestamps that make streaming take over exactly where the
 //! export ended.
 
+pub mod command;
 pub mod download;
 pub mod files;
+pub mod load;
 pub mod timestamps;
 
 #[cfg(test)]

@@ -6,12 +6,15 @@
 #[path = "../../tests/common/hq.rs"]
 mod hq;
 
-use super::download::{check_gzip, download, file_name};
+use super::download::{check_gzip, download, file_name, Retry};
 use crate::hq::api::{ExportRequest, HqApi};
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Three attempts, quickly.
+const QUICK: Retry = Retry { attempts: 3, first_wait: std::time::Duration::from_millis(10) };
 
 fn gz(text: &str) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -53,7 +56,7 @@ async fn downloads_resume_and_refuse_damaged_files() {
     let http = reqwest::Client::new();
     let urls = vec![format!("{base}/bucket/{a}?X-Amz-Signature=secret"), format!("{base}/bucket/{b}?sig=x")];
     let seen = AtomicUsize::new(0);
-    let got = download(&http, &urls, dir.path(), 2, &|n| {
+    let got = download(&http, &urls, dir.path(), 2, QUICK, &|n| {
         seen.fetch_add(n as usize, Ordering::Relaxed);
     })
     .await
@@ -64,17 +67,18 @@ async fn downloads_resume_and_refuse_damaged_files() {
     assert!(!dir.path().join(format!("{a}.part")).exists());
 
     // A second run (a resume) fetches nothing again.
-    let again = download(&http, &urls, dir.path(), 2, &|_| {}).await.unwrap();
+    let again = download(&http, &urls, dir.path(), 2, QUICK, &|_| {}).await.unwrap();
     assert_eq!((again.fetched, again.kept), (0, 2));
     assert!(counts.lock().unwrap().values().all(|&n| n == 1), "{:?}", counts.lock().unwrap());
 
     // A cut-off gzip is never renamed into place; a missing file fails at once, naming its path
     // but not the URL's signature.
-    let e = download(&http, &[format!("{base}/bucket/cut.ndjson.gz")], dir.path(), 1, &|_| {}).await.unwrap_err();
+    let e =
+        download(&http, &[format!("{base}/bucket/cut.ndjson.gz")], dir.path(), 1, QUICK, &|_| {}).await.unwrap_err();
     assert!(format!("{e:#}").contains("not whole gzip"), "{e:#}");
     assert!(!dir.path().join("cut.ndjson.gz").exists());
-    assert_eq!(counts.lock().unwrap()["/bucket/cut.ndjson.gz"], 4, "tried again, then given up");
-    let e = download(&http, &[format!("{base}/bucket/gone.ndjson.gz?sig=secret")], dir.path(), 1, &|_| {})
+    assert_eq!(counts.lock().unwrap()["/bucket/cut.ndjson.gz"], 3, "tried again, then given up");
+    let e = download(&http, &[format!("{base}/bucket/gone.ndjson.gz?sig=secret")], dir.path(), 1, QUICK, &|_| {})
         .await
         .unwrap_err();
     let e = format!("{e:#}");

@@ -6,7 +6,7 @@
 //! Stored in the tracker: under EDS's key `table-export`, in EDS's format
 //! (`[{"Table":"order","Timestamp":"2024-07-24T20:03:01.585498856Z"}]`, so an EDS data dir keeps
 //! working and EDS could read eds's), and under `table-export:<destination>` for the destination
-//! the import wrote. A destination that has its own key skips by it; when no destination has one
+//! the import wrote. A destination that has its own key skips by it; when eds recorded no import
 //! (a data dir EDS imported into, with its single destination) EDS's key applies to all.
 
 use crate::drain::Destination;
@@ -43,9 +43,11 @@ impl TableExport {
     }
 }
 
-/// Decode a `table-export` value.
+/// Decode a `table-export` value (`null`, as Go writes an empty list, is an empty list).
 pub fn decode(bytes: &[u8]) -> Result<Vec<TableExport>> {
-    serde_json::from_slice(bytes).context("the tracker's import timestamps are not EDS's table-export JSON")
+    let list: Option<Vec<TableExport>> =
+        serde_json::from_slice(bytes).context("the tracker's import timestamps are not EDS's table-export JSON")?;
+    Ok(list.unwrap_or_default())
 }
 
 /// Encode `exports` as EDS does.
@@ -67,6 +69,9 @@ pub fn apply(tracker: &Tracker, destinations: &mut [Destination]) -> Result<Opti
             earliest = Some(earliest.map_or(min, |e| e.min(min)));
         }
     };
+    // Any import eds made names its destination: EDS's key then never applies to all of them (a
+    // destination renamed or removed since must not make the others skip what they never got).
+    let eds_imported = tracker.scan_prefix(&format!("{KEY}:"))?;
     let mut own = 0;
     for d in destinations.iter_mut() {
         if let Some(bytes) = tracker.get(&destination_key(&d.name))? {
@@ -77,10 +82,16 @@ pub fn apply(tracker: &Tracker, destinations: &mut [Destination]) -> Result<Opti
             own += 1;
         }
     }
+    for (key, _) in &eds_imported {
+        let name = key.trim_start_matches(KEY).trim_start_matches(':');
+        if !destinations.iter().any(|d| d.name == name) {
+            tracing::warn!(destination = name, "an import was recorded for a destination this server does not have (renamed or removed?): its timestamps apply to none");
+        }
+    }
     if let Some(bytes) = tracker.get(KEY)? {
         let m = millis_by_table(&decode(&bytes)?).context("EDS's table-export")?;
         note(&m);
-        if own == 0 && !m.is_empty() {
+        if eds_imported.is_empty() && own == 0 && !m.is_empty() {
             tracing::info!(
                 tables = m.len(),
                 "skipping events older than the data dir's import (EDS's table-export), per table"
@@ -114,5 +125,6 @@ mod tests {
         let bad = TableExport { table: "t".into(), timestamp: "yesterday".into() };
         assert!(format!("{:#}", bad.millis().unwrap_err()).contains("table t"));
         assert!(decode(b"{}").is_err());
+        assert_eq!(decode(b"null").unwrap(), vec![], "Go's empty list");
     }
 }

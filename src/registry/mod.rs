@@ -343,6 +343,20 @@ impl Registry {
 
     /// Fetches the latest-schema list when there is none yet, or when the last attempt is at
     /// least `list_refresh` old. A failure is an error only when there is no list at all.
+    /// Every table's latest schema, fetched from the source now (an import's tables, and the
+    /// model version its rows are written with); cached as [`Registry::schema`] caches.
+    pub async fn latest(&self) -> Result<Vec<Arc<Schema>>, SourceError> {
+        let mut lists = self.inner.fetch.lock().await;
+        let latest = self.inner.source.latest().await?;
+        let entries: Vec<(String, &Schema)> =
+            latest.iter().map(|s| (schema_key(s.table(), s.model_version()), s)).collect();
+        self.persist(&entries).await;
+        let out = latest.iter().map(|s| self.remember(s.table(), s.model_version(), s.clone())).collect();
+        lists.attempted = Some(Instant::now());
+        lists.latest = Some(latest);
+        Ok(out)
+    }
+
     async fn load_list(&self, lists: &mut Lists, table: &str, version: &str) -> Result<(), RegistryError> {
         let due = lists.attempted.is_none_or(|at| at.elapsed() >= self.inner.list_refresh);
         if lists.latest.is_some() && !due {

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// An EDS duration flag: `500ms`, `2s`, `5m`, `1h30m`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     duration::parse(s)
 }
 

@@ -162,3 +162,51 @@ fn templates_render_fields_literals_and_escape_as_go() {
         assert!(Template::parse(bad).is_err(), "{bad} must be refused");
     }
 }
+
+#[test]
+fn the_document_is_edss_own_fields_without_nulls() {
+    let raw = json!({"operation": "UPDATE", "id": "e", "table": "t", "key": ["k"], "modelVersion": "v",
+        "companyId": null, "userId": null, "before": null, "after": {"id": "k"}, "diff": [], "imported": true,
+        "region": "gcp-us-west1", "sessionId": "s", "timestamp": 1, "mvccTimestamp": "1.0"});
+    let doc = document(raw.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        doc,
+        json!({"operation": "UPDATE", "id": "e", "table": "t", "key": ["k"], "modelVersion": "v",
+            "after": {"id": "k"}, "timestamp": 1, "mvccTimestamp": "1.0"})
+    );
+    // So an EDS-era schema that allows no other property still passes real messages.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(CONFIG_FILE), r#"{"t": {"schema": "t.json"}}"#).unwrap();
+    let props: serde_json::Map<String, Value> =
+        ENVELOPE.iter().chain(&["mvccTimestamp"]).map(|k| ((*k).to_owned(), json!({}))).collect();
+    let schema = json!({"type": "object", "additionalProperties": false, "properties": props,
+        "required": ["after"]});
+    std::fs::write(dir.path().join("t.json"), schema.to_string()).unwrap();
+    let v = Validator::load(dir.path()).unwrap();
+    assert_eq!(v.check(raw.to_string().as_bytes()), Verdict::Valid(None));
+}
+
+#[test]
+fn literals_are_escaped_and_long_or_odd_names_refused() {
+    let doc = json!({"a": "x".repeat(300), "b": "back\\slash", "c": "tab\there"});
+    let r = |t: &str| Template::parse(t).unwrap().render(&doc);
+    assert_eq!(r(r#"{{"a+b"}}"#).unwrap(), "a&#43;b", "an action's output, literal or not, is escaped");
+    assert!(r("{{.a}}").unwrap_err().to_string().contains("too long"));
+    assert!(r("{{.b}}").unwrap_err().to_string().contains("backslash"));
+    assert!(r("{{.c}}").unwrap_err().to_string().contains("control"));
+}
+
+#[test]
+fn a_directory_with_spaces_and_hashes_still_loads() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("my rules #1");
+    std::fs::create_dir_all(dir.join("sub dir")).unwrap();
+    std::fs::write(dir.join(CONFIG_FILE), r#"{"t": {"schema": "sub dir/t.json"}}"#).unwrap();
+    std::fs::write(dir.join("sub dir/t.json"), r#"{"properties": {"after": {"$ref": "common%20defs.json"}}}"#).unwrap();
+    std::fs::write(dir.join("sub dir/common defs.json"), r#"{"type": "object", "required": ["id"]}"#).unwrap();
+    let v = Validator::load(&dir).unwrap();
+    let ok = json!({"operation": "INSERT", "table": "t", "key": ["k"], "after": {"id": "k"}, "timestamp": 1});
+    assert_eq!(v.check(ok.to_string().as_bytes()), Verdict::Valid(None));
+    let bad = json!({"operation": "INSERT", "table": "t", "key": ["k"], "after": {"x": 1}, "timestamp": 1});
+    assert!(matches!(v.check(bad.to_string().as_bytes()), Verdict::Invalid(_)), "the $ref across a space resolved");
+}

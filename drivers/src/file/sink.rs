@@ -32,6 +32,27 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> DriverError {
     DriverError::caused(class, format!("{what} {} failed", path.display()), e)
 }
 
+/// For an event the schema validator named: a name that is a directory, runs through a file or
+/// is too long is the event's fault (no wait makes it writable), so it is dead-lettered. (For
+/// eds's own names the same errors mean something in the way of the destination's directory,
+/// which an operator clears: those stay passing errors.)
+fn named_err(d: &Delivery<'_>, e: DriverError) -> DriverError {
+    let kind = e.source.as_ref().and_then(|s| s.downcast_ref::<io::Error>()).map(io::Error::kind);
+    let the_names_fault = matches!(
+        kind,
+        Some(
+            io::ErrorKind::IsADirectory
+                | io::ErrorKind::NotADirectory
+                | io::ErrorKind::InvalidFilename
+                | io::ErrorKind::AlreadyExists
+        )
+    );
+    match d.event.path.is_some() && the_names_fault && e.class == ErrorClass::Transient {
+        true => DriverError { class: ErrorClass::Rejected, ..e },
+        false => e,
+    }
+}
+
 /// Mode of the files written (EDS's).
 const FILE_MODE: u32 = 0o644;
 /// Mode of the directories created (EDS's).
@@ -99,7 +120,19 @@ impl FileDriver {
                 path = table_dir.join(naming::with_lsn(&name, d.lsn));
                 match fs::read(&path) {
                     Ok(existing) if existing == d.raw => return Ok(None),
-                    Ok(_) | Err(_) => {}
+                    Ok(_) => {
+                        return Err(DriverError::new(
+                            ErrorClass::Rejected,
+                            format!(
+                                "{} already holds another event's file for LSN {} (another eds data dir writing to the \
+                                 same directory, or a schema validator path with a +); not overwritten",
+                                path.display(),
+                                d.lsn
+                            ),
+                        ))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("reading", &path, e)),
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -117,7 +150,7 @@ impl FileDriver {
             created_dirs.insert(self.dir.clone());
         }
         for d in events {
-            if let Some(dir) = self.write_one(d, &mut created_dirs)? {
+            if let Some(dir) = self.write_one(d, &mut created_dirs).map_err(|e| named_err(d, e))? {
                 touched.insert(dir);
             }
         }

@@ -155,3 +155,28 @@ async fn a_validator_path_names_the_file_below_the_directory() {
             .collect();
     assert_eq!(snapshot(dir.path()), expect);
 }
+
+#[tokio::test]
+async fn a_name_that_cannot_be_a_file_is_the_events_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = FileDriver::new(dir.path());
+    std::fs::create_dir_all(dir.path().join("taken")).unwrap();
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    for (path, what) in [("taken", "a directory"), ("file/below.json", "below a file"), (&*"n".repeat(300), "too long")]
+    {
+        let mut a = event(A);
+        a.path = Some(path.to_owned());
+        let batch = [Delivery { lsn: 7, event: &a, raw: A.as_bytes() }];
+        let e = driver.write(Batch::Events(&batch)).await.unwrap_err();
+        assert_eq!(e.class, ErrorClass::Rejected, "{what}: {e}");
+    }
+    // The +<lsn> name holding another event's file is never overwritten.
+    let (mut a, mut b) = (event(A), event(B));
+    a.path = Some("same.json".into());
+    b.path = Some("same.json".into());
+    std::fs::write(dir.path().join("same+8.json"), b"someone else").unwrap();
+    let batch = [Delivery { lsn: 7, event: &a, raw: A.as_bytes() }, Delivery { lsn: 8, event: &b, raw: B.as_bytes() }];
+    let e = driver.write(Batch::Events(&batch)).await.unwrap_err();
+    assert_eq!(e.class, ErrorClass::Rejected, "{e}");
+    assert_eq!(std::fs::read(dir.path().join("same+8.json")).unwrap(), b"someone else");
+}

@@ -1,0 +1,403 @@
+//! `eds import`: flags as EDS's (§1.5 of the behaviour reference), flow as §8, with EDS's import
+//! defects fixed: every row its own event id and its own company and location, failures reported
+//! as failures, a dry run records nothing, a second process never writes the tracker at once
+//! (the import refuses a data dir a server holds), and downloads resume.
+
+use super::files::{self, ExportFile};
+use super::timestamps::{self, TableExport};
+use crate::exit::UsageError;
+use crate::hq::api::{ExportRequest, ExportStatus, HqApi};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use eds_drivers::driver::Kind;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Exit code when the destination cannot be built or does not answer its test (EDS's).
+pub const DRIVER_FAILED: u8 = 3;
+
+/// `eds import` flags.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Destination URL (as `eds server --url`)
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// Shopmonkey API key [default: `token` in config.toml, else $SM_APIKEY]
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// HQ API base URL [default: the API key's issuer]
+    #[arg(long = "api-url", hide = true, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Resume an existing export job instead of creating one
+    #[arg(long = "job-id", value_name = "ID")]
+    pub job_id: Option<String>,
+    /// Read and check everything, write nothing (no rows, no import timestamps)
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Do not ask before deleting the destination's tables
+    #[arg(long = "no-confirm")]
+    pub no_confirm: bool,
+    /// Keep the downloaded files
+    #[arg(long = "no-cleanup")]
+    pub no_cleanup: bool,
+    /// Keep the destination's tables and upsert into them instead of dropping and recreating them
+    #[arg(long = "no-delete")]
+    pub no_delete: bool,
+    /// Load the export files already in DIR (no export job, no download; kept afterwards)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Create the tables only
+    #[arg(long = "schema-only")]
+    pub schema_only: bool,
+    /// Only build the destination and test its connection, then exit 0
+    #[arg(long = "validate-only")]
+    pub validate_only: bool,
+    /// Only rows changed after this time (RFC 3339)
+    #[arg(long = "timeOffset", value_name = "TIME")]
+    pub time_offset: Option<String>,
+    /// Parallel uploads (Snowflake's stage; accepted for EDS compatibility elsewhere)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub parallel: u32,
+    /// SQL destinations write one row at a time (accepted for EDS compatibility; eds batches)
+    #[arg(long)]
+    pub single: bool,
+    /// Only these tables (comma-separated or repeated)
+    #[arg(long, value_delimiter = ',', value_name = "TABLE")]
+    pub only: Vec<String>,
+    /// Only these companies (comma-separated or repeated)
+    #[arg(long = "companyIds", value_delimiter = ',', value_name = "ID")]
+    pub company_ids: Vec<String>,
+    /// Only these locations (comma-separated or repeated)
+    #[arg(long = "locationIds", value_delimiter = ',', value_name = "ID")]
+    pub location_ids: Vec<String>,
+    /// How often the export job is polled
+    #[arg(long = "poll-interval", hide = true, default_value = "5s", value_parser = crate::server::parse_duration)]
+    pub poll_interval: Duration,
+}
+
+/// Run `eds import` in `data_dir`. Returns the exit code.
+pub fn run(args: &ImportArgs, data_dir: &Path, schema_validator: Option<&Path>, out: &mut dyn Write) -> Result<u8> {
+    let time_offset = match &args.time_offset {
+        None => None,
+        Some(t) => Some(
+            t.parse::<jiff::Timestamp>()
+                .map_err(|e| UsageError(format!("--timeOffset {t:?}: not an RFC 3339 time ({e})")))?
+                .as_millisecond(),
+        ),
+    };
+    if args.dir.is_some() && args.job_id.is_some() {
+        return Err(
+            UsageError("--dir and --job-id exclude each other: --dir loads files already downloaded".into()).into()
+        );
+    }
+    let config = crate::config::load(data_dir)?;
+    let api_key = args.api_key.clone().or(config.token.clone()).or_else(|| std::env::var("SM_APIKEY").ok());
+    let Some(api_key) = api_key.filter(|k| !k.is_empty()) else {
+        return Err(UsageError(
+            "no API key: pass --api-key, set SM_APIKEY, or run `eds enroll [CODE]` (it writes token to config.toml)"
+                .into(),
+        )
+        .into());
+    };
+    let api_url = crate::registry::api_url(args.api_url.as_deref(), Some(&api_key));
+    let validator = match schema_validator {
+        None => None,
+        Some(dir) => Some(Arc::new(
+            crate::validator::Validator::load(dir)
+                .map_err(|e| UsageError(format!("{:#}", e.context("--schema-validator"))))?,
+        )),
+    };
+    let mut dest = match crate::drain::parse_destination(&args.url) {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            writeln!(out, "--url {}: this build has no driver for it", eds_drivers::url::redact(&args.url))?;
+            return Ok(DRIVER_FAILED);
+        }
+        Err(e) => {
+            writeln!(out, "{e:#}")?;
+            return Ok(DRIVER_FAILED);
+        }
+    };
+    dest.validator = validator;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // Connectivity (EDS: a 15 s test; failure prints the error and exits 3).
+    let tested = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(15), dest.driver.test()).await });
+    match tested {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            writeln!(out, "destination {:?}: {}", dest.name, eds_wal::error_chain(&e))?;
+            return Ok(DRIVER_FAILED);
+        }
+        Err(_) => {
+            writeln!(out, "destination {:?}: no answer to its connection test within 15s", dest.name)?;
+            return Ok(DRIVER_FAILED);
+        }
+    }
+    if args.validate_only {
+        writeln!(out, "destination {:?} ({}) is reachable", dest.name, dest.driver.describe().name)?;
+        return Ok(0);
+    }
+    let kind = dest.driver.describe().kind;
+    if kind == Kind::State && !args.no_delete && !args.dry_run && !args.schema_only {
+        return Err(UsageError(
+            "dropping and recreating the destination's tables is not built yet in eds import: pass --no-delete to load \
+             into the tables as they are (rows are upserted by primary key; rows deleted upstream stay)"
+                .into(),
+        )
+        .into());
+    }
+    // One writer of the data dir at a time: a running server holds the WAL's lock.
+    refuse_if_server_runs(data_dir)?;
+    crate::datadir::prepare(data_dir)?;
+    let tracker = crate::tracker::Tracker::open(data_dir)
+        .map_err(|e| anyhow::anyhow!("{e:#} (is `eds server` running on this data dir? stop it for the import)"))?;
+    let source =
+        crate::registry::HqSchemas::new(&api_url).map_err(|e| UsageError(format!("--api-url {api_url:?}: {e:#}")))?;
+    let registry = Arc::new(crate::registry::Registry::new(Arc::new(source), Some(tracker.clone())));
+    dest.registry = Some(registry.clone());
+    let api = HqApi::new(&api_url, &api_key).map_err(|e| UsageError(format!("--api-url {api_url:?}: {e:#}")))?;
+    runtime.block_on(import(args, data_dir, &dest, &registry, &tracker, &api, time_offset, out))
+}
+
+fn refuse_if_server_runs(data_dir: &Path) -> Result<()> {
+    let lock = data_dir.join("wal").join(eds_wal::LOCK_FILE);
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(&lock) else { return Ok(()) };
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(UsageError(format!(
+            "{} is in use by a running eds server: stop it for the import (its events are not lost: streaming takes over where the import ends)",
+            data_dir.display()
+        ))
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::Error::new(e).context(format!("locking {}", lock.display()))),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn import(
+    args: &ImportArgs,
+    data_dir: &Path,
+    dest: &crate::drain::Destination,
+    registry: &crate::registry::Registry,
+    tracker: &crate::tracker::Tracker,
+    api: &HqApi,
+    time_offset: Option<i64>,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let started = Instant::now();
+    let latest = registry.latest().await.context("reading the table list from HQ's schema registry")?;
+    let versions: HashMap<String, String> =
+        latest.iter().map(|s| (s.table().to_owned(), s.model_version().to_owned())).collect();
+    let only: BTreeSet<String> = args.only.iter().cloned().collect();
+    for t in &only {
+        if !versions.contains_key(t) {
+            return Err(UsageError(format!("--only {t:?}: HQ's schema registry has no such table")).into());
+        }
+    }
+    // The files and each table's export time.
+    let (files, times, download_dir): (Vec<ExportFile>, BTreeMap<String, i128>, Option<PathBuf>) = if args.schema_only {
+        let now = jiff::Timestamp::now().as_nanosecond();
+        (Vec::new(), versions.keys().map(|t| (t.clone(), now)).collect(), None)
+    } else if let Some(dir) = &args.dir {
+        let files = files::list(dir)?;
+        if files.is_empty() {
+            bail!("{}: no export files (named <33 digits>-…-<table>-<n>.ndjson.gz) in it", dir.display());
+        }
+        let times = files::newest_by_table(&files);
+        (files, times, None)
+    } else {
+        let job_id = match &args.job_id {
+            Some(id) => id.clone(),
+            None => {
+                let request = ExportRequest {
+                    time_offset,
+                    company_ids: args.company_ids.clone(),
+                    location_ids: args.location_ids.clone(),
+                    tables: args.only.clone(),
+                };
+                let id = api.create_export(&request).await?;
+                tracing::info!(job_id = %id, "export job created (resume with --job-id {id})");
+                writeln!(out, "export job {id} created (an interrupted import resumes with --job-id {id})")?;
+                id
+            }
+        };
+        let status = wait_for_export(api, &job_id, args.poll_interval).await?;
+        let safe: String =
+            job_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        let dir = data_dir.join(format!("import-{safe}"));
+        let urls: Vec<String> = status.tables.values().flat_map(|t| t.urls.iter().cloned()).collect();
+        let bytes = std::sync::atomic::AtomicU64::new(0);
+        let last_log = std::sync::Mutex::new(Instant::now());
+        // No overall deadline for a transfer (a big file takes long): a stall is caught instead.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client for the export's files")?;
+        let retry = super::download::Retry::default();
+        let got = super::download::download(&http, &urls, &dir, super::download::PARALLEL, retry, &|n| {
+            let total = bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+            let mut last = last_log.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() >= Duration::from_secs(5) {
+                *last = Instant::now();
+                tracing::info!(downloaded = %crate::timefmt::human_bytes(total), "downloading the export");
+            }
+        })
+        .await?;
+        writeln!(
+            out,
+            "downloaded {} files ({}; {} already there) into {}",
+            got.fetched,
+            crate::timefmt::human_bytes(got.bytes),
+            got.kept,
+            dir.display()
+        )?;
+        let files = files::list(&dir)?;
+        let mut times = files::newest_by_table(&files);
+        for (table, t) in &status.tables {
+            if !times.contains_key(table) {
+                // A table without files: its cursor (integer nanoseconds).
+                if let Ok(ns) = t.cursor.trim().parse::<i128>() {
+                    times.insert(table.clone(), ns);
+                }
+            }
+        }
+        (files, times, Some(dir))
+    };
+    let tables: BTreeSet<String> = times
+        .keys()
+        .filter(|t| only.is_empty() || only.contains(*t))
+        .filter(|t| versions.contains_key(*t))
+        .cloned()
+        .collect();
+    if let Some(t) = times.keys().find(|t| !versions.contains_key(*t) && (only.is_empty() || only.contains(*t))) {
+        bail!("table {t:?} is in the export but not in HQ's schema registry");
+    }
+    // Tables first (also for --schema-only), then rows.
+    if !args.dry_run && dest.driver.describe().needs_schema {
+        for t in &tables {
+            let version = &versions[t];
+            let schema = registry.schema(t, version).await.with_context(|| format!("the schema of table {t:?}"))?;
+            dest.driver.ensure_schema(&schema).await.with_context(|| format!("creating table {t:?}"))?;
+        }
+    }
+    let mut loaded = super::load::Loaded::default();
+    if !args.schema_only {
+        if args.dry_run {
+            loaded = dry_run(&files, &tables, &versions)?;
+        } else {
+            let last_log = std::sync::Mutex::new(Instant::now());
+            loaded = super::load::load(dest, &files, &tables, &versions, &|table, rows| {
+                let mut last = last_log.lock().unwrap_or_else(|p| p.into_inner());
+                if last.elapsed() >= Duration::from_secs(5) {
+                    *last = Instant::now();
+                    tracing::info!(table, rows, "loading");
+                }
+            })
+            .await?;
+        }
+    }
+    let total: u64 = loaded.rows.values().sum();
+    let secs = started.elapsed().as_secs_f64();
+    for (table, rows) in &loaded.rows {
+        writeln!(out, "  {table}: {rows} rows")?;
+    }
+    for (table, rows) in &loaded.skipped {
+        writeln!(out, "  {table}: {rows} rows skipped (no schema validator rule)")?;
+    }
+    writeln!(
+        out,
+        "{} {} tables, {total} rows ({} of row data) in {secs:.1}s ({:.0} rows/s){}",
+        if args.dry_run { "checked" } else { "loaded" },
+        tables.len(),
+        crate::timefmt::human_bytes(loaded.bytes),
+        total as f64 / secs.max(1e-9),
+        if args.dry_run { " — dry run: nothing written" } else { "" }
+    )?;
+    if !loaded.rejected.is_empty() {
+        writeln!(out, "{} rows were refused:", loaded.rejected.len())?;
+        for (file, line, why) in loaded.rejected.iter().take(20) {
+            writeln!(out, "  {}:{line}: {why}", file.display())?;
+        }
+        if let Some(dir) = &download_dir {
+            writeln!(out, "the files stay in {} (resume with --dir)", dir.display())?;
+        }
+        writeln!(out, "the import timestamps were not recorded: fix the rows' cause and run the import again")?;
+        return Ok(crate::exit::FAILURE);
+    }
+    if !args.dry_run {
+        let exports: Vec<TableExport> = tables
+            .iter()
+            .filter_map(|t| {
+                times.get(t).map(|&ns| TableExport { table: t.clone(), timestamp: files::rfc3339_nanos(ns) })
+            })
+            .collect();
+        timestamps::record(tracker, &dest.name, &exports).await?;
+    }
+    if let Some(dir) = download_dir {
+        if args.no_cleanup || args.dry_run {
+            writeln!(out, "the downloaded files stay in {}", dir.display())?;
+        } else {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    Ok(0)
+}
+
+/// Poll the export job until every table is done; a failed table ends the import with its error.
+async fn wait_for_export(api: &HqApi, job_id: &str, every: Duration) -> Result<ExportStatus> {
+    let mut last_log = Instant::now();
+    loop {
+        let status = api.export_status(job_id).await?;
+        if let Some((table, t)) = status.tables.iter().find(|(_, t)| t.status.eq_ignore_ascii_case("failed")) {
+            bail!(
+                "error exporting table {table}: {}",
+                if t.error.is_empty() { "(HQ gave no reason)" } else { &t.error }
+            );
+        }
+        if status.completed {
+            return Ok(status);
+        }
+        let done = status.tables.values().filter(|t| t.status.eq_ignore_ascii_case("completed")).count();
+        if last_log.elapsed() >= Duration::from_secs(60) {
+            last_log = Instant::now();
+            let total = status.tables.len().max(1);
+            tracing::info!("export job {job_id}: {done}/{total} tables ({:.2}%)", done as f64 * 100.0 / total as f64);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Read every row as the load would, deliver none.
+fn dry_run(
+    files: &[ExportFile],
+    tables: &BTreeSet<String>,
+    versions: &HashMap<String, String>,
+) -> Result<super::load::Loaded> {
+    use std::io::BufRead;
+    let mut out = super::load::Loaded::default();
+    for file in files.iter().filter(|f| tables.contains(&f.table)) {
+        let f = std::fs::File::open(&file.path).with_context(|| format!("opening {}", file.path.display()))?;
+        let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)));
+        for (n, line) in reader.lines().enumerate() {
+            let line_no = n as u64 + 1;
+            let line = line.with_context(|| format!("{}: reading line {line_no}", file.path.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            out.bytes += line.len() as u64;
+            let checked = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&line)
+                .map_err(|e| format!("the line is not a JSON object: {e}"))
+                .and_then(|row| {
+                    super::load::row_event(file, line_no, row, &versions[&file.table]).map_err(|e| e.to_string())
+                });
+            match checked {
+                Ok(_) => *out.rows.entry(file.table.clone()).or_default() += 1,
+                Err(why) => out.rejected.push((file.path.clone(), line_no, why)),
+            }
+        }
+    }
+    Ok(out)
+}
