@@ -6,7 +6,7 @@
 //! answers with the result's `rowtype` and a JSON `rowset` (the session asks for JSON results; a
 //! server that still answers in Arrow — fakesnow does for queries — gives rows this client does
 //! not decode, see [`QueryResult::rows`]). A long statement answers "still running" with a
-//! result URL, which is polled until the request deadline. Errors are classified for the drain
+//! result URL, which is polled until the request deadline (`timeout=`). Errors are classified for the drain
 //! ([`classify`]); a session the server ended is forgotten, so the next request logs in again.
 //!
 //! Invariant: the password, the private key and the session token never appear in a message.
@@ -17,9 +17,6 @@ use crate::driver::{DriverError, ErrorClass};
 use serde_json::{json, Map, Value};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// How long one request may take, login included (inside the drain's deadline).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long to wait for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,7 +152,7 @@ impl Client {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(config.timeout)
             .user_agent(concat!("eds/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| DriverError::caused(ErrorClass::Config, "Snowflake: building the HTTP client failed", e))?;
@@ -313,13 +310,13 @@ impl Client {
         // A long statement: poll its result until the request deadline.
         while STILL_RUNNING.contains(&text(reply.get("code")).as_str()) {
             let Some(url) = reply["data"]["getResultUrl"].as_str().map(str::to_owned) else { break };
-            if started.elapsed() > REQUEST_TIMEOUT {
+            if started.elapsed() > self.config.timeout {
                 return Err(DriverError::new(
                     ErrorClass::Transient,
                     format!(
                         "Snowflake: a statement at {} still ran after {} s",
                         self.config.target,
-                        REQUEST_TIMEOUT.as_secs()
+                        self.config.timeout.as_secs()
                     ),
                 ));
             }

@@ -8,7 +8,7 @@
 //! or as a host name with dots (`abcdefg-ab12345.snowflakecomputing.com`, or a private-link
 //! host), whose first label is the account. `endpoint=http[s]://host[:port]` replaces the base
 //! URL (a test double, a proxy). `warehouse=` and `role=` select them at login; `transaction=off`
-//! lets every statement commit on its own; the schema
+//! lets every statement commit on its own; `timeout=` bounds each request (seconds, default 30); the schema
 //! defaults to `PUBLIC`. eds's own parameters (`name`, `start`, `overflow`, `eds-*`) are left to
 //! the drain. Messages never contain the password or the key.
 
@@ -30,7 +30,7 @@ statements by primary key (an update sets only its changed columns; a row missin
 whole), deletes delete, one transaction per batch, every value a bound parameter. Tables are created from HQ's schemas \
 (CREATE TABLE IF NOT EXISTS; objects and arrays as VARIANT, date-times as TIMESTAMP_NTZ in UTC) and only ever gain \
 columns: never dropped or replaced. Every query carries a query tag eds-<pid>/<batch>/<rows>. Options: warehouse=, \
-role=, endpoint= (another base URL). The schema defaults to PUBLIC.",
+role=, endpoint= (another base URL), timeout= (seconds per request, default 30), transaction=off. The schema defaults to PUBLIC.",
     fields: &[
         ConfigField {
             name: "Database",
@@ -65,7 +65,7 @@ SNOWFLAKE_SECRET_ACCESS_KEY). Inserts and updates become MERGE statements by pri
 changed columns; a row missing at the destination is inserted whole), deletes delete, one transaction per batch, every \
 value a bound parameter. Tables are created from HQ's schemas (CREATE TABLE IF NOT EXISTS; objects and arrays as \
 VARIANT, date-times as TIMESTAMP_NTZ in UTC) and only ever gain columns: never dropped or replaced. Every query \
-carries a query tag eds-<pid>/<batch>/<rows>. Options: warehouse=, role=, endpoint= (another base URL).",
+carries a query tag eds-<pid>/<batch>/<rows>. Options: warehouse=, role=, endpoint= (another base URL), timeout= (seconds per request, default 30), transaction=off.",
     fields: &[
         ConfigField {
             name: "Database",
@@ -143,6 +143,9 @@ pub struct SnowflakeConfig {
     /// Off, each statement commits on its own (still idempotent, so a retry converges); fakesnow
     /// needs it off, as its MERGE cannot run inside a transaction.
     pub transaction: bool,
+    /// `timeout=` in seconds (default 30, at most 110): how long one request, login included, may
+    /// take before it counts as failed (transient).
+    pub timeout: std::time::Duration,
     /// The URL without secrets, for messages.
     pub target: String,
 }
@@ -201,6 +204,7 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Snowflak
     let mut role = None;
     let mut key_env = None;
     let mut transaction = true;
+    let mut timeout = std::time::Duration::from_secs(30);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if is_eds_param(k) {
@@ -212,6 +216,10 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Snowflak
             "warehouse" => warehouse = Some(v),
             "role" => role = Some(v),
             "secret-key" if keypair => key_env = Some(v),
+            "timeout" => match v.parse::<u64>() {
+                Ok(secs) if (1..=110).contains(&secs) => timeout = std::time::Duration::from_secs(secs),
+                _ => return Err(config_error(url, format!("timeout must be 1 to 110 seconds, not {v:?}"))),
+            },
             "transaction" => {
                 transaction = match v.to_ascii_lowercase().as_str() {
                     "on" | "true" | "1" => true,
@@ -263,6 +271,7 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Snowflak
         warehouse,
         role,
         transaction,
+        timeout,
         target: redact(url),
     })
 }
