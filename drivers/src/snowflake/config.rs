@@ -151,7 +151,9 @@ pub struct SnowflakeConfig {
 }
 
 fn config_error(url: &str, problem: impl std::fmt::Display) -> DriverError {
-    DriverError::new(ErrorClass::Config, format!("invalid Snowflake URL {}: {problem}", redact(url)))
+    // The problem first: a message is masked again as a whole, and a secret-named query parameter
+    // is masked to the end of the text.
+    DriverError::new(ErrorClass::Config, format!("invalid Snowflake URL: {problem} (in {})", redact(url)))
 }
 
 fn decoded(url: &str, what: &str, s: &str) -> Result<String, DriverError> {
