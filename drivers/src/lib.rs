@@ -23,7 +23,9 @@ pub mod postgres;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod schema;
-#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlserver"))]
+#[cfg(feature = "snowflake")]
+pub mod snowflake;
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlserver", feature = "snowflake"))]
 pub mod sql;
 #[cfg(feature = "sqlserver")]
 pub mod sqlserver;
@@ -80,6 +82,10 @@ const REGISTERED: &[Registered] = &[
     Registered { description: &s3::DESCRIPTION, open: s3::open },
     #[cfg(feature = "kafka")]
     Registered { description: &kafka::DESCRIPTION, open: kafka::open },
+    #[cfg(feature = "snowflake")]
+    Registered { description: &snowflake::DESCRIPTION, open: snowflake::open },
+    #[cfg(feature = "snowflake")]
+    Registered { description: &snowflake::KEYPAIR_DESCRIPTION, open: snowflake::open_keypair },
 ];
 
 /// Every driver compiled into this build, in a stable order.
@@ -99,8 +105,8 @@ const SCHEMES: &[(&str, Option<&str>)] = &[
     ("mssql", Some("sqlserver")),
     ("s3", Some("s3")),
     ("kafka", Some("kafka")),
-    ("snowflake", None),
-    ("snowflake-keypair", None),
+    ("snowflake", Some("snowflake")),
+    ("snowflake-keypair", Some("snowflake")),
     ("eventhub", None),
 ];
 

@@ -305,6 +305,17 @@ mod tests {
             assert!(!k.name.contains("secret") && k.name.starts_with("kafka-broker"), "{}", k.name);
             assert_eq!(k.driver.describe().kind, Kind::Stream);
         }
+        #[cfg(feature = "snowflake")]
+        {
+            let sf = parse_destination("snowflake://u:secret@acct/DB/SCH").unwrap().unwrap();
+            assert!(!sf.name.contains("secret"), "{}", sf.name);
+            assert_eq!((sf.driver.describe().name, sf.driver.describe().kind), ("Snowflake", Kind::State));
+            let err = parse_destination("snowflake-keypair://u@acct/DB/SCH?secret-key=EDS_TEST_UNSET_KEY_VAR")
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains("EDS_TEST_UNSET_KEY_VAR"), "{err}");
+        }
         let my = parse_destination("mysql://root:pw@127.0.0.1:3306/shop").unwrap().unwrap();
         assert_eq!((my.name.as_str(), my.driver.describe().name), ("mysql-127.0.0.1-3306-shop", "MySQL"));
         let ms = parse_destination("mssql://sa:pw@db/shop").unwrap().unwrap();

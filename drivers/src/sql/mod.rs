@@ -6,7 +6,7 @@
 use serde_json::Value;
 use std::borrow::Cow;
 
-#[cfg(any(feature = "mysql", feature = "sqlserver"))]
+#[cfg(any(feature = "mysql", feature = "sqlserver", feature = "snowflake"))]
 pub mod datetime;
 pub(crate) mod plan;
 
