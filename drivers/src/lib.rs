@@ -8,6 +8,8 @@
 pub mod conformance;
 pub mod driver;
 pub mod event;
+#[cfg(feature = "eventhub")]
+pub mod eventhub;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod form;
@@ -80,6 +82,8 @@ const REGISTERED: &[Registered] = &[
     Registered { description: &s3::DESCRIPTION, open: s3::open },
     #[cfg(feature = "kafka")]
     Registered { description: &kafka::DESCRIPTION, open: kafka::open },
+    #[cfg(feature = "eventhub")]
+    Registered { description: &eventhub::DESCRIPTION, open: eventhub::open },
 ];
 
 /// Every driver compiled into this build, in a stable order.
@@ -101,7 +105,7 @@ const SCHEMES: &[(&str, Option<&str>)] = &[
     ("kafka", Some("kafka")),
     ("snowflake", None),
     ("snowflake-keypair", None),
-    ("eventhub", None),
+    ("eventhub", Some("eventhub")),
 ];
 
 /// Why [`find`] has no driver for a scheme.
@@ -156,7 +160,11 @@ mod tests {
                 assert_eq!(missing(&s.to_ascii_uppercase()), None, "{s}");
             }
         }
-        assert_eq!(missing("eventhub"), Some(Missing::NotYet));
+        assert_eq!(missing("snowflake"), Some(Missing::NotYet));
+        #[cfg(not(feature = "eventhub"))]
+        assert_eq!(missing("eventhub"), Some(Missing::NotBuilt { feature: "eventhub" }));
+        #[cfg(feature = "eventhub")]
+        assert_eq!(missing("eventhub"), None);
         assert_eq!(missing("postgress"), Some(Missing::Unknown));
         for (scheme, feature) in SCHEMES {
             match (find(scheme), feature) {
