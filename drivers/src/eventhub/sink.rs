@@ -83,12 +83,12 @@ pub fn classify(text: &str) -> ErrorClass {
         ErrorClass::TooLarge
     } else if t.contains("unauthorized")
         || t.contains("invalidsignature")
-        || t.contains("status: 401")
-        || t.contains("(401")
+        || t.contains("status code: 401")
+        || t.contains("status code: 403")
+        || t.contains("status code: 404")
         || t.contains("not-found")
         || t.contains("notfound")
         || t.contains("could not be found")
-        || t.contains("(404")
         || t.contains("invalid connection string")
     {
         ErrorClass::Config
