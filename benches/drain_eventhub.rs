@@ -50,6 +50,8 @@ mod common;
 use common::describe_fs;
 
 const RUNS: [&str; 2] = ["eds", "direct"];
+/// How long the direct path waits for a batch's outcome (the driver's default timeout).
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A string field of the row, `NONE` when absent, empty or not a string.
 fn row_field<'a>(row: Option<&'a Value>, field: &str) -> &'a str {
@@ -59,14 +61,18 @@ fn row_field<'a>(row: Option<&'a Value>, field: &str) -> &'a str {
 /// The SDK's producer alone, on the same WAL, batch by batch.
 async fn direct_pass(wal: &Wal, url: &str, max_rows: usize, max_bytes: usize) -> Result<u64> {
     let config = parse(url)?;
-    let producer = open_producer(&config).await?;
+    let mut producer = open_producer(&config).await?;
     let link_max = link_max_message_size(&producer).await?;
     let mut reader = wal.reader(1)?;
-    let mut sent = 0u64;
+    let (mut sent, mut resent) = (0u64, 0u64);
     loop {
         let records = read_batch(&mut reader, max_rows, max_bytes)?;
         if records.is_empty() {
-            producer.close().await?;
+            // Dropped, not closed: every batch is settled already, and the client's close can
+            // wait on the double's answer for long.
+            if resent > 0 {
+                eprintln!("  (direct: {resent} sends without an answer within {SEND_TIMEOUT:?}, sent again)");
+            }
             return Ok(sent);
         }
         // One group per partition key, in order of first appearance, log order within.
@@ -109,19 +115,41 @@ async fn direct_pass(wal: &Wal, url: &str, max_rows: usize, max_bytes: usize) ->
                 max_size_in_bytes: Some(link_max),
                 ..Default::default()
             };
+            // Cut into batches the link takes, then send each, awaited; a send without an answer
+            // within the timeout is sent again on a new connection (the client now and then never
+            // sees the outcome of a transfer the double settles; see the driver's README section).
+            let mut cuts: Vec<Vec<EventData>> = vec![Vec::new()];
             let mut batch = producer.create_batch(Some(options())).await?;
             for event in events {
                 if !batch.try_add_event_data(event.clone(), None)? {
-                    let full = std::mem::replace(&mut batch, producer.create_batch(Some(options())).await?);
-                    sent += full.len() as u64;
-                    producer.send_batch(full, None).await?;
-                    if !batch.try_add_event_data(event, None)? {
+                    batch = producer.create_batch(Some(options())).await?;
+                    if !batch.try_add_event_data(event.clone(), None)? {
                         bail!("an event of the traffic does not fit an empty batch of {link_max} bytes");
                     }
+                    cuts.push(Vec::new());
                 }
+                cuts.last_mut().unwrap().push(event);
             }
-            sent += batch.len() as u64;
-            producer.send_batch(batch, None).await?;
+            drop(batch);
+            for cut in cuts {
+                loop {
+                    let batch = producer.create_batch(Some(options())).await?;
+                    for event in &cut {
+                        batch.try_add_event_data(event.clone(), None)?;
+                    }
+                    match tokio::time::timeout(SEND_TIMEOUT, producer.send_batch(batch, None)).await {
+                        Ok(sent_ok) => {
+                            sent_ok?;
+                            break;
+                        }
+                        Err(_) => {
+                            resent += 1;
+                            producer = open_producer(&config).await?;
+                        }
+                    }
+                }
+                sent += cut.len() as u64;
+            }
         }
     }
 }
@@ -169,7 +197,7 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
     let mut rates = HashMap::new();
     for run in &cfg.runs {
         let double = Double::start();
-        let url = double.url("timeout=50s");
+        let url = double.url("");
         let ticks = || ticks_of(&[double.child.id().to_string()]);
         let outcome: Outcome = match run.as_str() {
             "eds" => {

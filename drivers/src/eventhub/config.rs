@@ -29,8 +29,8 @@ Each event is one message: body the event's JSON, message id the event id, conte
 partition key <table>.<companyId|NONE>.<locationId|NONE>.<primary key> (company and location of the row), \
 properties objectId dbchange.<table>.<operation>.<companyId|NONE>.<locationId|NONE>.<primary key> and eds-lsn, \
 the event's position in eds's log, the same on every replay, so consumers can drop duplicates \
-(delivery is at least once). Consecutive events with the same partition key share a batch, sized by the \
-hub's maximum message size; an event bigger than that is dead-lettered. \
+(delivery is at least once). The events of a write are grouped by partition key (log order kept within a key) \
+into batches sized by the hub's maximum message size; an event bigger than that is dead-lettered. \
 Options after a ?: timeout=30s (how long a batch may take to be accepted), \
 endpoint=amqps://host:port (dial a proxy or another address instead of the namespace).",
     fields: &[ConfigField {

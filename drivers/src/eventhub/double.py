@@ -205,10 +205,10 @@ class EventHub(MessagingHandler):
             delivery.settle()
         else:
             self.record(link, event.message, self.raw)
-            # Settled after --settle-delay-ms, as a service across a network answers. Settled at
-            # once (in microseconds, on loopback), the client (azure_messaging_eventhubs 0.16 on
-            # fe2o3-amqp 0.16) now and then never sees the outcome of a transfer and its send
-            # waits until eds's timeout; from a 5 ms delay on it did not happen here.
+            # Settled after --settle-delay-ms, as a service across a network answers. fe2o3-amqp
+            # 0.16.2 (under azure_messaging_eventhubs 0.16) writes a transfer before it registers
+            # the delivery as unsettled, so an outcome that comes back first (in microseconds, on
+            # loopback) is dropped and the client's send waits until eds's timeout.
             event.container.schedule(self.args.settle_delay_ms / 1000.0, SettleLater(delivery))
         link.flow(1)
 
