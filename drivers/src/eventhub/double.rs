@@ -2,7 +2,8 @@
 //! Event Hubs test double (`double.py` beside this file, an AMQP 1.0 listener on python-qpid-proton
 //! that speaks as Event Hubs does) per test, and what it received. `EVENTHUB_DOUBLE` names the
 //! Python interpreter that has python-qpid-proton (scripts/test.sh installs it); without it the
-//! harness panics, it never skips.
+//! harness panics, it never skips. With `EVENTHUB_DOUBLE_DEBUG` set, the double logs each transfer
+//! on the test's stderr.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use base64::Engine as _;
