@@ -115,6 +115,20 @@ fi
 export TANSU_BIN
 "$TANSU_BIN" --version >/dev/null || die "tansu ($TANSU_BIN) does not run"
 
+# Azure Event Hubs: the tests start their own test double (drivers/src/eventhub/double.py, an AMQP
+# 1.0 listener on PyPI's python-qpid-proton, pinned; built from source: needs a C compiler).
+proton_version="0.40.0"
+if ! "$tools/eventhubvenv/bin/python" -c "import proton, sys; sys.exit(proton.VERSION != tuple(int(x) for x in '$proton_version'.split('.')))" 2>/dev/null; then
+  say "installing python-qpid-proton $proton_version into $tools/eventhubvenv (PyPI)"
+  command -v python3 >/dev/null || die "python3 is needed to install python-qpid-proton"
+  mkdir -p "$tools"
+  python3 -m venv "$tools/eventhubvenv" || die "could not create a Python venv (apt-get install python3-venv)"
+  "$tools/eventhubvenv/bin/pip" install -q "python-qpid-proton==$proton_version" \
+    || die "pip install python-qpid-proton==$proton_version failed"
+fi
+export EVENTHUB_DOUBLE="$tools/eventhubvenv/bin/python"
+"$EVENTHUB_DOUBLE" -c "import proton.reactor" || die "$EVENTHUB_DOUBLE cannot import proton"
+
 # PostgreSQL at 127.0.0.1:5432, user postgres without a password, database `test` (these machines
 # start one; elsewhere a private cluster is created under $tools/pgdata and started).
 pg_ok() { psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d test -c 'SELECT 1' >/dev/null 2>&1; }

@@ -5,7 +5,8 @@
 //! `Endpoint` and gives `s3://<bucket>[/<prefix>]?<options>`.
 //! Database drivers take `Database`, `Username`, `Password`, `Hostname` and `Port` and give
 //! `<scheme>://[user:password@]host[:port]/<database>`; the file driver takes `directory`; the
-//! Kafka driver `Brokers`, `Topic`, `Username`, `Password` and `TLS`.
+//! Kafka driver `Brokers`, `Topic`, `Username`, `Password` and `TLS`; the Event Hubs driver its
+//! `Connection String` (`Endpoint=sb://…`, as EDS: `eventhub://` and what follows `://`).
 //! Unlike EDS, a missing required field is a field error (EDS panicked), the user name and
 //! password are percent-escaped and stay so (EDS un-escaped the finished URL), and a port that
 //! arrives as a JSON number is honoured (EDS ignored it).
@@ -87,6 +88,23 @@ pub fn url_from_form(d: &Description, values: &Map<String, Value>) -> Result<Str
         s3_url(d, &mut get)
     } else if d.fields.iter().any(|f| f.name == "directory") {
         get("directory").map(|dir| format!("{}://{dir}", d.scheme))
+    } else if d.fields.iter().any(|f| f.name == "Connection String") {
+        // Event Hubs, as EDS: the connection string must start with `Endpoint=` and contain
+        // `://`; the URL is `<scheme>://` and what follows `://`.
+        match get("Connection String").map(|c| c.trim().to_owned()) {
+            Some(c) if c.starts_with("Endpoint=") && c.contains("://") => {
+                c.split_once("://").map(|(_, rest)| format!("{}://{rest}", d.scheme))
+            }
+            Some(_) => {
+                errors.push(FieldError {
+                    field: "Connection String".to_owned(),
+                    error: "the connection string must start with Endpoint= and contain :// (Endpoint=sb://…)"
+                        .to_owned(),
+                });
+                None
+            }
+            None => None,
+        }
     } else if d.fields.iter().any(|f| f.name == "Brokers") {
         // Kafka: `kafka://[user:password@]host:port[,host:port…]/topic[?tls=true]`.
         let (brokers, topic, user, password, tls) =

@@ -8,6 +8,8 @@
 pub mod conformance;
 pub mod driver;
 pub mod event;
+#[cfg(feature = "eventhub")]
+pub mod eventhub;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod form;
@@ -86,6 +88,8 @@ const REGISTERED: &[Registered] = &[
     Registered { description: &snowflake::DESCRIPTION, open: snowflake::open },
     #[cfg(feature = "snowflake")]
     Registered { description: &snowflake::KEYPAIR_DESCRIPTION, open: snowflake::open_keypair },
+    #[cfg(feature = "eventhub")]
+    Registered { description: &eventhub::DESCRIPTION, open: eventhub::open },
 ];
 
 /// Every driver compiled into this build, in a stable order.
@@ -107,7 +111,7 @@ const SCHEMES: &[(&str, Option<&str>)] = &[
     ("kafka", Some("kafka")),
     ("snowflake", Some("snowflake")),
     ("snowflake-keypair", Some("snowflake")),
-    ("eventhub", None),
+    ("eventhub", Some("eventhub")),
 ];
 
 /// Why [`find`] has no driver for a scheme.
@@ -162,7 +166,14 @@ mod tests {
                 assert_eq!(missing(&s.to_ascii_uppercase()), None, "{s}");
             }
         }
-        assert_eq!(missing("eventhub"), Some(Missing::NotYet));
+        #[cfg(not(feature = "snowflake"))]
+        assert_eq!(missing("snowflake"), Some(Missing::NotBuilt { feature: "snowflake" }));
+        #[cfg(feature = "snowflake")]
+        assert_eq!(missing("snowflake-keypair"), None);
+        #[cfg(not(feature = "eventhub"))]
+        assert_eq!(missing("eventhub"), Some(Missing::NotBuilt { feature: "eventhub" }));
+        #[cfg(feature = "eventhub")]
+        assert_eq!(missing("eventhub"), None);
         assert_eq!(missing("postgress"), Some(Missing::Unknown));
         for (scheme, feature) in SCHEMES {
             match (find(scheme), feature) {

@@ -66,8 +66,29 @@ fn redact_one(url: &str) -> String {
         }
         None => authority.to_owned(),
     };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    // A connection string in the path (`eventhub://host/;SharedAccessKeyName=…;SharedAccessKey=…`):
+    // its secret parts are masked as query parameters are; the key's name is not a secret.
+    let path = match path.split_once(';') {
+        Some((before, parts)) => {
+            let parts: Vec<String> = parts
+                .split(';')
+                .map(|part| match part.split_once('=') {
+                    Some((k, _)) if secret_param(k) && !k.to_ascii_lowercase().ends_with("keyname") => {
+                        format!("{k}=***")
+                    }
+                    _ => part.to_owned(),
+                })
+                .collect();
+            format!("{before};{}", parts.join(";"))
+        }
+        None => path.to_owned(),
+    };
+    let tail = match query {
+        Some(query) => {
             let pairs: Vec<String> = query
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
@@ -77,7 +98,7 @@ fn redact_one(url: &str) -> String {
                 .collect();
             format!("{path}?{}", pairs.join("&"))
         }
-        None => tail.to_owned(),
+        None => path,
     };
     match scheme {
         Some(scheme) => format!("{scheme}://{authority}{tail}"),
@@ -161,6 +182,14 @@ mod tests {
             ),
             ("postgres://u:pw@h/d?options=-c%20a%3D1,b%3D2", "postgres://u:***@h/d?options=-c%20a%3D1,b%3D2"),
             ("sqlserver://sa:p@ss:w0rd@db/x", "sqlserver://sa:***@db/x"),
+            (
+                "eventhub://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=k3y+/=;EntityPath=hub?name=e",
+                "eventhub://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=***;EntityPath=hub?name=e",
+            ),
+            (
+                "eventhub://ns/;SharedAccessSignature=SharedAccessSignature sr=a&sig=s1g&se=1&skn=send;EntityPath=h",
+                "eventhub://ns/;SharedAccessSignature=***;EntityPath=h",
+            ),
         ] {
             assert_eq!(redact(url), masked, "{url}");
         }

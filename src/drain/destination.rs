@@ -158,6 +158,17 @@ fn host_and_path(rest: &str) -> String {
     let rest = rest.split(['?', '#']).next().unwrap_or_default();
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // A connection string in the path (`;SharedAccessKey=…;EntityPath=hub`) holds a secret: only
+    // its `EntityPath` names the destination.
+    let path = match path.split_once(';') {
+        Some((before, params)) => {
+            let entity = params
+                .split(';')
+                .find_map(|p| p.split_once('=').filter(|(k, _)| k.eq_ignore_ascii_case("EntityPath")).map(|(_, v)| v));
+            format!("{}/{}", before.trim_matches('/'), entity.unwrap_or(""))
+        }
+        None => path.to_owned(),
+    };
     let path = path.trim_matches('/');
     if path.is_empty() {
         host.to_owned()
@@ -296,7 +307,24 @@ mod tests {
         let pg = parse_destination("postgres://u:secret@db:5433/shop?sslmode=require").unwrap().unwrap();
         assert_eq!(pg.name, "postgres-db-5433-shop", "no user, no password, no query");
         assert_eq!(pg.driver.describe().kind, Kind::State);
-        assert!(parse_destination("eventhub://h/;SharedAccessKey=k").unwrap().is_none(), "no driver yet");
+        assert!(parse_destination("snowflake://u:p@acct/db").unwrap().is_none(), "no driver yet");
+        #[cfg(not(feature = "eventhub"))]
+        {
+            let err = parse_destination("eventhub://h/;SharedAccessKeyName=n;SharedAccessKey=s3cret;EntityPath=e")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--features eventhub") && !err.contains("s3cret"), "{err}");
+        }
+        #[cfg(feature = "eventhub")]
+        {
+            // The default name: namespace and hub, never the key.
+            let eh =
+                parse_destination("eventhub://ns.example/;SharedAccessKeyName=n;SharedAccessKey=s3cret;EntityPath=hub")
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(eh.name, "eventhub-ns.example-hub");
+            assert_eq!(eh.driver.describe().kind, Kind::Stream);
+        }
         let err = parse_destination("postgress://u:secret@db/x").unwrap_err().to_string();
         assert!(err.contains("no destination has the scheme \"postgress\"") && !err.contains("secret"), "{err}");
         #[cfg(feature = "kafka")]
