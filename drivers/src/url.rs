@@ -52,7 +52,15 @@ fn redact_one(url: &str) -> String {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, url),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if !rest.get(..authority_end).unwrap_or("").contains('@') {
+        // A hand-typed password holding a raw `/`, `?` or `#` (`snowflake://u:Pa#ss@acct/db`):
+        // the user information then runs to the first `@` after a `:`.
+        if let Some(at) = rest.find('@').filter(|&at| rest.get(..at).is_some_and(|u| u.contains(':'))) {
+            let after = rest.get(at..).unwrap_or("");
+            authority_end = at + after.find(['/', '?', '#']).unwrap_or(after.len());
+        }
+    }
     let (authority, tail) = rest.split_at(authority_end);
     let token_scheme = scheme.is_some_and(|s| TOKEN_SCHEMES.iter().any(|t| s.eq_ignore_ascii_case(t)));
     let authority = match authority.rsplit_once('@') {
@@ -182,6 +190,9 @@ mod tests {
             ),
             ("postgres://u:pw@h/d?options=-c%20a%3D1,b%3D2", "postgres://u:***@h/d?options=-c%20a%3D1,b%3D2"),
             ("sqlserver://sa:p@ss:w0rd@db/x", "sqlserver://sa:***@db/x"),
+            ("snowflake://svc:Pa#ss@acct/DB", "snowflake://svc:***@acct/DB"),
+            ("snowflake://svc:a/b?c@acct/DB/SCH?warehouse=w", "snowflake://svc:***@acct/DB/SCH?warehouse=w"),
+            ("postgres://h/db?application_name=a@b", "postgres://h/db?application_name=a@b"),
             (
                 "eventhub://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=k3y+/=;EntityPath=hub?name=e",
                 "eventhub://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=***;EntityPath=hub?name=e",

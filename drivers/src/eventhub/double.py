@@ -31,6 +31,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import sys
 import threading
 import time
@@ -56,6 +57,9 @@ def read_commands():
         if command in ("accept", "reject", "hang"):
             mode["value"] = command
             print(f"mode {command}", file=sys.stderr, flush=True)
+    # Standard input closed: the test that started the double is gone (even a SIGKILLed one),
+    # so the double goes too instead of listening on forever.
+    os._exit(0)
 
 
 def data_sections(raw):

@@ -92,6 +92,14 @@ pub fn classify(text: &str) -> ErrorClass {
         || t.contains("invalid connection string")
     {
         ErrorClass::Config
+    } else if t.contains("amqp:invalid-field")
+        || t.contains("amqp:decode-error")
+        || t.contains("amqp:not-allowed")
+        || t.contains("amqp:not-implemented")
+    {
+        // The hub refuses what was sent, for a reason eds cannot place on one message: the drain
+        // bisects, and dead-letters a message that keeps failing alone (never a stall forever).
+        ErrorClass::Unknown
     } else {
         ErrorClass::Transient
     }
@@ -390,7 +398,12 @@ impl Driver for EventHubDriver {
     fn write<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             match batch {
-                Batch::Events(events) => self.write_events(events).await,
+                // One event the hub calls too large is that event's fault: dead-letter it
+                // (the size check before sending should have caught it).
+                Batch::Events(events) => self.write_events(events).await.map_err(|e| match e.class {
+                    ErrorClass::TooLarge if events.len() == 1 => DriverError { class: ErrorClass::Rejected, ..e },
+                    _ => e,
+                }),
                 Batch::Folded(_) => Err(DriverError::new(
                     ErrorClass::Config,
                     "the Event Hubs destination takes every event (stream kind), not folded changes",

@@ -128,6 +128,9 @@ fn errors_are_classified_for_the_drain() {
         ("Connection refused (os error 111)", ErrorClass::Transient),
         ("amqp:internal-error: the test double rejects every transfer now", ErrorClass::Transient),
         ("no answer within the timeout", ErrorClass::Transient),
+        ("Invalid argument (os error 22)", ErrorClass::Transient),
+        ("link detached: amqp:invalid-field: the partition key is too long", ErrorClass::Unknown),
+        ("amqp:decode-error: cannot decode", ErrorClass::Unknown),
     ] {
         assert_eq!(classify(text), class, "{text}");
     }

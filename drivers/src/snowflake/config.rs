@@ -29,7 +29,7 @@ pub static DESCRIPTION: Description = Description {
 statements by primary key (an update sets only its changed columns; a row missing at the destination is inserted \
 whole), deletes delete, one transaction per batch, every value a bound parameter. Tables are created from HQ's schemas \
 (CREATE TABLE IF NOT EXISTS; objects and arrays as VARIANT, date-times as TIMESTAMP_NTZ in UTC) and only ever gain \
-columns: never dropped or replaced. Every query carries a query tag eds-<pid>/<batch>/<rows>. Options: warehouse=, \
+columns: never dropped or replaced. Every query carries a query tag eds-<pid>/<batch>/<changes>. Options: warehouse=, \
 role=, endpoint= (another base URL), timeout= (seconds per request, default 30), transaction=off. The schema defaults to PUBLIC.",
     fields: &[
         ConfigField {
@@ -65,7 +65,7 @@ SNOWFLAKE_SECRET_ACCESS_KEY). Inserts and updates become MERGE statements by pri
 changed columns; a row missing at the destination is inserted whole), deletes delete, one transaction per batch, every \
 value a bound parameter. Tables are created from HQ's schemas (CREATE TABLE IF NOT EXISTS; objects and arrays as \
 VARIANT, date-times as TIMESTAMP_NTZ in UTC) and only ever gain columns: never dropped or replaced. Every query \
-carries a query tag eds-<pid>/<batch>/<rows>. Options: warehouse=, role=, endpoint= (another base URL), timeout= (seconds per request, default 30), transaction=off.",
+carries a query tag eds-<pid>/<batch>/<changes>. Options: warehouse=, role=, endpoint= (another base URL), timeout= (seconds per request, default 30), transaction=off.",
     fields: &[
         ConfigField {
             name: "Database",
@@ -239,7 +239,11 @@ pub fn parse(url: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Snowflak
     let base_url = match endpoint {
         Some(e) if e.starts_with("http://") || e.starts_with("https://") => e.trim_end_matches('/').to_owned(),
         Some(e) => return Err(config_error(url, format!("endpoint must start with http:// or https://, not {e:?}"))),
-        None if host_lc.contains('.') => format!("https://{host_lc}"),
+        // A full host name (also private link and China's domain) as it is; an account
+        // identifier, also the legacy `locator.region[.cloud]` form, gets Snowflake's domain.
+        None if host_lc.ends_with(".snowflakecomputing.com") || host_lc.ends_with(".snowflakecomputing.cn") => {
+            format!("https://{host_lc}")
+        }
         None => format!("https://{host_lc}.snowflakecomputing.com"),
     };
     let auth = if keypair {

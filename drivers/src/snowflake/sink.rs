@@ -28,7 +28,7 @@
 //! `ADD COLUMN IF NOT EXISTS` for every column instead. Which (table, model version) pairs were
 //! ensured is remembered, so [`Driver::ensure_schema`] is a set lookup when nothing changed.
 
-use super::cells::{Cell, ColumnPlan};
+use super::cells::{Cell, ColumnPlan, Storage};
 use super::client::{Binding, Client};
 use super::config::{parse, SnowflakeConfig};
 use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
@@ -82,6 +82,9 @@ pub struct SnowflakeDriver {
     description: &'static Description,
     max_bind_params: usize,
     ensured: Mutex<HashSet<(String, String)>>,
+    /// Per table, the object and array columns that exist as text (tables EDS created: it made
+    /// them STRING): written as JSON text there, not as VARIANT, which such a column refuses.
+    text_json: Mutex<HashMap<String, HashSet<String>>>,
     batches: AtomicU64,
     /// One batch at a time: a batch is a transaction of the one session.
     session: tokio::sync::Mutex<()>,
@@ -187,6 +190,7 @@ impl SnowflakeDriver {
             description,
             max_bind_params: MAX_BIND_PARAMS,
             ensured: Mutex::new(HashSet::new()),
+            text_json: Mutex::new(HashMap::new()),
             batches: AtomicU64::new(0),
             session: tokio::sync::Mutex::new(()),
             executed: AtomicU64::new(0),
@@ -243,7 +247,7 @@ impl SnowflakeDriver {
             .client
             .query(
                 &token,
-                "SELECT column_name FROM information_schema.columns \
+                "SELECT column_name, data_type FROM information_schema.columns \
                  WHERE table_schema = CURRENT_SCHEMA() AND table_name = ?",
                 &[Binding { kind: "TEXT", value: Some(table) }],
                 &tag,
@@ -251,8 +255,29 @@ impl SnowflakeDriver {
             .await
             .map_err(ddl_error)?;
         // `None`: the server answered in Arrow; every column is then added idempotently.
-        let existing: Option<HashSet<String>> =
-            catalog.rows.map(|rows| rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect());
+        let types: Option<HashMap<String, String>> = catalog.rows.map(|rows| {
+            rows.into_iter()
+                .filter_map(|r| {
+                    let mut r = r.into_iter();
+                    Some((r.next().flatten()?, r.next().flatten().unwrap_or_default()))
+                })
+                .collect()
+        });
+        let existing: Option<HashSet<String>> = types.as_ref().map(|t| t.keys().cloned().collect());
+        if let Some(types) = &types {
+            let text: HashSet<String> = schema
+                .columns()
+                .iter()
+                .filter(|c| Storage::of(&c.kind) == Storage::Variant)
+                .filter(|c| {
+                    types
+                        .get(&c.name)
+                        .is_some_and(|t| matches!(t.to_ascii_uppercase().as_str(), "TEXT" | "VARCHAR" | "STRING"))
+                })
+                .map(|c| c.name.clone())
+                .collect();
+            lock(&self.text_json).entry(table.to_owned()).or_default().extend(text);
+        }
         if existing.as_ref().is_none_or(HashSet::is_empty) {
             self.client.query(&token, &create_table_sql(schema)?, &[], &tag).await.map_err(ddl_error)?;
         }
@@ -277,7 +302,12 @@ impl SnowflakeDriver {
         let mut plans: plan::Columns<'_, ColumnPlan<'_>> = HashMap::new();
         for schema in plan::schemas("Snowflake", changes)? {
             self.ensure(schema).await?;
-            let cols = schema.columns().iter().map(ColumnPlan::new).collect::<Result<Vec<_>, _>>()?;
+            let mut cols = schema.columns().iter().map(ColumnPlan::new).collect::<Result<Vec<_>, _>>()?;
+            if let Some(text) = lock(&self.text_json).get(schema.table()) {
+                for c in cols.iter_mut().filter(|c| text.contains(c.name)) {
+                    c.storage = Storage::Text;
+                }
+            }
             plans.insert((schema.table(), schema.model_version()), cols);
         }
         let plan = plan::plan("Snowflake", changes, &plans)?;

@@ -125,6 +125,15 @@ fn urls_follow_eds_and_read_their_options() {
     assert_eq!(c.account, "TFLXCJY-LU41011");
     assert_eq!(c.auth, Auth::Password { password: "p@ss/w".into() });
     assert_eq!((c.database.as_str(), c.schema.as_str()), ("TEST", "PUBLIC"));
+    // A legacy account locator with its region: Snowflake's domain is added, the account is the
+    // locator.
+    let c = parse("snowflake://u:p@xy12345.us-east-1/DB", &no_env).unwrap();
+    assert_eq!(
+        (c.base_url.as_str(), c.account.as_str()),
+        ("https://xy12345.us-east-1.snowflakecomputing.com", "XY12345")
+    );
+    let c = parse("snowflake://u:p@org-acct.privatelink.snowflakecomputing.com/DB", &no_env).unwrap();
+    assert_eq!(c.base_url, "https://org-acct.privatelink.snowflakecomputing.com");
 
     let c = parse(
         "snowflake://u:p@acct/D/S?endpoint=http://127.0.0.1:9/&warehouse=WH&role=R%20X&application=eds&client_session_keep_alive=true",
@@ -781,4 +790,33 @@ async fn the_order_fixture_round_trips_every_column_type() {
             _ => assert_eq!(got, want, "{}", c.name),
         }
     }
+}
+
+#[tokio::test]
+async fn object_columns_an_eds_table_holds_as_text_get_json_text() {
+    // EDS created object columns as STRING: a VARIANT value would be refused there.
+    let login = json!({"data": {"token": "T"}, "success": true});
+    let ok = json!({"data": {"rowtype": [], "rowset": [["1"]], "total": 1}, "success": true});
+    let catalog = json!({"data": {"rowtype": [{"name": "COLUMN_NAME"}, {"name": "DATA_TYPE"}],
+        "rowset": [["id", "TEXT"], ["name", "TEXT"], ["n", "NUMBER"], ["doc", "TEXT"], ["updatedDate", "TIMESTAMP_NTZ"]],
+        "total": 5, "queryResultFormat": "json"}, "success": true});
+    let (endpoint, mut rx, _t) =
+        double(vec![(200, login), (200, catalog), (200, ok.clone()), (200, ok.clone()), (200, ok)]).await;
+    let d = SnowflakeDriver::new(&format!("snowflake://u:p@acct/DB?endpoint={endpoint}"), &DESCRIPTION).unwrap();
+    let s = things("v1", json!({}));
+    apply(&d, &s, &changes(&[ins("things", "v1", json!({"id": "a", "doc": {"k": [1, "two"]}}))])).await.unwrap();
+    let mut merge = None;
+    let mut first_words = Vec::new();
+    while let Ok((_, body)) = rx.try_recv() {
+        let sql = body["sqlText"].as_str().unwrap_or("<login>").to_owned();
+        first_words.push(sql.split(' ').next().unwrap().to_owned());
+        if sql.starts_with("MERGE") {
+            merge = Some((sql, body["bindings"].clone()));
+        }
+    }
+    assert_eq!(first_words, ["<login>", "SELECT", "MERGE"], "no CREATE, no ALTER: every column is there");
+    let (sql, bindings) = merge.unwrap();
+    assert!(!sql.contains("PARSE_JSON"), "{sql}");
+    let texts: Vec<&str> = bindings.as_object().unwrap().values().filter_map(|b| b["value"].as_str()).collect();
+    assert!(texts.contains(&r#"{"k":[1,"two"]}"#), "the object as JSON text: {bindings}");
 }
