@@ -66,6 +66,11 @@ fn s3_url(d: &Description, get: &mut dyn FnMut(&str) -> Option<String>) -> Optio
     Some(url)
 }
 
+/// `DATABASE[/SCHEMA]` as a URL path: each part escaped, the slash between them kept.
+fn database_path(db: &str) -> String {
+    db.trim().split('/').map(crate::url::escape_component).collect::<Vec<_>>().join("/")
+}
+
 /// The URL the form `values` describe for the driver `d`, or every field error found.
 pub fn url_from_form(d: &Description, values: &Map<String, Value>) -> Result<String, Vec<FieldError>> {
     let mut errors = Vec::new();
@@ -104,6 +109,23 @@ pub fn url_from_form(d: &Description, values: &Map<String, Value>) -> Result<Str
                 None
             }
             None => None,
+        }
+    } else if d.fields.iter().any(|f| f.name == "Account") {
+        // Snowflake key pair (spec §7.5): `<scheme>://<user>@<account>/<DATABASE/SCHEMA>?secret-key=<env var>`.
+        let (database, user, account, secret) = (get("Database"), get("Username"), get("Account"), get("Secret"));
+        match (database, user, account) {
+            (Some(db), Some(u), Some(a)) => {
+                let query =
+                    secret.map(|s| format!("?secret-key={}", crate::url::escape_component(&s))).unwrap_or_default();
+                Some(format!(
+                    "{}://{}@{}/{}{query}",
+                    d.scheme,
+                    crate::url::escape_component(&u),
+                    a.trim(),
+                    database_path(&db)
+                ))
+            }
+            _ => None,
         }
     } else if d.fields.iter().any(|f| f.name == "Brokers") {
         // Kafka: `kafka://[user:password@]host:port[,host:port…]/topic[?tls=true]`.
@@ -146,7 +168,9 @@ pub fn url_from_form(d: &Description, values: &Map<String, Value>) -> Result<Str
             (Some(host), Some(db)) => {
                 let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
                 let port = port.map(|p| format!(":{p}")).unwrap_or_default();
-                Some(format!("{}://{auth}{host}{port}/{}", d.scheme, crate::url::escape_component(&db)))
+                // Snowflake's DATABASE/SCHEMA keeps its slash; each part is escaped.
+                let db = if d.scheme == "snowflake" { database_path(&db) } else { crate::url::escape_component(&db) };
+                Some(format!("{}://{auth}{host}{port}/{db}", d.scheme))
             }
             _ => None,
         }

@@ -820,3 +820,26 @@ async fn object_columns_an_eds_table_holds_as_text_get_json_text() {
     let texts: Vec<&str> = bindings.as_object().unwrap().values().filter_map(|b| b["value"].as_str()).collect();
     assert!(texts.contains(&r#"{"k":[1,"two"]}"#), "the object as JSON text: {bindings}");
 }
+
+#[test]
+fn hq_forms_build_urls_that_parse_back() {
+    let form = |v: Value| v.as_object().cloned().unwrap();
+    let url = crate::form::url_from_form(
+        &DESCRIPTION,
+        &form(json!({"Database": "TEST/PUBLIC", "Username": "svc", "Password": "p@ss/w#1", "Hostname": "abcdefg-ab12345"})),
+    )
+    .unwrap();
+    let c = parse(&url, &no_env).unwrap();
+    assert_eq!((c.database.as_str(), c.schema.as_str()), ("TEST", "PUBLIC"), "{url}");
+    assert_eq!(c.auth, Auth::Password { password: "p@ss/w#1".into() });
+    assert!(!crate::url::redact(&url).contains("p%40ss"), "{url}");
+
+    let url = crate::form::url_from_form(
+        &KEYPAIR_DESCRIPTION,
+        &form(json!({"Database": "DB/SCH", "Username": "svc_user", "Account": "xy12345"})),
+    )
+    .unwrap();
+    assert_eq!(url, "snowflake-keypair://svc_user@xy12345/DB/SCH?secret-key=SNOWFLAKE_SECRET_ACCESS_KEY");
+    let errors = crate::form::url_from_form(&KEYPAIR_DESCRIPTION, &form(json!({"Database": "DB/SCH"}))).unwrap_err();
+    assert!(errors.iter().any(|e| e.field == "Username"), "{errors:?}");
+}
