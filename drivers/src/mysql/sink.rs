@@ -71,35 +71,17 @@ const MAX_IDENTIFIER_CHARS: usize = 64;
 /// empty, containing a NUL byte or a character outside the Basic Multilingual Plane, ending with a
 /// space, or longer than 64 characters — are an [`ErrorClass::Rejected`] error.
 pub fn quote_ident(name: &str) -> Result<String, DriverError> {
-    let problem = if name.is_empty() {
-        Some("is empty")
-    } else if name.contains('\0') {
-        Some("contains a NUL byte")
-    } else if name.chars().any(|c| u32::from(c) > 0xFFFF) {
-        Some("contains a character outside the Basic Multilingual Plane (such as an emoji)")
-    } else if name.ends_with(' ') {
-        Some("ends with a space")
-    } else if name.chars().count() > MAX_IDENTIFIER_CHARS {
-        Some("is longer than MySQL's 64-character identifier limit")
-    } else {
-        None
-    };
-    if let Some(problem) = problem {
-        return Err(DriverError::new(
-            ErrorClass::Rejected,
-            format!("MySQL: the name {name:?} {problem}, so it cannot be a table or column name"),
-        ));
-    }
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('`');
-    for ch in name.chars() {
-        if ch == '`' {
-            out.push('`');
+    crate::sql::quote_identifier("MySQL", name, ('`', '`'), |name| {
+        if name.chars().any(|c| u32::from(c) > 0xFFFF) {
+            Some("contains a character outside the Basic Multilingual Plane (such as an emoji)")
+        } else if name.ends_with(' ') {
+            Some("ends with a space")
+        } else if name.chars().count() > MAX_IDENTIFIER_CHARS {
+            Some("is longer than MySQL's 64-character identifier limit")
+        } else {
+            None
         }
-        out.push(ch);
-    }
-    out.push('`');
-    Ok(out)
+    })
 }
 
 /// How the drain should treat a MySQL / MariaDB error number (with its SQLSTATE as a fallback).

@@ -53,31 +53,9 @@ const COPY_CHUNK: usize = 1 << 20;
 /// cannot hold — empty, containing a NUL byte, or longer than 63 bytes (which PostgreSQL would
 /// silently truncate) — are an [`ErrorClass::Rejected`] error.
 pub fn quote_ident(name: &str) -> Result<String, DriverError> {
-    let problem = if name.is_empty() {
-        Some("is empty")
-    } else if name.contains('\0') {
-        Some("contains a NUL byte")
-    } else if name.len() > MAX_IDENTIFIER_BYTES {
-        Some("is longer than PostgreSQL's 63-byte identifier limit")
-    } else {
-        None
-    };
-    if let Some(problem) = problem {
-        return Err(DriverError::new(
-            ErrorClass::Rejected,
-            format!("PostgreSQL: the name {name:?} {problem}, so it cannot be a table or column name"),
-        ));
-    }
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for ch in name.chars() {
-        if ch == '"' {
-            out.push('"');
-        }
-        out.push(ch);
-    }
-    out.push('"');
-    Ok(out)
+    crate::sql::quote_identifier("PostgreSQL", name, ('"', '"'), |name| {
+        (name.len() > MAX_IDENTIFIER_BYTES).then_some("is longer than PostgreSQL's 63-byte identifier limit")
+    })
 }
 
 /// How a destination column stores values, from its catalog type (domains by their base type).

@@ -53,22 +53,10 @@ const MAX_IDENTIFIER_CHARS: usize = 255;
 /// spaces and punctuation are kept exactly. Names Snowflake cannot hold — empty, containing a NUL
 /// byte, longer than 255 characters — are an [`ErrorClass::Rejected`] error.
 pub fn quote_ident(name: &str) -> Result<String, DriverError> {
-    let problem = if name.is_empty() {
-        Some("is empty")
-    } else if name.contains('\0') {
-        Some("contains a NUL byte")
-    } else if name.chars().count() > MAX_IDENTIFIER_CHARS {
-        Some("is longer than Snowflake's 255-character identifier limit")
-    } else {
-        None
-    };
-    if let Some(problem) = problem {
-        return Err(DriverError::new(
-            ErrorClass::Rejected,
-            format!("Snowflake: the name {name:?} {problem}, so it cannot be a table or column name"),
-        ));
-    }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+    crate::sql::quote_identifier("Snowflake", name, ('"', '"'), |name| {
+        (name.chars().count() > MAX_IDENTIFIER_CHARS)
+            .then_some("is longer than Snowflake's 255-character identifier limit")
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

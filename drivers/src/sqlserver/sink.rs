@@ -60,34 +60,13 @@ const MAX_IDENTIFIER_CHARS: usize = 128;
 
 /// `name` as a SQL Server identifier: always in brackets, with every `]` doubled, so case,
 /// spaces and punctuation are kept exactly. Names SQL Server cannot hold — empty, containing a
-/// NUL character, or longer than 128 characters — are an [`ErrorClass::Rejected`] error. The
+/// NUL byte, or longer than 128 characters — are an [`ErrorClass::Rejected`] error. The
 /// only function that puts a table or column name into SQL.
 pub fn quote_ident(name: &str) -> Result<String, DriverError> {
-    let problem = if name.is_empty() {
-        Some("is empty")
-    } else if name.contains('\0') {
-        Some("contains a NUL character")
-    } else if name.encode_utf16().count() > MAX_IDENTIFIER_CHARS {
-        Some("is longer than SQL Server's 128-character identifier limit")
-    } else {
-        None
-    };
-    if let Some(problem) = problem {
-        return Err(DriverError::new(
-            ErrorClass::Rejected,
-            format!("SQL Server: the name {name:?} {problem}, so it cannot be a table or column name"),
-        ));
-    }
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('[');
-    for ch in name.chars() {
-        if ch == ']' {
-            out.push(']');
-        }
-        out.push(ch);
-    }
-    out.push(']');
-    Ok(out)
+    crate::sql::quote_identifier("SQL Server", name, ('[', ']'), |name| {
+        (name.encode_utf16().count() > MAX_IDENTIFIER_CHARS)
+            .then_some("is longer than SQL Server's 128-character identifier limit")
+    })
 }
 
 /// How the drain should treat a SQL Server error number.
