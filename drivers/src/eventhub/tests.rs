@@ -5,7 +5,7 @@
 use super::double::{Double, Options, Received, KEY, KEY_NAME, NAMESPACE};
 use super::*;
 use crate::conformance;
-use crate::driver::{Batch, Delivery, ErrorClass};
+use crate::driver::{Batch, Delivery, Driver, ErrorClass};
 use crate::event::ChangeEvent;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -156,11 +156,26 @@ fn check(m: &Received, d: &Delivery<'_>) {
     assert_eq!(m.properties, props);
 }
 
+/// `test()` passing, with a passing error tried again as the drain would (at most three times):
+/// fe2o3-amqp can lose an answer, and the operation then ends in its timeout (see the README).
+/// The check reads only, so trying it again changes nothing.
+async fn passes_test(driver: &dyn Driver) {
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        match driver.test().await {
+            Ok(()) => return,
+            Err(e) if e.class == ErrorClass::Transient => errors.push(e.to_string()),
+            Err(e) => panic!("test() failed: {e}"),
+        }
+    }
+    panic!("test() failed three times: {errors:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_carry_eds_properties_partition_key_and_the_event_as_received() {
     let double = Double::start();
     let driver = open(&double.url("name=e")).unwrap();
-    driver.test().await.unwrap();
+    passes_test(driver.as_ref()).await;
     conformance::description_is_complete(driver.as_ref()).unwrap();
     let raws = [A, B, C];
     let events: Vec<ChangeEvent> = raws.iter().map(|r| event(r)).collect();
@@ -332,7 +347,7 @@ async fn a_hub_that_never_settles_is_a_transient_error_within_the_timeout() {
     let driver = open(&double.url("timeout=2s")).unwrap();
     let a = event(A);
     let one = [Delivery { lsn: 1, event: &a, raw: A.as_bytes() }];
-    driver.test().await.unwrap();
+    passes_test(driver.as_ref()).await;
     double.set_mode("hang");
     let started = Instant::now();
     let e = driver.write(Batch::Events(&one)).await.unwrap_err();
