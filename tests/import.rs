@@ -91,6 +91,23 @@ fn eds(args: &[&str]) -> Output {
     Command::new(common::eds_bin()).args(args).env_remove("SM_APIKEY").output().unwrap()
 }
 
+/// `eds args` with `input` on its stdin.
+fn eds_answering(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(common::eds_bin())
+        .args(args)
+        .env_remove("SM_APIKEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The child may end without reading (a refusal): a broken pipe here is not the test's concern.
+    let _ = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -125,10 +142,11 @@ async fn an_export_job_is_downloaded_loaded_and_its_timestamps_recorded() {
     let d = data.path().to_str().unwrap();
     let common = ["import", "-d", d, "--url", &url, "--api-key", "k", "--api-url", &hq.url, "--poll-interval", "10ms"];
 
-    // Dropping tables is not built: the default refuses, naming the flag that works.
+    // The default drops tables, which is asked first: with nobody to answer, it refuses.
     let o = eds(&common);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("--no-delete"), "{}", text(&o));
+    assert!(text(&o).contains("--no-confirm") && text(&o).contains("--no-delete"), "{}", text(&o));
+    assert_eq!(hq.polls.load(Ordering::SeqCst), 0, "asked before any export job");
 
     let o = eds(&[&common[..], &["--no-delete", "--dry-run"]].concat());
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -232,4 +250,66 @@ async fn an_import_refuses_a_data_dir_a_running_server_holds() {
         eds(&["import", "-d", d, "--url", &files, "--api-key", "k", "--api-url", &hq.url, "--poll-interval", "10ms"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("loaded 2 tables, 60 rows"), "{}", text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_import_drops_and_recreates_the_tables_once_the_operator_says_yes() {
+    let hq = hq(10, false).await;
+    let (schema, url) = pg_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+    let common = ["import", "-d", d, "--url", &url, "--api-key", "k", "--api-url", &hq.url, "--poll-interval", "10ms"];
+    let o = eds(&[&common[..], &["--no-delete"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(orders(&schema).await, hq.expected);
+
+    // Rows and columns the export does not have: a row under another key, a column of its own.
+    let mut admin = sqlx::PgConnection::connect(PG).await.unwrap();
+    let damage = format!(
+        "UPDATE \"{schema}\".\"order\" SET id = 'stale' WHERE id = 'o1'; \
+         ALTER TABLE \"{schema}\".\"order\" ADD COLUMN IF NOT EXISTS stale_col int DEFAULT 7"
+    );
+    admin.execute(damage.as_str()).await.unwrap();
+    let damaged = orders(&schema).await;
+    assert!(damaged.contains_key("stale") && !damaged.contains_key("o1"));
+    let stale_col = async || -> bool {
+        let mut admin = sqlx::PgConnection::connect(PG).await.unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = $1 AND column_name = 'stale_col'",
+        )
+        .bind(&schema)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        n > 0
+    };
+
+    // --no-delete upserts: the stale row stays. A dry run says what it would drop and drops nothing.
+    let o = eds(&[&common[..], &["--dry-run"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("would drop and recreate up to 2 tables"), "{}", text(&o));
+    // "no" cancels with nothing changed (exit 0, as EDS's Cancel).
+    let o = eds_answering(&common, "no\n");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("cancelled: nothing was changed"), "{}", text(&o));
+    let question = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(question.contains("DROPS 2 tables") && question.contains("customer, order"), "{question}");
+    assert!(!question.contains("s3cret"), "{question}");
+    assert_eq!(orders(&schema).await, damaged);
+    assert!(stale_col().await);
+
+    // "yes": both tables dropped and loaded afresh from the export.
+    let o = eds_answering(&common, "yes\n");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("dropped 2 tables"), "{}", text(&o));
+    assert_eq!(orders(&schema).await, hq.expected, "the stale row is gone, the exported one back");
+    assert!(!stale_col().await, "the table is the schema's again");
+
+    // --no-confirm drops without asking (what HQ-started imports use).
+    admin.execute(format!("UPDATE \"{schema}\".\"order\" SET id = 'stale' WHERE id = 'o2'").as_str()).await.unwrap();
+    let o = eds(&[&common[..], &["--no-confirm", "--only", "order"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("dropped 1 table to"), "{}", text(&o));
+    assert_eq!(orders(&schema).await, hq.expected);
+    admin.execute(format!("DROP SCHEMA \"{schema}\" CASCADE").as_str()).await.unwrap();
 }

@@ -224,4 +224,16 @@ pub trait Driver: Send + Sync {
         let _ = schema;
         Box::pin(async { Ok(()) })
     }
+
+    /// Drop `table` at the destination, with every row in it, when it exists, and forget what
+    /// the driver cached about it, so the next [`ensure_schema`](Self::ensure_schema) creates it
+    /// afresh. Only a full import calls it (after the operator confirmed), before it writes the
+    /// table. Drops exactly the table [`ensure_schema`](Self::ensure_schema) would create (the
+    /// connection's own schema or database, never one further along a search path) and nothing
+    /// that depends on it: a view on the table makes it a [`ErrorClass::Config`] error. Drivers
+    /// that keep no tables (stream kinds) keep the default, which does nothing.
+    fn drop_table<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        let _ = table;
+        Box::pin(async { Ok(()) })
+    }
 }

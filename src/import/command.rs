@@ -140,15 +140,6 @@ pub fn run(args: &ImportArgs, data_dir: &Path, schema_validator: Option<&Path>, 
         writeln!(out, "destination {:?} ({}) is reachable", dest.name, dest.driver.describe().name)?;
         return Ok(0);
     }
-    let kind = dest.driver.describe().kind;
-    if kind == Kind::State && !args.no_delete && !args.dry_run && !args.schema_only {
-        return Err(UsageError(
-            "dropping and recreating the destination's tables is not built yet in eds import: pass --no-delete to load \
-             into the tables as they are (rows are upserted by primary key; rows deleted upstream stay)"
-                .into(),
-        )
-        .into());
-    }
     // One writer of the data dir at a time: a running server holds the WAL's lock.
     refuse_if_server_runs(data_dir)?;
     crate::datadir::prepare(data_dir)?;
@@ -159,7 +150,52 @@ pub fn run(args: &ImportArgs, data_dir: &Path, schema_validator: Option<&Path>, 
     let registry = Arc::new(crate::registry::Registry::new(Arc::new(source), Some(tracker.clone())));
     dest.registry = Some(registry.clone());
     let api = HqApi::new(&api_url, &api_key).map_err(|e| UsageError(format!("--api-url {api_url:?}: {e:#}")))?;
-    runtime.block_on(import(args, data_dir, &dest, &registry, &tracker, &api, time_offset, out))
+    let mut ask = ask_on_stdin;
+    let progress = super::progress::Progress::on_stderr();
+    runtime.block_on(import(args, data_dir, &dest, &registry, &tracker, &api, time_offset, &mut ask, &progress, out))
+}
+
+/// What the operator answered to the question before tables are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Go on.
+    Yes,
+    /// Do not: the import ends with nothing changed (exit 0, as EDS's Cancel).
+    No,
+    /// Nobody answered (stdin closed): the import refuses (exit 2), naming `--no-confirm`.
+    Nobody,
+}
+
+/// Asks `question` on stderr and reads the answer from stdin (a terminal, or a pipe: `yes |`).
+fn ask_on_stdin(question: &str) -> Result<Answer> {
+    let mut err = std::io::stderr().lock();
+    write!(err, "{question}")?;
+    err.flush()?;
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line)? == 0 {
+        writeln!(err)?;
+        return Ok(Answer::Nobody);
+    }
+    Ok(if matches!(line.trim().to_ascii_lowercase().as_str(), "yes" | "y") { Answer::Yes } else { Answer::No })
+}
+
+/// The question asked before `tables` of `dest` are dropped.
+fn drop_question(dest: &crate::drain::Destination, url: &str, tables: &BTreeSet<String>) -> String {
+    const SHOWN: usize = 12;
+    let names: Vec<&str> = tables.iter().map(String::as_str).take(SHOWN).collect();
+    let more = tables.len().saturating_sub(SHOWN);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    format!(
+        "WARNING: this import DROPS {} table{} at destination {:?} ({}, {}) and loads them again from the export; \
+         every row in them now is deleted: {}{more}.\n(--no-delete keeps the tables and upserts into them; \
+         --no-confirm skips this question.)\nType yes to go on: ",
+        tables.len(),
+        if tables.len() == 1 { "" } else { "s" },
+        dest.name,
+        dest.driver.describe().name,
+        eds_drivers::url::redact(url),
+        names.join(", "),
+    )
 }
 
 fn refuse_if_server_runs(data_dir: &Path) -> Result<()> {
@@ -185,8 +221,11 @@ async fn import(
     tracker: &crate::tracker::Tracker,
     api: &HqApi,
     time_offset: Option<i64>,
+    ask: &mut dyn FnMut(&str) -> Result<Answer>,
+    progress: &super::progress::Progress,
     out: &mut dyn Write,
 ) -> Result<u8> {
+    use super::progress::Unit;
     let started = Instant::now();
     let latest = registry.latest().await.context("reading the table list from HQ's schema registry")?;
     let versions: HashMap<String, String> =
@@ -197,12 +236,47 @@ async fn import(
             return Err(UsageError(format!("--only {t:?}: HQ's schema registry has no such table")).into());
         }
     }
+    // EDS's "create datasource": a full import into a destination that keeps tables drops and
+    // recreates them first, once the operator said yes (asked before the export, which can
+    // take long). Only the tables being imported are dropped.
+    let drops = dest.driver.describe().kind == Kind::State && !args.no_delete;
+    let listed = match &args.dir {
+        Some(dir) if !args.schema_only => Some(files::list(dir)?),
+        _ => None,
+    };
+    if drops {
+        let candidates: BTreeSet<String> = match &listed {
+            Some(files) => {
+                files.iter().map(|f| f.table.clone()).filter(|t| only.is_empty() || only.contains(t)).collect()
+            }
+            None if !only.is_empty() => only.clone(),
+            None => versions.keys().cloned().collect(),
+        };
+        if args.dry_run {
+            writeln!(out, "dry run: the import would drop and recreate up to {} tables", candidates.len())?;
+        } else if !args.no_confirm && !candidates.is_empty() {
+            match ask(&drop_question(dest, &args.url, &candidates))? {
+                Answer::Yes => {}
+                Answer::No => {
+                    writeln!(out, "cancelled: nothing was changed")?;
+                    return Ok(0);
+                }
+                Answer::Nobody => {
+                    return Err(UsageError(
+                        "the import drops and recreates the destination's tables, and nobody answered the question \
+                         (stdin is closed): pass --no-confirm to drop them without asking, or --no-delete to keep them"
+                            .into(),
+                    )
+                    .into())
+                }
+            }
+        }
+    }
     // The files and each table's export time.
     let (files, times, download_dir): (Vec<ExportFile>, BTreeMap<String, i128>, Option<PathBuf>) = if args.schema_only {
         let now = jiff::Timestamp::now().as_nanosecond();
         (Vec::new(), versions.keys().map(|t| (t.clone(), now)).collect(), None)
-    } else if let Some(dir) = &args.dir {
-        let files = files::list(dir)?;
+    } else if let (Some(dir), Some(files)) = (&args.dir, listed) {
         if files.is_empty() {
             bail!("{}: no export files (named <33 digits>-…-<table>-<n>.ndjson.gz) in it", dir.display());
         }
@@ -224,13 +298,14 @@ async fn import(
                 id
             }
         };
-        let status = wait_for_export(api, &job_id, args.poll_interval).await?;
+        let status = wait_for_export(api, &job_id, args.poll_interval, progress).await?;
         let safe: String =
             job_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
         let dir = data_dir.join(format!("import-{safe}"));
         let urls: Vec<String> = status.tables.values().flat_map(|t| t.urls.iter().cloned()).collect();
         let bytes = std::sync::atomic::AtomicU64::new(0);
-        let last_log = std::sync::Mutex::new(Instant::now());
+        let detail = format!("{} files", urls.len());
+        progress.start("download", Unit::Bytes, None);
         // No overall deadline for a transfer (a big file takes long): a stall is caught instead.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -239,13 +314,10 @@ async fn import(
         let retry = super::download::Retry::default();
         let got = super::download::download(&http, &urls, &dir, super::download::PARALLEL, retry, &|n| {
             let total = bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
-            let mut last = last_log.lock().unwrap_or_else(|p| p.into_inner());
-            if last.elapsed() >= Duration::from_secs(5) {
-                *last = Instant::now();
-                tracing::info!(downloaded = %crate::timefmt::human_bytes(total), "downloading the export");
-            }
+            progress.update(total, &detail);
         })
         .await?;
+        progress.finish();
         writeln!(
             out,
             "downloaded {} files ({}; {} already there) into {}",
@@ -276,6 +348,15 @@ async fn import(
         bail!("table {t:?} is in the export but not in HQ's schema registry");
     }
     // Tables first (also for --schema-only), then rows.
+    if drops && !args.dry_run {
+        for t in &tables {
+            dest.driver.drop_table(t).await.with_context(|| format!("dropping table {t:?}"))?;
+        }
+        if !tables.is_empty() {
+            let s = if tables.len() == 1 { "" } else { "s" };
+            writeln!(out, "dropped {} table{s} to load afresh", tables.len())?;
+        }
+    }
     if !args.dry_run && dest.driver.describe().needs_schema {
         for t in &tables {
             let version = &versions[t];
@@ -288,15 +369,17 @@ async fn import(
         if args.dry_run {
             loaded = dry_run(&files, &tables, &versions)?;
         } else {
-            let last_log = std::sync::Mutex::new(Instant::now());
+            // Rows per table so far; the bar counts them all.
+            let so_far = std::sync::Mutex::new(BTreeMap::<String, u64>::new());
+            progress.start("load", Unit::Rows, None);
             loaded = super::load::load(dest, &files, &tables, &versions, &|table, rows| {
-                let mut last = last_log.lock().unwrap_or_else(|p| p.into_inner());
-                if last.elapsed() >= Duration::from_secs(5) {
-                    *last = Instant::now();
-                    tracing::info!(table, rows, "loading");
-                }
+                let mut so_far = so_far.lock().unwrap_or_else(|p| p.into_inner());
+                so_far.insert(table.to_owned(), rows);
+                let detail = format!("{table}: {}", super::progress::thousands(rows));
+                progress.update(so_far.values().sum(), &detail);
             })
             .await?;
+            progress.finish();
         }
     }
     let total: u64 = loaded.rows.values().sum();
@@ -347,8 +430,13 @@ async fn import(
 }
 
 /// Poll the export job until every table is done; a failed table ends the import with its error.
-async fn wait_for_export(api: &HqApi, job_id: &str, every: Duration) -> Result<ExportStatus> {
-    let mut last_log = Instant::now();
+async fn wait_for_export(
+    api: &HqApi,
+    job_id: &str,
+    every: Duration,
+    progress: &super::progress::Progress,
+) -> Result<ExportStatus> {
+    let mut started = false;
     loop {
         let status = api.export_status(job_id).await?;
         if let Some((table, t)) = status.tables.iter().find(|(_, t)| t.status.eq_ignore_ascii_case("failed")) {
@@ -357,14 +445,15 @@ async fn wait_for_export(api: &HqApi, job_id: &str, every: Duration) -> Result<E
                 if t.error.is_empty() { "(HQ gave no reason)" } else { &t.error }
             );
         }
-        if status.completed {
-            return Ok(status);
-        }
         let done = status.tables.values().filter(|t| t.status.eq_ignore_ascii_case("completed")).count();
-        if last_log.elapsed() >= Duration::from_secs(60) {
-            last_log = Instant::now();
-            let total = status.tables.len().max(1);
-            tracing::info!("export job {job_id}: {done}/{total} tables ({:.2}%)", done as f64 * 100.0 / total as f64);
+        if !started {
+            started = true;
+            progress.start("export", super::progress::Unit::Tables, Some(status.tables.len() as u64));
+        }
+        progress.update(done as u64, &format!("job {job_id}"));
+        if status.completed {
+            progress.finish();
+            return Ok(status);
         }
         tokio::time::sleep(every).await;
     }

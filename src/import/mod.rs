@@ -6,6 +6,7 @@ pub mod command;
 pub mod download;
 pub mod files;
 pub mod load;
+pub mod progress;
 pub mod timestamps;
 
 #[cfg(test)]

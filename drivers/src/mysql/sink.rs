@@ -304,6 +304,19 @@ impl MysqlDriver {
         Ok(info)
     }
 
+    /// [`Driver::drop_table`]: an unqualified name is the connection's own database's table.
+    async fn drop_one(&self, table: &str) -> Result<(), DriverError> {
+        let sql = format!("DROP TABLE IF EXISTS {}", quote_ident(table)?);
+        let _ddl = self.ddl.lock().await;
+        let mut conn = crate::sqltx::acquire(&self.pool, &self.options)
+            .await
+            .map_err(|e| sql_error(&format!("connecting to {}", self.target), e))?;
+        let dropped = conn.execute(sql.as_str()).await;
+        self.forget_catalog();
+        dropped.map_err(|e| ddl_error(&format!("dropping table {table:?}"), e))?;
+        Ok(())
+    }
+
     async fn ensure(&self, schema: &Schema) -> Result<(), DriverError> {
         let id = (schema.table().to_owned(), schema.model_version().to_owned());
         if lock(&self.ensured).contains(&id) {
@@ -677,5 +690,9 @@ impl Driver for MysqlDriver {
 
     fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.ensure(schema))
+    }
+
+    fn drop_table<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.drop_one(table))
     }
 }

@@ -1311,6 +1311,27 @@ async fn a_table_dropped_behind_our_back_is_recreated_on_retry() {
     assert_eq!(db.snapshot("things").await, ["b|NULL|NULL|NULL|NULL"]);
 }
 
+#[tokio::test]
+async fn drop_table_drops_the_databases_table_and_the_next_write_recreates_it() {
+    let db = Db::new("drop").await;
+    let d = db.driver();
+    let s = things("v1", json!({}));
+    apply(&d, &s, &changes(&[ins("things", json!({"id": "old"}))])).await.unwrap();
+    db.exec("ALTER TABLE things ADD COLUMN stale int").await;
+    within("drop", d.drop_table("things")).await.unwrap();
+    // The driver forgot the table: the next write creates it afresh, without the stale column.
+    apply(&d, &s, &changes(&[ins("things", json!({"id": "new"}))])).await.unwrap();
+    assert_eq!(db.snapshot("things").await, ["new|NULL|NULL|NULL|NULL"]);
+    assert!(!db.columns("things").await.iter().any(|c| c.0 == "stale"));
+    // A table that is not there is no error; a hostile name is quoted.
+    within("drop", d.drop_table("never_made")).await.unwrap();
+    let hostile = "x`; DROP TABLE y; --";
+    db.exec(&format!("CREATE TABLE y (v int); CREATE TABLE {} (v int)", quote_ident(hostile).unwrap())).await;
+    within("drop", d.drop_table(hostile)).await.unwrap();
+    assert!(db.columns(hostile).await.is_empty(), "the hostile name is the table dropped");
+    assert_eq!(db.columns("y").await.len(), 1, "y survives");
+}
+
 fn strict() -> Schema {
     schema(json!({"table": "strict", "modelVersion": "v1", "primaryKeys": ["id"], "required": ["id", "name"],
         "properties": {"id": {"type": "string"}, "name": {"type": "string"},

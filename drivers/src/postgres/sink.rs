@@ -491,6 +491,40 @@ impl PostgresDriver {
         lock(&self.ensured).clear();
     }
 
+    /// [`Driver::drop_table`]: the table of the current schema, named with its schema, so a
+    /// table of the same name further along the search path is never the one dropped.
+    async fn drop_one(&self, table: &str) -> Result<(), DriverError> {
+        let quoted = quote_ident(table)?;
+        let _ddl = self.ddl.lock().await;
+        let mut conn = crate::sqltx::acquire(&self.pool, &self.options)
+            .await
+            .map_err(|e| sql_error(&format!("connecting to {}", self.target), e))?;
+        let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()::text")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| sql_error("reading the current schema", e))?;
+        let Some(schema) = schema else {
+            return Err(DriverError::new(
+                ErrorClass::Config,
+                "PostgreSQL: the connection has no current schema (its search_path names none that exists)",
+            ));
+        };
+        let sql = format!("DROP TABLE IF EXISTS {}.{quoted}", quote_ident(&schema)?);
+        let dropped = conn.execute(sql.as_str()).await;
+        // Whatever happened, the cache may no longer describe the table.
+        self.forget_catalog();
+        dropped.map_err(|e| {
+            let dependents = matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("2BP01"));
+            let mut err = ddl_error(&format!("dropping table {table:?}"), e);
+            if dependents {
+                // Something (a view, a foreign key) depends on the table: eds drops nothing else.
+                err.class = ErrorClass::Config;
+            }
+            err
+        })?;
+        Ok(())
+    }
+
     fn cached(&self, table: &str) -> Option<Arc<TableInfo>> {
         lock(&self.catalog).get(table).cloned()
     }
@@ -872,5 +906,9 @@ impl Driver for PostgresDriver {
 
     fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.ensure(schema))
+    }
+
+    fn drop_table<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.drop_one(table))
     }
 }

@@ -949,6 +949,40 @@ async fn a_table_dropped_behind_our_back_is_recreated_on_retry() {
     assert_eq!(db.snapshot("things").await, ["(b,,,,)"]);
 }
 
+#[tokio::test]
+async fn drop_table_drops_the_current_schemas_table_only_and_the_next_write_recreates_it() {
+    let db = Db::new("drop").await;
+    let other = Db::new("drop_later").await;
+    other.exec("CREATE TABLE things (id text PRIMARY KEY); INSERT INTO things VALUES ('keep')").await;
+    // `other` is further along the search path: a bare DROP TABLE would find its table.
+    let url = format!("{SERVER}?options=-csearch_path%3D{}%2C{}&name=dest1", db.name, other.name);
+    let d = PostgresDriver::new(&url).unwrap();
+    within("drop", d.drop_table("things")).await.unwrap();
+    assert_eq!(other.snapshot("things").await, ["(keep)"], "another schema's table is never dropped");
+
+    let s = things("v1", json!({}));
+    apply(&d, &s, &changes(&[ins("things", json!({"id": "old"}))])).await.unwrap();
+    db.exec("ALTER TABLE things ADD COLUMN stale int").await;
+    within("drop", d.drop_table("things")).await.unwrap();
+    // The driver forgot the table: the next write creates it afresh, without the stale column.
+    apply(&d, &s, &changes(&[ins("things", json!({"id": "new"}))])).await.unwrap();
+    assert_eq!(db.snapshot("things").await, ["(new,,,,)"]);
+    assert!(!db.columns("things").await.iter().any(|c| c.0 == "stale"));
+    assert_eq!(other.snapshot("things").await, ["(keep)"]);
+
+    let hostile = "x\"; DROP TABLE y; --";
+    db.exec(&format!("CREATE TABLE y (v int); CREATE TABLE {} (v int)", quote_ident(hostile).unwrap())).await;
+    within("drop", d.drop_table(hostile)).await.unwrap();
+    assert!(db.columns(hostile).await.is_empty(), "the hostile name is the table dropped");
+    assert_eq!(db.columns("y").await.len(), 1, "y survives");
+
+    db.exec("CREATE VIEW things_view AS SELECT id FROM things").await;
+    let err = within("drop", d.drop_table("things")).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Config, "{}", err.message);
+    assert!(err.message.contains("2BP01") && err.message.contains("things"), "{}", err.message);
+    assert_eq!(db.snapshot("things").await, ["(new,,,,)"], "nothing is dropped with it");
+}
+
 async fn rejected(tag: &str, copy_threshold: usize) {
     let db = Db::new(tag).await;
     let d = db.driver().with_copy_threshold(copy_threshold);

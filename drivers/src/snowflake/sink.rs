@@ -212,6 +212,27 @@ impl SnowflakeDriver {
         lock(&self.ensured).clear();
     }
 
+    /// [`Driver::drop_table`]: Snowflake resolves an unqualified name in the session's schema
+    /// only, the one the catalog reads.
+    async fn drop_one(&self, table: &str) -> Result<(), DriverError> {
+        let sql = format!("DROP TABLE IF EXISTS {}", quote_ident(table)?);
+        let _one = self.session.lock().await;
+        let token = self.client.session().await?;
+        let tag = format!("eds-{}/ddl", std::process::id());
+        let dropped = self.client.query(&token, &sql, &[], &tag).await;
+        self.forget_ensured();
+        lock(&self.text_json).remove(table);
+        dropped.map(drop).map_err(|e| DriverError {
+            class: if matches!(e.class, ErrorClass::Rejected | ErrorClass::TooLarge) {
+                ErrorClass::Config
+            } else {
+                e.class
+            },
+            message: format!("{} (dropping table {table:?})", e.message),
+            source: e.source,
+        })
+    }
+
     /// Creates `schema`'s table if missing and adds the columns it lacks.
     async fn ensure(&self, schema: &Schema) -> Result<(), DriverError> {
         let id = (schema.table().to_owned(), schema.model_version().to_owned());
@@ -409,5 +430,9 @@ impl Driver for SnowflakeDriver {
 
     fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.ensure(schema))
+    }
+
+    fn drop_table<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.drop_one(table))
     }
 }

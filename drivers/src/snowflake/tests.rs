@@ -792,6 +792,20 @@ async fn the_order_fixture_round_trips_every_column_type() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_table_drops_the_table_and_the_next_write_recreates_it() {
+    let fake = Fake::start("DROPPED");
+    let d = fake.driver();
+    let s = things("v1", json!({}));
+    apply(&d, &s, &changes(&[ins("things", "v1", json!({"id": "old", "name": "x"}))])).await.unwrap();
+    d.drop_table("things").await.unwrap();
+    assert!(fake.server.rows("DROPPED", "PUBLIC", r#"SELECT * FROM "things""#).is_err(), "the table is gone");
+    // The driver forgot it had ensured the table: the next write creates it again.
+    apply(&d, &s, &changes(&[ins("things", "v1", json!({"id": "new"}))])).await.unwrap();
+    assert_eq!(fake.snapshot(r#"SELECT "id", "name" FROM "things" ORDER BY "id""#), ["new|NULL"]);
+    d.drop_table("never_made").await.unwrap();
+}
+
 #[tokio::test]
 async fn object_columns_an_eds_table_holds_as_text_get_json_text() {
     // EDS created object columns as STRING: a VARIANT value would be refused there.

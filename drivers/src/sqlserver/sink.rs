@@ -348,6 +348,11 @@ pub(super) async fn run_batch(client: &mut Client, sql: &str) -> Result<(), tibe
     Ok(())
 }
 
+/// `DROP TABLE IF EXISTS` for `table` of `schema`, both quoted.
+pub(super) fn drop_table_sql(schema: &str, table: &str) -> Result<String, DriverError> {
+    Ok(format!("DROP TABLE IF EXISTS {}.{}", quote_ident(schema)?, quote_ident(table)?))
+}
+
 /// Runs a parameterised statement.
 async fn run_statement(client: &mut Client, statement: &Statement) -> Result<(), tiberius::error::Error> {
     let params: Vec<&dyn ToSql> = statement.params.iter().map(|p| p as &dyn ToSql).collect();
@@ -505,6 +510,46 @@ impl SqlServerDriver {
                 lock(&self.ensured).insert(id);
                 Ok(())
             }
+        }
+    }
+
+    /// [`Driver::drop_table`]: the table of the login's default schema (the one the catalog
+    /// reads), named with that schema, since an unqualified name would fall back to `dbo`'s.
+    async fn drop_one(&self, table: &str) -> Result<(), DriverError> {
+        quote_ident(table)?;
+        let mut slot = self.conn.lock().await;
+        let client = match slot.take() {
+            Some(client) => client,
+            None => self.open().await?,
+        };
+        let client = slot.insert(client);
+        let work = async {
+            let what = || format!("dropping table {table:?}");
+            let row = client
+                .simple_query("SELECT SCHEMA_NAME()")
+                .await
+                .map_err(|e| Fail::Sql(what(), e))?
+                .into_row()
+                .await
+                .map_err(|e| Fail::Sql(what(), e))?;
+            let schema = row
+                .and_then(|r| r.get::<&str, _>(0).map(str::to_owned))
+                .ok_or_else(|| DriverError::new(ErrorClass::Config, "SQL Server: the login has no default schema"))?;
+            run_batch(client, &drop_table_sql(&schema, table)?).await.map_err(|e| Fail::Sql(what(), e))
+        };
+        let outcome = tokio::time::timeout(WORK_TIMEOUT, work).await;
+        self.forget_catalog();
+        match outcome {
+            Err(_) => {
+                *slot = None;
+                Err(DriverError::new(
+                    ErrorClass::Transient,
+                    format!("SQL Server: dropping table {table:?} took longer than {} s", WORK_TIMEOUT.as_secs()),
+                ))
+            }
+            Ok(Err(Fail::Sql(what, e))) => Err(self.work_error(&mut slot, &what, e, true)),
+            Ok(Err(Fail::Driver(e))) => Err(e),
+            Ok(Ok(())) => Ok(()),
         }
     }
 
@@ -724,5 +769,9 @@ impl Driver for SqlServerDriver {
 
     fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(self.ensure(schema))
+    }
+
+    fn drop_table<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(self.drop_one(table))
     }
 }

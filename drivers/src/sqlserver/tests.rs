@@ -17,7 +17,9 @@ use super::catalog::{
     check_types, create_table_sql, migration_sql, table_info, type_sql, CatalogRow, Storage, TableInfo, CATALOG_SQL,
 };
 use super::cells::{column_plans, ColumnPlan};
-use super::sink::{batch_sql, create_stage_sql, open, plan, run_batch, settle, stage_inserts, Client, Rollback};
+use super::sink::{
+    batch_sql, create_stage_sql, drop_table_sql, open, plan, run_batch, settle, stage_inserts, Client, Rollback,
+};
 use super::*;
 use crate::conformance;
 use crate::driver::{Batch, Driver, DriverError, ErrorClass, StateChange};
@@ -408,6 +410,16 @@ fn identifiers_are_always_bracketed() {
     for bad in ["", "a\0b", &"a".repeat(129), &"😀".repeat(65)] {
         assert_eq!(quote_ident(bad).unwrap_err().class, ErrorClass::Rejected, "{bad:?}");
     }
+}
+
+#[test]
+fn a_dropped_table_is_named_with_the_logins_schema() {
+    assert_eq!(drop_table_sql("dbo", "order").unwrap(), "DROP TABLE IF EXISTS [dbo].[order]");
+    assert_eq!(
+        drop_table_sql("sales]x", "x]; DROP TABLE y; --").unwrap(),
+        "DROP TABLE IF EXISTS [sales]]x].[x]]; DROP TABLE y; --]"
+    );
+    assert_eq!(drop_table_sql("dbo", "").unwrap_err().class, ErrorClass::Rejected);
 }
 
 #[test]
