@@ -197,6 +197,13 @@ if [ -z "$mock_tds" ]; then
   mock_tds="${CARGO_HOME:-$HOME/.cargo}/bin/mssql-mock-tds"
 fi
 "$mock_tds" --help >/dev/null 2>&1 || die "mssql-mock-tds ($mock_tds) does not run"
+# The systemd unit is checked with systemd-analyze (tests/packaging.rs).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  say "installing systemd (for systemd-analyze verify of contrib/eds.service)"
+  command -v apt-get >/dev/null || die "systemd-analyze is missing and apt-get is not available to install it"
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+command -v systemd-analyze >/dev/null 2>&1 || die "systemd-analyze is still missing"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
@@ -213,3 +220,12 @@ cargo build --workspace --benches --locked
 say "tests"
 cargo nextest run --workspace --all-features --locked --profile ci
 cargo test --workspace --doc --locked --quiet
+
+# The container image needs a container engine; none is on most CI machines, and a build inside
+# one takes a full release build. Built and health-checked when an engine answers, else said so.
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  say "container image (docker build, then the health check of a running container)"
+  scripts/check-image.sh
+else
+  say "container image: NOT built here: no container engine answers (docker info failed or docker is missing); run scripts/check-image.sh where one does"
+fi
