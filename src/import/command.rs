@@ -76,6 +76,9 @@ pub struct ImportArgs {
     /// How often the export job is polled
     #[arg(long = "poll-interval", hide = true, default_value = "5s", value_parser = crate::server::parse_duration)]
     pub poll_interval: Duration,
+    /// Attempts per export file before the import gives up [default: 8, waits from 500 ms doubling]
+    #[arg(long = "download-attempts", hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub download_attempts: Option<u32>,
 }
 
 /// Run `eds import` in `data_dir`. Returns the exit code.
@@ -241,7 +244,19 @@ async fn import(
     // take long). Only the tables being imported are dropped.
     let drops = dest.driver.describe().kind == Kind::State && !args.no_delete;
     let listed = match &args.dir {
-        Some(dir) if !args.schema_only => Some(files::list(dir)?),
+        Some(dir) if !args.schema_only => {
+            // A download killed midway lacks files: loading the rest would record the tables'
+            // import timestamps over rows never loaded.
+            let missing = super::download::missing(dir)?;
+            if let Some(first) = missing.first() {
+                bail!(
+                    "{}: the download into it did not finish ({} of its files missing, {first} the first): resume it with --job-id, which fetches only those",
+                    dir.display(),
+                    missing.len()
+                );
+            }
+            Some(files::list(dir)?)
+        }
         _ => None,
     };
     if drops {
@@ -311,7 +326,10 @@ async fn import(
             .connect_timeout(Duration::from_secs(10))
             .build()
             .context("building the HTTP client for the export's files")?;
-        let retry = super::download::Retry::default();
+        let retry = match args.download_attempts {
+            Some(attempts) => super::download::Retry { attempts, ..super::download::Retry::default() },
+            None => super::download::Retry::default(),
+        };
         let got = super::download::download(&http, &urls, &dir, super::download::PARALLEL, retry, &|n| {
             let total = bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
             progress.update(total, &detail);

@@ -1,6 +1,8 @@
 //! Downloading a bulk export's files: in parallel (bounded), each to `<name>.part` first and
 //! renamed only once whole and checked (length as announced, gzip intact, fsynced) — so a re-run
-//! after an interruption keeps every finished file and fetches only the rest.
+//! after an interruption keeps every finished file and fetches only the rest. Before any file, the
+//! names of all of them are written to [`MANIFEST`] in the directory, so that loading the
+//! directory with `--dir` can tell an interrupted download from a whole one.
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
@@ -27,6 +29,21 @@ impl Default for Retry {
         Retry { attempts: 8, first_wait: Duration::from_millis(500) }
     }
 }
+/// The file in a download directory that lists the export's file names, one a line.
+pub const MANIFEST: &str = ".export-files";
+
+/// The files [`MANIFEST`] in `dir` names that are not in `dir` (an interrupted download); none
+/// when there is no manifest (a directory eds did not download, EDS's for one).
+pub fn missing(dir: &Path) -> Result<Vec<String>> {
+    let manifest = dir.join(MANIFEST);
+    let text = match std::fs::read_to_string(&manifest) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", manifest.display()))),
+    };
+    Ok(text.lines().filter(|n| !n.is_empty() && !dir.join(n).is_file()).map(str::to_owned).collect())
+}
+
 /// A transfer that delivers nothing for this long is cut and tried again.
 const STALL: Duration = Duration::from_secs(60);
 
@@ -80,6 +97,9 @@ pub async fn download(
         }
         jobs.push((url.clone(), dir.join(name)));
     }
+    let listed: String =
+        jobs.iter().filter_map(|(_, f)| f.file_name()).map(|n| format!("{}\n", n.to_string_lossy())).collect();
+    crate::datadir::write_atomically(&dir.join(MANIFEST), listed.as_bytes())?;
     let bytes = AtomicU64::new(0);
     let results: Vec<Result<bool>> = futures_util::stream::iter(jobs.iter())
         .map(|(url, file)| {

@@ -6,7 +6,7 @@
 #[path = "../../tests/common/hq.rs"]
 mod hq;
 
-use super::download::{check_gzip, download, file_name, Retry};
+use super::download::{check_gzip, download, file_name, missing, Retry};
 use crate::hq::api::{ExportRequest, HqApi};
 use std::collections::HashMap;
 use std::io::Write;
@@ -65,6 +65,7 @@ async fn downloads_resume_and_refuse_damaged_files() {
     assert_eq!(got.bytes as usize, seen.load(Ordering::Relaxed));
     assert_eq!(check_gzip(&dir.path().join(a)).unwrap(), 24);
     assert!(!dir.path().join(format!("{a}.part")).exists());
+    assert_eq!(missing(dir.path()).unwrap(), Vec::<String>::new(), "the manifest's files are all there");
 
     // A second run (a resume) fetches nothing again.
     let again = download(&http, &urls, dir.path(), 2, QUICK, &|_| {}).await.unwrap();
@@ -77,6 +78,8 @@ async fn downloads_resume_and_refuse_damaged_files() {
         download(&http, &[format!("{base}/bucket/cut.ndjson.gz")], dir.path(), 1, QUICK, &|_| {}).await.unwrap_err();
     assert!(format!("{e:#}").contains("not whole gzip"), "{e:#}");
     assert!(!dir.path().join("cut.ndjson.gz").exists());
+    assert_eq!(missing(dir.path()).unwrap(), ["cut.ndjson.gz"], "an unfinished download shows");
+    assert_eq!(missing(&dir.path().join("elsewhere")).unwrap(), Vec::<String>::new(), "no manifest, nothing known");
     assert_eq!(counts.lock().unwrap()["/bucket/cut.ndjson.gz"], 3, "tried again, then given up");
     let e = download(&http, &[format!("{base}/bucket/gone.ndjson.gz?sig=secret")], dir.path(), 1, QUICK, &|_| {})
         .await
