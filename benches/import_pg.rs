@@ -187,7 +187,8 @@ fn write_export(dir: &Path, rows: u64, files: u64) -> Result<(u64, u64)> {
         if from >= to {
             break;
         }
-        let name = format!("20261201120000{:09}0000000000-c7274317e9a4a9cb-1-651-00000000-{TABLE}-{n}.ndjson.gz", n + 1);
+        let name =
+            format!("20261201120000{:09}0000000000-c7274317e9a4a9cb-1-651-00000000-{TABLE}-{n}.ndjson.gz", n + 1);
         let path = dir.join(name);
         let file = std::fs::File::create(&path)?;
         let mut gz = flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::default());
@@ -285,9 +286,10 @@ async fn run_eds(url: &str, hq: &str, files: &[ExportFile], version: &str) -> Re
     dest.registry = Some(Arc::new(eds::registry::Registry::new(source, None)));
     let tables: BTreeSet<String> = [TABLE.to_owned()].into();
     let versions: HashMap<String, String> = [(TABLE.to_owned(), version.to_owned())].into();
-    let loaded = tokio::time::timeout(RUN_TIMEOUT, eds::import::load::load(&dest, files, &tables, &versions, &|_, _| {}))
-        .await
-        .context("the load did not finish in time")??;
+    let loaded =
+        tokio::time::timeout(RUN_TIMEOUT, eds::import::load::load(&dest, files, &tables, &versions, &|_, _| {}))
+            .await
+            .context("the load did not finish in time")??;
     if !loaded.rejected.is_empty() {
         bail!("{} rows rejected, the first: {:?}", loaded.rejected.len(), loaded.rejected[0]);
     }
@@ -428,7 +430,10 @@ async fn run(cfg: &Config, base: &Path) -> Result<()> {
                 (rows, format!("one COPY per file; {reading:.2} s gunzip, parse and encode between sends"))
             }),
             "eds" => run_eds(&url, &hq_url, &files, &model_version).await.map(|l| {
-                (l.rows.values().sum(), format!("eds::import::load::load; {:.1} MiB of row data read", l.bytes as f64 / (1 << 20) as f64))
+                (
+                    l.rows.values().sum(),
+                    format!("eds::import::load::load; {:.1} MiB of row data read", l.bytes as f64 / (1 << 20) as f64),
+                )
             }),
             other => Err(anyhow::anyhow!("unknown run {other:?} (known: direct, eds)")),
         };
