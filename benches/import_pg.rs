@@ -145,7 +145,7 @@ fn order_row(i: u64) -> Value {
     let labor = total * 2 / 5;
     let created = 1_795_749_176_000 + i * 173;
     let hostile = |salt: u64| HOSTILE[(mix(i ^ salt) % HOSTILE.len() as u64) as usize];
-    let name = if r % 10 == 0 { format!("{} #{i}", hostile(1)) } else { format!("Brake job #{i}") };
+    let name = if r.is_multiple_of(10) { format!("{} #{i}", hostile(1)) } else { format!("Brake job #{i}") };
     let complaint = match r % 7 {
         0 => Value::Null,
         1 => Value::String(hostile(2).to_owned()),
@@ -161,19 +161,19 @@ fn order_row(i: u64) -> Value {
         "name": name,
         "complaint": complaint,
         "status": [statuses[(r % 3) as usize]],
-        "customerId": if r % 5 == 0 { Value::Null } else { Value::String(hex24(i ^ 0xC0FFEE)) },
+        "customerId": if r.is_multiple_of(5) { Value::Null } else { Value::String(hex24(i ^ 0xC0FFEE)) },
         "vehicleId": hex24(i ^ 0xCA7),
         "totalCostCents": total,
         "laborCents": labor,
         "partsCents": total - labor,
         "discountPercent": (r % 20) as f64 / 4.0,
         "totalLaborHours": (r % 97) as f64 / 8.0,
-        "authorized": r % 2 == 0,
+        "authorized": r.is_multiple_of(2),
         "paid": STATUSES[(r % 4) as usize] == "Paid",
-        "archived": r % 50 == 0,
+        "archived": r.is_multiple_of(50),
         "createdDate": iso(created),
         "updatedDate": iso(created + r % 86_400_000),
-        "labels": {"priority": r % 3, "tag": if r % 11 == 0 { hostile(3) } else { "fleet" }},
+        "labels": {"priority": r % 3, "tag": if r.is_multiple_of(11) { hostile(3) } else { "fleet" }},
     })
 }
 
