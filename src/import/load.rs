@@ -4,21 +4,34 @@
 //! the destination's limits through the drain's own write path (schemas, tables, folding,
 //! isolating rejected rows). A batch the destination cannot take for a passing reason is tried
 //! again with backoff, for a bounded time; a row it rejects is reported with its file and line.
+//!
+//! Reading (gunzip, JSON, building and checking events) runs on a blocking thread that hands
+//! whole batches over a bounded channel, so it overlaps with the destination writing the batch
+//! before. Invariant: the outcome is the one of reading and delivering in turn — batches are cut
+//! and delivered in file order, and what reading refused before a batch is reported before what
+//! the destination refused of it.
 
 use super::files::ExportFile;
 use crate::drain::Destination;
-use crate::validator::Verdict;
+use crate::validator::{Validator, Verdict};
 use anyhow::{bail, Context, Result};
-use eds_drivers::driver::ErrorClass;
+use eds_drivers::driver::{ErrorClass, Limits};
 use eds_drivers::event::ChangeEvent;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// How long one batch may keep failing for passing reasons before the import gives up.
 const RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// How long the delivering side waits for the reader's next batch before giving up on it.
+const READ_STALL: Duration = Duration::from_secs(600);
+
+/// Batches read ahead of the one being delivered (each at most the destination's batch size).
+const READ_AHEAD: usize = 2;
 
 /// What a load did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -57,7 +70,33 @@ pub fn row_event(file: &ExportFile, line: u64, row: Map<String, Value>, model_ve
         "imported": true,
         "after": Value::Object(row),
     });
-    Ok(event.to_string().into_bytes())
+    // The bytes `event.to_string()` gives, without the formatting machinery's per-piece writes.
+    let mut raw = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut raw, &event)?;
+    Ok(raw)
+}
+
+/// A row read and checked, waiting for delivery.
+struct Pending {
+    /// Its position among the rows read (every non-blank line counts).
+    position: u64,
+    /// Index of its file in the caller's list.
+    file: usize,
+    /// Its line in the file.
+    line: u64,
+    /// Its event's bytes.
+    raw: Vec<u8>,
+    /// The object name the schema validator gave it.
+    path: Option<String>,
+}
+
+/// What the reader hands the delivering side: one batch, and what reading found before it.
+struct Chunk {
+    /// Rows refused or skipped while reading since the previous batch, and the bytes read.
+    read: Loaded,
+    /// The batch's rows and, in the same order, their events.
+    rows: Vec<Pending>,
+    events: Vec<ChangeEvent>,
 }
 
 /// Load `files` (those of `tables`) into `dest`; `versions` gives each table's model version.
@@ -70,93 +109,159 @@ pub async fn load(
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<Loaded> {
     let limits = dest.driver.limits();
+    let wanted: Vec<(usize, ExportFile)> =
+        files.iter().cloned().enumerate().filter(|(_, f)| tables.contains(&f.table)).collect();
+    let versions = versions.clone();
+    let validator = dest.validator.clone();
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    // Dropping `rx` (an error below) stops the reader at its next batch.
+    let reader = tokio::task::spawn_blocking(move || read(&wanted, &versions, validator.as_deref(), &limits, &tx));
     let mut out = Loaded::default();
-    // The batch being filled: (position, event, raw bytes), and where each position came from.
-    let mut batch: Vec<(u64, ChangeEvent, Vec<u8>)> = Vec::new();
-    let mut origin: HashMap<u64, (usize, u64)> = HashMap::new();
+    loop {
+        let next = tokio::time::timeout(READ_STALL, rx.recv())
+            .await
+            .with_context(|| format!("reading the export files made no progress for {READ_STALL:?}"))?;
+        let Some(chunk) = next else { break };
+        let Chunk { read, rows, events } = chunk?;
+        out.bytes += read.bytes;
+        out.rejected.extend(read.rejected);
+        for (table, n) in read.skipped {
+            *out.skipped.entry(table).or_default() += n;
+        }
+        if !rows.is_empty() {
+            deliver(dest, files, rows, events, &mut out, progress).await?;
+        }
+    }
+    reader.await.context("reading the export files")?;
+    Ok(out)
+}
+
+/// Reads `files` and sends their rows in batches of `limits` to `tx`, then what was read after
+/// the last batch (a chunk without rows); an error ends it. Stops when `tx`'s receiver is gone.
+fn read(
+    files: &[(usize, ExportFile)],
+    versions: &HashMap<String, String>,
+    validator: Option<&Validator>,
+    limits: &Limits,
+    tx: &mpsc::Sender<Result<Chunk>>,
+) {
+    let mut chunk = Chunk { read: Loaded::default(), rows: Vec::new(), events: Vec::new() };
     let mut batch_bytes = 0usize;
     let mut position = 0u64;
-    for (index, file) in files.iter().enumerate().filter(|(_, f)| tables.contains(&f.table)) {
-        let version = versions
-            .get(&file.table)
-            .with_context(|| format!("table {:?} has no schema in HQ's registry", file.table))?;
-        let f = std::fs::File::open(&file.path).with_context(|| format!("opening {}", file.path.display()))?;
+    let send = |chunk: &mut Chunk| {
+        let full = std::mem::replace(chunk, Chunk { read: Loaded::default(), rows: Vec::new(), events: Vec::new() });
+        tx.blocking_send(Ok(full)).is_ok()
+    };
+    let failed = |e: anyhow::Error| {
+        let _ = tx.blocking_send(Err(e));
+    };
+    for (index, file) in files {
+        let Some(version) = versions.get(&file.table) else {
+            return failed(anyhow::anyhow!("table {:?} has no schema in HQ's registry", file.table));
+        };
+        let f = match std::fs::File::open(&file.path) {
+            Ok(f) => f,
+            Err(e) => return failed(anyhow::Error::new(e).context(format!("opening {}", file.path.display()))),
+        };
         let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)));
         for (n, line) in reader.lines().enumerate() {
             let line_no = n as u64 + 1;
-            let line = line.with_context(|| format!("{}: reading line {line_no}", file.path.display()))?;
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => {
+                    return failed(
+                        anyhow::Error::new(e).context(format!("{}: reading line {line_no}", file.path.display())),
+                    )
+                }
+            };
             if line.trim().is_empty() {
                 continue;
             }
-            out.bytes += line.len() as u64;
+            chunk.read.bytes += line.len() as u64;
             position += 1;
-            let refuse = |out: &mut Loaded, why: String| out.rejected.push((file.path.clone(), line_no, why));
+            let refuse = |read: &mut Loaded, why: String| read.rejected.push((file.path.clone(), line_no, why));
             let row = match serde_json::from_str::<Value>(&line) {
                 Ok(Value::Object(row)) => row,
                 Ok(_) => {
-                    refuse(&mut out, "the line is not a JSON object".into());
+                    refuse(&mut chunk.read, "the line is not a JSON object".into());
                     continue;
                 }
                 Err(e) => {
-                    refuse(&mut out, format!("the line is not JSON: {e}"));
+                    refuse(&mut chunk.read, format!("the line is not JSON: {e}"));
                     continue;
                 }
             };
             let raw = match row_event(file, line_no, row, version) {
                 Ok(raw) => raw,
                 Err(e) => {
-                    refuse(&mut out, e.to_string());
+                    refuse(&mut chunk.read, e.to_string());
                     continue;
                 }
             };
             let mut event = match ChangeEvent::from_json_for_state(&raw) {
                 Ok(e) => e,
                 Err(e) => {
-                    refuse(&mut out, format!("not a valid row: {e}"));
+                    refuse(&mut chunk.read, format!("not a valid row: {e}"));
                     continue;
                 }
             };
-            if let Some(v) = &dest.validator {
+            if let Some(v) = validator {
                 match v.check(&raw) {
                     Verdict::Valid(path) => event.path = path,
                     Verdict::Invalid(why) => {
-                        refuse(&mut out, why);
+                        refuse(&mut chunk.read, why);
                         continue;
                     }
                     Verdict::NoRule => {
-                        *out.skipped.entry(file.table.clone()).or_default() += 1;
+                        *chunk.read.skipped.entry(file.table.clone()).or_default() += 1;
                         continue;
                     }
                 }
             }
             batch_bytes += raw.len();
-            origin.insert(position, (index, line_no));
-            batch.push((position, event, raw));
-            if batch.len() >= limits.max_rows || batch_bytes >= limits.max_bytes {
-                deliver(dest, files, std::mem::take(&mut batch), &mut origin, &mut out, progress).await?;
+            chunk.rows.push(Pending { position, file: *index, line: line_no, raw, path: event.path.clone() });
+            chunk.events.push(event);
+            if chunk.rows.len() >= limits.max_rows || batch_bytes >= limits.max_bytes {
+                if !send(&mut chunk) {
+                    return;
+                }
                 batch_bytes = 0;
             }
         }
     }
-    if !batch.is_empty() {
-        deliver(dest, files, batch, &mut origin, &mut out, progress).await?;
-    }
-    Ok(out)
+    send(&mut chunk);
+}
+
+/// The events of `rows` again, as they were read (after a failed attempt took them).
+fn events_of(rows: &[Pending]) -> Result<Vec<ChangeEvent>> {
+    rows.iter()
+        .map(|r| {
+            let mut e = ChangeEvent::from_json_for_state(&r.raw).context("decoding an event read before")?;
+            e.path = r.path.clone();
+            Ok(e)
+        })
+        .collect()
 }
 
 async fn deliver(
     dest: &Destination,
     files: &[ExportFile],
-    batch: Vec<(u64, ChangeEvent, Vec<u8>)>,
-    origin: &mut HashMap<u64, (usize, u64)>,
+    rows: Vec<Pending>,
+    events: Vec<ChangeEvent>,
     out: &mut Loaded,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<()> {
     let started = Instant::now();
     let mut wait = Duration::from_millis(200);
+    // The first attempt takes the events; a retry decodes them again from their bytes.
+    let mut events = Some(events);
     let rejected = loop {
+        let events = match events.take() {
+            Some(e) => e,
+            None => events_of(&rows)?,
+        };
         let decoded: Vec<(u64, ChangeEvent, &[u8])> =
-            batch.iter().map(|(p, e, raw)| (*p, e.clone(), raw.as_slice())).collect();
+            rows.iter().zip(events).map(|(r, e)| (r.position, e, r.raw.as_slice())).collect();
         match crate::drain::deliver_batch(dest, decoded).await {
             Ok(rejected) => break rejected,
             Err(e)
@@ -171,22 +276,23 @@ async fn deliver(
             }
         }
     };
-    let refused: std::collections::HashSet<u64> = rejected.iter().map(|(p, _)| *p).collect();
+    // `rows` is in position order.
+    let refused: HashSet<u64> = rejected.iter().map(|(p, _)| *p).collect();
     for (p, why) in rejected {
-        if let Some(&(file, line)) = origin.get(&p) {
-            out.rejected.push((files[file].path.clone(), line, why));
+        let found = rows.binary_search_by_key(&p, |r| r.position).ok().and_then(|i| rows.get(i));
+        if let Some((r, file)) = found.and_then(|r| files.get(r.file).map(|f| (r, f))) {
+            out.rejected.push((file.path.clone(), r.line, why));
         }
     }
     let mut touched = BTreeSet::new();
-    for (p, e, _) in &batch {
-        origin.remove(p);
-        if !refused.contains(p) {
-            *out.rows.entry(e.table.clone()).or_default() += 1;
-            touched.insert(e.table.clone());
+    for r in rows.iter().filter(|r| !refused.contains(&r.position)) {
+        if let Some(file) = files.get(r.file) {
+            *out.rows.entry(file.table.clone()).or_default() += 1;
+            touched.insert(&file.table);
         }
     }
     for t in touched {
-        progress(&t, out.rows[&t]);
+        progress(t, out.rows[t]);
     }
     Ok(())
 }
