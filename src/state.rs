@@ -118,7 +118,8 @@ pub struct SessionStatus {
 pub struct DestinationStatus {
     /// Driver name.
     pub driver: String,
-    /// `delivering`, `idle`, `retrying` or `stopped`.
+    /// `delivering`, `idle`, `retrying`, `stopped`, `paused`, or `pausing` (held for an import,
+    /// its drain not yet between batches).
     pub state: &'static str,
     /// Unix microseconds when it entered that state.
     pub since: u64,
@@ -132,6 +133,9 @@ pub struct DestinationStatus {
     pub drop_oldest: bool,
     /// Held by an operator (`POST /destinations/<name>/pause`).
     pub paused: bool,
+    /// Held while HQ's `import` loads this destination: an operator's or HQ's resume does not
+    /// release it (the import's drops and loads must not meet a batch of the drain).
+    pub importing: bool,
 }
 
 impl ServerState {
@@ -227,9 +231,31 @@ impl ServerState {
         }
     }
 
-    /// Whether an operator paused this destination.
+    /// Whether an operator paused this destination, or an import holds it.
     pub fn is_paused(&self, name: &str) -> bool {
-        self.destinations.lock().unwrap_or_else(|p| p.into_inner()).get(name).is_some_and(|d| d.paused)
+        self.destinations.lock().unwrap_or_else(|p| p.into_inner()).get(name).is_some_and(|d| d.paused || d.importing)
+    }
+
+    /// Hold (or release) a destination's drain for an import. Holding marks it `pausing` until
+    /// its drain, between batches, says `paused` (see [`ServerState::destination_state`]). False
+    /// when there is no such destination.
+    pub fn hold_for_import(&self, name: &str, held: bool) -> bool {
+        let mut all = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(d) = all.get_mut(name) else { return false };
+        d.importing = held;
+        if held {
+            // Only the drain writes `paused`, at the top of its loop, after it saw the hold: a
+            // `paused` seen from here on means no batch of it is in flight.
+            d.state = "pausing";
+            d.since = now_micros();
+        }
+        tracing::info!(destination = %name, held, "destination held for an import, or released");
+        true
+    }
+
+    /// A destination's state (`delivering`, `paused`, …), when there is such a destination.
+    pub fn destination_state(&self, name: &str) -> Option<&'static str> {
+        self.destinations.lock().unwrap_or_else(|p| p.into_inner()).get(name).map(|d| d.state)
     }
 
     /// Names of the destinations whose overflow policy is drop-oldest.
@@ -329,6 +355,7 @@ impl ServerState {
                     "name": name, "driver": d.driver, "state": d.state, "since": rfc3339_micros(d.since),
                     "cursor": d.position, "lag_records": head.saturating_sub(d.position),
                     "delivered": d.delivered, "last_error": d.last_error, "paused": d.paused,
+                    "importing": d.importing,
                 })
             }).collect::<Vec<_>>(),
         })

@@ -505,13 +505,17 @@ async fn configure_then_import_applies_the_destination_through_a_restart() {
     let answer =
         ask(&admin, &first, "configure", json!({"url": url, "backfill": true, "updateStrategy": "after"})).await;
     assert_eq!(answer["success"], true, "{answer}");
+    // The configured destination does not run in this worker yet: the import loads it anyway.
+    let file = hq.export_file(EXPORT_FILE, &export_rows());
+    hq.set_export(json!({"order": {"status": "Completed", "urls": [file]}}));
     notify(&admin, &first, "import", json!({"backfill": true})).await;
     let (_, status) = expect(&mut client, &first, "import-status").await;
     assert_eq!(status["success"], true);
     let (_, r) = expect(&mut client, &first, "import-response").await;
-    // A backfill is not loaded by this version; it says so instead of reporting success.
-    assert_eq!(r["success"], false, "{r}");
-    assert!(r["message"].as_str().unwrap().contains("backfill"), "{r}");
+    assert_eq!(r["success"], true, "{r}");
+    assert_eq!(r["sessionId"], first.as_str());
+    let loaded = event_ids(out.path());
+    assert_eq!(loaded.len(), 3, "one file per exported row: {loaded:?}");
 
     // The new worker runs with the configured destination.
     eventually("a new session", WAIT, || async { hq.sessions().get(1).cloned() }).await;
@@ -522,6 +526,218 @@ async fn configure_then_import_applies_the_destination_through_a_restart() {
     assert_eq!(config["update_strategy"].as_str(), Some("after"));
     let (code, log) = eds.stop_with_log();
     assert_eq!(code, 0, "{log}");
+}
+
+/// The export file of the import tests: `order` as of 2026-12-01T12:00:00Z ([`EXPORT_MS`]).
+const EXPORT_FILE: &str = "202612011200000000000000000000001-c7-1-651-0-order-1.ndjson.gz";
+/// 2026-12-01T12:00:00Z in unix milliseconds.
+const EXPORT_MS: i64 = 1_796_126_400_000;
+const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The exported `order` rows: o1, o2, o3 named `export N`.
+fn export_rows() -> Vec<String> {
+    (1..=3)
+        .map(|i| {
+            json!({"id": format!("o{i}"), "name": format!("export {i}"), "updatedDate": "2026-12-01T11:00:00.000Z"})
+                .to_string()
+        })
+        .collect()
+}
+
+/// A change of `order` row `id` to `name` at `ts` (unix ms); its event id is `ev-<id>-<name>`.
+fn change(op: &str, id: &str, name: &str, ts: i64) -> (String, Vec<u8>) {
+    let subject = format!("dbchange.order.{op}.{COMPANY}.loc1.PUBLIC.2");
+    let mut body = json!({"id": format!("ev-{id}-{name}"), "operation": op, "table": "order", "key": [id],
+        "modelVersion": "fff000111", "companyId": COMPANY, "locationId": "loc1", "timestamp": ts,
+        "mvccTimestamp": format!("{ts}000000.0000000000"), "after": {"id": id, "name": name}});
+    if op == "UPDATE" {
+        body["diff"] = json!(["name"]);
+    }
+    (subject, body.to_string().into_bytes())
+}
+
+/// The event ids (`id`, or the imported row's `after.id`) in the files below `dir`, sorted.
+fn event_ids(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                let id = if v["imported"] == true { &v["after"]["id"] } else { &v["id"] };
+                out.push(id.as_str().unwrap().to_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A PostgreSQL schema of the test's own; its destination URL (destination `pg`).
+async fn pg_schema() -> (String, String) {
+    use sqlx::{Connection, Executor};
+    let schema = format!("hqimport_{}", common::unique_suffix());
+    let mut admin = sqlx::PgConnection::connect(PG).await.unwrap();
+    admin.execute(format!("CREATE SCHEMA \"{schema}\"").as_str()).await.unwrap();
+    (schema.clone(), format!("{PG}?name=pg&options=-c%20search_path%3D{schema}"))
+}
+
+/// The `order` rows of `schema` (id → name); none while the table does not exist.
+async fn pg_orders(schema: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(PG).await.unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as(&format!("SELECT id, name FROM \"{schema}\".\"order\"")).fetch_all(&mut admin).await.ok()?;
+    Some(rows.into_iter().collect())
+}
+
+fn pg_status(status: &Value) -> Value {
+    status["destinations"].as_array().unwrap().iter().find(|d| d["name"] == "pg").cloned().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hqs_import_loads_postgres_inside_the_running_server_and_streaming_takes_over_where_it_ends() {
+    let (nats, js, hq) = setup().await;
+    let (schema, pg) = pg_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let files = format!("file://{}", out.path().display());
+    let a = args_on(
+        data.path(),
+        &nats,
+        common::free_port(),
+        &["--api-key", &hq.token, "--eds-id", SERVER, "--url", &pg, "--url", &files],
+    );
+    let eds = Eds::start_args(&a);
+    let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
+    let admin = nats.admin().await;
+    let mut client = admin.subscribe(format!("eds.client.{first}.>")).await.unwrap();
+    admin.flush().await.unwrap();
+    listening(&admin, &first).await;
+
+    // Streamed before the import: the import drops the table, and the export does not hold it.
+    let hour = 3_600_000;
+    let (subject, body) = change("INSERT", "early", "early", EXPORT_MS - hour);
+    js.publish(subject, body.into()).await.unwrap().await.unwrap();
+    eventually("the early row in PostgreSQL", WAIT, || async {
+        pg_orders(&schema).await.filter(|o| o.contains_key("early"))
+    })
+    .await;
+
+    // HQ configures PostgreSQL (one of the two destinations this server runs), then imports.
+    let answer = ask(&admin, &first, "configure", json!({"url": pg, "backfill": true})).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    let file = hq.export_file(EXPORT_FILE, &export_rows());
+    hq.set_export(json!({"order": {"status": "Completed", "urls": [file]}}));
+    notify(&admin, &first, "import", json!({"backfill": true})).await;
+    let (_, status) = expect(&mut client, &first, "import-status").await;
+    assert_eq!(status["success"], true, "{status}");
+    let (_, r) = expect(&mut client, &first, "import-response").await;
+    assert_eq!(r["success"], true, "{r}");
+    assert!(r.get("message").is_none(), "{r}");
+    assert_eq!(hq.book.lock().unwrap().exports_created.len(), 1);
+    let loaded = pg_orders(&schema).await.unwrap();
+    let export: std::collections::BTreeMap<String, String> =
+        (1..=3).map(|i| (format!("o{i}"), format!("export {i}"))).collect();
+    assert_eq!(loaded, export, "exactly the export's rows (the table was dropped and loaded)");
+
+    // The worker restarts; changes published now reach it: PostgreSQL skips those older than
+    // the export (it holds them), the file destination gets every event.
+    eventually("the next session", WAIT, || async { hq.sessions().get(1).cloned() }).await;
+    for (op, id, name, ts) in [
+        ("UPDATE", "o1", "stale", EXPORT_MS - hour),
+        ("INSERT", "late", "late", EXPORT_MS + hour),
+        ("UPDATE", "o2", "changed", EXPORT_MS + hour),
+    ] {
+        let (subject, body) = change(op, id, name, ts);
+        js.publish(subject, body.into()).await.unwrap().await.unwrap();
+    }
+    let orders = eventually("the changes after the export in PostgreSQL", Duration::from_secs(60), || async {
+        pg_orders(&schema).await.filter(|o| o.contains_key("late") && o.get("o2").is_some_and(|n| n == "changed"))
+    })
+    .await;
+    let mut expected = export.clone();
+    expected.insert("o2".into(), "changed".into());
+    expected.insert("late".into(), "late".into());
+    assert_eq!(orders, expected, "the export plus the changes after it; the stale change skipped");
+    let all = ["ev-early-early", "ev-late-late", "ev-o1-stale", "ev-o2-changed"];
+    let got = eventually("every event in the file destination", WAIT, || async {
+        let ids = event_ids(out.path());
+        (ids.len() >= all.len()).then_some(ids)
+    })
+    .await;
+    assert_eq!(got, all, "the file destination received every event, and no import");
+    let pg_now = eventually("PostgreSQL delivering again", WAIT, || async {
+        let d = pg_status(&eds.status().await);
+        (d["delivered"] == 2).then_some(d)
+    })
+    .await;
+    assert!(["delivering", "idle"].contains(&pg_now["state"].as_str().unwrap()), "{pg_now}");
+    assert_eq!(
+        (&pg_now["paused"], &pg_now["importing"], &pg_now["last_error"]),
+        (&json!(false), &json!(false), &Value::Null)
+    );
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("skipping events older than this destination's import"), "{log}");
+
+    // The import's timestamps are the destination's own (and EDS's key).
+    let tracker = eds::tracker::Tracker::open(data.path()).unwrap();
+    let own = String::from_utf8(tracker.get("table-export:pg").unwrap().unwrap()).unwrap();
+    assert_eq!(own, r#"[{"Table":"order","Timestamp":"2026-12-01T12:00:00Z"}]"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_import_from_hq_says_why_and_a_second_one_meanwhile_is_refused() {
+    let (nats, _js, hq) = setup().await;
+    let (schema, pg) = pg_schema().await;
+    let data = tempfile::tempdir().unwrap();
+    // PostgreSQL is this server's only destination: the import's target without a configure.
+    let a =
+        args_on(data.path(), &nats, common::free_port(), &["--api-key", &hq.token, "--eds-id", SERVER, "--url", &pg]);
+    let eds = Eds::start_args(&a);
+    let first = eventually("a session", WAIT, || async { hq.sessions().first().cloned() }).await;
+    let admin = nats.admin().await;
+    let mut client = admin.subscribe(format!("eds.client.{first}.>")).await.unwrap();
+    admin.flush().await.unwrap();
+    listening(&admin, &first).await;
+
+    hq.set_export(json!({"order": {"status": "Pending"}}));
+    notify(&admin, &first, "import", json!({"backfill": "true"})).await;
+    let (_, status) = expect(&mut client, &first, "import-status").await;
+    assert_eq!(status["success"], true, "{status}");
+    eventually("the export job", WAIT, || async { (!hq.requests("POST", "/v3/export/bulk").is_empty()).then_some(()) })
+        .await;
+    // The destination is held while the import runs.
+    let held = pg_status(&eds.status().await);
+    assert_eq!((&held["importing"], &held["state"]), (&json!(true), &json!("paused")), "{held}");
+
+    notify(&admin, &first, "import", json!({"backfill": true})).await;
+    let (_, status) = expect(&mut client, &first, "import-status").await;
+    assert_eq!(status["success"], false, "{status}");
+    let (_, r) = expect(&mut client, &first, "import-response").await;
+    assert_eq!((&r["success"], &r["message"]), (&json!(false), &json!("an import is already running")), "{r}");
+
+    hq.set_export(json!({"order": {"status": "Failed", "error": "boom"}}));
+    let (_, r) = expect(&mut client, &first, "import-response").await;
+    assert_eq!(r["success"], false, "a failed import is no success (EDS said it was): {r}");
+    let message = r["message"].as_str().unwrap();
+    assert!(message.contains("error exporting table order: boom"), "{r}");
+    // Nothing was dropped or loaded; the restart releases the destination.
+    assert_eq!(pg_orders(&schema).await, None);
+    eventually("the next session", WAIT, || async { hq.sessions().get(1).cloned() }).await;
+    let released = eventually("PostgreSQL released", WAIT, || async {
+        let d = pg_status(&eds.status().await);
+        (d["importing"] == false && d["paused"] == false && d["state"] != "pausing").then_some(d)
+    })
+    .await;
+    assert_eq!(released["last_error"], Value::Null, "{released}");
+    let (code, log) = eds.stop_with_log();
+    assert_eq!(code, 0, "{log}");
+    assert!(log.contains("the restart releases the destination's drain"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,6 +202,62 @@ mod rejection_tests {
         task.await.unwrap();
     }
 
+    /// HQ's import holds a destination: `pausing` until the drain, between batches, says
+    /// `paused`; an operator's or HQ's resume does not release it, the import's release does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hold_for_an_import_reports_paused_between_batches_and_outlasts_a_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
+        let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
+        let driver = Arc::new(Picky { written: Mutex::new(Vec::new()), refuse: Refuse::Bad, attempts: Mutex::new(0) });
+        let dest = picky(&driver, None);
+        crate::drain::ensure_cursor(&wal, "picky", Start::Oldest).unwrap();
+        crate::drain::register(&state, std::slice::from_ref(&dest));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(dest, state.clone(), stop_rx));
+        let until = |what: &'static str, want: &'static str| {
+            let state = state.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while state.destination_state("picky") != Some(want) {
+                    assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", state.status_json());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        until("the drain to idle", "idle").await;
+        assert!(state.hold_for_import("picky", true));
+        assert!(!state.hold_for_import("nobody", true));
+        until("the drain to pause", "paused").await;
+        assert_eq!(state.status_json()["destinations"][0]["importing"], true);
+        let payload = br#"{"operation":"INSERT","table":"t","key":["k1"],"after":{"id":"k1"},"timestamp":1}"#;
+        let record = record::Envelope {
+            kind: EnvelopeKind::Event,
+            stream_seq: 1,
+            received_at: 1,
+            subject: "dbchange.t.INSERT.c.l.PUBLIC.1".into(),
+            msg_id: "".into(),
+            reason: "".into(),
+            payload,
+        }
+        .encode();
+        wal.append(&[record]).unwrap();
+        // Resumes by an operator and by HQ leave the import's hold in place.
+        state.set_paused("picky", false);
+        state.set_hq_paused(true);
+        state.set_hq_paused(false);
+        assert!(state.is_paused("picky"));
+        assert!(state.hold_for_import("picky", false));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while driver.written.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "nothing delivered after the release: {}", state.status_json());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*driver.written.lock().unwrap(), vec![1]);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rejected_event_is_isolated_and_dead_lettered_the_rest_delivered() {
         let (written, letters, status, positions) = run_with(Refuse::Bad, &[]).await;

@@ -106,6 +106,8 @@ pub struct HqSettings {
     pub release_url: String,
     /// How often the session's log goes to HQ (hourly).
     pub log_upload_every: Duration,
+    /// Runs HQ's `import` with a backfill inside this server.
+    pub backfill: Option<Arc<dyn notify::Backfill>>,
 }
 
 /// The longest a session's end (HQ's answer and the last log's upload) may hold up a stop or a
@@ -230,6 +232,7 @@ pub async fn run(
             data_dir: hq.data_dir.clone(),
             logs: Some(logs.clone()),
             release_url: hq.release_url.clone(),
+            backfill: hq.backfill.clone(),
         };
         let uploads =
             tokio::spawn(upload_hourly(notifier.clone(), logs.clone(), hq.log_upload_every, session_stop.clone()));

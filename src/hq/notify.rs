@@ -25,6 +25,14 @@ pub enum Control {
     Shutdown(String),
 }
 
+/// HQ's `import` with a backfill, run inside the server. `server` wires it (the import command
+/// lives above hq: hq must not depend on it).
+pub trait Backfill: std::fmt::Debug + Send + Sync {
+    /// Loads HQ's bulk export into the destination HQ configured, its drain held meanwhile (see
+    /// `crate::import::in_server`); a line saying what was loaded, or why nothing was.
+    fn run(&self) -> futures_util::future::BoxFuture<'_, anyhow::Result<String>>;
+}
+
 /// What the handlers work with.
 #[derive(Clone)]
 pub struct Notifier {
@@ -42,6 +50,8 @@ pub struct Notifier {
     pub logs: Option<Arc<super::SessionLogs>>,
     /// Where releases are downloaded from (`upgrade`).
     pub release_url: String,
+    /// Runs `import` with a backfill (none: such an import is refused, saying so).
+    pub backfill: Option<Arc<dyn Backfill>>,
 }
 
 /// The actions HQ sends; anything else is counted as `unknown`.
@@ -319,7 +329,18 @@ impl Notifier {
         self.reply(reply, &answer).await;
     }
 
+    /// HQ's `import`: `import-status` at once, then the import, then `import-response` with
+    /// whether it really succeeded (EDS said success for a failed import), then a restart: the
+    /// new worker runs the configured destination, skipping what the import loaded.
     async fn import(&self, data: &Map<String, Value>) {
+        // One import at a time: two would drop and load the same tables at once.
+        static IMPORTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let Ok(_one) = IMPORTING.try_lock() else {
+            const BUSY: &str = "an import is already running";
+            self.status("import", false, BUSY).await;
+            self.import_response(false, BUSY).await;
+            return;
+        };
         self.status("import", true, "").await;
         // A destination in config.toml (HQ's configure), or one this server runs with (--url).
         let configured = !self.state.destination_positions().is_empty()
@@ -327,26 +348,38 @@ impl Notifier {
                 .ok()
                 .and_then(|c| c.other.get("url").and_then(toml::Value::as_str).map(|u| !u.trim().is_empty()))
                 .unwrap_or(false);
-        let (success, message) = match (configured, flag(data, "backfill")) {
-            (false, _) => (false, "no destination is configured yet: send configure first".to_owned()),
+        let backfill = flag(data, "backfill");
+        let (success, message) = match (configured, backfill, &self.backfill) {
+            (false, _, _) => (false, "no destination is configured yet: send configure first".to_owned()),
             // Tables are created from HQ's schemas as their first events arrive, so a
             // schema-only import has nothing left to do but start streaming.
-            (true, false) => (true, String::new()),
-            (true, true) => (
-                false,
-                "this eds version cannot load a backfill from HQ yet; streaming starts now without one \
-                 (run `eds import` once your version has it)"
-                    .to_owned(),
-            ),
+            (true, false, _) => (true, String::new()),
+            (true, true, None) => (false, "this server cannot load a backfill (no HQ API to export from)".to_owned()),
+            (true, true, Some(importer)) => match importer.run().await {
+                Ok(summary) => {
+                    tracing::info!(summary, "HQ's import is loaded; restarting to stream from where it ends");
+                    (true, String::new())
+                }
+                Err(e) => {
+                    let message = format!("the import failed: {e:#}");
+                    tracing::error!(error = format!("{e:#}"), "HQ's import failed; the restart releases the destination's drain (it streams on without the backfill)");
+                    (false, message)
+                }
+            },
         };
+        self.import_response(success, &message).await;
+        if configured {
+            self.request(Control::Restart("applying HQ's configuration".into())).await;
+        }
+    }
+
+    /// `import-response`: `{success, message?, sessionId}`.
+    async fn import_response(&self, success: bool, message: &str) {
         let mut body = json!({ "success": success, "sessionId": self.session_id });
         if !message.is_empty() {
             body["message"] = json!(message);
         }
         self.publish("import-response", &body).await;
-        if configured {
-            self.request(Control::Restart("applying HQ's configuration".into())).await;
-        }
     }
 }
 
@@ -397,7 +430,8 @@ pub fn driver_config() -> Value {
                     "description": d.summary(),
                     "exampleURL": d.example_url,
                     "help": d.help,
-                    "supportsImport": false,
+                    // Every driver loads HQ's export (`eds import`, and `import` from HQ).
+                    "supportsImport": true,
                     "supportsMigration": d.needs_schema,
                 },
                 "fields": fields,

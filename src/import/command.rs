@@ -1,7 +1,8 @@
 //! `eds import`: flags as EDS's (§1.5 of the behaviour reference), flow as §8, with EDS's import
 //! defects fixed: every row its own event id and its own company and location, failures reported
 //! as failures, a dry run records nothing, a second process never writes the tracker at once
-//! (the import refuses a data dir a server holds), and downloads resume.
+//! (the import refuses a data dir a server holds; HQ's `import` runs [`import`] inside the server,
+//! with the server's tracker: see `super::in_server`), and downloads resume.
 
 use super::files::{self, ExportFile};
 use super::timestamps::{self, TableExport};
@@ -215,8 +216,39 @@ fn refuse_if_server_runs(data_dir: &Path) -> Result<()> {
     }
 }
 
+impl ImportArgs {
+    /// The import a running server makes for HQ's `import` notification, as EDS ran it
+    /// (`import --url <url> --no-confirm [--schema-only]`): every other flag at its default.
+    pub fn unattended(url: &str, schema_only: bool) -> ImportArgs {
+        ImportArgs {
+            url: url.to_owned(),
+            api_key: None,
+            api_url: None,
+            job_id: None,
+            dry_run: false,
+            no_confirm: true,
+            no_cleanup: false,
+            no_delete: false,
+            dir: None,
+            schema_only,
+            validate_only: false,
+            time_offset: None,
+            parallel: 4,
+            single: false,
+            only: Vec::new(),
+            company_ids: Vec::new(),
+            location_ids: Vec::new(),
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The import itself, after the flags are checked and the data dir, the destination, the
+/// registry and the API are ready: `eds import` runs it, and so does a running server for HQ's
+/// `import` (with the server's own tracker and registry: one writer). `dest` must have the
+/// registry and the validator set. Returns the exit code; what it reports goes to `out`.
 #[allow(clippy::too_many_arguments)]
-async fn import(
+pub async fn import<A, W>(
     args: &ImportArgs,
     data_dir: &Path,
     dest: &crate::drain::Destination,
@@ -224,10 +256,14 @@ async fn import(
     tracker: &crate::tracker::Tracker,
     api: &HqApi,
     time_offset: Option<i64>,
-    ask: &mut dyn FnMut(&str) -> Result<Answer>,
+    ask: &mut A,
     progress: &super::progress::Progress,
-    out: &mut dyn Write,
-) -> Result<u8> {
+    out: &mut W,
+) -> Result<u8>
+where
+    A: FnMut(&str) -> Result<Answer> + ?Sized,
+    W: Write + ?Sized,
+{
     use super::progress::Unit;
     let started = Instant::now();
     let latest = registry.latest().await.context("reading the table list from HQ's schema registry")?;

@@ -101,7 +101,9 @@ pub async fn download(
         jobs.iter().filter_map(|(_, f)| f.file_name()).map(|n| format!("{}\n", n.to_string_lossy())).collect();
     crate::datadir::write_atomically(&dir.join(MANIFEST), listed.as_bytes())?;
     let bytes = AtomicU64::new(0);
-    let results: Vec<Result<bool>> = futures_util::stream::iter(jobs.iter())
+    // Owned jobs: a stream over borrowed ones makes a future the compiler cannot prove `Send`
+    // (a running server spawns the import).
+    let results: Vec<Result<bool>> = futures_util::stream::iter(jobs.clone())
         .map(|(url, file)| {
             let bytes = &bytes;
             async move {
@@ -111,7 +113,7 @@ pub async fn download(
                 let mut last = None;
                 for attempt in 1..=retry.attempts.max(1) {
                     let got = AtomicU64::new(0);
-                    match fetch(http, url, file, &|n| {
+                    match fetch(http, &url, &file, &|n| {
                         got.fetch_add(n, Ordering::Relaxed);
                         progress(n)
                     })
@@ -136,7 +138,7 @@ pub async fn download(
                     }
                 }
                 Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made"))
-                    .context(format!("downloading {} failed {} times", shown(url), retry.attempts.max(1))))
+                    .context(format!("downloading {} failed {} times", shown(&url), retry.attempts.max(1))))
             }
         })
         .buffered(parallel.max(1))

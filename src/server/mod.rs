@@ -473,7 +473,7 @@ fn work(
     mut destinations: Vec<crate::drain::Destination>,
 ) -> Result<u8> {
     args.log_inactive_flags();
-    if let Some(validator) = validator {
+    if let Some(validator) = &validator {
         tracing::info!(dir = %validator.dir().display(), "schema validator loaded");
         for d in &mut destinations {
             d.validator = Some(validator.clone());
@@ -502,6 +502,7 @@ fn work(
             keep_logs: settings.keep_logs,
             release_url: args.release_url.clone(),
             log_upload_every: args.log_upload_interval,
+            backfill: None,
         }),
         _ => None,
     };
@@ -515,17 +516,51 @@ fn work(
     let tracker = crate::tracker::Tracker::open(data_dir)?;
     let mut plan = plan;
     plan.ingest.consumer.start_after_import = crate::import::timestamps::apply(&tracker, &mut destinations)?;
-    crate::drain::attach_registry(&mut destinations, || {
+    let make_registry = || -> Result<Arc<crate::registry::Registry>> {
         let source = crate::registry::HqSchemas::new(&api_url)
             .map_err(|e| UsageError(format!("--api-url {api_url:?}: {e:#}")))?;
-        Ok(std::sync::Arc::new(crate::registry::Registry::new(std::sync::Arc::new(source), Some(tracker))))
+        Ok(Arc::new(crate::registry::Registry::new(Arc::new(source), Some(tracker.clone()))))
+    };
+    // Under HQ, the registry also serves HQ's `import`, whatever the destinations need.
+    let registry = if hq.is_some() { Some(make_registry()?) } else { None };
+    crate::drain::attach_registry(&mut destinations, || match &registry {
+        Some(r) => Ok(r.clone()),
+        None => make_registry(),
     })?;
+    // HQ's `import` runs inside this worker with its own tracker and registry (one writer).
+    let importing = match (&hq, registry) {
+        (Some(hq), Some(registry)) => Some(ImportParts {
+            api: hq.api.clone(),
+            tracker: tracker.clone(),
+            registry,
+            validator,
+            running: destinations
+                .iter()
+                .filter_map(|d| {
+                    let url = settings.urls.iter().find(|u| {
+                        crate::drain::parse_destination(u).ok().flatten().is_some_and(|p| p.name == d.name)
+                    })?;
+                    Some((d.name.clone(), url.clone()))
+                })
+                .collect(),
+        }),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(plan, destinations, data_dir.to_path_buf(), dlq_bytes, hq))
+    runtime.block_on(serve(plan, destinations, data_dir.to_path_buf(), dlq_bytes, hq, importing))
+}
+
+/// What HQ's `import` inside the worker needs besides the server state.
+struct ImportParts {
+    api: crate::hq::api::HqApi,
+    tracker: crate::tracker::Tracker,
+    registry: Arc<crate::registry::Registry>,
+    validator: Option<Arc<crate::validator::Validator>>,
+    running: Vec<(String, String)>,
 }
 
 async fn serve(
@@ -533,7 +568,8 @@ async fn serve(
     destinations: Vec<crate::drain::Destination>,
     data_dir: PathBuf,
     dlq_bytes: eds_wal::SharedBytes,
-    hq: Option<crate::hq::HqSettings>,
+    mut hq: Option<crate::hq::HqSettings>,
+    importing: Option<ImportParts>,
 ) -> Result<u8> {
     let wal_dir = data_dir.join("wal");
     let opts = eds_wal::Options {
@@ -560,6 +596,18 @@ async fn serve(
     let metrics = Metrics::new().context("registering metrics")?;
     let state = Arc::new(ServerState::new(metrics, wal, plan.ingest.consumer.durable.clone()));
     crate::drain::register(&state, &destinations);
+    if let (Some(hq), Some(parts)) = (hq.as_mut(), importing) {
+        hq.backfill = Some(Arc::new(crate::import::in_server::ServerImport {
+            state: state.clone(),
+            data_dir: data_dir.clone(),
+            api: parts.api,
+            tracker: parts.tracker,
+            registry: parts.registry,
+            validator: parts.validator,
+            running: parts.running,
+            hold_deadline: crate::import::in_server::HOLD_DEADLINE,
+        }));
+    }
 
     // Signals are caught from here on: once the address is logged, a supervisor may stop us.
     let mut signals = crate::shutdown::Signals::install();

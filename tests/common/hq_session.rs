@@ -1,6 +1,7 @@
 //! A double of Shopmonkey HQ's session API (spec §3): enrollment, session start (409 while told
 //! to conflict), session end, the log-upload URL, and the pre-signed upload target, plus EDS's
-//! e2e schema routes. It checks what HQ checks (the Bearer key, the JSON content type, EDS's
+//! e2e schema routes and the bulk export of an import (one job, `job-1`, whose tables a test
+//! sets; their files are served from [`Book::files`]). It checks what HQ checks (the Bearer key, the JSON content type, EDS's
 //! User-Agent) and records every request so tests can assert on what eds sent. Uploads must be
 //! gzip (`Content-Type: application/x-tgz`); the double keeps them gunzipped.
 #![allow(dead_code, clippy::unwrap_used)]
@@ -46,8 +47,13 @@ pub struct Book {
     pub credentials: Vec<String>,
     /// Enrollment codes: code → (token, server id).
     pub codes: HashMap<String, (String, String)>,
-    /// Other files served on GET (release archives and signatures): path → body.
+    /// Other files served on GET (release archives, signatures, export files): path → body.
     pub files: HashMap<String, Vec<u8>>,
+    /// The `tables` of bulk export job `job-1` (`GET /v3/export/bulk/job-1`); none: no export
+    /// can be made (`POST /v3/export/bulk` is refused).
+    pub export: Option<Value>,
+    /// Bulk export requests (their bodies).
+    pub exports_created: Vec<Value>,
 }
 
 pub struct HqSession {
@@ -138,6 +144,24 @@ impl HqSession {
     pub fn uploads(&self) -> Vec<(String, Vec<u8>)> {
         self.book.lock().unwrap().uploads.clone()
     }
+
+    /// Sets the tables of export job `job-1` (each `{status, urls?, error?}`).
+    pub fn set_export(&self, tables: Value) {
+        self.book.lock().unwrap().export = Some(tables);
+    }
+
+    /// Serves `lines` gzipped as export file `name` (`<33 digits>-…-<table>-<n>.ndjson.gz`); its
+    /// URL (with a signature-like query, as HQ's pre-signed URLs have).
+    pub fn export_file(&self, name: &str, lines: &[String]) -> String {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for l in lines {
+            writeln!(e, "{l}").unwrap();
+        }
+        let path = format!("/files/{name}");
+        self.book.lock().unwrap().files.insert(path.clone(), e.finish().unwrap());
+        format!("{}{path}?X-Sig=s3cr3t", self.url)
+    }
 }
 
 /// Session ids as HQ makes them (UUID-shaped, so the credentials' subjects match §3.4).
@@ -147,6 +171,9 @@ fn session_id(n: usize) -> String {
 
 fn answer(rec: &Recorded, book: &Mutex<Book>, token: &str, base: &str, issuer: &Issuer) -> (u16, String) {
     let path = rec.path.as_str();
+    if path.starts_with("/v3/export/bulk") {
+        return export(rec, book, token);
+    }
     if rec.method == Method::GET.as_str() {
         if let Some(code) = path.strip_prefix("/v3/eds/internal/enroll/") {
             return match book.lock().unwrap().codes.get(code) {
@@ -208,5 +235,28 @@ fn answer(rec: &Recorded, book: &Mutex<Book>, token: &str, base: &str, issuer: &
             envelope(json!({"url": format!("{base}/upload/{rest}/final.gz?X-Sig=s3cr3t"), "errorUrl": ""}))
         }
         _ => refusal(404, "no such session"),
+    }
+}
+
+/// The bulk export routes (spec §3.6): `POST /v3/export/bulk` → job `job-1`, `GET
+/// /v3/export/bulk/job-1` → its tables, completed once every table is.
+fn export(rec: &Recorded, book: &Mutex<Book>, token: &str) -> (u16, String) {
+    if rec.headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {token}")) {
+        return refusal(401, "unauthorized");
+    }
+    let mut b = book.lock().unwrap();
+    let Some(tables) = b.export.clone() else {
+        return refusal(500, "no export can be made");
+    };
+    match (rec.method.as_str(), rec.path.as_str()) {
+        ("POST", "/v3/export/bulk") => {
+            b.exports_created.push(rec.json());
+            envelope(json!({"jobId": "job-1"}))
+        }
+        ("GET", "/v3/export/bulk/job-1") => {
+            let completed = tables.as_object().unwrap().values().all(|t| t["status"] == "Completed");
+            envelope(json!({"completed": completed, "tables": tables}))
+        }
+        _ => refusal(404, "no such export job"),
     }
 }
