@@ -239,6 +239,7 @@ impl ImportArgs {
             company_ids: Vec::new(),
             location_ids: Vec::new(),
             poll_interval: Duration::from_secs(5),
+            download_attempts: None,
         }
     }
 }
