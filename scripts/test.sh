@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\n==> %s\n' "$*"; }
+# Each step is stamped with the seconds since the script started, so a slow step shows in CI's log.
+say() { printf '\n==> [%4ds] %s\n' "$SECONDS" "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # One target dir outside the clone, so a fresh CI clone on a machine that already built the
@@ -229,3 +230,4 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
 else
   say "container image: NOT built here: no container engine answers (docker info failed or docker is missing); run scripts/check-image.sh where one does"
 fi
+say "all checks passed"
