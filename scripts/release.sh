@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 features="${FEATURES-s3,kafka,eventhub}"
 version="${EDS_VERSION:-$(git describe --tags --always --dirty 2>/dev/null || true)}"
 [ -n "$version" ] || { echo "error: no version: not a git checkout and EDS_VERSION is unset" >&2; exit 1; }
+# Tags are v1.2.3; versions (and HQ's upgrade requests) are 1.2.3.
+version="${version#v}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 args=(build --release --locked)
 [ -n "${NO_DEFAULT:-}" ] && args+=(--no-default-features)

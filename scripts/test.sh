@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: formatting, clippy, the docs, a build of the benchmarks (never run here), and
-# all tests. Installs what it needs when missing (idempotent) and fails loudly otherwise.
+# Runs every check CI runs: formatting, clippy (which also checks the benchmarks, never run here),
+# the docs, and all tests. Installs what it needs when missing (idempotent) and fails loudly otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -215,12 +215,10 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 say "cargo doc (no dependencies; warnings, such as links to private items, are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked --quiet
 
-say "building benchmarks (not run)"
-cargo build --workspace --benches --locked
-
 say "tests"
 cargo nextest run --workspace --all-features --locked --profile ci
-cargo test --workspace --doc --locked --quiet
+# --all-features: the doc tests link against the library nextest just built.
+cargo test --workspace --doc --all-features --locked --quiet
 
 # The container image needs a container engine; none is on most CI machines, and a build inside
 # one takes a full release build. Built and health-checked when an engine answers, else said so.

@@ -81,14 +81,23 @@ impl Tracker {
     /// Stores every `(key, value)` pair atomically (all or none) and waits until they are on disk:
     /// one flush for the lot, as [`Tracker::set`] does for one.
     pub async fn set_all(&self, entries: &[(String, Vec<u8>)]) -> Result<()> {
-        if entries.is_empty() {
+        self.set_all_and_remove(entries, &[]).await
+    }
+
+    /// Writes `entries` and removes the keys `remove` in one atomic batch (all or none, even
+    /// across a crash), then waits until it is on disk as [`Tracker::set`] does.
+    pub async fn set_all_and_remove(&self, entries: &[(String, Vec<u8>)], remove: &[String]) -> Result<()> {
+        if entries.is_empty() && remove.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
         for (key, value) in entries {
             batch.insert(key.as_str(), value.as_slice());
         }
-        let what = format!("{} keys", entries.len());
+        for key in remove {
+            batch.remove(key.as_str());
+        }
+        let what = format!("{} keys", entries.len() + remove.len());
         self.db.apply_batch(batch).with_context(|| format!("tracker {}: writing {what}", self.path.display()))?;
         self.flush(&what).await
     }
@@ -176,6 +185,15 @@ mod tests {
 
         t.set_all(&[("a:1".to_owned(), b"one".to_vec()), ("a:2".to_owned(), b"two".to_vec())]).await.unwrap();
         t.set_all(&[]).await.unwrap();
+        t.set_all_and_remove(&[("a:3".to_owned(), b"three".to_vec())], &["a:3".to_owned()]).await.unwrap();
+        assert_eq!(t.get("a:3").unwrap(), None, "a batch's removal follows its writes");
+        t.set_all_and_remove(&[("b:1".to_owned(), b"x".to_vec())], &["a:2".to_owned(), "absent".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(t.get("b:1").unwrap().as_deref(), Some(&b"x"[..]));
+        assert_eq!(t.get("a:2").unwrap(), None);
+        t.set_all(&[("a:2".to_owned(), b"two".to_vec())]).await.unwrap();
+        t.remove("b:1").await.unwrap();
         assert_eq!(
             t.scan_prefix("a:").unwrap(),
             vec![("a:1".to_owned(), b"one".to_vec()), ("a:2".to_owned(), b"two".to_vec())]

@@ -352,6 +352,12 @@ fn stamps(data: &Path, dest: &str) -> Option<BTreeMap<String, String>> {
     Some(list.into_iter().map(|e| (e.table, e.timestamp)).collect())
 }
 
+/// What the unfinished-import mark on destination `dest` says, when there is one.
+fn unfinished(data: &Path, dest: &str) -> Option<String> {
+    let t = eds::tracker::Tracker::open(data).unwrap();
+    eds::import::timestamps::unfinished(&t, dest).unwrap().map(|u| u.to_string())
+}
+
 /// The names of the files in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> =
@@ -388,6 +394,7 @@ async fn a_download_killed_midway_resumes_with_job_id_fetching_only_what_was_mis
     assert_eq!(hq.gets(&slow), 1);
     assert!(part.exists() && !download.join(&slow).exists(), "{:?}", names(&download));
     assert_eq!(stamps(data.path(), "pg"), None, "a killed import records no timestamp");
+    assert_eq!(unfinished(data.path(), "pg"), None, "killed before it dropped anything: the drain is not held");
 
     // Loading what is there would record the tables' timestamps over rows never loaded.
     let dir = download.to_str().unwrap();
@@ -446,6 +453,8 @@ async fn a_load_killed_midway_resumes_from_the_download_dir() {
     whole.insert(0, eds::import::download::MANIFEST.to_owned());
     assert_eq!(names(&download), whole, "the download stays after a kill, every file whole");
     assert_eq!(stamps(data.path(), "pg"), None, "a killed import records no timestamp");
+    let mark = unfinished(data.path(), "pg").expect("a load killed after the drops marks the destination");
+    assert!(mark.contains("dropped 2 tables (customer, order) and did not finish"), "{mark}");
 
     let dir = download.to_str().unwrap();
     let (code, out) = run(&[&args[..], &["--dir", dir]].concat(), &data.path().join("second.log")).await;
@@ -454,6 +463,7 @@ async fn a_load_killed_midway_resumes_from_the_download_dir() {
     assert_eq!(pg_rows(&schema, "order").await.unwrap(), export.table("order"), "killed at {held} of {total} rows");
     assert_eq!(pg_rows(&schema, "customer").await.unwrap(), export.table("customer"));
     assert_eq!(stamps(data.path(), "pg").unwrap()["order"], "2026-12-01T12:00:02Z");
+    assert_eq!(unfinished(data.path(), "pg"), None, "the finished import clears the mark");
     assert!(download.exists(), "--dir keeps its files");
     assert_eq!(hq.posts().len(), 1, "--dir creates no job");
     pool.close().await;
@@ -550,6 +560,7 @@ async fn a_file_that_is_not_whole_gzip_fails_the_import_naming_the_file_not_its_
     assert_eq!(stamps(data.path(), "pg"), None, "a failed import records no timestamp");
     assert!(!data.path().join("import-job-1").join(&bad).exists(), "a damaged file is never taken as whole");
     assert_eq!(pg_rows(&schema, "order").await, None, "nothing loaded");
+    assert_eq!(unfinished(data.path(), "pg"), None, "nothing was dropped: the drain is not held");
 
     // A truncated file in --dir: the load stops at it, naming it.
     let files = tempfile::tempdir().unwrap();
@@ -563,6 +574,7 @@ async fn a_file_that_is_not_whole_gzip_fails_the_import_naming_the_file_not_its_
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains(&bad), "{out}");
     assert_eq!(stamps(data.path(), "pg"), None, "a failed import records no timestamp");
+    assert!(unfinished(data.path(), "pg").is_some(), "a load that failed after the drops holds the drain");
     drop_pg_schema(&schema).await;
 }
 

@@ -40,6 +40,9 @@ pub struct Destination {
     /// Per table: events older than this (unix milliseconds) are skipped — an import already
     /// wrote the table as of that time.
     pub skip_before: HashMap<String, i64>,
+    /// Set when an import dropped this destination's tables and did not finish (what its mark
+    /// says): the drain is held until an import of it succeeds.
+    pub unfinished_import: Option<String>,
     /// The `--schema-validator` rules, when there are (set by the caller).
     pub validator: Option<Arc<crate::validator::Validator>>,
     /// How long a failed batch waits before it is tried again.
@@ -148,6 +151,7 @@ pub fn parse_destination(url: &str) -> Result<Option<Destination>> {
         overflow,
         registry: None,
         skip_before: HashMap::new(),
+        unfinished_import: None,
         validator: None,
         retry: Retry::default(),
     }))

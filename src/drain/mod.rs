@@ -60,6 +60,15 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
     let limits = dest.driver.limits();
     let kind = dest.driver.describe().kind;
     register(&state, std::slice::from_ref(&dest));
+    if let Some(unfinished) = &dest.unfinished_import {
+        // Streaming changes into tables an import left empty or half loaded would make them look
+        // complete: hold the drain (its events wait in the log) until an import succeeds.
+        state.hold_for_import(&name, true);
+        tracing::error!(
+            destination = %name,
+            "{unfinished}: this destination's drain is held (its events wait in the write-ahead log) until an import of it succeeds — run `eds import` for it again (or HQ's import)"
+        );
+    }
     let mut reader: Option<(Wal, Reader)> = None;
     let mut backoff = dest.retry.first;
     let mut consecutive_rejected = 0usize;

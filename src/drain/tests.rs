@@ -88,6 +88,7 @@ mod rejection_tests {
             overflow: Overflow::Block,
             registry: None,
             skip_before: HashMap::new(),
+            unfinished_import: None,
             validator: None,
             retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
         }
@@ -247,6 +248,48 @@ mod rejection_tests {
         state.set_hq_paused(true);
         state.set_hq_paused(false);
         assert!(state.is_paused("picky"));
+        assert!(state.hold_for_import("picky", false));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while driver.written.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "nothing delivered after the release: {}", state.status_json());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*driver.written.lock().unwrap(), vec![1]);
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    /// A destination an import dropped and did not finish loading starts held: nothing is
+    /// delivered into its half-loaded tables until the hold is released.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unfinished_import_holds_the_drain_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
+        let state = Arc::new(ServerState::new(crate::metrics::Metrics::new().unwrap(), wal.clone(), "test".into()));
+        let driver = Arc::new(Picky { written: Mutex::new(Vec::new()), refuse: Refuse::Bad, attempts: Mutex::new(0) });
+        let payload = br#"{"operation":"INSERT","table":"t","key":["k1"],"after":{"id":"k1"},"timestamp":1}"#;
+        let record = record::Envelope {
+            kind: EnvelopeKind::Event,
+            stream_seq: 1,
+            received_at: 1,
+            subject: "dbchange.t.INSERT.c.l.PUBLIC.1".into(),
+            msg_id: "".into(),
+            reason: "".into(),
+            payload,
+        }
+        .encode();
+        wal.append(&[record]).unwrap();
+        let mut dest = picky(&driver, None);
+        dest.unfinished_import = Some("an import that began at … did not finish".into());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(dest, state.clone(), stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.destination_state("picky") != Some("paused") {
+            assert!(Instant::now() < deadline, "the drain never said paused: {}", state.status_json());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(state.status_json()["destinations"][0]["importing"], true);
+        assert!(driver.written.lock().unwrap().is_empty(), "nothing delivered into a half-loaded destination");
         assert!(state.hold_for_import("picky", false));
         let deadline = Instant::now() + Duration::from_secs(10);
         while driver.written.lock().unwrap().is_empty() {
@@ -518,6 +561,7 @@ mod state_tests {
             overflow: Overflow::Block,
             registry: Some(Arc::new(Registry::new(Arc::new(Source), None))),
             skip_before,
+            unfinished_import: None,
             validator: None,
             retry: Retry { first: Duration::from_millis(1), max: Duration::from_millis(4) },
         };

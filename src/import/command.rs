@@ -404,6 +404,11 @@ where
     }
     // Tables first (also for --schema-only), then rows.
     if drops && !args.dry_run {
+        if !tables.is_empty() {
+            // Until the timestamps are recorded, the server holds this destination's drain.
+            let list: Vec<String> = tables.iter().cloned().collect();
+            timestamps::mark_unfinished(tracker, &dest.name, &list).await?;
+        }
         for t in &tables {
             dest.driver.drop_table(t).await.with_context(|| format!("dropping table {t:?}"))?;
         }

@@ -23,6 +23,54 @@ pub fn destination_key(destination: &str) -> String {
     format!("{KEY}:{destination}")
 }
 
+/// The key of the mark an import leaves on a destination while it has dropped its tables and not
+/// yet finished loading them.
+pub fn unfinished_key(destination: &str) -> String {
+    format!("import-unfinished:{destination}")
+}
+
+/// What an unfinished import's mark says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unfinished {
+    /// When the import began dropping tables (RFC 3339, UTC).
+    pub since: String,
+    /// The tables it dropped.
+    pub tables: Vec<String>,
+}
+
+impl std::fmt::Display for Unfinished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 5;
+        let mut names = self.tables.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+        if self.tables.len() > SHOWN {
+            names.push_str(", …");
+        }
+        write!(
+            f,
+            "an import that began at {} dropped {} table{} ({names}) and did not finish",
+            self.since,
+            self.tables.len(),
+            if self.tables.len() == 1 { "" } else { "s" }
+        )
+    }
+}
+
+/// Mark `destination` as having an unfinished import before it drops `tables`.
+pub async fn mark_unfinished(tracker: &Tracker, destination: &str, tables: &[String]) -> Result<()> {
+    let mark = Unfinished { since: jiff::Timestamp::now().to_string(), tables: tables.to_vec() };
+    let value = serde_json::to_vec(&mark).context("encoding the unfinished-import mark")?;
+    tracker.set(&unfinished_key(destination), &value).await
+}
+
+/// The unfinished import marked on `destination`, if any. A mark that does not decode still
+/// holds (with what little it says), so a damaged value never releases a half-loaded destination.
+pub fn unfinished(tracker: &Tracker, destination: &str) -> Result<Option<Unfinished>> {
+    Ok(tracker.get(&unfinished_key(destination))?.map(|bytes| {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Unfinished { since: "an unknown time".to_owned(), tables: Vec::new() })
+    }))
+}
+
 /// One table's import timestamp, as EDS stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableExport {
@@ -74,6 +122,7 @@ pub fn apply(tracker: &Tracker, destinations: &mut [Destination]) -> Result<Opti
     let eds_imported = tracker.scan_prefix(&format!("{KEY}:"))?;
     let mut own = 0;
     for d in destinations.iter_mut() {
+        d.unfinished_import = unfinished(tracker, &d.name)?.map(|u| u.to_string());
         if let Some(bytes) = tracker.get(&destination_key(&d.name))? {
             let m = millis_by_table(&decode(&bytes)?).with_context(|| format!("destination {}", d.name))?;
             note(&m);
@@ -104,10 +153,16 @@ pub fn apply(tracker: &Tracker, destinations: &mut [Destination]) -> Result<Opti
     Ok(earliest)
 }
 
-/// Record `exports` as the import timestamps of `destination` (and under EDS's key).
+/// Record `exports` as the import timestamps of `destination` (and under EDS's key), and clear
+/// its unfinished-import mark in the same write: the import is done.
 pub async fn record(tracker: &Tracker, destination: &str, exports: &[TableExport]) -> Result<()> {
     let value = encode(exports);
-    tracker.set_all(&[(KEY.to_owned(), value.clone()), (destination_key(destination), value)]).await
+    tracker
+        .set_all_and_remove(
+            &[(KEY.to_owned(), value.clone()), (destination_key(destination), value)],
+            &[unfinished_key(destination)],
+        )
+        .await
 }
 
 #[cfg(test)]
@@ -126,5 +181,33 @@ mod tests {
         assert!(format!("{:#}", bad.millis().unwrap_err()).contains("table t"));
         assert!(decode(b"{}").is_err());
         assert_eq!(decode(b"null").unwrap(), vec![], "Go's empty list");
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_import_marks_its_destination_until_it_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = Tracker::open(dir.path()).unwrap();
+        let mut dests = vec![
+            crate::drain::parse_destination("file:///tmp/eds-a?name=a").unwrap().unwrap(),
+            crate::drain::parse_destination("file:///tmp/eds-b?name=b").unwrap().unwrap(),
+        ];
+        let tables: Vec<String> = (1..=7).map(|i| format!("t{i}")).collect();
+        mark_unfinished(&tracker, "a", &tables).await.unwrap();
+        apply(&tracker, &mut dests).unwrap();
+        let held = dests[0].unfinished_import.clone().expect("a is marked");
+        assert!(held.contains("dropped 7 tables (t1, t2, t3, t4, t5, …) and did not finish"), "{held}");
+        assert_eq!(dests[1].unfinished_import, None, "only the imported destination is held");
+
+        // A damaged mark still holds.
+        tracker.set(&unfinished_key("b"), b"not json").await.unwrap();
+        apply(&tracker, &mut dests).unwrap();
+        assert!(dests[1].unfinished_import.as_deref().unwrap().contains("an unknown time"));
+
+        let exports = vec![TableExport { table: "t1".into(), timestamp: "2024-07-24T20:03:01Z".into() }];
+        record(&tracker, "a", &exports).await.unwrap();
+        assert_eq!(unfinished(&tracker, "a").unwrap(), None, "a recorded import clears the mark");
+        apply(&tracker, &mut dests).unwrap();
+        assert_eq!(dests[0].unfinished_import, None);
+        assert_eq!(dests[0].skip_before.get("t1"), Some(&1_721_851_381_000));
     }
 }
