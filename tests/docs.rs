@@ -92,8 +92,7 @@ fn every_benchmark_has_its_row_and_every_command_names_a_benchmark() {
     }
     for (doc, text) in [("README.md", README), ("benches/README.md", BENCHES_README)] {
         for (at, _) in text.match_indices("--bench ") {
-            let name: String =
-                text[at + 8..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = text[at + 8..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             assert!(benches.contains(&name), "{doc} shows `--bench {name}`, which is no benchmark");
         }
     }
