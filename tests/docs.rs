@@ -106,6 +106,7 @@ fn the_exit_code_table_matches_the_code() {
         .expect("README.md has an exit-code table under a `### Exit codes` heading");
     let codes: BTreeSet<u8> = table
         .lines()
+        .skip_while(|l| l.trim().is_empty())
         .take_while(|l| l.starts_with('|'))
         .filter_map(|l| l.trim_start_matches('|').split('|').next())
         .filter_map(|c| c.trim().parse().ok())
