@@ -440,3 +440,44 @@ fn dlq_replay_redelivers_a_destinations_dead_letters_once() {
     let o = eds(&["dlq", "replay", "--destination", "archive", "--url", &url, "-d", dir]);
     assert_eq!(stdout(&o), "re-delivered 0 dead letter(s) of \"archive\"\n");
 }
+
+/// A second `eds server` on a data dir whose tracker another process holds is refused before it
+/// writes anything there: it used to replace `destinations.json` with its own (empty) list and
+/// create dead-letter directories first, so `eds wal inspect` then called the live server's
+/// cursor orphaned.
+#[test]
+fn a_refused_second_server_changes_nothing_in_the_data_dir() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_str().unwrap();
+    let recorded = br#"[{"name":"files","scheme":"file"}]"#;
+    std::fs::write(d.path().join(eds::drain::DESTINATIONS_FILE), recorded).unwrap();
+    // The running server's lock, held here.
+    let tracker = eds::tracker::Tracker::open(d.path()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let url = format!("file://{}?name=second", out.path().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eds"))
+        .args(["server", "-d", dir, "--url", &url, "--server", "nats://127.0.0.1:1", "--port", "0", "--no-restart"])
+        .env_remove("SM_APIKEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the second server was not refused within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("is in use"), "{err}");
+    assert_eq!(std::fs::read(d.path().join(eds::drain::DESTINATIONS_FILE)).unwrap(), recorded, "{err}");
+    assert!(!d.path().join("dlq").join("second").exists(), "no dead-letter directory made for it");
+    drop(tracker);
+}

@@ -507,13 +507,15 @@ fn work(
         _ => None,
     };
     crate::datadir::prepare(data_dir)?;
+    // The tracker's lock first: a server refused because another holds this data dir must not
+    // touch anything in it (it used to rewrite destinations.json and make dead-letter dirs).
+    let tracker = crate::tracker::Tracker::open(data_dir)?;
     // Dead letters take from the WAL's disk budget.
     let dlq_bytes = eds_wal::SharedBytes::default();
     for d in &mut destinations {
         d.dead_letters = Some(crate::dlq::DeadLetters::open_for_destination(data_dir, &d.name)?.count_in(&dlq_bytes));
     }
     crate::drain::record_destinations(data_dir, &destinations, &settings.urls)?;
-    let tracker = crate::tracker::Tracker::open(data_dir)?;
     let mut plan = plan;
     plan.ingest.consumer.start_after_import = crate::import::timestamps::apply(&tracker, &mut destinations)?;
     let make_registry = || -> Result<Arc<crate::registry::Registry>> {
