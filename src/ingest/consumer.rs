@@ -7,6 +7,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, Info, PullConsum
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::Context as JetStream;
 use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::Message;
 use futures_util::StreamExt;
 use std::time::Duration;
 
@@ -237,6 +238,63 @@ pub async fn last_sequence_by_probe(js: &JetStream, durable: &str) -> Result<u64
         tracing::debug!(consumer = %name, error = %e, "deleting the probe consumer failed; the server removes it when it turns inactive");
     }
     Ok(last)
+}
+
+/// Every message of `from..=to` that the durable consumer's filter takes and the stream still
+/// holds, read straight from the stream through a short-lived consumer of its own (no acks, the
+/// same filter, deleted at once), in sequence order. Only `$JS.API.CONSUMER.…` requests, as HQ's
+/// session credentials allow.
+///
+/// Ends a reconciliation that did not get back every message it waited for: a message that hit
+/// MaxDeliver while it went from one dying process to the next is never redelivered, yet the
+/// stream still has it — storing it from here keeps the WAL complete and in stream order.
+pub async fn read_range(js: &JetStream, s: &ConsumerSettings, from: u64, to: u64) -> Result<Vec<Message>> {
+    let stream = js.get_stream_no_info(STREAM).await.with_context(|| format!("naming JetStream stream {STREAM:?}"))?;
+    let filters = config(s, DeliverPolicy::All);
+    let name = format!("{}-fill", s.durable);
+    let reader: PullConsumer = stream
+        .create_consumer(Config {
+            name: Some(name.clone()),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from },
+            ack_policy: AckPolicy::None,
+            filter_subject: filters.filter_subject,
+            filter_subjects: filters.filter_subjects,
+            inactive_threshold: Duration::from_secs(30),
+            ..Config::default()
+        })
+        .await
+        .with_context(|| format!("creating the consumer {name} that reads sequences {from}..={to}"))?;
+    let mut out = Vec::new();
+    let read = async {
+        'reading: loop {
+            let mut batch = reader
+                .fetch()
+                .max_messages(s.max_request_batch.clamp(1, 4096) as usize)
+                .messages()
+                .await
+                .with_context(|| format!("reading sequences {from}..={to} through consumer {name}"))?;
+            let mut any = false;
+            while let Some(m) = batch.next().await {
+                let m =
+                    m.map_err(|e| anyhow::anyhow!("reading sequences {from}..={to} through consumer {name}: {e}"))?;
+                let seq = m.info().map_err(|e| anyhow::anyhow!("a message read through {name}: {e}"))?.stream_sequence;
+                if seq > to {
+                    break 'reading;
+                }
+                any = true;
+                out.push(m);
+            }
+            if !any {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let result = read.await;
+    if let Err(e) = stream.delete_consumer(&name).await {
+        tracing::debug!(consumer = %name, error = %e, "deleting the reading consumer failed; the server removes it when it turns inactive");
+    }
+    result.map(|()| out)
 }
 
 /// One pull request: up to MaxRequestBatch messages, each handed over as it arrives, ending when

@@ -115,6 +115,8 @@ struct Pending {
 /// What JetStream reads as an ack (an empty message, as async-nats sends it) and as a NAK.
 const ACK: &[u8] = b"";
 const NAK: &[u8] = b"-NAK";
+/// "Still working on it": the server restarts the message's AckWait and does not redeliver it.
+const IN_PROGRESS: &[u8] = b"+WPI";
 
 /// Send `kind` to each reply subject.
 async fn answer(
@@ -414,11 +416,14 @@ impl Ingest {
                 }
                 match &mut reconcile {
                     // A replaced delivery is never acked itself: it is no longer pending with us.
-                    Some(r) => self.state.metrics.pending_events.sub(r.offer(vec![p]) as i64),
+                    Some(r) => self.state.metrics.pending_events.sub(r.offer(vec![p], Instant::now()) as i64),
                     None => ready.push(p),
                 }
             }
             if let Some(r) = &mut reconcile {
+                if let Some(replies) = r.in_progress_due(Instant::now()) {
+                    answer(&client, replies, IN_PROGRESS).await;
+                }
                 // Only the server knows whether every pending message is in our hands: compare
                 // its pending count with what we hold.
                 if r.check_due(Instant::now()) {
@@ -426,6 +431,7 @@ impl Ingest {
                     if let Some((released, gap)) =
                         r.settle(info.num_ack_pending as u64, info.delivered.stream_sequence, Instant::now())
                     {
+                        let (released, gap) = self.fill_holes(&js, released, gap, r.delivered).await?;
                         if let Some(gap) = gap {
                             self.note_gap(&js, gap, &released).await;
                         }
@@ -440,6 +446,53 @@ impl Ingest {
                 return Ok(Stop::StoreFailed(e));
             }
         }
+    }
+
+    /// Complete what a reconciliation releases: every message up to `delivered` that the
+    /// consumer's filter takes but that is not in `released` (and not stored) is read straight
+    /// from the stream. JetStream's pending count does not show a message that hit MaxDeliver on
+    /// its way through dying processes: it is no longer pending, never redelivered, yet still in
+    /// the stream. A gap remains only for what the stream no longer has.
+    async fn fill_holes(
+        &self,
+        js: &jetstream::Context,
+        released: Vec<Pending>,
+        gap: Option<Gap>,
+        delivered: u64,
+    ) -> Result<(Vec<Pending>, Option<Gap>)> {
+        let have: std::collections::BTreeSet<u64> = released.iter().map(|p| p.seq).collect();
+        let to = delivered.max(have.last().copied().unwrap_or(0));
+        let Some(from) = (self.appended_seq + 1..=to).find(|s| !have.contains(s)) else {
+            return Ok((released, gap));
+        };
+        let read = consumer::read_range(js, &self.cfg.consumer, from, to).await?;
+        let mut all: BTreeMap<u64, Pending> = released.into_iter().map(|p| (p.seq, p)).collect();
+        let mut filled = 0u64;
+        for m in read {
+            let mut p = self.pending(m)?;
+            if all.contains_key(&p.seq) {
+                continue;
+            }
+            // Read, not delivered: nothing to ack. Its delivery, should it still come, is
+            // acked then as already stored.
+            p.reply = None;
+            all.insert(p.seq, p);
+            filled += 1;
+        }
+        if filled > 0 {
+            tracing::warn!(
+                filled,
+                from_seq = from,
+                to_seq = to,
+                "messages the reconciliation waited for were not redelivered (MaxDeliver?): read from the stream instead"
+            );
+            self.state.metrics.pending_events.add(filled as i64);
+        }
+        let gap = gap.and_then(|g| {
+            let missing = g.missing.saturating_sub(filled);
+            (missing > 0).then_some(Gap { missing, ..g })
+        });
+        Ok((all.into_values().collect(), gap))
     }
 
     /// Record a gap found at the end of a reconciliation; `released` are the messages it let go.
