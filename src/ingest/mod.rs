@@ -449,10 +449,10 @@ impl Ingest {
     }
 
     /// Complete what a reconciliation releases: every message up to `delivered` that the
-    /// consumer's filter takes but that is not in `released` (and not stored) is read straight
-    /// from the stream. JetStream's pending count does not show a message that hit MaxDeliver on
-    /// its way through dying processes: it is no longer pending, never redelivered, yet still in
-    /// the stream. A gap remains only for what the stream no longer has.
+    /// consumer's filter takes but that is neither in `released` nor stored is read straight from
+    /// the stream. JetStream's pending count does not show a message that hit MaxDeliver on its
+    /// way through dying processes (no longer pending, never redelivered, yet still in the
+    /// stream), nor one removed from the stream. The gap is then what the stream no longer has.
     async fn fill_holes(
         &self,
         js: &jetstream::Context,
@@ -465,19 +465,17 @@ impl Ingest {
         let Some(from) = (self.appended_seq + 1..=to).find(|s| !have.contains(s)) else {
             return Ok((released, gap));
         };
-        let read = consumer::read_range(js, &self.cfg.consumer, from, to).await?;
+        let read = consumer::read_range(js, &self.cfg.consumer, from, to, &have).await?;
         let mut all: BTreeMap<u64, Pending> = released.into_iter().map(|p| (p.seq, p)).collect();
         let mut filled = 0u64;
-        for m in read {
+        for m in read.ours {
             let mut p = self.pending(m)?;
-            if all.contains_key(&p.seq) {
-                continue;
-            }
-            // Read, not delivered: nothing to ack. Its delivery, should it still come, is
-            // acked then as already stored.
+            // Read, not delivered: nothing to ack. Its delivery, should it still come, is acked
+            // then as already stored.
             p.reply = None;
-            all.insert(p.seq, p);
-            filled += 1;
+            if all.insert(p.seq, p).is_none() {
+                filled += 1;
+            }
         }
         if filled > 0 {
             tracing::warn!(
@@ -488,10 +486,16 @@ impl Ingest {
             );
             self.state.metrics.pending_events.add(filled as i64);
         }
-        let gap = gap.and_then(|g| {
-            let missing = g.missing.saturating_sub(filled);
-            (missing > 0).then_some(Gap { missing, ..g })
-        });
+        let gap = match (read.removed.first(), read.removed.last()) {
+            (Some(&first), Some(&last)) => Some(Gap {
+                from_seq: first,
+                to_seq: last,
+                missing: read.removed.len() as u64,
+                reason: "removed from the stream before it was stored (whether each was for this consumer's companies cannot be told any more)".into(),
+                at: gap.map_or_else(now_micros, |g| g.at),
+            }),
+            _ => None,
+        };
         Ok((all.into_values().collect(), gap))
     }
 
@@ -504,11 +508,11 @@ impl Ingest {
         if let Some(mut stream) = stream {
             if let Ok(info) = stream.info().await {
                 let first = info.state.first_sequence;
-                gap.reason = if first > gap.from_seq {
-                    format!("removed from the stream before redelivery (the stream now starts at sequence {first})")
-                } else {
-                    "delivered, never acked, and not redelivered before the deadline (MaxDeliver reached?)".into()
-                };
+                if first > gap.from_seq {
+                    gap.reason = format!(
+                        "removed from the stream by its limits before it was stored (the stream now starts at sequence {first})"
+                    );
+                }
             }
         }
         let stored = released.iter().map(|p| p.seq).filter(|s| (gap.from_seq..=gap.to_seq).contains(s)).collect();
