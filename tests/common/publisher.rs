@@ -103,6 +103,9 @@ pub async fn publish_pipelined(
     let mut next = 0usize;
     let mut done = 0usize;
     let mut retries = 0u64;
+    // Message ids unique to this call: a second call on the same stream must not be taken for
+    // duplicates of the first.
+    let run = super::unique_suffix();
     while done < events.len() {
         assert!(
             Instant::now() < give_up,
@@ -130,7 +133,7 @@ pub async fn publish_pipelined(
                 None => break,
             };
             let (subject, payload) = &payloads[i];
-            let msg = PublishMessage::build().payload(payload.clone()).message_id(format!("fault-{i}"));
+            let msg = PublishMessage::build().payload(payload.clone()).message_id(format!("fault-{run}-{i}"));
             match js.send_publish(subject.clone(), msg).await {
                 Ok(ack) => inflight.push_back((i, ack)),
                 Err(_) => {
