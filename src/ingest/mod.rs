@@ -9,9 +9,11 @@
 //! consumer info at start tells how many (`num_ack_pending`) and the highest sequence delivered
 //! (`delivered.stream_seq`, `D`). Until all of them came back, messages above `D` are held (the
 //! server stops delivering at MaxAckPending, which bounds the memory). Then everything is
-//! appended in sequence order. Pending messages that never come back (MaxDeliver exhausted,
-//! removed from the stream) are recorded as a gap after a deadline: logged, counted, in
-//! `gaps.jsonl` and `/status` — never silent.
+//! appended in sequence order. The wait lasts as long as awaited messages keep coming back, and
+//! what is held is told to the server as in progress so it is not redelivered meanwhile. What
+//! still is missing then (MaxDeliver exhausted on the way through dying processes: JetStream no
+//! longer counts it as pending) is read straight from the stream; what the stream no longer has
+//! is recorded as a gap: logged, counted, in `gaps.jsonl` and `/status` — never silent.
 
 pub mod consumer;
 pub mod puller;
