@@ -134,9 +134,10 @@ pub async fn publish_pipelined(
             };
             let (subject, payload) = &payloads[i];
             let msg = PublishMessage::build().payload(payload.clone()).message_id(format!("fault-{run}-{i}"));
-            match js.send_publish(subject.clone(), msg).await {
-                Ok(ack) => inflight.push_back((i, ack)),
-                Err(_) => {
+            // Bounded: while NATS is away, sending may wait for the reconnect.
+            match tokio::time::timeout(Duration::from_secs(5), js.send_publish(subject.clone(), msg)).await {
+                Ok(Ok(ack)) => inflight.push_back((i, ack)),
+                _ => {
                     retries += 1;
                     retry.push_back(i);
                     // NATS is out of reach: give it a moment rather than spinning.
@@ -146,7 +147,8 @@ pub async fn publish_pipelined(
             }
         }
         let Some((i, ack)) = inflight.pop_front() else { continue };
-        match ack.await {
+        // Bounded too: an ack lost with a restarted server must not hold the publisher up.
+        match tokio::time::timeout(Duration::from_secs(5), ack).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())) {
             Ok(a) => {
                 seqs[i] = a.sequence;
                 done += 1;
