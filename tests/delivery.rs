@@ -225,3 +225,33 @@ async fn a_destination_can_be_paused_and_resumed() {
     eventually("20 files", Duration::from_secs(20), || async { (files(&out).len() == 20).then_some(()) }).await;
     assert_eq!(eds.stop(), 0);
 }
+
+/// After a restart, `/status` shows each destination's cursor where the previous run left it, from
+/// the first answer on: before the fix it said 0 until the first batch, and with nothing new to
+/// deliver that lasted indefinitely (and the lag looked like the whole log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_cursor_after_a_restart_before_any_batch() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let data = tempfile::tempdir().unwrap();
+    let out = data.path().join("out");
+    let url = format!("file://{}?name=archive", out.display());
+    for n in 0..5u64 {
+        publish(&js, subject("order", "UPDATE", C1), event(&format!("k{n}"), n)).await;
+    }
+    let eds = Eds::start(data.path(), &nats, &["--restart", "--url", &url]);
+    eventually("the cursor at the last record", Duration::from_secs(30), || async {
+        let s = eds.status().await;
+        (s["destinations"][0]["cursor"] == 5).then_some(())
+    })
+    .await;
+    assert_eq!(eds.stop(), 0);
+
+    // Nothing new: no batch will move the cursor, so the first answer already must show it.
+    let eds = Eds::start(data.path(), &nats, &["--restart", "--url", &url]);
+    let status = eds.status().await;
+    let d = &status["destinations"][0];
+    assert_eq!((d["name"].as_str(), d["cursor"].as_u64()), (Some("archive"), Some(5)), "{status}");
+    assert_eq!(d["lag_records"].as_u64(), Some(0), "{status}");
+    assert_eq!(eds.stop(), 0);
+}

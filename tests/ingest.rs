@@ -87,3 +87,60 @@ async fn a_delivery_lost_mid_session_is_waited_for_not_acked_away() {
     assert_eq!(in_wal, seqs, "every message once, in stream order");
     assert_eq!(status["ingest"]["gaps"], serde_json::json!([]), "{status}");
 }
+
+/// A gap that is real is still recorded, never silent: a delivery lost in transit whose message
+/// is then removed from the stream can never come back. Once nothing awaited has come back for
+/// the reconciliation's patience, what is missing is a gap (in /status and gaps.jsonl), and the
+/// messages after it are stored in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delivery_removed_from_the_stream_is_recorded_as_a_gap() {
+    let nats = Nats::start().await;
+    let js = nats.create_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wal = eds_wal::Wal::open(dir.path().join("wal"), eds_wal::Options::default()).unwrap();
+    let state = Arc::new(ServerState::new(Metrics::new().unwrap(), wal.clone(), "eds-faults".into()));
+    let dlq = DeadLetters::open(dir.path()).unwrap();
+    let faults = Arc::new(DeliveryFaults::default());
+    let cfg = config(&nats, dir.path(), Duration::from_secs(1), faults.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(ingest::run(cfg, state.clone(), dlq, stop_rx));
+    let stored = |want: u64| {
+        let state = state.clone();
+        async move { (state.ingest().stream_seq >= want).then_some(()) }
+    };
+
+    let mut seqs = Vec::new();
+    for n in 1..=5 {
+        seqs.push(publish(&js, subject("order", "UPDATE", "c1"), event("k", n)).await);
+    }
+    eventually("the first five stored", Duration::from_secs(20), || stored(5)).await;
+    faults.drop_next.store(1, Ordering::SeqCst);
+    let lost = publish(&js, subject("order", "UPDATE", "c1"), event("k", 6)).await;
+    eventually("the delivery lost", Duration::from_secs(20), || async {
+        (faults.drop_next.load(Ordering::SeqCst) == 0).then_some(())
+    })
+    .await;
+    // Gone from the stream before JetStream could redeliver it (AckWait 1 s).
+    let stream = js.get_stream("dbchange").await.unwrap();
+    assert!(stream.delete_message(lost).await.unwrap());
+    for n in 7..=10 {
+        seqs.push(publish(&js, subject("order", "UPDATE", "c1"), event("k", n)).await);
+    }
+    eventually("the messages after the lost one stored", Duration::from_secs(40), || stored(10)).await;
+    let status = state.status_json();
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task).await.unwrap().unwrap().unwrap();
+
+    let gaps = status["ingest"]["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{status}");
+    let (from, to) = (gaps[0]["from_seq"].as_u64().unwrap(), gaps[0]["to_seq"].as_u64().unwrap());
+    assert!((from..=to).contains(&lost), "the gap covers sequence {lost}: {status}");
+    let recorded = std::fs::read_to_string(dir.path().join("gaps.jsonl")).unwrap();
+    assert_eq!(recorded.lines().count(), 1, "{recorded}");
+    let mut r = wal.reader(1).unwrap();
+    let mut in_wal = Vec::new();
+    while let Some(rec) = r.next().unwrap() {
+        in_wal.push(eds::record::decode(&rec.data).unwrap().stream_seq);
+    }
+    assert_eq!(in_wal, seqs, "every other message once, in stream order");
+}

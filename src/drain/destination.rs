@@ -267,12 +267,17 @@ pub fn attach_registry(destinations: &mut [Destination], make: impl FnOnce() -> 
 
 /// Make every destination known to `/status` (and to pause/resume) before anything serves HTTP.
 pub fn register(state: &ServerState, destinations: &[Destination]) {
+    let wal = state.wal();
     for dest in destinations {
         let (driver, drop_oldest) = (dest.driver.describe().name, dest.overflow == Overflow::DropOldest);
+        // The cursor a previous run left: /status shows it from the start, not 0 until the first
+        // batch (nothing may come for a long time).
+        let cursor = wal.as_ref().and_then(|w| w.cursor(&dest.name).ok()).map_or(0, |c| c.position);
         state.destination(&dest.name, |d| {
             d.driver = driver.to_owned();
             d.state = "idle";
             d.drop_oldest = drop_oldest;
+            d.position = d.position.max(cursor);
         });
     }
 }

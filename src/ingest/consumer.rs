@@ -7,6 +7,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, Info, PullConsum
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::Context as JetStream;
 use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::Message;
 use futures_util::StreamExt;
 use std::time::Duration;
 
@@ -239,6 +240,123 @@ pub async fn last_sequence_by_probe(js: &JetStream, durable: &str) -> Result<u64
     Ok(last)
 }
 
+/// What the stream holds of a range of sequences: the messages the durable consumer's filter
+/// takes (`ours`, whole), and the sequences the stream no longer has (`removed`).
+pub struct RangeRead {
+    pub ours: Vec<Message>,
+    pub removed: Vec<u64>,
+}
+
+/// Whether `subject` matches the NATS filter `filter` (`*` one token, `>` the rest).
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for f in filter.split('.') {
+        match (f, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
+/// Read `from..=to` through a short-lived consumer of its own (no acks, deleted at once): every
+/// message with `wanted(seq, subject)`, or only the subjects when `headers_only`.
+async fn read_through(
+    stream: &async_nats::jetstream::stream::Stream<()>,
+    name: String,
+    from: u64,
+    to: u64,
+    headers_only: bool,
+    max_request_batch: i64,
+) -> Result<Vec<Message>> {
+    let reader: PullConsumer = stream
+        .create_consumer(Config {
+            name: Some(name.clone()),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from },
+            ack_policy: AckPolicy::None,
+            headers_only,
+            inactive_threshold: Duration::from_secs(30),
+            ..Config::default()
+        })
+        .await
+        .with_context(|| format!("creating the consumer {name} that reads sequences {from}..={to}"))?;
+    let mut out = Vec::new();
+    let read = async {
+        'reading: loop {
+            let mut batch = reader
+                .fetch()
+                .max_messages(max_request_batch.clamp(1, 4096) as usize)
+                .messages()
+                .await
+                .with_context(|| format!("reading sequences {from}..={to} through consumer {name}"))?;
+            let mut any = false;
+            while let Some(m) = batch.next().await {
+                let m =
+                    m.map_err(|e| anyhow::anyhow!("reading sequences {from}..={to} through consumer {name}: {e}"))?;
+                let seq = m.info().map_err(|e| anyhow::anyhow!("a message read through {name}: {e}"))?.stream_sequence;
+                if seq > to {
+                    break 'reading;
+                }
+                any = true;
+                out.push(m);
+            }
+            if !any {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    let result = read.await;
+    if let Err(e) = stream.delete_consumer(&name).await {
+        tracing::debug!(consumer = %name, error = %e, "deleting the reading consumer failed; the server removes it when it turns inactive");
+    }
+    result.map(|()| out)
+}
+
+/// What the stream holds of `from..=to` besides the sequences in `have`, read straight from the
+/// stream: first only the subjects (every message, cheap), then whole the messages of ours that
+/// are missing. Only `$JS.API.CONSUMER.…` requests, as HQ's session credentials allow.
+///
+/// Ends a reconciliation: a message that hit MaxDeliver while it went from one dying process to
+/// the next is no longer pending (the server's count does not show it) and is never redelivered,
+/// yet the stream still has it — storing it from here keeps the WAL complete and in stream order.
+/// And a sequence the stream no longer has is a gap that the pending count does not show either
+/// (the server forgets a removed message).
+pub async fn read_range(
+    js: &JetStream,
+    s: &ConsumerSettings,
+    from: u64,
+    to: u64,
+    have: &std::collections::BTreeSet<u64>,
+) -> Result<RangeRead> {
+    let stream = js.get_stream_no_info(STREAM).await.with_context(|| format!("naming JetStream stream {STREAM:?}"))?;
+    let filters = filter_subjects(&s.company_ids);
+    let heads = read_through(&stream, format!("{}-scan", s.durable), from, to, true, s.max_request_batch).await?;
+    let mut present = std::collections::BTreeSet::new();
+    let mut first_missing_of_ours = None;
+    for m in &heads {
+        let seq = m.info().map_err(|e| anyhow::anyhow!("a message read from the stream: {e}"))?.stream_sequence;
+        present.insert(seq);
+        let ours = filters.iter().any(|f| subject_matches(f, m.subject.as_str()));
+        if ours && !have.contains(&seq) && first_missing_of_ours.is_none() {
+            first_missing_of_ours = Some(seq);
+        }
+    }
+    let removed = (from..=to).filter(|s| !present.contains(s) && !have.contains(s)).collect();
+    let mut ours = Vec::new();
+    if let Some(start) = first_missing_of_ours {
+        for m in read_through(&stream, format!("{}-fill", s.durable), start, to, false, s.max_request_batch).await? {
+            let seq = m.info().map_err(|e| anyhow::anyhow!("a message read from the stream: {e}"))?.stream_sequence;
+            if !have.contains(&seq) && filters.iter().any(|f| subject_matches(f, m.subject.as_str())) {
+                ours.push(m);
+            }
+        }
+    }
+    Ok(RangeRead { ours, removed })
+}
+
 /// One pull request: up to MaxRequestBatch messages, each handed over as it arrives, ending when
 /// the batch is full or after [`PULL_EXPIRES`]. Ingest issues them one after another rather than
 /// as a continuous stream so that, when it stops, no request is left open on the server to
@@ -290,6 +408,16 @@ mod tests {
         );
         assert_eq!(url_auth("nats://s3cr3t@a"), ("nats://a".into(), Some(UrlAuth::Token("s3cr3t".into()))));
         assert_eq!(url_auth("u:p@a:4222"), ("a:4222".into(), Some(UrlAuth::UserPassword("u".into(), "p".into()))));
+    }
+
+    #[test]
+    fn subjects_match_filters_as_nats_does() {
+        let f = "dbchange.*.*.c1.*.PUBLIC.>";
+        assert!(subject_matches(f, "dbchange.order.UPDATE.c1.loc.PUBLIC.2"));
+        assert!(subject_matches(f, "dbchange.order.UPDATE.c1.loc.PUBLIC.2.3"));
+        assert!(!subject_matches(f, "dbchange.order.UPDATE.c2.loc.PUBLIC.2"));
+        assert!(!subject_matches(f, "dbchange.order.UPDATE.c1.loc.PUBLIC"));
+        assert!(subject_matches("a.*", "a.b") && !subject_matches("a.*", "a.b.c") && !subject_matches("a.*", "a"));
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //! consumer info at start tells how many (`num_ack_pending`) and the highest sequence delivered
 //! (`delivered.stream_seq`, `D`). Until all of them came back, messages above `D` are held (the
 //! server stops delivering at MaxAckPending, which bounds the memory). Then everything is
-//! appended in sequence order. Pending messages that never come back (MaxDeliver exhausted,
-//! removed from the stream) are recorded as a gap after a deadline: logged, counted, in
-//! `gaps.jsonl` and `/status` — never silent.
+//! appended in sequence order. The wait lasts as long as awaited messages keep coming back, and
+//! what is held is told to the server as in progress so it is not redelivered meanwhile. What
+//! still is missing then (MaxDeliver exhausted on the way through dying processes: JetStream no
+//! longer counts it as pending) is read straight from the stream; what the stream no longer has
+//! is recorded as a gap: logged, counted, in `gaps.jsonl` and `/status` — never silent.
 
 pub mod consumer;
 pub mod puller;
@@ -115,6 +117,8 @@ struct Pending {
 /// What JetStream reads as an ack (an empty message, as async-nats sends it) and as a NAK.
 const ACK: &[u8] = b"";
 const NAK: &[u8] = b"-NAK";
+/// "Still working on it": the server restarts the message's AckWait and does not redeliver it.
+const IN_PROGRESS: &[u8] = b"+WPI";
 
 /// Send `kind` to each reply subject.
 async fn answer(
@@ -414,11 +418,14 @@ impl Ingest {
                 }
                 match &mut reconcile {
                     // A replaced delivery is never acked itself: it is no longer pending with us.
-                    Some(r) => self.state.metrics.pending_events.sub(r.offer(vec![p]) as i64),
+                    Some(r) => self.state.metrics.pending_events.sub(r.offer(vec![p], Instant::now()) as i64),
                     None => ready.push(p),
                 }
             }
             if let Some(r) = &mut reconcile {
+                if let Some(replies) = r.in_progress_due(Instant::now()) {
+                    answer(&client, replies, IN_PROGRESS).await;
+                }
                 // Only the server knows whether every pending message is in our hands: compare
                 // its pending count with what we hold.
                 if r.check_due(Instant::now()) {
@@ -426,6 +433,7 @@ impl Ingest {
                     if let Some((released, gap)) =
                         r.settle(info.num_ack_pending as u64, info.delivered.stream_sequence, Instant::now())
                     {
+                        let (released, gap) = self.fill_holes(&js, released, gap, r.delivered).await?;
                         if let Some(gap) = gap {
                             self.note_gap(&js, gap, &released).await;
                         }
@@ -442,6 +450,57 @@ impl Ingest {
         }
     }
 
+    /// Complete what a reconciliation releases: every message up to `delivered` that the
+    /// consumer's filter takes but that is neither in `released` nor stored is read straight from
+    /// the stream. JetStream's pending count does not show a message that hit MaxDeliver on its
+    /// way through dying processes (no longer pending, never redelivered, yet still in the
+    /// stream), nor one removed from the stream. The gap is then what the stream no longer has.
+    async fn fill_holes(
+        &self,
+        js: &jetstream::Context,
+        released: Vec<Pending>,
+        gap: Option<Gap>,
+        delivered: u64,
+    ) -> Result<(Vec<Pending>, Option<Gap>)> {
+        let have: std::collections::BTreeSet<u64> = released.iter().map(|p| p.seq).collect();
+        let to = delivered.max(have.last().copied().unwrap_or(0));
+        let Some(from) = (self.appended_seq + 1..=to).find(|s| !have.contains(s)) else {
+            return Ok((released, gap));
+        };
+        let read = consumer::read_range(js, &self.cfg.consumer, from, to, &have).await?;
+        let mut all: BTreeMap<u64, Pending> = released.into_iter().map(|p| (p.seq, p)).collect();
+        let mut filled = 0u64;
+        for m in read.ours {
+            let mut p = self.pending(m)?;
+            // Read, not delivered: nothing to ack. Its delivery, should it still come, is acked
+            // then as already stored.
+            p.reply = None;
+            if all.insert(p.seq, p).is_none() {
+                filled += 1;
+            }
+        }
+        if filled > 0 {
+            tracing::warn!(
+                filled,
+                from_seq = from,
+                to_seq = to,
+                "messages the reconciliation waited for were not redelivered (MaxDeliver?): read from the stream instead"
+            );
+            self.state.metrics.pending_events.add(filled as i64);
+        }
+        let gap = match (read.removed.first(), read.removed.last()) {
+            (Some(&first), Some(&last)) => Some(Gap {
+                from_seq: first,
+                to_seq: last,
+                missing: read.removed.len() as u64,
+                reason: "removed from the stream before it was stored (whether each was for this consumer's companies cannot be told any more)".into(),
+                at: gap.map_or_else(now_micros, |g| g.at),
+            }),
+            _ => None,
+        };
+        Ok((all.into_values().collect(), gap))
+    }
+
     /// Record a gap found at the end of a reconciliation; `released` are the messages it let go.
     async fn note_gap(&mut self, js: &jetstream::Context, mut gap: Gap, released: &[Pending]) {
         // Say which it was when the stream tells: removed by its limits, or still there but never
@@ -451,11 +510,11 @@ impl Ingest {
         if let Some(mut stream) = stream {
             if let Ok(info) = stream.info().await {
                 let first = info.state.first_sequence;
-                gap.reason = if first > gap.from_seq {
-                    format!("removed from the stream before redelivery (the stream now starts at sequence {first})")
-                } else {
-                    "delivered, never acked, and not redelivered before the deadline (MaxDeliver reached?)".into()
-                };
+                if first > gap.from_seq {
+                    gap.reason = format!(
+                        "removed from the stream by its limits before it was stored (the stream now starts at sequence {first})"
+                    );
+                }
             }
         }
         let stored = released.iter().map(|p| p.seq).filter(|s| (gap.from_seq..=gap.to_seq).contains(s)).collect();

@@ -658,6 +658,8 @@ async fn serve(
     if let Some(w) = state.wal() {
         crate::drain::ensure_cursors(w, &destinations).await?;
     }
+    // A new destination's cursor starts at the head: /status says so before the first batch.
+    crate::drain::register(&state, &destinations);
     let mut drains = Vec::new();
     for dest in destinations {
         tracing::info!(destination = %dest.name, driver = dest.driver.describe().name, "destination: delivering");

@@ -63,6 +63,8 @@ pub struct Nats {
     pub port: u16,
     /// `user:password@` or `token@` when the server wants authentication, else empty.
     pub userinfo: String,
+    /// The command line, to start the server again on the same port and store.
+    command: (PathBuf, Vec<String>),
     _store: tempfile::TempDir,
 }
 
@@ -80,19 +82,57 @@ impl Nats {
     pub async fn start_with_auth(bin: impl AsRef<std::ffi::OsStr>, auth: &[&str], userinfo: &str) -> Nats {
         let store = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.path().to_str().unwrap()])
-            .args(auth)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nats-server");
-        let nats = Nats { child, port, userinfo: userinfo.to_owned(), _store: store };
+        let mut args: Vec<String> =
+            ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", store.path().to_str().unwrap()]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.extend(auth.iter().map(|s| s.to_string()));
+        let command = (PathBuf::from(bin.as_ref()), args);
+        let child = Nats::spawn(&command);
+        let nats = Nats { child, port, userinfo: userinfo.to_owned(), command, _store: store };
+        nats.wait_ready().await;
+        nats
+    }
+
+    fn spawn((bin, args): &(PathBuf, Vec<String>)) -> Child {
+        Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting nats-server")
+    }
+
+    async fn wait_ready(&self) {
         eventually("nats-server to accept connections", Duration::from_secs(10), || async {
-            nats.options().connect(format!("nats://127.0.0.1:{}", nats.port)).await.ok()
+            self.options().connect(format!("nats://127.0.0.1:{}", self.port)).await.ok()
         })
         .await;
-        nats
+    }
+
+    /// Stop the server (SIGTERM: a clean shutdown, JetStream's store flushed) and wait for it to
+    /// exit; [`Nats::resume`] starts it again on the same port and store.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let _ = self.child.wait();
+    }
+
+    /// Start the server again after [`Nats::stop`], on the same port and store, and wait until it
+    /// accepts connections.
+    pub async fn resume(&mut self) {
+        self.child = Nats::spawn(&self.command);
+        self.wait_ready().await;
+    }
+
+    /// Freeze the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Let a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success(), "kill -{sig} nats-server");
     }
 
     /// Connection options carrying the server's credentials (async-nats does not read them from
@@ -122,6 +162,8 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
+        // A frozen server would not die of SIGKILL any later, but let it go on first anyway.
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -385,7 +427,9 @@ pub mod hq;
 pub mod hq_session;
 pub mod model;
 pub mod nats_jwt;
+pub mod pg;
 pub mod proxy;
+pub mod publisher;
 pub mod release;
 pub mod setup;
 pub mod wait;
