@@ -53,7 +53,8 @@ fuzz_target!(|data: &[u8]| {
     for b in 0..16u8 {
         if seed & (1 << (b % 8)) != 0 && b % 3 == 0 {
             let id = key_of(b);
-            let row: Row = json!({"id": id.2, "a": -1}).as_object().cloned().unwrap_or_default();
+            let row: Row =
+                json!({"id": id.2, "a": -1, "b": null, "c": null, "d": null}).as_object().cloned().unwrap_or_default();
             source.insert(id, row);
         }
     }
@@ -66,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
         let model_version = if step[1] & 8 == 0 { "v1" } else { "v2" };
         let changed: Vec<&str> =
             COLUMNS.iter().enumerate().filter(|(i, _)| step[2] & (1 << i) != 0).map(|(_, c)| *c).collect();
-        let mut row = source.get(&id).cloned().unwrap_or_default();
+        // Full row images, as a changefeed sends them: every column, null when unset.
+        let mut row = source.get(&id).cloned().unwrap_or_else(|| {
+            json!({"a": null, "b": null, "c": null, "d": null}).as_object().cloned().unwrap_or_default()
+        });
         row.insert("id".into(), Value::from(pk.clone()));
         let event = if operation == "DELETE" {
             source.remove(&id);
@@ -110,7 +114,8 @@ fuzz_target!(|data: &[u8]| {
     for b in 0..16u8 {
         if seed & (1 << (b % 8)) != 0 && b % 3 == 0 {
             let id = key_of(b);
-            let row: Row = json!({"id": id.2, "a": -1}).as_object().cloned().unwrap_or_default();
+            let row: Row =
+                json!({"id": id.2, "a": -1, "b": null, "c": null, "d": null}).as_object().cloned().unwrap_or_default();
             from_fold.insert(id, row);
         }
     }
