@@ -145,12 +145,12 @@ trait RowImage {
     fn id(&self) -> Option<&str>;
 }
 
-impl RowImage for Row {
+impl RowImage for RowData {
     fn is_empty(&self) -> bool {
-        Map::is_empty(self)
+        Map::is_empty(&self.0)
     }
     fn id(&self) -> Option<&str> {
-        self.get("id").and_then(Value::as_str)
+        self.0.get("id").and_then(Value::as_str)
     }
 }
 
@@ -185,7 +185,7 @@ impl<'de> Deserialize<'de> for RowView {
                     view.empty = false;
                     if key == "id" {
                         // Any value, as a whole row takes it; only a string is an id.
-                        view.id = match map.next_value::<Value>()? {
+                        view.id = match map.next_value::<Cell>()?.0 {
                             Value::String(s) => Some(s),
                             _ => None,
                         };
@@ -262,6 +262,147 @@ impl<'de> Deserialize<'de> for SkimRow {
     }
 }
 
+/// The key serde_json (built with `arbitrary_precision`, as the workspace builds it) gives a
+/// number when it hands it to a visitor as a one-entry map, the number's text as its value.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// A row image built as [`Row`], every object key read as data.
+///
+/// serde_json's own [`Value`] reads any object whose first key is `$serde_json::private::Number`
+/// or `$serde_json::private::RawValue` as a number or as JSON parsed from the string value (the
+/// encodings its `arbitrary_precision` and `raw_value` features use inside the parser): a row
+/// column holding `{"$serde_json::private::Number": "12"}` became `12`, and one holding
+/// `{"$serde_json::private::Number": "x"}` failed the whole event although ingest's validation
+/// ([`Skim`]) had accepted it. Here a key that comes from the JSON text is always data; only the
+/// parser's own numbers are numbers.
+struct RowData(Row);
+
+impl<'de> Deserialize<'de> for RowData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RowData, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RowData;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object (a row image)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RowData, A::Error> {
+                let mut row = Row::new();
+                while let Some((key, Cell(value))) = map.next_entry::<String, Cell>()? {
+                    row.insert(key, value);
+                }
+                Ok(RowData(row))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// One JSON value of a row, built as [`Value`] except that every object key is data (see
+/// [`RowData`]).
+struct Cell(Value);
+
+impl<'de> Deserialize<'de> for Cell {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cell, D::Error> {
+        d.deserialize_any(CellVisitor).map(Cell)
+    }
+}
+
+struct CellVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CellVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Cell::deserialize(d).map(|c| c.0)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Cell(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        use serde::de::Error;
+        let first = match map.next_key_seed(KeyProbe)? {
+            None => return Ok(Value::Object(Map::new())),
+            Some(Key::Number) => {
+                let text: String = map.next_value()?;
+                return text.parse::<serde_json::Number>().map(Value::Number).map_err(A::Error::custom);
+            }
+            Some(Key::Data(key)) => key,
+        };
+        let mut object = Map::new();
+        object.insert(first, map.next_value::<Cell>()?.0);
+        while let Some((key, Cell(value))) = map.next_entry::<String, Cell>()? {
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// The first key of a map: serde_json's number token, or a key of the JSON text.
+enum Key {
+    Number,
+    Data(String),
+}
+
+/// Tells the two apart: asked for bytes, serde_json's parser gives an object key of the text as
+/// bytes (unescaped, not yet checked as UTF-8), while the number's token is a string whatever is
+/// asked for.
+struct KeyProbe;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyProbe {
+    type Value = Key;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
+        d.deserialize_bytes(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyProbe {
+    type Value = Key;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Key, E> {
+        Ok(if s == NUMBER_TOKEN { Key::Number } else { Key::Data(s.to_owned()) })
+    }
+    fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Key, E> {
+        // A lone surrogate escape (`"\ud800"`) arrives as bytes that are not UTF-8; a built
+        // [`Value`] refuses it, and so does this.
+        match std::str::from_utf8(b) {
+            Ok(s) => Ok(Key::Data(s.to_owned())),
+            Err(_) => Err(E::custom("an object key is not valid Unicode (a lone surrogate escape)")),
+        }
+    }
+}
+
 /// What validation learned about an event that decodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
@@ -315,6 +456,15 @@ fn wire<'a, R: Deserialize<'a>, B: Deserialize<'a>>(bytes: &'a [u8]) -> Result<W
     serde_json::from_str(text).map_err(|source| EventError::Json { source })
 }
 
+/// A row image captured raw (the state decoder's `before`), read as the full decoder reads it:
+/// one level below the event object, so that serde_json's nesting limit (128) counts that level
+/// as it does there. (Read on its own, the image could nest one level deeper than the full
+/// decoder allows.)
+fn nested<T: serde::de::DeserializeOwned>(raw: &serde_json::value::RawValue) -> Result<T, serde_json::Error> {
+    let text = format!("[{}]", raw.get());
+    serde_json::from_str::<(T,)>(&text).map(|(v,)| v)
+}
+
 /// Check an event as [`ChangeEvent::from_json`] would decode it, without building its rows:
 /// `Ok` exactly when decoding succeeds. Ingest validates with it, so nothing it stores is refused
 /// by the drains' decoder.
@@ -365,9 +515,9 @@ pub struct ChangeEvent {
 impl ChangeEvent {
     /// Decode an event as published by Shopmonkey (see [`validate`] for the rules).
     pub fn from_json(bytes: &[u8]) -> Result<ChangeEvent, EventError> {
-        let mut w: Wire<Row> = wire(bytes)?;
+        let mut w: Wire<RowData> = wire(bytes)?;
         let (operation, primary_key) = w.check()?;
-        let before = w.before.take();
+        let before = w.before.take().map(|r| r.0);
         Ok(ChangeEvent::of(w, operation, primary_key, before))
     }
 
@@ -376,26 +526,26 @@ impl ChangeEvent {
     /// otherwise it is checked as JSON, not built, and left `None`. Accepts and refuses exactly
     /// what [`ChangeEvent::from_json`] does.
     pub fn from_json_for_state(bytes: &[u8]) -> Result<ChangeEvent, EventError> {
-        let w: Wire<Row, &serde_json::value::RawValue> = wire(bytes)?;
-        let after = w.after.as_ref().filter(|r| !r.is_empty());
-        let before: Option<Row> = match w.before {
-            Some(raw) if after.is_none() || w.operation == "DELETE" => match serde_json::from_str(raw.get()) {
+        let w: Wire<RowData, &serde_json::value::RawValue> = wire(bytes)?;
+        let after = w.after.as_ref().filter(|r| !RowImage::is_empty(*r));
+        let before: Option<RowData> = match w.before {
+            Some(raw) if after.is_none() || w.operation == "DELETE" => match nested::<RowData>(raw) {
                 Ok(row) => Some(row),
                 // The full decoder names the place in the whole event.
                 Err(_) => return ChangeEvent::from_json(bytes),
             },
-            Some(raw) => match serde_json::from_str::<SkimRow>(raw.get()) {
+            Some(raw) => match nested::<SkimRow>(raw) {
                 Ok(SkimRow) => None,
                 Err(_) => return ChangeEvent::from_json(bytes),
             },
             None => None,
         };
         let (operation, primary_key) = w.rules(after.or(before.as_ref()))?;
-        Ok(ChangeEvent::of(w, operation, primary_key, before))
+        Ok(ChangeEvent::of(w, operation, primary_key, before.map(|r| r.0)))
     }
 
     /// The event of a checked wire record, with its `before` image.
-    fn of<B>(w: Wire<Row, B>, operation: Operation, primary_key: String, before: Option<Row>) -> ChangeEvent {
+    fn of<B>(w: Wire<RowData, B>, operation: Operation, primary_key: String, before: Option<Row>) -> ChangeEvent {
         ChangeEvent {
             operation,
             id: w.id,
@@ -406,7 +556,7 @@ impl ChangeEvent {
             location_id: w.location_id,
             user_id: w.user_id,
             before,
-            after: w.after,
+            after: w.after.map(|r| r.0),
             diff: w.diff,
             timestamp: w.timestamp,
             mvcc_timestamp: w.mvcc_timestamp,
@@ -707,6 +857,86 @@ mod tests {
                 (Err(full), Err(lean)) => assert_eq!(lean.to_string(), full.to_string(), "{text}"),
                 (full, lean) => panic!("the decoders disagree on {text}: full {full:?}, state {lean:?}"),
             }
+        }
+    }
+
+    /// The three decoders' answers on one event: all accept or all refuse (the two building ones
+    /// with the same message), and the state decoder's event is the full one's less an unwritten
+    /// `before`.
+    fn decoders_agree(text: &str) -> Result<ChangeEvent, String> {
+        let full = ChangeEvent::from_json(text.as_bytes());
+        let lean = ChangeEvent::from_json_for_state(text.as_bytes());
+        assert_eq!(validate(text.as_bytes()).is_ok(), full.is_ok(), "validate vs from_json on {text}: {full:?}");
+        match (full, lean) {
+            (Ok(full), Ok(lean)) => {
+                let written = full.operation == Operation::Delete || full.after.as_ref().is_none_or(Row::is_empty);
+                let expected = ChangeEvent { before: if written { full.before.clone() } else { None }, ..full.clone() };
+                assert_eq!(lean, expected, "{text}");
+                Ok(full)
+            }
+            (Err(full), Err(lean)) => {
+                assert_eq!(lean.to_string(), full.to_string(), "{text}");
+                Err(format!("{:?}", std::error::Error::source(&full).map(ToString::to_string)))
+            }
+            (full, lean) => panic!("the decoders disagree on {text}: full {full:?}, state {lean:?}"),
+        }
+    }
+
+    /// serde_json's `Value` reads an object whose first key is one of its private tokens as a
+    /// number or as parsed JSON; validation read it as an object. Every key of the event's text
+    /// is data, in every decoder; the parser's own numbers keep their text.
+    #[test]
+    fn serde_json_private_keys_are_row_data_in_every_decoder() {
+        for (inner, op, read) in [
+            (r#"{"$serde_json::private::Number": "12"}"#, "INSERT", r#"{"$serde_json::private::Number":"12"}"#),
+            (r#"{"$serde_json::private::Number": "x"}"#, "INSERT", r#"{"$serde_json::private::Number":"x"}"#),
+            (
+                r#"{"$serde_json::private::Number": 5, "b": [1]}"#,
+                "DELETE",
+                r#"{"$serde_json::private::Number":5,"b":[1]}"#,
+            ),
+            (r#"{"$serde_json::private::RawValue": "[1]"}"#, "INSERT", r#"{"$serde_json::private::RawValue":"[1]"}"#),
+            (r#"{"$serde_json::private::RawValue": "{"}"#, "DELETE", r#"{"$serde_json::private::RawValue":"{"}"#),
+            (r#"{"\u0024serde_json::private::Number": "1"}"#, "INSERT", r#"{"$serde_json::private::Number":"1"}"#),
+            (
+                r#"[{"$serde_json::private::Number": {"$serde_json::private::RawValue": 2.50}}]"#,
+                "DELETE",
+                r#"[{"$serde_json::private::Number":{"$serde_json::private::RawValue":2.50}}]"#,
+            ),
+        ] {
+            let image = format!(r#"{{"id": "k", "n": 1.50, "x": {inner}}}"#);
+            let text = if op == "DELETE" {
+                format!(r#"{{"operation":"DELETE","table":"t","key":["k"],"before":{image}}}"#)
+            } else {
+                format!(r#"{{"operation":"INSERT","table":"t","key":["k"],"after":{image},"before":{image}}}"#)
+            };
+            let e = decoders_agree(&text).unwrap_or_else(|e| panic!("refused {text}: {e}"));
+            let row = e.object().unwrap();
+            // What was read is the object of the text, key for key: it encodes back to the same
+            // JSON (with the token as a key), and numbers keep their text.
+            assert_eq!(row["x"].to_string(), read, "{text}");
+            assert_eq!(row["n"].to_string(), "1.50");
+            assert!(row["n"].is_number());
+        }
+    }
+
+    /// An event nested just within serde_json's limit (128) is read by every decoder, one level
+    /// deeper by none: the state decoder reads its raw `before` one level down, as the full
+    /// decoder does (alone it allowed one level more).
+    #[test]
+    fn every_decoder_has_the_same_nesting_limit() {
+        let deep = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        for shape in [
+            r#"{"operation":"DELETE","table":"t","key":["k"],"before":{"id":"k","x":NEST}}"#,
+            r#"{"operation":"UPDATE","table":"t","key":["k"],"before":{"id":"k","x":NEST},"after":{"id":"k"}}"#,
+        ] {
+            let at = |levels: usize| shape.replace("NEST", &deep(levels));
+            let deepest = (100..200).take_while(|&n| ChangeEvent::from_json(at(n).as_bytes()).is_ok()).last();
+            let deepest = deepest.expect("some depth within 100..200 is accepted");
+            assert!(deepest < 199, "no depth was refused");
+            assert!(decoders_agree(&at(deepest)).is_ok());
+            let refused = decoders_agree(&at(deepest + 1)).unwrap_err();
+            assert!(refused.contains("recursion limit"), "{refused}");
         }
     }
 

@@ -93,8 +93,18 @@ pub fn encode(v: &rmpv::Value) -> Vec<u8> {
     out
 }
 
-/// The largest notification body read (HQ's are small; this bounds a hostile gzip).
-const MAX_NOTIFICATION: u64 = 16 << 20;
+/// The largest gunzipped notification read. HQ's notifications are small JSON objects (an
+/// action and its data, a few KB at most), and NATS refuses a message over its max_payload
+/// (1 MiB by default), so a plain one can never be larger; this bounds what a hostile gzip can
+/// make of one (16 MiB before: a 16 KB bomb made the decoder allocate that much, ~1 GB of RSS
+/// under the fuzzer's address sanitizer).
+pub const MAX_NOTIFICATION: u64 = 1 << 20;
+
+/// The deepest msgpack value read, in rmpv's units (each array or map level takes two): about
+/// 127 levels of nesting, as serde_json allows for JSON. rmpv's own default (1024, ~512 levels)
+/// recursed that deep on a tokio worker's 2 MiB stack, in the decoder and again in
+/// [`from_msgpack`].
+const MSGPACK_DEPTH: usize = 256;
 
 /// Decodes a notification body by its `content-encoding` header: `gzip/json` (gzipped JSON),
 /// `msgpack`, or JSON when absent.
@@ -104,15 +114,28 @@ pub fn decode_notification(encoding: Option<&str>, body: &[u8]) -> Result<Json> 
         "gzip/json" | "gzip" => {
             use std::io::Read;
             let mut text = Vec::new();
+            // One byte over the limit tells a body cut at the limit from one that fits.
             flate2::read::GzDecoder::new(body)
-                .take(MAX_NOTIFICATION)
+                .take(MAX_NOTIFICATION + 1)
                 .read_to_end(&mut text)
                 .context("the body is not gzip")?;
+            if text.len() as u64 > MAX_NOTIFICATION {
+                bail!("the gunzipped body is larger than {MAX_NOTIFICATION} bytes (a notification is a few KB)");
+            }
             serde_json::from_slice(&text).context("the gunzipped body is not JSON")
         }
         "msgpack" => {
             let mut cursor = body;
-            let v = rmpv::decode::read_value(&mut cursor).context("the body is not msgpack")?;
+            let v = rmpv::decode::read_value_with_max_depth(&mut cursor, MSGPACK_DEPTH)
+                .context("the body is not msgpack")?;
+            // One value is the whole body (as JSON refuses trailing characters).
+            if !cursor.is_empty() {
+                bail!(
+                    "the body is not one msgpack value: {} trailing bytes after the value's {}",
+                    cursor.len(),
+                    body.len() - cursor.len()
+                );
+            }
             Ok(from_msgpack(&v))
         }
         other => bail!("unknown content-encoding {other:?}"),
@@ -159,6 +182,68 @@ mod tests {
         assert!(decode_notification(None, b"{not json").is_err());
         assert!(decode_notification(Some("gzip/json"), b"plain").is_err());
         assert!(format!("{:#}", decode_notification(Some("brotli"), b"").unwrap_err()).contains("brotli"));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// A gzip that inflates past the limit is refused as too large (it was cut at the limit and
+    /// reported as "not JSON"), and the limit is a notification's size, not 16 MiB: a 1 KB bomb
+    /// no longer makes the decoder build megabytes.
+    #[test]
+    fn a_gzip_larger_than_a_notification_is_refused_as_too_large() {
+        let cap = usize::try_from(MAX_NOTIFICATION).unwrap();
+        assert!(cap <= 1 << 20, "a notification is small; the cap bounds a gzip bomb");
+        // Valid JSON just over the cap: a string of spaces inside an object.
+        let over = format!("{{\"action\":\"ping\",\"pad\":\"{}\"}}", " ".repeat(cap));
+        let err = format!("{:#}", decode_notification(Some("gzip/json"), &gzip(over.as_bytes())).unwrap_err());
+        assert!(err.contains("larger than"), "{err}");
+        // The same at the cap decodes.
+        let at = format!("{{\"action\":\"ping\",\"pad\":\"{}\"}}", " ".repeat(cap - 26));
+        assert_eq!(at.len(), cap);
+        let v = decode_notification(Some("gzip/json"), &gzip(at.as_bytes())).unwrap();
+        assert_eq!(v["action"], "ping");
+        // A bomb of zeros: small, refused as too large.
+        let bomb = gzip(&vec![0u8; 16 << 20]);
+        assert!(bomb.len() < 32 << 10, "{}", bomb.len());
+        let err = format!("{:#}", decode_notification(Some("gzip"), &bomb).unwrap_err());
+        assert!(err.contains("larger than"), "{err}");
+    }
+
+    /// A msgpack body is one value: bytes after it are refused (they were ignored), naming how
+    /// many.
+    #[test]
+    fn msgpack_trailing_bytes_are_refused() {
+        let packed = encode(&to_msgpack(&json!({"action": "ping"})));
+        assert!(decode_notification(Some("msgpack"), &packed).is_ok());
+        let mut extra = packed.clone();
+        extra.extend_from_slice(b"\xc0\x01");
+        let err = format!("{:#}", decode_notification(Some("msgpack"), &extra).unwrap_err());
+        assert!(err.contains("2 trailing bytes"), "{err}");
+    }
+
+    /// msgpack nests no deeper than JSON may (serde_json: 128): 120 levels decode, 200 are
+    /// refused (rmpv's default let ~512 through, recursing on a worker's stack).
+    #[test]
+    fn msgpack_nesting_is_bounded_as_json_is() {
+        let nested = |levels: usize| {
+            let mut bytes = vec![0x91u8; levels]; // fixarray of one element, `levels` deep
+            bytes.push(0x01);
+            bytes
+        };
+        let v = decode_notification(Some("msgpack"), &nested(120)).unwrap();
+        let mut inner = &v;
+        for _ in 0..120 {
+            inner = &inner[0];
+        }
+        assert_eq!(inner, &json!(1));
+        for levels in [200, 511] {
+            let err = format!("{:#}", decode_notification(Some("msgpack"), &nested(levels)).unwrap_err());
+            assert!(err.contains("depth"), "{levels}: {err}");
+        }
     }
 
     #[test]
