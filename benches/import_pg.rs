@@ -287,7 +287,7 @@ async fn run_eds(url: &str, hq: &str, files: &[ExportFile], version: &str) -> Re
     let tables: BTreeSet<String> = [TABLE.to_owned()].into();
     let versions: HashMap<String, String> = [(TABLE.to_owned(), version.to_owned())].into();
     let loaded =
-        tokio::time::timeout(RUN_TIMEOUT, eds::import::load::load(&dest, files, &tables, &versions, &|_, _| {}))
+        tokio::time::timeout(RUN_TIMEOUT, eds::import::load::load(&dest, files, &tables, &versions, true, &|_, _| {}))
             .await
             .context("the load did not finish in time")??;
     if !loaded.rejected.is_empty() {
