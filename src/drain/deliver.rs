@@ -225,10 +225,13 @@ fn lookup<'s>(schemas: &'s Schemas, table: &str, version: &str) -> Option<&'s Ar
     schemas.get(table).and_then(|v| v.get(version))
 }
 
-/// Drop the properties `schema` does not know (EDS does the same for state destinations).
+/// Drop the properties `schema` does not know (EDS does the same for state destinations). A
+/// row whose every property is known (most rows) is only looked through, not rebuilt.
 fn keep_known(row: &mut Option<Row>, schema: &Schema) {
     if let Some(r) = row {
-        r.retain(|k, _| schema.column(k).is_some());
+        if r.keys().any(|k| schema.column(k).is_none()) {
+            r.retain(|k, _| schema.column(k).is_some());
+        }
     }
 }
 
@@ -253,7 +256,12 @@ pub(super) async fn write_state(
     let mut schemas: Schemas = HashMap::new();
     // (table, version) → why it has no schema.
     let mut unknown: HashMap<(String, String), String> = HashMap::new();
-    for (_, e, _) in &decoded {
+    for (i, (_, e, _)) in decoded.iter().enumerate() {
+        // Events of a batch mostly share their table and version with the event before.
+        let previous = i.checked_sub(1).and_then(|p| decoded.get(p)).map(|(_, p, _)| p);
+        if previous.is_some_and(|p| p.table == e.table && p.model_version == e.model_version) {
+            continue;
+        }
         let key = (e.table.clone(), e.model_version.clone());
         if lookup(&schemas, &e.table, &e.model_version).is_some() || unknown.contains_key(&key) {
             continue;
@@ -271,12 +279,23 @@ pub(super) async fn write_state(
         }
     }
     let mut events: Vec<(u64, ChangeEvent)> = Vec::with_capacity(decoded.len());
+    // The schema of the event before, by its (table, version): most events need no look-up.
+    let mut last: Option<(String, String, &Arc<Schema>)> = None;
     for (lsn, mut e, _) in decoded {
         if let Some(why) = e.no_row_to_write() {
             rejected.push((lsn, why));
             continue;
         }
-        match lookup(&schemas, &e.table, &e.model_version) {
+        let same = last.as_ref().filter(|(t, v, _)| *t == e.table && *v == e.model_version);
+        let found = match same {
+            Some((_, _, schema)) => Some(*schema),
+            None => {
+                let found = lookup(&schemas, &e.table, &e.model_version);
+                last = found.map(|s| (e.table.clone(), e.model_version.clone(), s));
+                found
+            }
+        };
+        match found {
             Some(schema) => {
                 keep_known(&mut e.after, schema);
                 keep_known(&mut e.before, schema);
@@ -295,7 +314,11 @@ pub(super) async fn write_state(
     // schema the destination refuses (a table name it cannot hold) rejects that table's events.
     let mut ensured: Vec<&Arc<Schema>> = Vec::new();
     let mut refused_tables: HashMap<&str, String> = HashMap::new();
-    for c in &folded {
+    for (i, c) in folded.iter().enumerate() {
+        let previous = i.checked_sub(1).and_then(|p| folded.get(p));
+        if previous.is_some_and(|p| p.table == c.table && p.model_version == c.model_version) {
+            continue;
+        }
         let Some(schema) = lookup(&schemas, &c.table, &c.model_version) else { continue };
         if ensured.iter().any(|s| Arc::ptr_eq(s, schema)) {
             continue;
@@ -316,10 +339,19 @@ pub(super) async fn write_state(
         }
     }
     let mut changes: Vec<StateChange<'_>> = Vec::with_capacity(folded.len());
+    // The schema of the change before, by its (table, version).
+    let mut last: Option<(&str, &str, &Arc<Schema>)> = None;
     for c in &folded {
-        if let Some(why) = refused_tables.get(c.table.as_str()) {
+        if let Some(why) = (!refused_tables.is_empty()).then(|| refused_tables.get(c.table.as_str())).flatten() {
             rejected.extend(c.positions.iter().map(|&lsn| (lsn, why.clone())));
-        } else if let Some(schema) = lookup(&schemas, &c.table, &c.model_version) {
+            continue;
+        }
+        let schema = match last {
+            Some((t, v, schema)) if t == c.table && v == c.model_version => Some(schema),
+            _ => lookup(&schemas, &c.table, &c.model_version),
+        };
+        if let Some(schema) = schema {
+            last = Some((&c.table, &c.model_version, schema));
             changes.push(StateChange { change: c, schema });
         }
     }

@@ -53,12 +53,18 @@ struct FileMeta {
     name_hash: u64,
     /// The file's time, unix milliseconds.
     millis: i128,
+    /// The file's time as the events' `mvccTimestamp`.
+    mvcc: String,
 }
 
 impl FileMeta {
     fn of(file: &ExportFile) -> FileMeta {
         let name = file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        FileMeta { name_hash: xxhash_rust::xxh64::xxh64(name.as_bytes(), 0), millis: file.nanos.div_euclid(1_000_000) }
+        FileMeta {
+            name_hash: xxhash_rust::xxh64::xxh64(name.as_bytes(), 0),
+            millis: file.nanos.div_euclid(1_000_000),
+            mvcc: format!("{}.0000000000", file.nanos),
+        }
     }
 }
 
@@ -86,7 +92,7 @@ fn row_meta(
         location_id: text("locationId"),
         user_id: text("userId"),
         timestamp: 0,
-        mvcc_timestamp: format!("{}.0000000000", file.nanos),
+        mvcc_timestamp: meta.mvcc.clone(),
     };
     Ok((insert, meta.millis))
 }
