@@ -60,11 +60,11 @@ async fn destination(url: &str, hq: &common::setup::Hq) -> eds::drain::Destinati
     dest
 }
 
-async fn check(dest: &eds::drain::Destination, files: &[ExportFile], rows: u32) {
+async fn check(dest: &eds::drain::Destination, files: &[ExportFile], rows: u32, fresh: bool) {
     let tables: BTreeSet<String> = ["order".to_owned(), "customer".to_owned()].into();
     let versions: HashMap<String, String> =
         [("order".to_owned(), "fff000111".to_owned()), ("customer".to_owned(), "fff000111".to_owned())].into();
-    let loaded = load(dest, files, &tables, &versions, &|_, _| {}).await.unwrap();
+    let loaded = load(dest, files, &tables, &versions, fresh, &|_, _| {}).await.unwrap();
     assert_eq!(loaded.rows["order"], u64::from(rows));
     assert_eq!(loaded.rows["customer"], 100);
     let rejected: Vec<(String, u64)> = loaded
@@ -83,13 +83,15 @@ async fn check(dest: &eds::drain::Destination, files: &[ExportFile], rows: u32) 
         "{:?}",
         loaded.rejected
     );
-    // Again: the same rows, upserted.
-    let again = load(dest, files, &tables, &versions, &|_, _| {}).await.unwrap();
+    // Again: the same rows, upserted (into tables that are not fresh any more, even when the
+    // load is told they are).
+    let again = load(dest, files, &tables, &versions, fresh, &|_, _| {}).await.unwrap();
     assert_eq!(again.rows, loaded.rows);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_export_loads_into_postgresql_row_for_row() {
+/// Loads the export into a new PostgreSQL schema (`fresh` as given) and checks it; every row of
+/// both tables as text, sorted.
+async fn load_into_postgresql(fresh: bool) -> Vec<String> {
     let hq = common::setup::Hq::start().await;
     let dir = tempfile::tempdir().unwrap();
     let rows = 20_000;
@@ -102,12 +104,30 @@ async fn an_export_loads_into_postgresql_row_for_row() {
     admin.execute(format!("CREATE SCHEMA \"{schema}\"").as_str()).await.unwrap();
     let url = format!("{PG}?name=pg&options=-c%20search_path%3D{schema}");
     let dest = destination(&url, &hq).await;
-    check(&dest, &files, rows).await;
+    check(&dest, &files, rows, fresh).await;
     let got: Vec<(String, String)> =
         sqlx::query_as(&format!("SELECT id, name FROM \"{schema}\".\"order\"")).fetch_all(&mut admin).await.unwrap();
     let got: BTreeMap<String, String> = got.into_iter().collect();
     assert_eq!(got, expected, "every order row, every value as in the file");
+    let mut all = Vec::new();
+    for table in ["order", "customer"] {
+        let sql = format!("SELECT '{table}' || t::text FROM \"{schema}\".\"{table}\" t ORDER BY 1");
+        all.extend(sqlx::query_scalar::<_, String>(&sql).fetch_all(&mut admin).await.unwrap());
+    }
     admin.execute(format!("DROP SCHEMA \"{schema}\" CASCADE").as_str()).await.unwrap();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_loads_into_postgresql_row_for_row() {
+    load_into_postgresql(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_into_fresh_postgresql_tables_leaves_what_the_upserts_leave() {
+    let (plain, fresh) = tokio::join!(load_into_postgresql(false), load_into_postgresql(true));
+    assert_eq!(plain.len(), 20_100);
+    assert!(plain == fresh, "the two loads differ");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +143,7 @@ async fn an_export_loads_into_mariadb_row_for_row() {
     admin.execute(format!("CREATE DATABASE `{db}`").as_str()).await.unwrap();
     let url = format!("mysql://root@127.0.0.1:3306/{db}?name=my");
     let dest = destination(&url, &hq).await;
-    check(&dest, &files, rows).await;
+    check(&dest, &files, rows, true).await;
     let got: Vec<(String, String)> =
         sqlx::query_as(&format!("SELECT id, name FROM `{db}`.`order`")).fetch_all(&mut admin).await.unwrap();
     let got: BTreeMap<String, String> = got.into_iter().collect();

@@ -211,6 +211,14 @@ pub trait Driver: Send + Sync {
     /// [`Batch::Folded`] and apply it in one transaction; stream drivers get [`Batch::Events`].
     fn write<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>>;
 
+    /// [`write`](Self::write) a batch into tables an import has just dropped and created again,
+    /// so most of its rows are new: a driver may insert them the fastest way it has, provided it
+    /// leaves exactly the content `write` would (existing rows included — a resumed or repeated
+    /// import finds them) and refuses the same rows. The default is `write`.
+    fn write_fresh<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.write(batch)
+    }
+
     /// Make sure `schema`'s table exists at the destination and has every one of its columns,
     /// checked against the destination's own catalog (cached by the driver). Never drops a table
     /// or a column and never moves a table "backwards": an older version's schema only ever adds

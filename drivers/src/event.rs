@@ -474,6 +474,30 @@ pub fn validate(bytes: &[u8]) -> Result<Checked, EventError> {
     Ok(Checked { operation, table: w.table })
 }
 
+/// What an import's synthesised INSERT event carries besides its row (see
+/// [`ChangeEvent::imported_insert`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedInsert {
+    /// Event id.
+    pub id: String,
+    /// Table name.
+    pub table: String,
+    /// The row's primary key (the event's one `key` element).
+    pub key: String,
+    /// Schema version of the row.
+    pub model_version: String,
+    /// Company.
+    pub company_id: Option<String>,
+    /// Location.
+    pub location_id: Option<String>,
+    /// User.
+    pub user_id: Option<String>,
+    /// Event time, unix milliseconds.
+    pub timestamp: i64,
+    /// CockroachDB HLC timestamp, as a decimal string.
+    pub mvcc_timestamp: String,
+}
+
 /// A decoded change event (behaviour spec §5). Unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeEvent {
@@ -542,6 +566,32 @@ impl ChangeEvent {
         };
         let (operation, primary_key) = w.rules(after.or(before.as_ref()))?;
         Ok(ChangeEvent::of(w, operation, primary_key, before.map(|r| r.0)))
+    }
+
+    /// The INSERT event an import synthesises for `row`, built directly: equal to what
+    /// [`ChangeEvent::from_json_for_state`] decodes from the JSON of the same event (operation
+    /// `INSERT`, `key` `[meta.key]`, `imported` true, `after` the row, no `before` or `diff`),
+    /// and refused for the same reasons (no table, no primary key), without writing and parsing
+    /// that JSON.
+    pub fn imported_insert(meta: ImportedInsert, row: Row) -> Result<ChangeEvent, EventError> {
+        let w: Wire<Row> = Wire {
+            operation: "INSERT".to_owned(),
+            id: meta.id,
+            table: meta.table,
+            key: vec![meta.key],
+            model_version: meta.model_version,
+            company_id: meta.company_id,
+            location_id: meta.location_id,
+            user_id: meta.user_id,
+            before: None,
+            after: Some(row),
+            diff: None,
+            timestamp: meta.timestamp,
+            mvcc_timestamp: meta.mvcc_timestamp,
+            imported: true,
+        };
+        let (operation, primary_key) = w.rules(w.after.as_ref().filter(|r| !r.is_empty()))?;
+        Ok(ChangeEvent::of(w, operation, primary_key, None))
     }
 
     /// The event of a checked wire record, with its `before` image.

@@ -229,7 +229,8 @@ pub struct Schema {
     columns: Vec<Column>,
     primary_keys: Vec<String>,
     required: Vec<String>,
-    by_name: HashMap<String, usize>,
+    /// Column index by name, hashed fast: the drain looks up every property of every row.
+    by_name: HashMap<String, usize, foldhash::fast::RandomState>,
 }
 
 /// A property as the schema JSON spells it. Every field may be missing or `null`, as Go's decoder

@@ -35,11 +35,13 @@ struct Refused {
 fn deliver<'a>(
     driver: &'a dyn Driver,
     batch: Batch<'a>,
+    fresh: bool,
     offset: usize,
     refused: &'a mut Refused,
 ) -> eds_drivers::driver::BoxFuture<'a, Result<(), DriverError>> {
     Box::pin(async move {
-        let result = match tokio::time::timeout(WRITE_DEADLINE, driver.write(batch)).await {
+        let write = if fresh { driver.write_fresh(batch) } else { driver.write(batch) };
+        let result = match tokio::time::timeout(WRITE_DEADLINE, write).await {
             Ok(r) => r,
             Err(_) => Err(DriverError::new(
                 ErrorClass::Transient,
@@ -57,8 +59,8 @@ fn deliver<'a>(
                 let before = refused.written;
                 let mid = batch.len() / 2;
                 let (left, right) = batch.split_at(mid);
-                deliver(driver, left, offset, refused).await?;
-                deliver(driver, right, offset + mid, refused).await?;
+                deliver(driver, left, fresh, offset, refused).await?;
+                deliver(driver, right, fresh, offset + mid, refused).await?;
                 if e.class == ErrorClass::Unknown && refused.written == before {
                     return Err(e);
                 }
@@ -78,9 +80,9 @@ fn deliver<'a>(
 }
 
 /// [`deliver`] from the top: a batch of which nothing could be written blames no single change.
-async fn deliver_all(driver: &dyn Driver, batch: Batch<'_>) -> Result<Refused, DriverError> {
+async fn deliver_all(driver: &dyn Driver, batch: Batch<'_>, fresh: bool) -> Result<Refused, DriverError> {
     let mut refused = Refused::default();
-    deliver(driver, batch, 0, &mut refused).await?;
+    deliver(driver, batch, fresh, 0, &mut refused).await?;
     if refused.written == 0 {
         if let Some((_, why)) = refused.suspects.first() {
             return Err(DriverError::new(ErrorClass::Unknown, why.clone()));
@@ -117,7 +119,7 @@ pub(super) async fn write_stream(
 ) -> Result<(), DriverError> {
     let deliveries: Vec<Delivery<'_>> =
         decoded.iter().map(|(lsn, event, raw)| Delivery { lsn: *lsn, event, raw }).collect();
-    let refused = deliver_all(driver, Batch::Events(&deliveries)).await?;
+    let refused = deliver_all(driver, Batch::Events(&deliveries), false).await?;
     let lsn = |i: usize| deliveries.get(i).map(|d| d.lsn);
     out.rejected.extend(refused.rejected.into_iter().filter_map(|(i, why)| Some((lsn(i)?, why))));
     out.suspects.extend(
@@ -186,7 +188,7 @@ pub async fn deliver_one(
     let decoded = vec![(lsn, event, raw)];
     match dest.driver.describe().kind {
         Kind::Stream => write_stream(&*dest.driver, &decoded, &mut out).await?,
-        Kind::State => write_state(dest, decoded, &mut out).await?,
+        Kind::State => write_state(dest, decoded, false, &mut out).await?,
     }
     Ok(out.rejected.into_iter().next().map(|(_, why)| why))
 }
@@ -194,14 +196,17 @@ pub async fn deliver_one(
 /// Deliver a batch as the drain would (schemas, tables, folding, splitting around rejected
 /// changes): the (LSN, reason) of every event the destination rejected. For `eds import`, whose
 /// rows do not come from the WAL; the "LSN" is whatever position the caller numbers them by.
+/// `fresh`: the import dropped and created again the tables it writes, so a state destination
+/// may write through [`Driver::write_fresh`].
 pub async fn deliver_batch(
     dest: &Destination,
     decoded: Vec<(u64, ChangeEvent, &[u8])>,
+    fresh: bool,
 ) -> Result<Vec<(u64, String)>, DriverError> {
     let mut out = Undelivered::default();
     match dest.driver.describe().kind {
         Kind::Stream => write_stream(&*dest.driver, &decoded, &mut out).await?,
-        Kind::State => write_state(dest, decoded, &mut out).await?,
+        Kind::State => write_state(dest, decoded, fresh, &mut out).await?,
     }
     // A change that failed alone with an error the driver could not place is rejected here: an
     // import has no later attempt to wait for.
@@ -220,19 +225,24 @@ fn lookup<'s>(schemas: &'s Schemas, table: &str, version: &str) -> Option<&'s Ar
     schemas.get(table).and_then(|v| v.get(version))
 }
 
-/// Drop the properties `schema` does not know (EDS does the same for state destinations).
+/// Drop the properties `schema` does not know (EDS does the same for state destinations). A
+/// row whose every property is known (most rows) is only looked through, not rebuilt.
 fn keep_known(row: &mut Option<Row>, schema: &Schema) {
     if let Some(r) = row {
-        r.retain(|k, _| schema.column(k).is_some());
+        if r.keys().any(|k| schema.column(k).is_none()) {
+            r.retain(|k, _| schema.column(k).is_some());
+        }
     }
 }
 
 /// Deliver a batch to a state destination: look up every event's schema, cut its rows to the
 /// schema, fold per (table, key), make sure the tables and columns exist, write the changes.
-/// A change the destination rejects makes every event folded into it a rejected event.
+/// A change the destination rejects makes every event folded into it a rejected event. `fresh`:
+/// written through [`Driver::write_fresh`] (an import into tables it just created).
 pub(super) async fn write_state(
     dest: &Destination,
     decoded: Vec<(u64, ChangeEvent, &[u8])>,
+    fresh: bool,
     out: &mut Undelivered,
 ) -> Result<(), DriverError> {
     let rejected = &mut out.rejected;
@@ -246,7 +256,12 @@ pub(super) async fn write_state(
     let mut schemas: Schemas = HashMap::new();
     // (table, version) → why it has no schema.
     let mut unknown: HashMap<(String, String), String> = HashMap::new();
-    for (_, e, _) in &decoded {
+    for (i, (_, e, _)) in decoded.iter().enumerate() {
+        // Events of a batch mostly share their table and version with the event before.
+        let previous = i.checked_sub(1).and_then(|p| decoded.get(p)).map(|(_, p, _)| p);
+        if previous.is_some_and(|p| p.table == e.table && p.model_version == e.model_version) {
+            continue;
+        }
         let key = (e.table.clone(), e.model_version.clone());
         if lookup(&schemas, &e.table, &e.model_version).is_some() || unknown.contains_key(&key) {
             continue;
@@ -264,12 +279,23 @@ pub(super) async fn write_state(
         }
     }
     let mut events: Vec<(u64, ChangeEvent)> = Vec::with_capacity(decoded.len());
+    // The schema of the event before, by its (table, version): most events need no look-up.
+    let mut last: Option<(String, String, &Arc<Schema>)> = None;
     for (lsn, mut e, _) in decoded {
         if let Some(why) = e.no_row_to_write() {
             rejected.push((lsn, why));
             continue;
         }
-        match lookup(&schemas, &e.table, &e.model_version) {
+        let same = last.as_ref().filter(|(t, v, _)| *t == e.table && *v == e.model_version);
+        let found = match same {
+            Some((_, _, schema)) => Some(*schema),
+            None => {
+                let found = lookup(&schemas, &e.table, &e.model_version);
+                last = found.map(|s| (e.table.clone(), e.model_version.clone(), s));
+                found
+            }
+        };
+        match found {
             Some(schema) => {
                 keep_known(&mut e.after, schema);
                 keep_known(&mut e.before, schema);
@@ -288,7 +314,11 @@ pub(super) async fn write_state(
     // schema the destination refuses (a table name it cannot hold) rejects that table's events.
     let mut ensured: Vec<&Arc<Schema>> = Vec::new();
     let mut refused_tables: HashMap<&str, String> = HashMap::new();
-    for c in &folded {
+    for (i, c) in folded.iter().enumerate() {
+        let previous = i.checked_sub(1).and_then(|p| folded.get(p));
+        if previous.is_some_and(|p| p.table == c.table && p.model_version == c.model_version) {
+            continue;
+        }
         let Some(schema) = lookup(&schemas, &c.table, &c.model_version) else { continue };
         if ensured.iter().any(|s| Arc::ptr_eq(s, schema)) {
             continue;
@@ -309,15 +339,27 @@ pub(super) async fn write_state(
         }
     }
     let mut changes: Vec<StateChange<'_>> = Vec::with_capacity(folded.len());
+    // The schema of the change before, by its (table, version).
+    let mut last: Option<(&str, &str, &Arc<Schema>)> = None;
     for c in &folded {
-        if let Some(why) = refused_tables.get(c.table.as_str()) {
+        if let Some(why) = (!refused_tables.is_empty()).then(|| refused_tables.get(c.table.as_str())).flatten() {
             rejected.extend(c.positions.iter().map(|&lsn| (lsn, why.clone())));
-        } else if let Some(schema) = lookup(&schemas, &c.table, &c.model_version) {
+            continue;
+        }
+        let schema = match last {
+            Some((t, v, schema)) if t == c.table && v == c.model_version => Some(schema),
+            _ => lookup(&schemas, &c.table, &c.model_version),
+        };
+        if let Some(schema) = schema {
+            last = Some((&c.table, &c.model_version, schema));
             changes.push(StateChange { change: c, schema });
         }
     }
-    let refused =
-        if changes.is_empty() { Refused::default() } else { deliver_all(driver, Batch::Folded(&changes)).await? };
+    let refused = if changes.is_empty() {
+        Refused::default()
+    } else {
+        deliver_all(driver, Batch::Folded(&changes), fresh).await?
+    };
     // The events folded into a change.
     let lsns = |i: usize| changes.get(i).map(|c| c.change.positions.clone());
     for (i, why) in refused.rejected {

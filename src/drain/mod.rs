@@ -234,7 +234,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         let mut written = match kind {
             _ if decoded.is_empty() => Ok(()),
             Kind::Stream => write_stream(&*dest.driver, &decoded, &mut undelivered).await,
-            Kind::State => write_state(&dest, decoded, &mut undelivered).await,
+            Kind::State => write_state(&dest, decoded, false, &mut undelivered).await,
         };
         // Events the destination refused: (LSN, reason).
         let mut rejected = std::mem::take(&mut undelivered.rejected);

@@ -432,7 +432,9 @@ where
             // Rows per table so far; the bar counts them all.
             let so_far = std::sync::Mutex::new(BTreeMap::<String, u64>::new());
             progress.start("load", Unit::Rows, None);
-            loaded = super::load::load(dest, &files, &tables, &versions, &|table, rows| {
+            // Tables dropped above are new: the destination may insert into them its fastest way.
+            let fresh = drops;
+            loaded = super::load::load(dest, &files, &tables, &versions, fresh, &|table, rows| {
                 let mut so_far = so_far.lock().unwrap_or_else(|p| p.into_inner());
                 so_far.insert(table.to_owned(), rows);
                 let detail = format!("{table}: {}", super::progress::thousands(rows));

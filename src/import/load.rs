@@ -15,8 +15,9 @@ use super::files::ExportFile;
 use crate::drain::Destination;
 use crate::validator::{Validator, Verdict};
 use anyhow::{bail, Context, Result};
+use eds_drivers::driver::Kind;
 use eds_drivers::driver::{ErrorClass, Limits};
-use eds_drivers::event::ChangeEvent;
+use eds_drivers::event::{ChangeEvent, ImportedInsert};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::BufRead;
@@ -46,27 +47,75 @@ pub struct Loaded {
     pub bytes: u64,
 }
 
-/// The event eds synthesises for line `line` of `file` holding `row`.
-pub fn row_event(file: &ExportFile, line: u64, row: Map<String, Value>, model_version: &str) -> Result<Vec<u8>> {
-    let id = match row.get("id") {
+/// What every row of one export file shares in its synthesised event.
+struct FileMeta {
+    /// The hash of the file's name that starts every event id.
+    name_hash: u64,
+    /// The file's time, unix milliseconds.
+    millis: i128,
+    /// The file's time as the events' `mvccTimestamp`.
+    mvcc: String,
+}
+
+impl FileMeta {
+    fn of(file: &ExportFile) -> FileMeta {
+        let name = file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        FileMeta {
+            name_hash: xxhash_rust::xxh64::xxh64(name.as_bytes(), 0),
+            millis: file.nanos.div_euclid(1_000_000),
+            mvcc: format!("{}.0000000000", file.nanos),
+        }
+    }
+}
+
+/// The event's fields besides the row, for line `line` of `file` holding `row`; the timestamp
+/// as the file gives it (it may not fit an event's).
+fn row_meta(
+    file: &ExportFile,
+    meta: &FileMeta,
+    line: u64,
+    row: &Map<String, Value>,
+    model_version: &str,
+) -> Result<(ImportedInsert, i128)> {
+    let key = match row.get("id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         _ => bail!("the row has no id"),
     };
-    let name = file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let millis = file.nanos.div_euclid(1_000_000);
     let text = |k: &str| row.get(k).and_then(Value::as_str).map(str::to_owned);
+    let insert = ImportedInsert {
+        id: format!("{:016x}-{line}", meta.name_hash),
+        table: file.table.clone(),
+        key,
+        model_version: model_version.to_owned(),
+        company_id: text("companyId"),
+        location_id: text("locationId"),
+        user_id: text("userId"),
+        timestamp: 0,
+        mvcc_timestamp: meta.mvcc.clone(),
+    };
+    Ok((insert, meta.millis))
+}
+
+/// The event eds synthesises for line `line` of `file` holding `row`.
+pub fn row_event(file: &ExportFile, line: u64, row: Map<String, Value>, model_version: &str) -> Result<Vec<u8>> {
+    let (m, millis) = row_meta(file, &FileMeta::of(file), line, &row, model_version)?;
+    event_json(m, millis, row)
+}
+
+/// The JSON of the event of `m` and `row`, `millis` its timestamp.
+fn event_json(m: ImportedInsert, millis: i128, row: Map<String, Value>) -> Result<Vec<u8>> {
     let event = json!({
         "operation": "INSERT",
-        "id": format!("{:016x}-{line}", xxhash_rust::xxh64::xxh64(name.as_bytes(), 0)),
-        "table": file.table,
-        "key": [id],
-        "modelVersion": model_version,
-        "companyId": text("companyId"),
-        "locationId": text("locationId"),
-        "userId": text("userId"),
+        "id": m.id,
+        "table": m.table,
+        "key": [m.key],
+        "modelVersion": m.model_version,
+        "companyId": m.company_id,
+        "locationId": m.location_id,
+        "userId": m.user_id,
         "timestamp": millis,
-        "mvccTimestamp": format!("{}.0000000000", file.nanos),
+        "mvccTimestamp": m.mvcc_timestamp,
         "imported": true,
         "after": Value::Object(row),
     });
@@ -74,6 +123,15 @@ pub fn row_event(file: &ExportFile, line: u64, row: Map<String, Value>, model_ve
     let mut raw = Vec::with_capacity(1024);
     serde_json::to_writer(&mut raw, &event)?;
     Ok(raw)
+}
+
+/// The event of `m` and `row` built directly ([`ChangeEvent::imported_insert`]): the event
+/// [`ChangeEvent::from_json_for_state`] decodes from [`event_json`]'s bytes, refused for the
+/// same reasons.
+fn direct_event(mut m: ImportedInsert, millis: i128, row: Map<String, Value>) -> Result<ChangeEvent> {
+    m.timestamp = i64::try_from(millis)
+        .map_err(|_| anyhow::anyhow!("not a valid row: the export file's time {millis} ms is out of range"))?;
+    ChangeEvent::imported_insert(m, row).map_err(|e| anyhow::anyhow!("not a valid row: {e}"))
 }
 
 /// A row read and checked, waiting for delivery.
@@ -84,10 +142,28 @@ struct Pending {
     file: usize,
     /// Its line in the file.
     line: u64,
-    /// Its event's bytes.
-    raw: Vec<u8>,
+    /// What its event is made again from, after a failed attempt took it.
+    source: Source,
     /// The object name the schema validator gave it.
     path: Option<String>,
+}
+
+/// What a row's event is made from.
+enum Source {
+    /// The event's JSON: what stream destinations and the schema validator see.
+    Event(Vec<u8>),
+    /// The line of the export file, for a state destination without a validator: its event is
+    /// built directly from the row ([`direct_event`]), and its JSON is never written.
+    Line(String),
+}
+
+impl Source {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Source::Event(raw) => raw,
+            Source::Line(line) => line.as_bytes(),
+        }
+    }
 }
 
 /// What the reader hands the delivering side: one batch, and what reading found before it.
@@ -100,22 +176,30 @@ struct Chunk {
 }
 
 /// Load `files` (those of `tables`) into `dest`; `versions` gives each table's model version.
-/// `progress` hears (table, rows delivered so far in it) after every batch.
+/// `progress` hears (table, rows delivered so far in it) after every batch. `fresh`: the import
+/// dropped `tables` and created them again, so the destination may insert the rows its fastest
+/// way ([`eds_drivers::driver::Driver::write_fresh`]); the content is the same either way.
 pub async fn load(
     dest: &Destination,
     files: &[ExportFile],
     tables: &BTreeSet<String>,
     versions: &HashMap<String, String>,
+    fresh: bool,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<Loaded> {
     let limits = dest.driver.limits();
     let wanted: Vec<(usize, ExportFile)> =
         files.iter().cloned().enumerate().filter(|(_, f)| tables.contains(&f.table)).collect();
-    let versions = versions.clone();
+    let read_versions = versions.clone();
     let validator = dest.validator.clone();
     let (tx, mut rx) = mpsc::channel(READ_AHEAD);
     // Dropping `rx` (an error below) stops the reader at its next batch.
-    let reader = tokio::task::spawn_blocking(move || read(&wanted, &versions, validator.as_deref(), &limits, &tx));
+    // A state destination without a validator never sees an event's JSON: its events are built
+    // directly from the rows.
+    let direct = validator.is_none() && dest.driver.describe().kind == Kind::State;
+    let reader =
+        tokio::task::spawn_blocking(move || read(&wanted, &read_versions, validator.as_deref(), direct, &limits, &tx));
+    let target = Target { dest, files, versions, fresh };
     let mut out = Loaded::default();
     loop {
         let next = tokio::time::timeout(READ_STALL, rx.recv())
@@ -129,7 +213,7 @@ pub async fn load(
             *out.skipped.entry(table).or_default() += n;
         }
         if !rows.is_empty() {
-            deliver(dest, files, rows, events, &mut out, progress).await?;
+            deliver(&target, rows, events, &mut out, progress).await?;
         }
     }
     reader.await.context("reading the export files")?;
@@ -142,6 +226,7 @@ fn read(
     files: &[(usize, ExportFile)],
     versions: &HashMap<String, String>,
     validator: Option<&Validator>,
+    direct: bool,
     limits: &Limits,
     tx: &mpsc::Sender<Result<Chunk>>,
 ) {
@@ -163,6 +248,7 @@ fn read(
             Ok(f) => f,
             Err(e) => return failed(anyhow::Error::new(e).context(format!("opening {}", file.path.display()))),
         };
+        let meta = FileMeta::of(file);
         let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)));
         for (n, line) in reader.lines().enumerate() {
             let line_no = n as u64 + 1;
@@ -191,36 +277,64 @@ fn read(
                     continue;
                 }
             };
-            let raw = match row_event(file, line_no, row, version) {
-                Ok(raw) => raw,
+            let (m, millis) = match row_meta(file, &meta, line_no, &row, version) {
+                Ok(m) => m,
                 Err(e) => {
                     refuse(&mut chunk.read, e.to_string());
                     continue;
                 }
             };
-            let mut event = match ChangeEvent::from_json_for_state(&raw) {
-                Ok(e) => e,
-                Err(e) => {
-                    refuse(&mut chunk.read, format!("not a valid row: {e}"));
-                    continue;
-                }
-            };
-            if let Some(v) = validator {
-                match v.check(&raw) {
-                    Verdict::Valid(path) => event.path = path,
-                    Verdict::Invalid(why) => {
-                        refuse(&mut chunk.read, why);
+            if direct {
+                match direct_event(m, millis, row) {
+                    Ok(event) => {
+                        batch_bytes += line.len();
+                        chunk.rows.push(Pending {
+                            position,
+                            file: *index,
+                            line: line_no,
+                            source: Source::Line(line),
+                            path: None,
+                        });
+                        chunk.events.push(event);
+                    }
+                    Err(e) => {
+                        refuse(&mut chunk.read, e.to_string());
                         continue;
                     }
-                    Verdict::NoRule => {
-                        *chunk.read.skipped.entry(file.table.clone()).or_default() += 1;
+                }
+            } else {
+                let raw = match event_json(m, millis, row) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        refuse(&mut chunk.read, e.to_string());
                         continue;
                     }
+                };
+                let mut event = match ChangeEvent::from_json_for_state(&raw) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        refuse(&mut chunk.read, format!("not a valid row: {e}"));
+                        continue;
+                    }
+                };
+                if let Some(v) = validator {
+                    match v.check(&raw) {
+                        Verdict::Valid(path) => event.path = path,
+                        Verdict::Invalid(why) => {
+                            refuse(&mut chunk.read, why);
+                            continue;
+                        }
+                        Verdict::NoRule => {
+                            *chunk.read.skipped.entry(file.table.clone()).or_default() += 1;
+                            continue;
+                        }
+                    }
                 }
+                batch_bytes += raw.len();
+                let path = event.path.clone();
+                chunk.rows.push(Pending { position, file: *index, line: line_no, source: Source::Event(raw), path });
+                chunk.events.push(event);
             }
-            batch_bytes += raw.len();
-            chunk.rows.push(Pending { position, file: *index, line: line_no, raw, path: event.path.clone() });
-            chunk.events.push(event);
             if chunk.rows.len() >= limits.max_rows || batch_bytes >= limits.max_bytes {
                 if !send(&mut chunk) {
                     return;
@@ -233,24 +347,42 @@ fn read(
 }
 
 /// The events of `rows` again, as they were read (after a failed attempt took them).
-fn events_of(rows: &[Pending]) -> Result<Vec<ChangeEvent>> {
+fn events_of(rows: &[Pending], files: &[ExportFile], versions: &HashMap<String, String>) -> Result<Vec<ChangeEvent>> {
     rows.iter()
         .map(|r| {
-            let mut e = ChangeEvent::from_json_for_state(&r.raw).context("decoding an event read before")?;
+            let mut e = match &r.source {
+                Source::Event(raw) => ChangeEvent::from_json_for_state(raw).context("decoding an event read before")?,
+                Source::Line(line) => {
+                    let file = files.get(r.file).context("the file of a row read before")?;
+                    let version = versions.get(&file.table).context("the version of a row read before")?;
+                    let row: Map<String, Value> = serde_json::from_str(line).context("decoding a row read before")?;
+                    let (m, millis) = row_meta(file, &FileMeta::of(file), r.line, &row, version)?;
+                    direct_event(m, millis, row)?
+                }
+            };
             e.path = r.path.clone();
             Ok(e)
         })
         .collect()
 }
 
+/// Where a load's batches go, and what their rows came from.
+struct Target<'a> {
+    dest: &'a Destination,
+    files: &'a [ExportFile],
+    versions: &'a HashMap<String, String>,
+    /// Whether the tables were just dropped and created again (see [`load`]).
+    fresh: bool,
+}
+
 async fn deliver(
-    dest: &Destination,
-    files: &[ExportFile],
+    target: &Target<'_>,
     rows: Vec<Pending>,
     events: Vec<ChangeEvent>,
     out: &mut Loaded,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<()> {
+    let Target { dest, files, versions, fresh } = *target;
     let started = Instant::now();
     let mut wait = Duration::from_millis(200);
     // The first attempt takes the events; a retry decodes them again from their bytes.
@@ -258,11 +390,11 @@ async fn deliver(
     let rejected = loop {
         let events = match events.take() {
             Some(e) => e,
-            None => events_of(&rows)?,
+            None => events_of(&rows, files, versions)?,
         };
         let decoded: Vec<(u64, ChangeEvent, &[u8])> =
-            rows.iter().zip(events).map(|(r, e)| (r.position, e, r.raw.as_slice())).collect();
-        match crate::drain::deliver_batch(dest, decoded).await {
+            rows.iter().zip(events).map(|(r, e)| (r.position, e, r.source.bytes())).collect();
+        match crate::drain::deliver_batch(dest, decoded, fresh).await {
             Ok(rejected) => break rejected,
             Err(e)
                 if matches!(e.class, ErrorClass::Transient | ErrorClass::Unknown) && started.elapsed() < RETRY_FOR =>
@@ -295,4 +427,94 @@ async fn deliver(
         progress(t, out.rows[t]);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Strings a row may hold that could trip up JSON writing and reading.
+    const NASTY: &[&str] = &[
+        "",
+        "plain",
+        "\\N",
+        "tab\there",
+        "new\nline\r\n",
+        "quote\" and 'single'",
+        "back\\slash\\",
+        "emoji 🚗💨 and é",
+        "\u{0}nul",
+        "\u{1f}\u{7f}",
+        "\u{2028}\u{2029}",
+        "{\"json\": [1, 2]}",
+        "null",
+        "123",
+    ];
+
+    fn export_file(table: &str) -> ExportFile {
+        ExportFile {
+            path: PathBuf::from(format!(
+                "/x/20261201120000123456789000000000-c7274317e9a4a9cb-1-651-00000000-{table}-1.ndjson.gz"
+            )),
+            table: table.to_owned(),
+            nanos: 1_764_590_400_123_456_789,
+        }
+    }
+
+    /// The lines a hostile export might hold, as text (so duplicate keys and number forms stay
+    /// as written).
+    fn lines() -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, s) in NASTY.iter().enumerate() {
+            let q = serde_json::to_string(s).unwrap_or_default();
+            out.push(format!(
+                r#"{{"id":"r{i}","name":{q},{q}:{q},"companyId":{q},"locationId":null,"userId":{i},"n":{i}.50,"big":123456789012345678901234567890,"neg":-0.0,"exp":1e400,"obj":{{"k":{q},"a":[{q},null,true,1.0]}},"arr":[],"b":false}}"#
+            ));
+        }
+        out.push(r#"{"id":12345678901234567890123,"name":"numeric id"}"#.to_owned());
+        out.push(r#"{"id":"dup","name":"first","name":"second","companyId":"c1","companyId":"c2"}"#.to_owned());
+        out.push(r#"{"id":"u","locationId":7,"userId":{"x":1},"companyId":["c"]}"#.to_owned());
+        out
+    }
+
+    /// Both ways of making a row's event: its JSON decoded, and built directly.
+    fn both(file: &ExportFile, line: u64, text: &str) -> (Result<ChangeEvent, String>, Result<ChangeEvent, String>) {
+        let row = || serde_json::from_str::<Map<String, Value>>(text).unwrap_or_default();
+        let meta = FileMeta::of(file);
+        let via_json = row_meta(file, &meta, line, &row(), "v1")
+            .and_then(|(m, millis)| event_json(m, millis, row()))
+            .map_err(|e| e.to_string())
+            .and_then(|raw| ChangeEvent::from_json_for_state(&raw).map_err(|e| format!("not a valid row: {e}")));
+        let direct = row_meta(file, &meta, line, &row(), "v1")
+            .and_then(|(m, millis)| direct_event(m, millis, row()))
+            .map_err(|e| e.to_string());
+        (via_json, direct)
+    }
+
+    #[test]
+    fn the_direct_event_is_the_event_its_json_decodes_to() {
+        let file = export_file("order");
+        for (n, text) in lines().iter().enumerate() {
+            let (via_json, direct) = both(&file, n as u64 + 1, text);
+            let via_json = via_json.unwrap_or_else(|e| panic!("line {text}: {e}"));
+            assert_eq!(direct.as_ref().ok(), Some(&via_json), "line {text}");
+            assert!(via_json.imported && via_json.before.is_none(), "line {text}");
+        }
+    }
+
+    #[test]
+    fn rows_refused_one_way_are_refused_the_other_way_alike() {
+        // No id, an empty id, an id that is neither text nor number; a table with no name.
+        for (table, text) in [
+            ("order", r#"{"name":"no id"}"#),
+            ("order", r#"{"id":""}"#),
+            ("order", r#"{"id":{"a":1}}"#),
+            ("order", r#"{"id":null}"#),
+            ("", r#"{"id":"r1"}"#),
+        ] {
+            let (via_json, direct) = both(&export_file(table), 3, text);
+            let why = via_json.expect_err(text);
+            assert_eq!(direct.expect_err(text), why, "{text}");
+        }
+    }
 }

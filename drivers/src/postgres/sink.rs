@@ -622,7 +622,8 @@ impl PostgresDriver {
             .collect()
     }
 
-    async fn write_folded(&self, changes: &[StateChange<'_>]) -> Result<(), DriverError> {
+    /// One batch in one transaction; `fresh`: upsert groups try [`copy_fresh`] first.
+    async fn write_folded(&self, changes: &[StateChange<'_>], fresh: bool) -> Result<(), DriverError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -644,7 +645,7 @@ impl PostgresDriver {
         let mut tx = BatchTx::begin(&self.pool, &self.options)
             .await
             .map_err(|e| sql_error(&format!("starting a transaction on {}", self.target), e))?;
-        let outcome = self.apply(tx.conn(), &plan, &plans).await;
+        let outcome = self.apply(tx.conn(), &plan, &plans, fresh).await;
         tx.finish(outcome, |e| self.write_error("committing the batch", e)).await
     }
 
@@ -654,6 +655,7 @@ impl PostgresDriver {
         tx: &mut PgConnection,
         plan: &plan::Plan<'_, Cell<'_>>,
         plans: &plan::Columns<'_, ColumnPlan<'_>>,
+        fresh: bool,
     ) -> Result<(), DriverError> {
         let mut staging = 0usize;
         for step in plan.steps() {
@@ -676,6 +678,12 @@ impl PostgresDriver {
                     let table = g.schema.table();
                     let columns = plans.get(&(table, g.schema.model_version())).map_or(&[][..], Vec::as_slice);
                     let rows = g.rows.len();
+                    if fresh && fresh_copy_fits(columns) {
+                        let what = format!("copying {rows} rows into table {table:?}");
+                        if copy_fresh(tx, g, columns).await.map_err(|e| self.write_error(&what, e))? {
+                            continue;
+                        }
+                    }
                     if rows >= self.copy_threshold {
                         let what = format!("upserting {rows} rows into table {table:?} through COPY");
                         let stage = format!("eds_stage_{staging}");
@@ -847,9 +855,17 @@ async fn copy_upsert(
 ) -> Result<(), sqlx::Error> {
     let defs = (0..width).map(|i| format!("c{i} text")).collect::<Vec<_>>().join(", ");
     conn.execute(format!("CREATE TEMP TABLE {stage} ({defs}) ON COMMIT DROP").as_str()).await?;
-    let mut copy = conn.copy_in_raw(&format!("COPY {stage} FROM STDIN")).await?;
+    copy_rows(conn, &format!("COPY {stage} FROM STDIN"), &g.rows).await?;
+    // Not a prepared statement: the staging table is a new one in every transaction.
+    sqlx::query(sql).persistent(false).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Streams `rows` in COPY's text format through `copy` (a `COPY … FROM STDIN` statement).
+async fn copy_rows(conn: &mut PgConnection, copy: &str, rows: &[Vec<Cell<'_>>]) -> Result<(), sqlx::Error> {
+    let mut copy = conn.copy_in_raw(copy).await?;
     let mut buf = Vec::with_capacity(COPY_CHUNK + 4096);
-    for row in &g.rows {
+    for row in rows {
         for (i, cell) in row.iter().enumerate() {
             if i > 0 {
                 buf.push(b'\t');
@@ -872,9 +888,40 @@ async fn copy_upsert(
         }
     }
     copy.finish().await?;
-    // Not a prepared statement: the staging table is a new one in every transaction.
-    sqlx::query(sql).persistent(false).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Whether [`copy_fresh`] may write a group with `columns`: a COPY stores a value by the column's
+/// own input function, which is what the upsert's cast to the column's type does — except for
+/// `timestamp without time zone`, which the upsert converts through `timestamptz` to UTC.
+fn fresh_copy_fits(columns: &[ColumnPlan<'_>]) -> bool {
+    columns.iter().all(|c| c.storage != Storage::Timestamp)
+}
+
+/// The fresh-table path of one upsert group ([`Driver::write_fresh`]): its rows COPYed straight
+/// into the table, inside a savepoint. `Ok(false)` when the server refused the COPY (a key
+/// already in the table, a value a column refuses…): the savepoint is rolled back and nothing of
+/// the group is written, for the upsert path to write it — or refuse it with its own error.
+async fn copy_fresh(
+    conn: &mut PgConnection,
+    g: &UpsertGroup<'_>,
+    columns: &[ColumnPlan<'_>],
+) -> Result<bool, sqlx::Error> {
+    let table = g.schema.table();
+    let Ok(quoted) = quote_ident(table) else { return Ok(false) };
+    let names = columns.iter().map(|p| p.quoted.as_str()).collect::<Vec<_>>().join(", ");
+    conn.execute("SAVEPOINT eds_fresh").await?;
+    match copy_rows(conn, &format!("COPY {quoted} ({names}) FROM STDIN"), &g.rows).await {
+        Ok(()) => {
+            conn.execute("RELEASE SAVEPOINT eds_fresh").await?;
+            Ok(true)
+        }
+        Err(sqlx::Error::Database(_)) => {
+            conn.execute("ROLLBACK TO SAVEPOINT eds_fresh").await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl Driver for PostgresDriver {
@@ -895,11 +942,24 @@ impl Driver for PostgresDriver {
     fn write<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async move {
             match batch {
-                Batch::Folded(changes) => self.write_folded(changes).await,
+                Batch::Folded(changes) => self.write_folded(changes, false).await,
                 Batch::Events(_) => Err(DriverError::new(
                     ErrorClass::Config,
                     "the PostgreSQL destination takes folded changes (state kind), not every event",
                 )),
+            }
+        })
+    }
+
+    /// Each upsert group COPYed straight into its table inside a savepoint, without a staging
+    /// table or `ON CONFLICT`; a group the server refuses that way (a key already there, a bad
+    /// value) and one with a `timestamp without time zone` column go the upsert path instead, in
+    /// the same transaction. The same content as [`Driver::write`], the same rows refused.
+    fn write_fresh<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            match batch {
+                Batch::Folded(changes) => self.write_folded(changes, true).await,
+                Batch::Events(_) => self.write(batch).await,
             }
         })
     }

@@ -200,9 +200,20 @@ fn del(table: &str, key: &[&str], before: Option<Value>) -> Value {
 
 /// ensure_schema, then write the folded batch, as the drain does.
 async fn apply(d: &PostgresDriver, schema: &Schema, folded: &[FoldedChange]) -> Result<(), DriverError> {
+    apply_as(d, schema, folded, false).await
+}
+
+/// [`apply`] through `write_fresh` when `fresh`.
+async fn apply_as(
+    d: &PostgresDriver,
+    schema: &Schema,
+    folded: &[FoldedChange],
+    fresh: bool,
+) -> Result<(), DriverError> {
     within("ensure_schema", d.ensure_schema(schema)).await?;
     let batch: Vec<StateChange<'_>> = folded.iter().map(|change| StateChange { change, schema }).collect();
-    within("writing a batch", d.write(Batch::Folded(&batch))).await
+    let write = if fresh { d.write_fresh(Batch::Folded(&batch)) } else { d.write(Batch::Folded(&batch)) };
+    within("writing a batch", write).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,7 +672,7 @@ fn vals_schema() -> Schema {
 
 const HOSTILE: &str = "it's \"quoted\" \\back\\slash\\ $_H_$ '); DROP TABLE x; -- 😀 tab\there\nnew\r\nline \\N \\. é";
 
-async fn hostile(tag: &str, copy_threshold: usize) -> Vec<String> {
+async fn hostile(tag: &str, copy_threshold: usize, fresh: bool) -> Vec<String> {
     let db = Db::new(tag).await;
     let d = db.driver().with_copy_threshold(copy_threshold);
     let s = vals_schema();
@@ -677,7 +688,7 @@ async fn hostile(tag: &str, copy_threshold: usize) -> Vec<String> {
         json!({"id": "x\"; DROP TABLE vals; --", "s": ""}),
     ];
     let events: Vec<Value> = rows.iter().map(|r| ins("vals", r.clone())).collect();
-    apply(&d, &s, &changes(&events)).await.unwrap();
+    apply_as(&d, &s, &changes(&events), fresh).await.unwrap();
 
     let get = |id: &str, expr: &str| format!("SELECT {expr} FROM vals WHERE id = '{}'", id.replace('\'', "''"));
     assert_eq!(db.text(&get("h1", "s")).await.as_deref(), Some(HOSTILE));
@@ -715,20 +726,98 @@ async fn hostile(tag: &str, copy_threshold: usize) -> Vec<String> {
     }
     // A replay changes nothing.
     let before = db.snapshot("vals").await;
-    apply(&d, &s, &changes(&events)).await.unwrap();
+    apply_as(&d, &s, &changes(&events), fresh).await.unwrap();
     assert_eq!(db.snapshot("vals").await, before);
     before
 }
 
 #[tokio::test]
 async fn hostile_values_are_stored_exactly_unnest() {
-    hostile("hostile_unnest", usize::MAX).await;
+    hostile("hostile_unnest", usize::MAX, false).await;
 }
 
 #[tokio::test]
 async fn hostile_values_are_stored_exactly_copy_and_identically() {
-    let (a, b) = tokio::join!(hostile("hostile_copy_a", usize::MAX), hostile("hostile_copy_b", 0));
+    let (a, b) = tokio::join!(hostile("hostile_copy_a", usize::MAX, false), hostile("hostile_copy_b", 0, false));
     assert_eq!(a, b);
+}
+
+#[tokio::test]
+async fn hostile_values_are_stored_exactly_and_identically_into_a_fresh_table() {
+    let (a, b) =
+        tokio::join!(hostile("hostile_fresh_a", usize::MAX, false), hostile("hostile_fresh_b", usize::MAX, true));
+    assert_eq!(a, b);
+}
+
+/// Makes every row inserted into `table` note the first word of the statement that inserted it
+/// (`COPY` or `INSERT`) in table `seen`.
+async fn note_inserts(db: &Db, table: &str) {
+    let t = quote_ident(table).unwrap();
+    db.exec(&format!(
+        "CREATE TABLE seen (n serial, q text); \
+         CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN \
+         INSERT INTO seen (q) VALUES (upper(split_part(ltrim(current_query()), ' ', 1))); RETURN NEW; END $f$; \
+         CREATE TRIGGER noting BEFORE INSERT ON {t} FOR EACH ROW EXECUTE FUNCTION note()"
+    ))
+    .await;
+}
+
+/// The statements `note_inserts` saw since the last call, in order, and forgets them.
+async fn seen(db: &Db) -> Vec<String> {
+    let got = db.texts("SELECT q FROM seen ORDER BY n").await.into_iter().map(Option::unwrap_or_default).collect();
+    db.exec("DELETE FROM seen").await;
+    got
+}
+
+#[tokio::test]
+async fn fresh_writes_copy_into_the_table_and_fall_back_to_the_upsert_for_keys_already_there() {
+    let (fresh_db, plain_db) = (Db::new("fresh_keys").await, Db::new("fresh_keys_plain").await);
+    let (fresh, plain) = (fresh_db.driver(), plain_db.driver());
+    let s = things("v1", json!({}));
+    within("ensure_schema", fresh.ensure_schema(&s)).await.unwrap();
+    note_inserts(&fresh_db, "things").await;
+    let e = |id: &str, name: &str| ins("things", json!({"id": id, "name": name}));
+    let batches = [
+        vec![e("k1", "one"), e("k2", "two")],
+        // k2 is in the table already: the COPY is refused, the upsert writes the batch.
+        vec![e("k2", "two again"), e("k3", "three")],
+        // All new again.
+        vec![e("k4", "four")],
+        // A replay of the first batch.
+        vec![e("k1", "one"), e("k2", "two")],
+    ];
+    let mut statements = Vec::new();
+    for batch in &batches {
+        apply_as(&fresh, &s, &changes(batch), true).await.unwrap();
+        apply(&plain, &s, &changes(batch)).await.unwrap();
+        statements.push(seen(&fresh_db).await);
+        assert_eq!(fresh_db.snapshot("things").await, plain_db.snapshot("things").await, "after {batch:?}");
+    }
+    assert_eq!(
+        statements,
+        [vec!["COPY", "COPY"], vec!["INSERT", "INSERT"], vec!["COPY"], vec!["INSERT", "INSERT"]],
+        "a refused COPY leaves nothing behind (rolled back to its savepoint, the noting too)"
+    );
+    // `write` never takes the COPY road into the table.
+    apply(&fresh, &s, &changes(&[e("k5", "five")])).await.unwrap();
+    assert_eq!(seen(&fresh_db).await, ["INSERT"]);
+}
+
+#[tokio::test]
+async fn fresh_writes_into_a_timestamp_without_time_zone_convert_it_as_the_upsert_does() {
+    let db = Db::new("fresh_ts").await;
+    db.exec(
+        "CREATE TABLE \"order\" (\"id\" TEXT NOT NULL PRIMARY KEY, \"name\" TEXT, \"updatedDate\" TIMESTAMP, \
+         \"number\" BIGINT, \"amount\" DOUBLE PRECISION, \"meta\" JSONB, \"status\" TEXT)",
+    )
+    .await;
+    note_inserts(&db, "order").await;
+    let d = db.driver();
+    let s = order_lite("v1");
+    let row = json!({"id": "a", "name": "n", "updatedDate": "2024-03-01T10:00:00+05:30"});
+    apply_as(&d, &s, &changes(&[ins("order", row)]), true).await.unwrap();
+    assert_eq!(db.snapshot("order").await, [r#"(a,n,"2024-03-01 04:30:00",,,,)"#]);
+    assert_eq!(seen(&db).await, ["INSERT"]);
 }
 
 #[tokio::test]
@@ -983,7 +1072,7 @@ async fn drop_table_drops_the_current_schemas_table_only_and_the_next_write_recr
     assert_eq!(db.snapshot("things").await, ["(new,,,,)"], "nothing is dropped with it");
 }
 
-async fn rejected(tag: &str, copy_threshold: usize) {
+async fn rejected(tag: &str, copy_threshold: usize, fresh: bool) {
     let db = Db::new(tag).await;
     let d = db.driver().with_copy_threshold(copy_threshold);
     let s = schema(json!({"table": "strict", "modelVersion": "v1", "primaryKeys": ["id"], "required": ["id", "name"],
@@ -1000,7 +1089,7 @@ async fn rejected(tag: &str, copy_threshold: usize) {
         (ins("strict", json!({"id": "b3", "name": "x", "n": "12abc"})), "22P02"),
         (ins("strict", json!({"id": "b4", "name": "nul\u{0}byte"})), "22021"),
     ] {
-        let err = apply(&d, &s, &changes(&[good.clone(), update.clone(), bad.clone()])).await.unwrap_err();
+        let err = apply_as(&d, &s, &changes(&[good.clone(), update.clone(), bad.clone()]), fresh).await.unwrap_err();
         assert_eq!(err.class, ErrorClass::Rejected, "{bad}: {}", err.message);
         assert!(err.message.contains(sqlstate) && err.message.contains("strict"), "{}", err.message);
         // The failed batch's transaction is over when `write` returns: DDL (which needs every
@@ -1010,7 +1099,7 @@ async fn rejected(tag: &str, copy_threshold: usize) {
         assert_eq!(db.snapshot("strict").await, ["(pre,,existing,)"], "the whole batch was rolled back");
     }
     // The good rows alone go through (what the drain's bisection ends with).
-    apply(&d, &s, &changes(&[good, update])).await.unwrap();
+    apply_as(&d, &s, &changes(&[good, update]), fresh).await.unwrap();
     assert_eq!(db.snapshot("strict").await, ["(g1,,fine,)", "(pre,,changed,)"]);
 }
 
@@ -1038,12 +1127,17 @@ async fn a_write_cancelled_half_way_leaves_no_transaction_open() {
 
 #[tokio::test]
 async fn one_rejected_row_rolls_back_the_batch_unnest() {
-    rejected("rejected_unnest", usize::MAX).await;
+    rejected("rejected_unnest", usize::MAX, false).await;
 }
 
 #[tokio::test]
 async fn one_rejected_row_rolls_back_the_batch_copy() {
-    rejected("rejected_copy", 0).await;
+    rejected("rejected_copy", 0, false).await;
+}
+
+#[tokio::test]
+async fn one_rejected_row_rolls_back_the_batch_fresh() {
+    rejected("rejected_fresh", usize::MAX, true).await;
 }
 
 #[tokio::test]
