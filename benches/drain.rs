@@ -131,6 +131,7 @@ async fn run_eds(
             overflow: drain::Overflow::Block,
             registry: None,
             skip_before: HashMap::new(),
+            unfinished_import: None,
             validator: None,
             retry: eds::drain::Retry::default(),
         },

@@ -574,7 +574,7 @@ impl ChangeEvent {
     /// and refused for the same reasons (no table, no primary key), without writing and parsing
     /// that JSON.
     pub fn imported_insert(meta: ImportedInsert, row: Row) -> Result<ChangeEvent, EventError> {
-        let w: Wire<Row> = Wire {
+        let w: Wire<RowData> = Wire {
             operation: "INSERT".to_owned(),
             id: meta.id,
             table: meta.table,
@@ -584,7 +584,7 @@ impl ChangeEvent {
             location_id: meta.location_id,
             user_id: meta.user_id,
             before: None,
-            after: Some(row),
+            after: Some(RowData(row)),
             diff: None,
             timestamp: meta.timestamp,
             mvcc_timestamp: meta.mvcc_timestamp,
