@@ -256,14 +256,13 @@ pub(super) async fn write_state(
     let mut schemas: Schemas = HashMap::new();
     // (table, version) → why it has no schema.
     let mut unknown: HashMap<(String, String), String> = HashMap::new();
-    for (i, (_, e, _)) in decoded.iter().enumerate() {
-        // Events of a batch mostly share their table and version with the event before.
-        let previous = i.checked_sub(1).and_then(|p| decoded.get(p)).map(|(_, p, _)| p);
-        if previous.is_some_and(|p| p.table == e.table && p.model_version == e.model_version) {
+    for (_, e, _) in &decoded {
+        // Known already (most events): two borrowed look-ups, nothing allocated.
+        if lookup(&schemas, &e.table, &e.model_version).is_some() {
             continue;
         }
         let key = (e.table.clone(), e.model_version.clone());
-        if lookup(&schemas, &e.table, &e.model_version).is_some() || unknown.contains_key(&key) {
+        if unknown.contains_key(&key) {
             continue;
         }
         match registry.schema(&e.table, &e.model_version).await {
@@ -279,23 +278,12 @@ pub(super) async fn write_state(
         }
     }
     let mut events: Vec<(u64, ChangeEvent)> = Vec::with_capacity(decoded.len());
-    // The schema of the event before, by its (table, version): most events need no look-up.
-    let mut last: Option<(String, String, &Arc<Schema>)> = None;
     for (lsn, mut e, _) in decoded {
         if let Some(why) = e.no_row_to_write() {
             rejected.push((lsn, why));
             continue;
         }
-        let same = last.as_ref().filter(|(t, v, _)| *t == e.table && *v == e.model_version);
-        let found = match same {
-            Some((_, _, schema)) => Some(*schema),
-            None => {
-                let found = lookup(&schemas, &e.table, &e.model_version);
-                last = found.map(|s| (e.table.clone(), e.model_version.clone(), s));
-                found
-            }
-        };
-        match found {
+        match lookup(&schemas, &e.table, &e.model_version) {
             Some(schema) => {
                 keep_known(&mut e.after, schema);
                 keep_known(&mut e.before, schema);
