@@ -18,13 +18,12 @@
 //!   beforehand (untimed) by the eds driver's `ensure_schema` from the same schema, so both sides
 //!   write the same column types and primary key.
 //! - `eds`: `eds::import::load::load` on a destination made as `eds import` makes it
-//!   (`parse_destination`, HQ's schema registry over HTTP to the double): every row becomes an
-//!   INSERT event, delivered in batches of the driver's limits through the drain's write path
-//!   (schema look-up, fold, `CREATE TABLE`, one transaction per batch) as into tables the import
-//!   has just dropped and created (`fresh`, which they are: the schema is new): the driver COPYs
-//!   each batch straight into the table inside a savepoint (falling back to its COPY into a
-//!   staging table and `INSERT … SELECT … ON CONFLICT DO UPDATE` when refused). Timed including
-//!   its DDL.
+//!   (`parse_destination`, HQ's schema registry over HTTP to the double), as into tables the
+//!   import has just dropped and created (`fresh`, which they are: the schema is new): the
+//!   driver's fresh encoder turns each line into COPY text on the reading thread, and each batch
+//!   of the driver's limits is one `COPY` into the table in a transaction of its own (a batch the
+//!   table refuses would go the event way: INSERT events through the drain's write path, fold,
+//!   upserts). Timed including its DDL.
 //!
 //! The default runs are `direct,eds,eds`: the second eds run shows how much the figures move on
 //! this machine. Before each run (untimed) the catalogs eds's staging tables churn are vacuumed

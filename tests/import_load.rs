@@ -8,10 +8,13 @@ mod common;
 use common::events::HOSTILE;
 use eds::import::files::{list, ExportFile};
 use eds::import::load::load;
+use eds_drivers::driver::{Batch, BoxFuture, Description, Driver, DriverError, FreshEncoder, Limits};
+use eds_drivers::schema::Schema;
 use sqlx::{Connection, Executor};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -149,4 +152,99 @@ async fn an_export_loads_into_mariadb_row_for_row() {
     let got: BTreeMap<String, String> = got.into_iter().collect();
     assert_eq!(got, expected, "every order row, every value as in the file");
     admin.execute(format!("DROP DATABASE `{db}`").as_str()).await.unwrap();
+}
+
+/// A driver that passes everything on to `inner`, counting the batches of encoded rows it wrote.
+struct Counting {
+    inner: Arc<dyn Driver>,
+    copied: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+impl Driver for Counting {
+    fn describe(&self) -> &'static Description {
+        self.inner.describe()
+    }
+    fn limits(&self) -> Limits {
+        self.inner.limits()
+    }
+    fn test(&self) -> BoxFuture<'_, Result<(), DriverError>> {
+        self.inner.test()
+    }
+    fn write<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.inner.write(batch)
+    }
+    fn write_fresh<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.inner.write_fresh(batch)
+    }
+    fn fresh_encoder(&self, schema: &Schema) -> Option<Box<dyn FreshEncoder>> {
+        self.inner.fresh_encoder(schema)
+    }
+    fn write_encoded<'a>(&'a self, schema: &'a Schema, data: &'a [u8]) -> BoxFuture<'a, Result<bool, DriverError>> {
+        Box::pin(async move {
+            let r = self.inner.write_encoded(schema, data).await;
+            let counter = if matches!(r, Ok(true)) { &self.copied } else { &self.refused };
+            counter.fetch_add(1, Ordering::SeqCst);
+            r
+        })
+    }
+    fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.inner.ensure_schema(schema)
+    }
+    fn drop_table<'a>(&'a self, table: &'a str) -> BoxFuture<'a, Result<(), DriverError>> {
+        self.inner.drop_table(table)
+    }
+}
+
+/// Into fresh PostgreSQL tables rows go in bulk, encoded without events; a batch PostgreSQL
+/// refuses that way (an id that came before, in another file; a value it refuses) is written as
+/// events, where the later row wins and a refused row is reported by its line as in the event way
+/// — the table ends as an upsert load leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_load_writes_encoded_rows_and_falls_back_to_events_for_a_repeated_id() {
+    let hq = common::setup::Hq::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let row = |i: u32, name: &str| serde_json::json!({"id": format!("o{i}"), "name": name}).to_string();
+    // PostgreSQL refuses the NUL byte of one row (line 8): reported by its line like any row.
+    let mut first: Vec<String> =
+        (0..3_000).map(|i| row(i, &HOSTILE[i as usize % HOSTILE.len()].replace('\0', ""))).collect();
+    first[7] = row(7, "nul \0 byte");
+    let mut second: Vec<String> = (3_000..6_000).map(|i| row(i, "second file")).collect();
+    second.insert(10, row(5, "o5 again, later"));
+    second.insert(20, r#"{"name":"no id"}"#.to_owned());
+    export_file(dir.path(), "order", 1, &first);
+    export_file(dir.path(), "order", 2, &second);
+    let files = list(dir.path()).unwrap();
+    let tables: BTreeSet<String> = ["order".to_owned()].into();
+    let versions: HashMap<String, String> = [("order".to_owned(), "fff000111".to_owned())].into();
+
+    let mut admin = sqlx::PgConnection::connect(PG).await.unwrap();
+    let mut contents = Vec::new();
+    let mut counts = Vec::new();
+    for fresh in [true, false] {
+        let schema = format!("import_enc_{}", common::unique_suffix());
+        admin.execute(format!("CREATE SCHEMA \"{schema}\"").as_str()).await.unwrap();
+        let mut dest = destination(&format!("{PG}?name=pg&options=-c%20search_path%3D{schema}"), &hq).await;
+        let counting = Arc::new(Counting { inner: dest.driver.clone(), copied: 0.into(), refused: 0.into() });
+        dest.driver = counting.clone();
+        let loaded = load(&dest, &files, &tables, &versions, fresh, &|_, _| {}).await.unwrap();
+        assert_eq!(loaded.rows["order"], 6_000, "fresh {fresh}");
+        let mut rejected: Vec<(u64, &str)> = loaded.rejected.iter().map(|r| (r.1, r.2.as_str())).collect();
+        rejected.sort();
+        assert_eq!(rejected.iter().map(|r| r.0).collect::<Vec<_>>(), [8, 21], "fresh {fresh}: {rejected:?}");
+        assert!(rejected[0].1.contains("0x00") && rejected[1].1.contains("no id"), "{rejected:?}");
+        let sql = format!("SELECT t::text FROM \"{schema}\".\"order\" t ORDER BY 1");
+        contents.push(sqlx::query_scalar::<_, String>(&sql).fetch_all(&mut admin).await.unwrap());
+        let sql = format!("SELECT name FROM \"{schema}\".\"order\" WHERE id = 'o5'");
+        let o5: String = sqlx::query_scalar(&sql).fetch_one(&mut admin).await.unwrap();
+        assert_eq!(o5, "o5 again, later", "fresh {fresh}");
+        counts.push((counting.copied.load(Ordering::SeqCst), counting.refused.load(Ordering::SeqCst)));
+        admin.execute(format!("DROP SCHEMA \"{schema}\" CASCADE").as_str()).await.unwrap();
+    }
+    assert_eq!(contents[0].len(), 5_999);
+    assert!(contents[0] == contents[1], "the fresh load and the upsert load differ");
+    let (copied, refused) = counts[0];
+    assert!(copied >= 1, "no batch went in bulk: {counts:?}");
+    assert_eq!(refused, 1, "only the batch with the repeated id is refused in bulk: {counts:?}");
+    assert_eq!(counts[1], (0, 0), "a load into tables that are not fresh never writes in bulk");
 }

@@ -5,6 +5,12 @@
 //! isolating rejected rows). A batch the destination cannot take for a passing reason is tried
 //! again with backoff, for a bounded time; a row it rejects is reported with its file and line.
 //!
+//! Into tables the import has just dropped and created, a state destination without a validator
+//! may take rows in its own bulk format ([`FreshEncoder`]): each line is encoded as it is read, no
+//! event is built, and a batch is one bulk write. A line the encoder declines takes the event way;
+//! a batch the destination refuses in bulk is written again as events, which upsert or refuse row
+//! by row — so the outcome is the event way's.
+//!
 //! Reading (gunzip, JSON, building and checking events) runs on a blocking thread that hands
 //! whole batches over a bounded channel, so it overlaps with the destination writing the batch
 //! before. Invariant: the outcome is the one of reading and delivering in turn — batches are cut
@@ -16,12 +22,14 @@ use crate::drain::Destination;
 use crate::validator::{Validator, Verdict};
 use anyhow::{bail, Context, Result};
 use eds_drivers::driver::Kind;
-use eds_drivers::driver::{ErrorClass, Limits};
+use eds_drivers::driver::{ErrorClass, FreshEncoder, Limits};
 use eds_drivers::event::{ChangeEvent, ImportedInsert};
+use eds_drivers::schema::Schema;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::BufRead;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -33,6 +41,9 @@ const READ_STALL: Duration = Duration::from_secs(600);
 
 /// Batches read ahead of the one being delivered (each at most the destination's batch size).
 const READ_AHEAD: usize = 2;
+
+/// How long one write of encoded rows may take before the import takes the event way for them.
+const ENCODED_WRITE_DEADLINE: Duration = Duration::from_secs(120);
 
 /// What a load did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -170,9 +181,45 @@ impl Source {
 struct Chunk {
     /// Rows refused or skipped while reading since the previous batch, and the bytes read.
     read: Loaded,
-    /// The batch's rows and, in the same order, their events.
+    /// The batch's rows and, in the same order, their events — or, when `encoded`, no events:
+    /// the rows in the destination's bulk format instead.
     rows: Vec<Pending>,
     events: Vec<ChangeEvent>,
+    encoded: Option<Encoded>,
+}
+
+impl Chunk {
+    fn new() -> Chunk {
+        Chunk { read: Loaded::default(), rows: Vec::new(), events: Vec::new(), encoded: None }
+    }
+}
+
+/// A batch of one table's rows in the destination's bulk format ([`FreshEncoder`]).
+struct Encoded {
+    table: String,
+    data: Vec<u8>,
+}
+
+/// The encoders of a load's tables, and the schemas they encode for.
+type Encoders = HashMap<String, (Arc<Schema>, Box<dyn FreshEncoder>)>;
+
+/// For a state destination without a validator writing tables the import has just created: the
+/// destination's encoder of each of `tables` that has one (see [`FreshEncoder`]), its table made
+/// sure of first. A table whose schema cannot be had here goes the event way, which reports why.
+async fn encoders(dest: &Destination, tables: &BTreeSet<String>, versions: &HashMap<String, String>) -> Encoders {
+    let mut out = Encoders::new();
+    let Some(registry) = dest.registry.as_ref() else { return out };
+    for table in tables {
+        let Some(version) = versions.get(table) else { continue };
+        let Ok(schema) = registry.schema(table, version).await else { continue };
+        if dest.driver.ensure_schema(&schema).await.is_err() {
+            continue;
+        }
+        if let Some(encoder) = dest.driver.fresh_encoder(&schema) {
+            out.insert(table.clone(), (schema, encoder));
+        }
+    }
+    out
 }
 
 /// Load `files` (those of `tables`) into `dest`; `versions` gives each table's model version.
@@ -197,8 +244,15 @@ pub async fn load(
     // A state destination without a validator never sees an event's JSON: its events are built
     // directly from the rows.
     let direct = validator.is_none() && dest.driver.describe().kind == Kind::State;
-    let reader =
-        tokio::task::spawn_blocking(move || read(&wanted, &read_versions, validator.as_deref(), direct, &limits, &tx));
+    // Into tables just created, rows may skip events altogether.
+    let mut encoders = if direct && fresh { encoders(dest, tables, versions).await } else { Encoders::new() };
+    let schemas: HashMap<String, Arc<Schema>> =
+        encoders.iter().map(|(table, (schema, _))| (table.clone(), schema.clone())).collect();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut encoders: HashMap<String, Box<dyn FreshEncoder>> =
+            encoders.drain().map(|(table, (_, encoder))| (table, encoder)).collect();
+        read(&wanted, &read_versions, validator.as_deref(), direct, &mut encoders, &limits, &tx)
+    });
     let target = Target { dest, files, versions, fresh };
     let mut out = Loaded::default();
     loop {
@@ -206,14 +260,18 @@ pub async fn load(
             .await
             .with_context(|| format!("reading the export files made no progress for {READ_STALL:?}"))?;
         let Some(chunk) = next else { break };
-        let Chunk { read, rows, events } = chunk?;
+        let Chunk { read, rows, events, encoded } = chunk?;
         out.bytes += read.bytes;
         out.rejected.extend(read.rejected);
         for (table, n) in read.skipped {
             *out.skipped.entry(table).or_default() += n;
         }
-        if !rows.is_empty() {
-            deliver(&target, rows, events, &mut out, progress).await?;
+        if rows.is_empty() {
+            continue;
+        }
+        match encoded {
+            Some(encoded) => deliver_encoded(&target, &schemas, rows, encoded, &mut out, progress).await?,
+            None => deliver(&target, rows, events, &mut out, progress).await?,
         }
     }
     reader.await.context("reading the export files")?;
@@ -227,14 +285,17 @@ fn read(
     versions: &HashMap<String, String>,
     validator: Option<&Validator>,
     direct: bool,
+    encoders: &mut HashMap<String, Box<dyn FreshEncoder>>,
     limits: &Limits,
     tx: &mpsc::Sender<Result<Chunk>>,
 ) {
-    let mut chunk = Chunk { read: Loaded::default(), rows: Vec::new(), events: Vec::new() };
+    let mut chunk = Chunk::new();
     let mut batch_bytes = 0usize;
     let mut position = 0u64;
+    // One row's encoding, before it is known which chunk it goes to.
+    let mut scratch = Vec::new();
     let send = |chunk: &mut Chunk| {
-        let full = std::mem::replace(chunk, Chunk { read: Loaded::default(), rows: Vec::new(), events: Vec::new() });
+        let full = std::mem::replace(chunk, Chunk::new());
         tx.blocking_send(Ok(full)).is_ok()
     };
     let failed = |e: anyhow::Error| {
@@ -249,6 +310,8 @@ fn read(
             Err(e) => return failed(anyhow::Error::new(e).context(format!("opening {}", file.path.display()))),
         };
         let meta = FileMeta::of(file);
+        // Rows whose events could not be made anyway (a time out of range) go the event way.
+        let mut encoder = encoders.get_mut(&file.table).filter(|_| i64::try_from(meta.millis).is_ok());
         let reader = std::io::BufReader::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f)));
         for (n, line) in reader.lines().enumerate() {
             let line_no = n as u64 + 1;
@@ -265,6 +328,48 @@ fn read(
             }
             chunk.read.bytes += line.len() as u64;
             position += 1;
+            // A chunk holds encoded rows of one table, or events: a row that does not fit the
+            // chunk being filled is sent on after it. A row the encoder declines takes the
+            // event way.
+            if let Some(encoder) = encoder.as_deref_mut() {
+                scratch.clear();
+                if encoder.encode(&line, &mut scratch) {
+                    let fits = match &chunk.encoded {
+                        Some(e) => e.table == file.table,
+                        None => chunk.rows.is_empty(),
+                    };
+                    if !fits {
+                        if !send(&mut chunk) {
+                            return;
+                        }
+                        batch_bytes = 0;
+                    }
+                    let encoded =
+                        chunk.encoded.get_or_insert_with(|| Encoded { table: file.table.clone(), data: Vec::new() });
+                    encoded.data.extend_from_slice(&scratch);
+                    batch_bytes += line.len();
+                    chunk.rows.push(Pending {
+                        position,
+                        file: *index,
+                        line: line_no,
+                        source: Source::Line(line),
+                        path: None,
+                    });
+                    if chunk.rows.len() >= limits.max_rows || batch_bytes >= limits.max_bytes {
+                        if !send(&mut chunk) {
+                            return;
+                        }
+                        batch_bytes = 0;
+                    }
+                    continue;
+                }
+                if chunk.encoded.is_some() {
+                    if !send(&mut chunk) {
+                        return;
+                    }
+                    batch_bytes = 0;
+                }
+            }
             let refuse = |read: &mut Loaded, why: String| read.rejected.push((file.path.clone(), line_no, why));
             let row = match serde_json::from_str::<Value>(&line) {
                 Ok(Value::Object(row)) => row,
@@ -364,6 +469,43 @@ fn events_of(rows: &[Pending], files: &[ExportFile], versions: &HashMap<String, 
             Ok(e)
         })
         .collect()
+}
+
+/// Deliver rows a [`FreshEncoder`] encoded: written in one go by
+/// [`eds_drivers::driver::Driver::write_encoded`] — or, when the destination refuses them or the
+/// write fails, as events (which upserts or refuses row by row, and retries what passes).
+async fn deliver_encoded(
+    target: &Target<'_>,
+    schemas: &HashMap<String, Arc<Schema>>,
+    rows: Vec<Pending>,
+    encoded: Encoded,
+    out: &mut Loaded,
+    progress: &(dyn Fn(&str, u64) + Sync),
+) -> Result<()> {
+    let dest = target.dest;
+    if let Some(schema) = schemas.get(&encoded.table) {
+        let write = dest.driver.write_encoded(schema, &encoded.data);
+        match tokio::time::timeout(ENCODED_WRITE_DEADLINE, write).await {
+            Ok(Ok(true)) => {
+                let n = out.rows.entry(encoded.table.clone()).or_default();
+                *n += rows.len() as u64;
+                progress(&encoded.table, *n);
+                return Ok(());
+            }
+            Ok(Ok(false)) => {
+                tracing::debug!(destination = %dest.name, table = %encoded.table, rows = rows.len(), "the destination refused the rows in bulk; writing them as events");
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(destination = %dest.name, table = %encoded.table, error = %eds_wal::error_chain(&e), "writing rows in bulk failed; writing them as events");
+            }
+            Err(_) => {
+                tracing::debug!(destination = %dest.name, table = %encoded.table, "writing rows in bulk did not finish in time; writing them as events");
+            }
+        }
+    }
+    drop(encoded);
+    let events = events_of(&rows, target.files, target.versions)?;
+    deliver(target, rows, events, out, progress).await
 }
 
 /// Where a load's batches go, and what their rows came from.

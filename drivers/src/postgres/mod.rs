@@ -8,6 +8,7 @@
 //! never dropped, no column dropped or retyped.
 
 mod config;
+mod fresh;
 mod sink;
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,10 @@
 //! runs in its own statements, never inside a batch's transaction.
 
 use super::config::{connect_options, redact, DESCRIPTION};
-use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
+use super::fresh::{copy_data, copy_fresh, copy_statement, fresh_copy_fits, CopyEncoder};
+use crate::driver::{
+    Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, FreshEncoder, Limits, StateChange,
+};
 use crate::schema::{ColumnType, Schema};
 use crate::sql::plan::{self, KeyPart, Prepare, Step};
 use crate::sqltx::BatchTx;
@@ -46,7 +49,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// COPY data is sent in chunks of about this many bytes.
-const COPY_CHUNK: usize = 1 << 20;
+pub(super) const COPY_CHUNK: usize = 1 << 20;
 
 /// `name` as a PostgreSQL identifier: always double-quoted, with every `"` doubled, so case,
 /// spaces and punctuation are kept exactly ("updatedDate" stays "updatedDate"). Names PostgreSQL
@@ -337,14 +340,14 @@ impl std::fmt::Debug for PostgresDriver {
 
 /// How one schema column is written: its destination column and value conversion.
 #[derive(Debug)]
-struct ColumnPlan<'s> {
-    name: &'s str,
-    quoted: String,
-    storage: Storage,
-    cast: String,
+pub(super) struct ColumnPlan<'s> {
+    pub(super) name: &'s str,
+    pub(super) quoted: String,
+    pub(super) storage: Storage,
+    pub(super) cast: String,
     /// JSON default for a missing or null value (`{}`/`[]`), as EDS writes for not-null object
     /// and array columns.
-    default: Option<&'static str>,
+    pub(super) default: Option<&'static str>,
 }
 
 impl ColumnPlan<'_> {
@@ -360,7 +363,7 @@ impl ColumnPlan<'_> {
     /// The value's text, or why the column cannot take it. PostgreSQL reads words such as
     /// `now`, `today`, `yesterday` or `epoch` as date-times relative to the moment of the write,
     /// which would make a replay store something else: a date-time must start with a digit.
-    fn cell<'v>(&self, value: Option<&'v Value>, table: &str) -> Result<Cell<'v>, DriverError> {
+    pub(super) fn cell<'v>(&self, value: Option<&'v Value>, table: &str) -> Result<Cell<'v>, DriverError> {
         match value {
             None | Some(Value::Null) => Ok(self.default.map(Cow::Borrowed)),
             Some(Value::String(s))
@@ -379,7 +382,7 @@ impl ColumnPlan<'_> {
 
 /// A bound value: text PostgreSQL casts to the column's type, or NULL. It borrows the event's
 /// strings where it can.
-type Cell<'v> = Option<Cow<'v, str>>;
+pub(super) type Cell<'v> = Option<Cow<'v, str>>;
 
 impl Prepare for ColumnPlan<'_> {
     type Cell<'v> = Cell<'v>;
@@ -405,7 +408,7 @@ impl Prepare for ColumnPlan<'_> {
 /// text (a string becomes a JSON string); otherwise strings as they are (borrowed), booleans
 /// `true`/`false`, integers exactly, floats in shortest round-trip form, objects and arrays as
 /// compact JSON.
-fn text_of(v: &Value, storage: Storage) -> Cow<'_, str> {
+pub(super) fn text_of(v: &Value, storage: Storage) -> Cow<'_, str> {
     match storage {
         Storage::Json => Cow::Owned(v.to_string()),
         _ => crate::sql::text_of(v, storage == Storage::Integer),
@@ -442,7 +445,7 @@ pub(super) fn copy_field(out: &mut Vec<u8>, value: Option<&str>) {
     out.extend_from_slice(rest);
 }
 
-type UpsertGroup<'b> = plan::UpsertGroup<'b, Cell<'b>>;
+pub(super) type UpsertGroup<'b> = plan::UpsertGroup<'b, Cell<'b>>;
 
 /// The rows of a group column by column, as `unnest` takes them (one `text[]` per column).
 fn column_major<'r>(rows: &'r [Vec<Cell<'_>>], width: usize) -> Vec<Vec<Option<&'r str>>> {
@@ -709,6 +712,44 @@ impl PostgresDriver {
         Ok(())
     }
 
+    /// The [`CopyEncoder`] of `schema`'s table as the cached catalog has it (see
+    /// [`Driver::fresh_encoder`]).
+    fn encoder(&self, schema: &Schema) -> Option<CopyEncoder> {
+        let info = self.cached(schema.table())?;
+        let plans = self.column_plans(schema, &info).ok()?;
+        let id_only = |keys: &mut dyn Iterator<Item = &str>| keys.eq(std::iter::once("id"));
+        let id_key = id_only(&mut schema.primary_keys().iter().map(String::as_str))
+            && id_only(&mut info.primary_key.iter().map(String::as_str));
+        CopyEncoder::new(&plans, id_key)
+    }
+
+    /// [`Driver::write_encoded`]: `data` COPYed into `schema`'s table in a transaction of its own.
+    async fn write_copy(&self, schema: &Schema, data: &[u8]) -> Result<bool, DriverError> {
+        if data.is_empty() {
+            return Ok(true);
+        }
+        let table = schema.table();
+        let Some(info) = self.cached(table) else { return Ok(false) };
+        let plans = self.column_plans(schema, &info)?;
+        let copy = copy_statement(table, plans.iter().map(|p| p.quoted.as_str()))?;
+        let mut tx = BatchTx::begin(&self.pool, &self.options)
+            .await
+            .map_err(|e| sql_error(&format!("starting a transaction on {}", self.target), e))?;
+        let what = format!("copying rows into table {table:?}");
+        match copy_data(tx.conn(), &copy, data).await {
+            Ok(()) => tx.finish(Ok(()), |e| self.write_error("committing the rows", e)).await.map(|()| true),
+            // Refused: rolled back, for the upsert way to write or refuse row by row.
+            Err(sqlx::Error::Database(_)) => {
+                let _ = tx.finish(Err(()), |_| ()).await;
+                Ok(false)
+            }
+            Err(e) => {
+                let e = self.write_error(&what, e);
+                tx.finish(Err(e), |e| self.write_error("committing the rows", e)).await.map(|()| true)
+            }
+        }
+    }
+
     /// Classifies a write error; one that suggests the catalog changed drops the cache.
     fn write_error(&self, what: &str, e: sqlx::Error) -> DriverError {
         if let sqlx::Error::Database(db) = &e {
@@ -862,7 +903,7 @@ async fn copy_upsert(
 }
 
 /// Streams `rows` in COPY's text format through `copy` (a `COPY … FROM STDIN` statement).
-async fn copy_rows(conn: &mut PgConnection, copy: &str, rows: &[Vec<Cell<'_>>]) -> Result<(), sqlx::Error> {
+pub(super) async fn copy_rows(conn: &mut PgConnection, copy: &str, rows: &[Vec<Cell<'_>>]) -> Result<(), sqlx::Error> {
     let mut copy = conn.copy_in_raw(copy).await?;
     let mut buf = Vec::with_capacity(COPY_CHUNK + 4096);
     for row in rows {
@@ -889,39 +930,6 @@ async fn copy_rows(conn: &mut PgConnection, copy: &str, rows: &[Vec<Cell<'_>>]) 
     }
     copy.finish().await?;
     Ok(())
-}
-
-/// Whether [`copy_fresh`] may write a group with `columns`: a COPY stores a value by the column's
-/// own input function, which is what the upsert's cast to the column's type does — except for
-/// `timestamp without time zone`, which the upsert converts through `timestamptz` to UTC.
-fn fresh_copy_fits(columns: &[ColumnPlan<'_>]) -> bool {
-    columns.iter().all(|c| c.storage != Storage::Timestamp)
-}
-
-/// The fresh-table path of one upsert group ([`Driver::write_fresh`]): its rows COPYed straight
-/// into the table, inside a savepoint. `Ok(false)` when the server refused the COPY (a key
-/// already in the table, a value a column refuses…): the savepoint is rolled back and nothing of
-/// the group is written, for the upsert path to write it — or refuse it with its own error.
-async fn copy_fresh(
-    conn: &mut PgConnection,
-    g: &UpsertGroup<'_>,
-    columns: &[ColumnPlan<'_>],
-) -> Result<bool, sqlx::Error> {
-    let table = g.schema.table();
-    let Ok(quoted) = quote_ident(table) else { return Ok(false) };
-    let names = columns.iter().map(|p| p.quoted.as_str()).collect::<Vec<_>>().join(", ");
-    conn.execute("SAVEPOINT eds_fresh").await?;
-    match copy_rows(conn, &format!("COPY {quoted} ({names}) FROM STDIN"), &g.rows).await {
-        Ok(()) => {
-            conn.execute("RELEASE SAVEPOINT eds_fresh").await?;
-            Ok(true)
-        }
-        Err(sqlx::Error::Database(_)) => {
-            conn.execute("ROLLBACK TO SAVEPOINT eds_fresh").await?;
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 impl Driver for PostgresDriver {
@@ -962,6 +970,16 @@ impl Driver for PostgresDriver {
                 Batch::Events(_) => self.write(batch).await,
             }
         })
+    }
+
+    /// Export rows as COPY text lines for a table whose primary key is `id` alone (the encoder
+    /// of the `fresh` module); none for a table with a `timestamp without time zone` column.
+    fn fresh_encoder(&self, schema: &Schema) -> Option<Box<dyn FreshEncoder>> {
+        self.encoder(schema).map(|e| Box::new(e) as Box<dyn FreshEncoder>)
+    }
+
+    fn write_encoded<'a>(&'a self, schema: &'a Schema, data: &'a [u8]) -> BoxFuture<'a, Result<bool, DriverError>> {
+        Box::pin(self.write_copy(schema, data))
     }
 
     fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {

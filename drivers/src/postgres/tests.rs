@@ -1233,3 +1233,59 @@ async fn big_integers_and_long_decimals_are_stored_exactly_or_refused() {
     assert!(err.message.contains("22003") && err.message.contains("out of range"), "{}", err.message);
     assert_eq!(db.snapshot("nums").await.len(), 2);
 }
+
+/// `rows` through the fresh encoder and `write_encoded` into `db`'s table of `s`; what
+/// `write_encoded` said, or `None` when a row was declined.
+async fn write_encoded_rows(d: &PostgresDriver, s: &Schema, rows: &[Value]) -> Option<bool> {
+    within("ensure_schema", d.ensure_schema(s)).await.unwrap();
+    let mut encoder = d.fresh_encoder(s).expect("an encoder for a table keyed by id");
+    let mut data = Vec::new();
+    for r in rows {
+        if !encoder.encode(&r.to_string(), &mut data) {
+            return None;
+        }
+    }
+    Some(within("write_encoded", d.write_encoded(s, &data)).await.unwrap())
+}
+
+#[tokio::test]
+async fn encoded_rows_store_what_the_fresh_events_store_and_a_refused_copy_leaves_nothing() {
+    let (enc_db, ev_db) = (Db::new("encoded_rows").await, Db::new("encoded_rows_events").await);
+    let (enc, ev) = (enc_db.driver(), ev_db.driver());
+    let s = vals_schema();
+    let long: String = "ab\\\t😀'\"\n".repeat(4096);
+    let rows = [
+        json!({"id": "h1", "s": HOSTILE, "ts": "2024-03-01T10:00:00+05:30", "unknown": "dropped"}),
+        json!({"id": "h2", "s": long, "ts": "2024-03-01T10:00:00Z"}),
+        json!({"id": "h3", "j": {"a": [1, {"b": null, "c": "é\u{1F600}"}], "n": 12.5}, "jreq": {"r": 1}, "ja": [{"x": 1}, [], "s", null]}),
+        json!({"id": "h4", "j": null, "ts": "1969-07-20T20:17:40.123456Z", "st": "B"}),
+        json!({"id": "h5", "big": 9223372036854775807i64, "f": 0.1, "b": true, "j": "a string"}),
+        json!({"id": "h6", "big": -9223372036854775808i64, "f": -1.2345678901234567e-7, "b": false, "jreq": null}),
+        json!({"id": "x\"; DROP TABLE vals; --", "s": ""}),
+    ];
+    assert_eq!(write_encoded_rows(&enc, &s, &rows).await, Some(true));
+    let events: Vec<Value> = rows.iter().map(|r| ins("vals", r.clone())).collect();
+    apply_as(&ev, &s, &changes(&events), true).await.unwrap();
+    let written = enc_db.snapshot("vals").await;
+    assert_eq!(written.len(), rows.len());
+    assert_eq!(written, ev_db.snapshot("vals").await);
+
+    // A key already there: the COPY is refused, rolled back whole, and says so.
+    let again = [json!({"id": "new1", "s": "n"}), json!({"id": "h1", "s": "changed"})];
+    assert_eq!(write_encoded_rows(&enc, &s, &again).await, Some(false));
+    assert_eq!(enc_db.snapshot("vals").await, written, "nothing of a refused COPY stays");
+    // A value the column refuses alike.
+    assert_eq!(write_encoded_rows(&enc, &s, &[json!({"id": "e1", "big": "not a number"})]).await, Some(false));
+    assert_eq!(enc_db.snapshot("vals").await, written);
+}
+
+#[tokio::test]
+async fn no_encoder_for_a_table_keyed_other_than_by_id() {
+    let db = Db::new("encoder_keys").await;
+    let d = db.driver();
+    let s = schema(json!({"table": "pairs", "modelVersion": "v1", "primaryKeys": ["a", "b"], "required": ["a", "b"],
+        "properties": {"a": {"type": "string"}, "b": {"type": "string"}, "id": {"type": "string"}}}));
+    within("ensure_schema", d.ensure_schema(&s)).await.unwrap();
+    assert!(d.fresh_encoder(&s).is_none());
+    assert!(d.fresh_encoder(&vals_schema()).is_none(), "nor for a table not made sure of");
+}
