@@ -186,11 +186,18 @@ struct Chunk {
     rows: Vec<Pending>,
     events: Vec<ChangeEvent>,
     encoded: Option<Encoded>,
+    /// Bytes of the batch's rows (their events' JSON, or their lines), against the limits.
+    size: usize,
 }
 
 impl Chunk {
     fn new() -> Chunk {
-        Chunk { read: Loaded::default(), rows: Vec::new(), events: Vec::new(), encoded: None }
+        Chunk { read: Loaded::default(), rows: Vec::new(), events: Vec::new(), encoded: None, size: 0 }
+    }
+
+    /// Whether the batch has reached the destination's limits.
+    fn full(&self, limits: &Limits) -> bool {
+        self.rows.len() >= limits.max_rows || self.size >= limits.max_bytes
     }
 }
 
@@ -260,7 +267,7 @@ pub async fn load(
             .await
             .with_context(|| format!("reading the export files made no progress for {READ_STALL:?}"))?;
         let Some(chunk) = next else { break };
-        let Chunk { read, rows, events, encoded } = chunk?;
+        let Chunk { read, rows, events, encoded, .. } = chunk?;
         out.bytes += read.bytes;
         out.rejected.extend(read.rejected);
         for (table, n) in read.skipped {
@@ -290,7 +297,6 @@ fn read(
     tx: &mpsc::Sender<Result<Chunk>>,
 ) {
     let mut chunk = Chunk::new();
-    let mut batch_bytes = 0usize;
     let mut position = 0u64;
     // One row's encoding, before it is known which chunk it goes to.
     let mut scratch = Vec::new();
@@ -338,16 +344,13 @@ fn read(
                         Some(e) => e.table == file.table,
                         None => chunk.rows.is_empty(),
                     };
-                    if !fits {
-                        if !send(&mut chunk) {
-                            return;
-                        }
-                        batch_bytes = 0;
+                    if !fits && !send(&mut chunk) {
+                        return;
                     }
                     let encoded =
                         chunk.encoded.get_or_insert_with(|| Encoded { table: file.table.clone(), data: Vec::new() });
                     encoded.data.extend_from_slice(&scratch);
-                    batch_bytes += line.len();
+                    chunk.size += line.len();
                     chunk.rows.push(Pending {
                         position,
                         file: *index,
@@ -355,19 +358,13 @@ fn read(
                         source: Source::Line(line),
                         path: None,
                     });
-                    if chunk.rows.len() >= limits.max_rows || batch_bytes >= limits.max_bytes {
-                        if !send(&mut chunk) {
-                            return;
-                        }
-                        batch_bytes = 0;
+                    if chunk.full(limits) && !send(&mut chunk) {
+                        return;
                     }
                     continue;
                 }
-                if chunk.encoded.is_some() {
-                    if !send(&mut chunk) {
-                        return;
-                    }
-                    batch_bytes = 0;
+                if chunk.encoded.is_some() && !send(&mut chunk) {
+                    return;
                 }
             }
             let refuse = |read: &mut Loaded, why: String| read.rejected.push((file.path.clone(), line_no, why));
@@ -392,7 +389,7 @@ fn read(
             if direct {
                 match direct_event(m, millis, row) {
                     Ok(event) => {
-                        batch_bytes += line.len();
+                        chunk.size += line.len();
                         chunk.rows.push(Pending {
                             position,
                             file: *index,
@@ -435,16 +432,13 @@ fn read(
                         }
                     }
                 }
-                batch_bytes += raw.len();
+                chunk.size += raw.len();
                 let path = event.path.clone();
                 chunk.rows.push(Pending { position, file: *index, line: line_no, source: Source::Event(raw), path });
                 chunk.events.push(event);
             }
-            if chunk.rows.len() >= limits.max_rows || batch_bytes >= limits.max_bytes {
-                if !send(&mut chunk) {
-                    return;
-                }
-                batch_bytes = 0;
+            if chunk.full(limits) && !send(&mut chunk) {
+                return;
             }
         }
     }
