@@ -99,7 +99,10 @@ pub async fn publish_pipelined(
     let payloads: Vec<(String, bytes::Bytes)> = events.iter().map(|e| (e.subject(), e.bytes().into())).collect();
     let mut seqs = vec![0u64; events.len()];
     let mut retry: VecDeque<usize> = VecDeque::new();
-    let mut inflight: VecDeque<(usize, async_nats::jetstream::context::PublishAckFuture)> = VecDeque::new();
+    // Each with the moment its ack is given up on: five seconds after it was sent, so acks lost with
+    // a restarted server expire together, not one after another.
+    let mut inflight: VecDeque<(usize, tokio::time::Instant, async_nats::jetstream::context::PublishAckFuture)> =
+        VecDeque::new();
     let mut next = 0usize;
     let mut done = 0usize;
     let mut retries = 0u64;
@@ -136,7 +139,7 @@ pub async fn publish_pipelined(
             let msg = PublishMessage::build().payload(payload.clone()).message_id(format!("fault-{run}-{i}"));
             // Bounded: while NATS is away, sending may wait for the reconnect.
             match tokio::time::timeout(Duration::from_secs(5), js.send_publish(subject.clone(), msg)).await {
-                Ok(Ok(ack)) => inflight.push_back((i, ack)),
+                Ok(Ok(ack)) => inflight.push_back((i, tokio::time::Instant::now() + Duration::from_secs(5), ack)),
                 _ => {
                     retries += 1;
                     retry.push_back(i);
@@ -146,9 +149,9 @@ pub async fn publish_pipelined(
                 }
             }
         }
-        let Some((i, ack)) = inflight.pop_front() else { continue };
+        let Some((i, expires, ack)) = inflight.pop_front() else { continue };
         // Bounded too: an ack lost with a restarted server must not hold the publisher up.
-        match tokio::time::timeout(Duration::from_secs(5), ack).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())) {
+        match tokio::time::timeout_at(expires, ack).await.map_err(|_| ()).and_then(|r| r.map_err(|_| ())) {
             Ok(a) => {
                 seqs[i] = a.sequence;
                 done += 1;
