@@ -12,19 +12,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use common::hq as testing;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Executor;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod common;
-use common::describe_fs;
-use common::procs::{nats_server_bin, nats_version, start_nats, Eds};
+use common::procs::{nats_server_bin, nats_with_stream, Eds};
+use common::stack::{mock_hq, pg_schema, print_env};
 
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 const COMPANY: &str = "6287a4154d1a72cc5ce091bb";
 
 fn num(name: &str, default: f64) -> f64 {
@@ -76,33 +71,12 @@ async fn run(base: &Path) {
     let rate = num("EDS_BENCH_RATE", 100.0);
     let bin = nats_server_bin();
     println!("eds publish→row latency benchmark{}", if quick { " (quick)" } else { "" });
-    println!(
-        "  env: dir {} — {}; {}; {} cpus (shared by nats-server, eds, PostgreSQL and this process)",
-        base.display(),
-        describe_fs(base),
-        nats_version(&bin),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    );
-    let store = base.join("nats");
-    std::fs::create_dir_all(&store).unwrap();
-    let (_nats, url) = start_nats(&bin, &store).await;
-    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "dbchange".into(),
-        subjects: vec!["dbchange.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hq = format!("http://{}", listener.local_addr().unwrap());
-    let routes: testing::Routes = Arc::new(testing::e2e_routes);
-    let hq_task = tokio::spawn(testing::serve_schemas(listener, routes));
+    print_env(base, &bin, " (shared by nats-server, eds, PostgreSQL and this process)");
+    let (_nats, url, js) = nats_with_stream(&bin, base).await;
+    let (hq, hq_task) = mock_hq().await;
 
     let schema = format!("eds_latency_{}", std::process::id());
-    let opts = PgConnectOptions::from_str(PG).unwrap().options([("search_path", schema.as_str())]);
-    let pool = PgPoolOptions::new().max_connections(2).connect_with(opts).await.expect("PostgreSQL at 127.0.0.1:5432");
-    pool.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}").as_str()).await.unwrap();
+    let pool = pg_schema(&schema).await;
     pool.execute(
         r#"CREATE TABLE "order" (id TEXT PRIMARY KEY, name TEXT, "updatedDate" TIMESTAMPTZ, age DOUBLE PRECISION,
            arrived TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp())"#,

@@ -12,7 +12,10 @@ pub mod direct;
 #[path = "../../tests/common/hq.rs"]
 pub mod hq;
 pub mod procs;
+#[path = "../../tests/common/proxy.rs"]
+pub mod proxy;
 pub mod runs;
+pub mod stack;
 
 /// splitmix64: cheap, well-spread pseudo-random values from a seed.
 pub fn mix(seed: u64) -> u64 {

@@ -83,6 +83,23 @@ pub async fn start_nats(bin: &Path, store: &Path) -> (Proc, String) {
     (proc, url)
 }
 
+/// A private nats-server storing under `base/nats`, with the `dbchange` stream: the process, its
+/// URL and a JetStream context on it.
+pub async fn nats_with_stream(bin: &Path, base: &Path) -> (Proc, String, async_nats::jetstream::Context) {
+    let store = base.join("nats");
+    std::fs::create_dir_all(&store).unwrap();
+    let (proc, url) = start_nats(bin, &store).await;
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "dbchange".into(),
+        subjects: vec!["dbchange.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    (proc, url, js)
+}
+
 /// A running `eds server`, its HTTP address and its log lines.
 pub struct Eds {
     pub proc: Proc,

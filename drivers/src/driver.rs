@@ -231,6 +231,12 @@ pub trait Driver: Send + Sync {
         self.write(batch)
     }
 
+    /// Batch limits of rows [`fresh_encoder`](Self::fresh_encoder) encoded (bulk loads may take
+    /// larger batches than the drain's); the drain's [`limits`](Self::limits) by default.
+    fn encoded_limits(&self) -> Limits {
+        self.limits()
+    }
+
     /// An encoder of import rows of `schema`'s table into the driver's own bulk format, for
     /// [`write_encoded`](Self::write_encoded): the fastest way an import fills a table it has just
     /// dropped and created again, with no event built per row. `None` (the default) when the

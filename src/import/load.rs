@@ -241,7 +241,7 @@ pub async fn load(
     fresh: bool,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<Loaded> {
-    let limits = dest.driver.limits();
+    let limits = (dest.driver.limits(), dest.driver.encoded_limits());
     let wanted: Vec<(usize, ExportFile)> =
         files.iter().cloned().enumerate().filter(|(_, f)| tables.contains(&f.table)).collect();
     let read_versions = versions.clone();
@@ -258,9 +258,9 @@ pub async fn load(
     let reader = tokio::task::spawn_blocking(move || {
         let mut encoders: HashMap<String, Box<dyn FreshEncoder>> =
             encoders.drain().map(|(table, (_, encoder))| (table, encoder)).collect();
-        read(&wanted, &read_versions, validator.as_deref(), direct, &mut encoders, &limits, &tx)
+        read(&wanted, &read_versions, validator.as_deref(), direct, &mut encoders, (&limits.0, &limits.1), &tx)
     });
-    let target = Target { dest, files, versions, fresh };
+    let target = Target { dest, files, versions, fresh, said: Default::default() };
     let mut out = Loaded::default();
     loop {
         let next = tokio::time::timeout(READ_STALL, rx.recv())
@@ -285,7 +285,8 @@ pub async fn load(
     Ok(out)
 }
 
-/// Reads `files` and sends their rows in batches of `limits` to `tx`, then what was read after
+/// Reads `files` and sends their rows in batches of `limits` (rows an encoder took: of
+/// `encoded_limits`) to `tx`, then what was read after
 /// the last batch (a chunk without rows); an error ends it. Stops when `tx`'s receiver is gone.
 fn read(
     files: &[(usize, ExportFile)],
@@ -293,7 +294,7 @@ fn read(
     validator: Option<&Validator>,
     direct: bool,
     encoders: &mut HashMap<String, Box<dyn FreshEncoder>>,
-    limits: &Limits,
+    (limits, encoded_limits): (&Limits, &Limits),
     tx: &mpsc::Sender<Result<Chunk>>,
 ) {
     let mut chunk = Chunk::new();
@@ -358,7 +359,7 @@ fn read(
                         source: Source::Line(line),
                         path: None,
                     });
-                    if chunk.full(limits) && !send(&mut chunk) {
+                    if chunk.full(encoded_limits) && !send(&mut chunk) {
                         return;
                     }
                     continue;
@@ -490,7 +491,12 @@ async fn deliver_encoded(
                 tracing::debug!(destination = %dest.name, table = %encoded.table, rows = rows.len(), "the destination refused the rows in bulk; writing them as events");
             }
             Ok(Err(e)) => {
-                tracing::debug!(destination = %dest.name, table = %encoded.table, error = %eds_wal::error_chain(&e), "writing rows in bulk failed; writing them as events");
+                // Said once per load at info (a destination whose bulk way cannot work says why).
+                if target.said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(destination = %dest.name, table = %encoded.table, error = %eds_wal::error_chain(&e), "writing rows in bulk failed; writing them as events");
+                } else {
+                    tracing::info!(destination = %dest.name, table = %encoded.table, error = %eds_wal::error_chain(&e), "writing rows in bulk failed; writing them as events");
+                }
             }
             Err(_) => {
                 tracing::debug!(destination = %dest.name, table = %encoded.table, "writing rows in bulk did not finish in time; writing them as events");
@@ -509,6 +515,8 @@ struct Target<'a> {
     versions: &'a HashMap<String, String>,
     /// Whether the tables were just dropped and created again (see [`load`]).
     fresh: bool,
+    /// Whether a failed bulk write was logged at info.
+    said: std::sync::atomic::AtomicBool,
 }
 
 async fn deliver(
@@ -518,7 +526,7 @@ async fn deliver(
     out: &mut Loaded,
     progress: &(dyn Fn(&str, u64) + Sync),
 ) -> Result<()> {
-    let Target { dest, files, versions, fresh } = *target;
+    let Target { dest, files, versions, fresh, .. } = *target;
     let started = Instant::now();
     let mut wait = Duration::from_millis(200);
     // The first attempt takes the events; a retry decodes them again from their bytes.

@@ -39,6 +39,8 @@ pub struct QueryResult {
     pub total: Option<i64>,
     /// The query id.
     pub query_id: Option<String>,
+    /// The reply's `data` when it is a command for the client (a `PUT`'s upload), not a result.
+    pub command: Option<Value>,
 }
 
 impl QueryResult {
@@ -157,6 +159,11 @@ impl Client {
             .build()
             .map_err(|e| DriverError::caused(ErrorClass::Config, "Snowflake: building the HTTP client failed", e))?;
         Ok(Client { http, config, key, token: Mutex::new(None) })
+    }
+
+    /// The HTTP client (stage uploads use it too).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// What the URL says.
@@ -387,5 +394,12 @@ fn result_of(reply: &Value) -> QueryResult {
     } else {
         None
     };
-    QueryResult { columns, rows, total: data["total"].as_i64(), query_id: data["queryId"].as_str().map(str::to_owned) }
+    let command = data["command"].is_string().then(|| data.clone());
+    QueryResult {
+        columns,
+        rows,
+        total: data["total"].as_i64(),
+        query_id: data["queryId"].as_str().map(str::to_owned),
+        command,
+    }
 }

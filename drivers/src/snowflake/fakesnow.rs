@@ -38,7 +38,7 @@ pub fn fakesnow_bin() -> String {
 }
 
 /// The Python of fakesnow's venv (beside the binary), which has the Snowflake connector.
-fn python() -> String {
+pub fn python() -> String {
     let bin = fakesnow_bin();
     let dir = std::path::Path::new(&bin).parent().expect("FAKESNOW_SERVER is a file in a directory");
     dir.join("python").to_string_lossy().into_owned()

@@ -11,14 +11,19 @@
 //! warehouse's semantics (MERGE's non-determinism checks, transactions and locking, VARIANT and
 //! TIMESTAMP_NTZ conversions, result chunking), authentication against a real account (fakesnow
 //! accepts any password or token; the JWT is checked by the tests' own verification only), and
-//! stage + `COPY INTO` (not used: fakesnow does not support `PUT`).
+//! of the import's stage + `COPY INTO` ([`bulk`], [`stage`]): uploads to real cloud storage (fakesnow
+//! takes them over plain HTTP through a GCS-style presigned URL and never asks for encryption;
+//! the encryption is checked against the official connector's decryption instead) and how a real
+//! warehouse parses CSV into VARIANT and TIMESTAMP_NTZ columns.
 
+pub mod bulk;
 pub mod cells;
 pub mod client;
 pub mod config;
 pub mod fakesnow;
 pub mod keypair;
 mod sink;
+pub mod stage;
 #[cfg(test)]
 mod tests;
 

@@ -4,8 +4,8 @@
 //! does, so `order` and `updatedDate` keep their case); every value is a bound parameter
 //! (see `cells.rs`). A group of rows is one statement over a derived table of bound rows
 //! (`SELECT CAST(? AS …) AS c0, … UNION ALL SELECT …`), cut so that no statement carries more
-//! than `max_bind_params` values — multi-row binds; stage + `COPY INTO` is not used (fakesnow,
-//! the double the tests run against, does not support `PUT`, so that path could not be tested):
+//! than `max_bind_params` values — multi-row binds (an import into tables it just created loads
+//! through a stage and `COPY INTO` instead, see [`super::bulk`]):
 //!
 //! * upserts: `MERGE INTO "t" AS dst USING (<rows>) AS src ON dst."id" = src.c0 WHEN MATCHED THEN
 //!   UPDATE SET "c" = src.c1, … WHEN NOT MATCHED THEN INSERT (…) VALUES (…)`. An update that lists
@@ -28,10 +28,14 @@
 //! `ADD COLUMN IF NOT EXISTS` for every column instead. Which (table, model version) pairs were
 //! ensured is remembered, so [`Driver::ensure_schema`] is a set lookup when nothing changed.
 
+use super::bulk::{self, CsvEncoder};
 use super::cells::{Cell, ColumnPlan, Storage};
 use super::client::{Binding, Client};
 use super::config::{parse, SnowflakeConfig};
-use crate::driver::{Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, Limits, StateChange};
+use super::stage::{self, UploadCommand};
+use crate::driver::{
+    Batch, BoxFuture, Description, Driver, DriverError, ErrorClass, FreshEncoder, Limits, StateChange,
+};
 use crate::schema::Schema;
 use crate::sql::plan::{self, Step};
 use std::collections::{HashMap, HashSet};
@@ -78,6 +82,14 @@ pub struct SnowflakeDriver {
     session: tokio::sync::Mutex<()>,
     /// Statements executed by writes (tests check the cutting with it).
     executed: AtomicU64,
+    /// The temporary stage of bulk loads, and the session token it belongs to (a temporary
+    /// stage ends with its session).
+    stage: Mutex<Option<(String, String)>>,
+    /// Bulk loads made so far (file names).
+    uploads: AtomicU64,
+    /// The stage's storage, once a `PUT` named one eds does not upload to (bulk loads then
+    /// stop at once).
+    unwritable: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for SnowflakeDriver {
@@ -182,6 +194,9 @@ impl SnowflakeDriver {
             batches: AtomicU64::new(0),
             session: tokio::sync::Mutex::new(()),
             executed: AtomicU64::new(0),
+            stage: Mutex::new(None),
+            uploads: AtomicU64::new(0),
+            unwritable: Mutex::new(None),
         })
     }
 
@@ -304,6 +319,99 @@ impl SnowflakeDriver {
         Ok(())
     }
 
+    /// How `schema`'s columns are written (object columns the table holds as text, as text).
+    fn column_plans<'s>(&self, schema: &'s Schema) -> Result<Vec<ColumnPlan<'s>>, DriverError> {
+        let mut cols = schema.columns().iter().map(ColumnPlan::new).collect::<Result<Vec<_>, _>>()?;
+        if let Some(text) = lock(&self.text_json).get(schema.table()) {
+            for c in cols.iter_mut().filter(|c| text.contains(c.name)) {
+                c.storage = Storage::Text;
+            }
+        }
+        Ok(cols)
+    }
+
+    /// The session's temporary stage of bulk loads, created when the session has none.
+    async fn stage_of(&self, token: &str, tag: &str) -> Result<String, DriverError> {
+        if let Some((t, name)) = lock(&self.stage).as_ref() {
+            if t == token {
+                return Ok(name.clone());
+            }
+        }
+        // Only letters, digits and `_`, upper case: the same name quoted or not.
+        let suffix: String = super::client::request_id().chars().filter(char::is_ascii_hexdigit).take(12).collect();
+        let name = format!("EDS_IMPORT_{}_{}", std::process::id(), suffix.to_ascii_uppercase());
+        self.client.query(token, &format!("CREATE TEMPORARY STAGE IF NOT EXISTS {name}"), &[], tag).await?;
+        *lock(&self.stage) = Some((token.to_owned(), name.clone()));
+        Ok(name)
+    }
+
+    /// [`Driver::write_encoded`]: `data` (CSV from [`CsvEncoder`]) uploaded to the stage and
+    /// loaded with one `COPY INTO`. A stage on storage eds does not upload to is an error that
+    /// says so (the import then merges the rows).
+    async fn copy_encoded(&self, schema: &Schema, data: &[u8]) -> Result<bool, DriverError> {
+        let rows = bulk::records(data);
+        if rows == 0 {
+            return Ok(true);
+        }
+        let unwritable = |kind: &str| {
+            DriverError::new(
+                ErrorClass::Config,
+                format!(
+                    "Snowflake: the stage at {} keeps its files on {kind} storage, which eds does not upload to \
+                     (it uploads to GCS); rows are merged instead",
+                    self.client.config().target
+                ),
+            )
+        };
+        if let Some(kind) = lock(&self.unwritable).clone() {
+            return Err(unwritable(&kind));
+        }
+        let table = schema.table();
+        let quoted = quote_ident(table)?;
+        let columns: Vec<String> = self.column_plans(schema)?.into_iter().map(|p| p.quoted).collect();
+        let gz = bulk::gzip(data)?;
+        let seq = self.uploads.fetch_add(1, Ordering::Relaxed) + 1;
+        let file = format!("eds-{}-{seq}-{}.csv.gz", std::process::id(), super::client::request_id());
+        let what = |step: &str| format!("{step} {rows} rows for table {table:?}");
+        let _one = self.session.lock().await;
+        let token = self.client.session().await?;
+        let tag = self.tag(rows);
+        let stage_name = self.stage_of(&token, &tag).await.map_err(|e| self.write_error(&what("staging"), e, rows))?;
+        let put = format!(
+            "PUT 'file:///{file}' @{stage_name} AUTO_COMPRESS = FALSE SOURCE_COMPRESSION = GZIP OVERWRITE = TRUE"
+        );
+        let answer = match self.client.query(&token, &put, &[], &tag).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The stage may have gone with its session.
+                *lock(&self.stage) = None;
+                return Err(self.write_error(&what("staging"), e, rows));
+            }
+        };
+        let command = UploadCommand::of(answer.command.as_ref().unwrap_or(&serde_json::Value::Null))?;
+        if let stage::Location::Other(kind) = &command.location {
+            *lock(&self.unwritable) = Some(kind.clone());
+            return Err(unwritable(kind));
+        }
+        stage::upload(self.client.http(), &command, &file, gz).await?;
+        let copy = bulk::copy_sql(&quoted, &columns, &stage_name, &file);
+        match self.client.query(&token, &copy, &[], &tag).await {
+            Ok(result) => match bulk::loaded(&result) {
+                Some((n, true)) if n == rows as i64 => Ok(true),
+                None => Ok(true),
+                Some((n, _)) => Err(DriverError::new(
+                    ErrorClass::Unknown,
+                    format!("Snowflake: COPY INTO table {table:?} loaded {n} of {rows} rows from {file}"),
+                )),
+            },
+            Err(e) => {
+                // Best effort: a file that did not load is not left in the stage.
+                let _ = self.client.query(&token, &format!("REMOVE @{stage_name}/{file}"), &[], &tag).await;
+                Err(self.write_error(&what("copying"), e, rows))
+            }
+        }
+    }
+
     async fn write_folded(&self, changes: &[StateChange<'_>]) -> Result<(), DriverError> {
         if changes.is_empty() {
             return Ok(());
@@ -311,13 +419,7 @@ impl SnowflakeDriver {
         let mut plans: plan::Columns<'_, ColumnPlan<'_>> = HashMap::new();
         for schema in plan::schemas("Snowflake", changes)? {
             self.ensure(schema).await?;
-            let mut cols = schema.columns().iter().map(ColumnPlan::new).collect::<Result<Vec<_>, _>>()?;
-            if let Some(text) = lock(&self.text_json).get(schema.table()) {
-                for c in cols.iter_mut().filter(|c| text.contains(c.name)) {
-                    c.storage = Storage::Text;
-                }
-            }
-            plans.insert((schema.table(), schema.model_version()), cols);
+            plans.insert((schema.table(), schema.model_version()), self.column_plans(schema)?);
         }
         let plan = plan::plan("Snowflake", changes, &plans)?;
         let mut statements: Vec<Statement<'_>> = Vec::new();
@@ -426,6 +528,21 @@ impl Driver for SnowflakeDriver {
                 )),
             }
         })
+    }
+
+    fn encoded_limits(&self) -> Limits {
+        // A stage load costs three round trips and a file: large batches (still bounded, as the
+        // import holds one in memory and writes it again as events if it fails).
+        Limits { max_rows: 100_000, max_bytes: 32 << 20, max_bind_params: self.max_bind_params }
+    }
+
+    fn fresh_encoder(&self, schema: &Schema) -> Option<Box<dyn FreshEncoder>> {
+        let plans = self.column_plans(schema).ok()?;
+        CsvEncoder::new(schema, &plans).map(|e| Box::new(e) as Box<dyn FreshEncoder>)
+    }
+
+    fn write_encoded<'a>(&'a self, schema: &'a Schema, data: &'a [u8]) -> BoxFuture<'a, Result<bool, DriverError>> {
+        Box::pin(self.copy_encoded(schema, data))
     }
 
     fn ensure_schema<'a>(&'a self, schema: &'a Schema) -> BoxFuture<'a, Result<(), DriverError>> {
