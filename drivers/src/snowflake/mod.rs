@@ -13,8 +13,9 @@
 //! accepts any password or token; the JWT is checked by the tests' own verification only), and
 //! of the import's stage + `COPY INTO` ([`bulk`], [`stage`]): uploads to real cloud storage (fakesnow
 //! takes them over plain HTTP through a GCS-style presigned URL and never asks for encryption;
-//! the encryption is checked against the official connector's decryption instead) and how a real
-//! warehouse parses CSV into VARIANT and TIMESTAMP_NTZ columns.
+//! the encryption is checked against the official connector's decryption and the S3 signature
+//! against botocore's instead), tables of ten or more columns (fakesnow's CSV column names break
+//! there), and how a real warehouse parses CSV into VARIANT and TIMESTAMP_NTZ columns.
 
 pub mod bulk;
 pub mod cells;

@@ -11,8 +11,13 @@
 //! the connectors' metadata headers (`sfc-digest`: base64 SHA-256 of the file as uploaded before
 //! encryption; `encryptiondata` and `matdesc` for an encrypted file).
 //!
-//! Stages kept on S3 or Azure storage are not written here ([`Location::Other`]): the caller
-//! takes another way for those rows.
+//! S3: a single `PUT` to the bucket (virtual-hosted: `https://<bucket>.s3[.<region>].amazonaws.com`,
+//! or `<bucket>.<endPoint>`), signed with AWS Signature Version 4 under the stage's temporary
+//! credentials (`UNSIGNED-PAYLOAD`, as the connectors sign it), the metadata `x-amz-meta-sfc-digest`
+//! and, encrypted, `x-amz-meta-x-amz-key`, `-x-amz-iv` and `-x-amz-matdesc`.
+//!
+//! Stages kept on Azure storage are not written here ([`Location::Other`]): the caller takes
+//! another way for those rows.
 //!
 //! Invariant: credentials and keys never appear in a message.
 
@@ -58,7 +63,23 @@ pub enum Location {
         /// `stageInfo.creds.GCS_ACCESS_TOKEN`, when given.
         token: Option<String>,
     },
-    /// Another storage (S3, Azure, a local file system): its `locationType`.
+    /// Amazon S3: `bucket/path/`, the bucket's region and the stage's temporary credentials.
+    S3 {
+        /// `stageInfo.location`: `bucket/path/`.
+        location: String,
+        /// `stageInfo.region`.
+        region: String,
+        /// `stageInfo.endPoint`, when given (a FIPS endpoint, say): the bucket's host is
+        /// `<bucket>.<endPoint>`.
+        endpoint: Option<String>,
+        /// `stageInfo.useS3RegionalUrl` (or `useRegionalUrl`).
+        regional: bool,
+        /// `creds.AWS_KEY_ID`, `creds.AWS_SECRET_KEY`, `creds.AWS_TOKEN`.
+        key_id: String,
+        secret: String,
+        token: Option<String>,
+    },
+    /// Another storage (Azure, a local file system): its `locationType`.
     Other(String),
 }
 
@@ -72,6 +93,14 @@ impl std::fmt::Debug for Location {
                 .field("presigned", &presigned_url.is_some())
                 .field("token", &token.is_some())
                 .finish(),
+            Location::S3 { location, region, endpoint, regional, key_id, .. } => f
+                .debug_struct("S3")
+                .field("location", location)
+                .field("region", region)
+                .field("endpoint", endpoint)
+                .field("regional", regional)
+                .field("key_id", key_id)
+                .finish_non_exhaustive(),
             Location::Other(kind) => f.debug_tuple("Other").field(kind).finish(),
         }
     }
@@ -107,6 +136,19 @@ impl UploadCommand {
                 location: text(&info["location"]).unwrap_or_default(),
                 endpoint: text(&info["endPoint"]),
                 token: text(&info["creds"]["GCS_ACCESS_TOKEN"]),
+            }
+        } else if kind.eq_ignore_ascii_case("S3") {
+            let creds = &info["creds"];
+            let flag = |name: &str| info[name].as_bool().unwrap_or(false);
+            Location::S3 {
+                location: text(&info["location"]).unwrap_or_default(),
+                region: text(&info["region"]).ok_or_else(|| malformed("names an S3 stage without a region"))?,
+                endpoint: text(&info["endPoint"]),
+                regional: flag("useS3RegionalUrl") || flag("useRegionalUrl"),
+                key_id: text(&creds["AWS_KEY_ID"]).ok_or_else(|| malformed("gives no AWS key for the S3 stage"))?,
+                secret: text(&creds["AWS_SECRET_KEY"])
+                    .ok_or_else(|| malformed("gives no AWS secret for the S3 stage"))?,
+                token: text(&creds["AWS_TOKEN"]),
             }
         } else {
             Location::Other(kind.to_owned())
@@ -258,30 +300,162 @@ pub async fn upload(
     file: &str,
     data: Vec<u8>,
 ) -> Result<(), DriverError> {
-    let (url, token) = gcs_url(&command.location, file)?;
-    let mut req = http.put(&url).header("x-goog-meta-sfc-digest", digest(&data));
-    let body = match &command.material {
-        None => data,
+    let digest = digest(&data);
+    let (body, envelope) = match &command.material {
+        None => (data, None),
         Some(material) => {
             let (body, envelope) = encrypt(material, &data)?;
-            let encryption = json!({
-                "EncryptionMode": "FullBlob",
-                "WrappedContentKey": {"KeyId": "symmKey1", "EncryptedKey": envelope.key, "Algorithm": "AES_CBC_256"},
-                "EncryptionAgent": {"Protocol": "1.0", "EncryptionAlgorithm": "AES_CBC_256"},
-                "ContentEncryptionIV": envelope.iv,
-                "KeyWrappingMetadata": {"EncryptionLibrary": "Java 5.3.0"},
-            });
-            req = req
-                .header("x-goog-meta-encryptiondata", encryption.to_string())
-                .header("x-goog-meta-matdesc", envelope.matdesc);
-            body
+            (body, Some(envelope))
         }
     };
+    let req = match &command.location {
+        Location::Gcs { .. } => gcs_request(http, &command.location, file, &digest, envelope.as_ref())?,
+        Location::S3 { .. } => {
+            let url = s3_url(&command.location, file)?;
+            s3_request(http, &command.location, &url, &digest, envelope.as_ref(), &amz_date())?
+        }
+        Location::Other(_) => return Err(malformed("names a storage eds does not upload to")),
+    };
+    send(req.body(body), file).await
+}
+
+/// The GCS request (without its body).
+fn gcs_request(
+    http: &reqwest::Client,
+    location: &Location,
+    file: &str,
+    digest: &str,
+    envelope: Option<&Envelope>,
+) -> Result<reqwest::RequestBuilder, DriverError> {
+    let (url, token) = gcs_url(location, file)?;
+    let mut req = http.put(&url).header("x-goog-meta-sfc-digest", digest);
+    if let Some(envelope) = envelope {
+        let encryption = json!({
+            "EncryptionMode": "FullBlob",
+            "WrappedContentKey": {"KeyId": "symmKey1", "EncryptedKey": envelope.key, "Algorithm": "AES_CBC_256"},
+            "EncryptionAgent": {"Protocol": "1.0", "EncryptionAlgorithm": "AES_CBC_256"},
+            "ContentEncryptionIV": envelope.iv,
+            "KeyWrappingMetadata": {"EncryptionLibrary": "Java 5.3.0"},
+        });
+        req = req
+            .header("x-goog-meta-encryptiondata", encryption.to_string())
+            .header("x-goog-meta-matdesc", envelope.matdesc.clone());
+    }
     if let Some(token) = token {
         req = req.bearer_auth(token);
     }
+    Ok(req)
+}
+
+/// The URL of `file` in an S3 stage, as the connectors build it.
+fn s3_url(location: &Location, file: &str) -> Result<String, DriverError> {
+    let Location::S3 { location, region, endpoint, regional, .. } = location else {
+        return Err(malformed("names a storage eds does not upload to"));
+    };
+    let (bucket, path) = match location.split_once('/') {
+        Some((b, p)) if !p.is_empty() && !p.ends_with('/') => (b, format!("{p}/")),
+        Some((b, p)) => (b, p.to_owned()),
+        None => (location.as_str(), String::new()),
+    };
+    let host = if region.starts_with("cn-") {
+        format!("{bucket}.s3.{region}.amazonaws.com.cn")
+    } else if let Some(e) = endpoint {
+        format!("{bucket}.{}", e.trim_start_matches("https://").trim_end_matches('/'))
+    } else if *regional {
+        format!("{bucket}.s3.{region}.amazonaws.com")
+    } else {
+        format!("{bucket}.s3.amazonaws.com")
+    };
+    Ok(format!("https://{host}/{}", path_escape(&format!("{path}{file}"))))
+}
+
+/// Now as SigV4's `x-amz-date`: `YYYYMMDDTHHMMSSZ`, UTC.
+fn amz_date() -> String {
+    jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
+fn hmac(key: &[u8], data: &str) -> Vec<u8> {
+    ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), data.as_bytes()).as_ref().to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `x-amz-*` headers and the AWS Signature Version 4 `Authorization` of a `PUT` of an object
+/// to `url`, at `date`, its payload unsigned (as the connectors sign stage uploads).
+fn s3_signed_headers(
+    location: &Location,
+    url: &str,
+    digest: &str,
+    envelope: Option<&Envelope>,
+    date: &str,
+) -> Result<Vec<(String, String)>, DriverError> {
+    let Location::S3 { region, key_id, secret, token, .. } = location else {
+        return Err(malformed("names a storage eds does not upload to"));
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|_| malformed("gives an S3 location that makes no URL"))?;
+    let host = match (parsed.host_str(), parsed.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        (None, _) => return Err(malformed("gives an S3 location without a host")),
+    };
+    let mut headers: Vec<(String, String)> = vec![
+        ("host".into(), host),
+        ("x-amz-content-sha256".into(), "UNSIGNED-PAYLOAD".into()),
+        ("x-amz-date".into(), date.to_owned()),
+        ("x-amz-meta-sfc-digest".into(), digest.to_owned()),
+    ];
+    if let Some(t) = token {
+        headers.push(("x-amz-security-token".into(), t.clone()));
+    }
+    if let Some(e) = envelope {
+        headers.push(("x-amz-meta-x-amz-iv".into(), e.iv.clone()));
+        headers.push(("x-amz-meta-x-amz-key".into(), e.key.clone()));
+        headers.push(("x-amz-meta-x-amz-matdesc".into(), e.matdesc.clone()));
+    }
+    headers.sort();
+    let canonical: String = headers.iter().map(|(k, v)| format!("{k}:{}\n", v.trim())).collect();
+    let signed = headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(";");
+    let request = format!("PUT\n{}\n\n{canonical}\n{signed}\nUNSIGNED-PAYLOAD", parsed.path());
+    let day = &date[..8];
+    let scope = format!("{day}/{region}/s3/aws4_request");
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
+        hex(ring::digest::digest(&ring::digest::SHA256, request.as_bytes()).as_ref())
+    );
+    let key = ["s3", "aws4_request"]
+        .iter()
+        .fold(hmac(&hmac(format!("AWS4{secret}").as_bytes(), day), region), |k, part| hmac(&k, part));
+    let signature = hex(&hmac(&key, &to_sign));
+    headers.push((
+        "authorization".into(),
+        format!("AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={signed}, Signature={signature}"),
+    ));
+    // reqwest sets `host` from the URL.
+    headers.retain(|(k, _)| k != "host");
+    Ok(headers)
+}
+
+/// The S3 request (without its body).
+fn s3_request(
+    http: &reqwest::Client,
+    location: &Location,
+    url: &str,
+    digest: &str,
+    envelope: Option<&Envelope>,
+    date: &str,
+) -> Result<reqwest::RequestBuilder, DriverError> {
+    let mut req = http.put(url).header("content-type", "application/octet-stream");
+    for (k, v) in s3_signed_headers(location, url, digest, envelope, date)? {
+        req = req.header(k, v);
+    }
+    Ok(req)
+}
+
+async fn send(req: reqwest::RequestBuilder, file: &str) -> Result<(), DriverError> {
     // The URL may carry a signature: messages name the file, not the URL.
-    let resp = req.body(body).send().await.map_err(|e| {
+    let resp = req.send().await.map_err(|e| {
         DriverError::new(
             ErrorClass::Transient,
             format!("Snowflake: uploading {file} to the stage failed: {}", e.without_url()),
@@ -323,8 +497,11 @@ mod tests {
         let c = UploadCommand::of(&presigned).unwrap();
         assert_eq!(c.material, None);
         assert_eq!(gcs_url(&c.location, "a.csv.gz").unwrap(), ("http://h/fs_bucket/a.csv.gz".to_owned(), None));
+        let azure =
+            json!({"command": "UPLOAD", "stageInfo": {"locationType": "AZURE", "location": "c/p/", "creds": {}}});
+        assert_eq!(UploadCommand::of(&azure).unwrap().location, Location::Other("AZURE".into()));
         let s3 = json!({"command": "UPLOAD", "stageInfo": {"locationType": "S3", "location": "b/p/", "creds": {"AWS_KEY_ID": "k"}}});
-        assert_eq!(UploadCommand::of(&s3).unwrap().location, Location::Other("S3".into()));
+        assert!(UploadCommand::of(&s3).unwrap_err().message.contains("without a region"));
         // What is not an upload command is an error that says what it was.
         let e = UploadCommand::of(&json!({"command": "DOWNLOAD"})).unwrap_err();
         assert!(e.message.contains("DOWNLOAD"), "{}", e.message);
@@ -335,6 +512,90 @@ mod tests {
         // Credentials never show in a debug print.
         let shown = format!("{:?}", UploadCommand::of(&data).unwrap());
         assert!(!shown.contains("\"tok\"") && !shown.contains("7, 7"), "{shown}");
+    }
+
+    fn s3(location: &str, region: &str, endpoint: Option<&str>, regional: bool) -> Location {
+        let info = json!({"command": "UPLOAD", "stageInfo": {"locationType": "S3", "location": location,
+            "region": region, "endPoint": endpoint, "useS3RegionalUrl": regional,
+            "creds": {"AWS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                "AWS_TOKEN": "session-token"}}});
+        UploadCommand::of(&info).unwrap().location
+    }
+
+    #[test]
+    fn s3_urls_are_built_as_the_connectors_build_them() {
+        let url = |l: Location| s3_url(&l, "eds 1.csv.gz").unwrap();
+        assert_eq!(
+            url(s3("sfc-b/stages/x", "us-west-2", None, false)),
+            "https://sfc-b.s3.amazonaws.com/stages/x/eds%201.csv.gz"
+        );
+        assert_eq!(
+            url(s3("sfc-b/stages/x/", "us-west-2", None, true)),
+            "https://sfc-b.s3.us-west-2.amazonaws.com/stages/x/eds%201.csv.gz"
+        );
+        assert_eq!(
+            url(s3("sfc-b", "us-gov-west-1", Some("s3-fips.us-gov-west-1.amazonaws.com"), false)),
+            "https://sfc-b.s3-fips.us-gov-west-1.amazonaws.com/eds%201.csv.gz"
+        );
+        assert_eq!(
+            url(s3("sfc-b/p", "cn-north-1", None, true)),
+            "https://sfc-b.s3.cn-north-1.amazonaws.com.cn/p/eds%201.csv.gz"
+        );
+        // The secret and the token never show in a debug print.
+        let shown = format!("{:?}", s3("b/p", "us-east-1", None, false));
+        assert!(!shown.contains("wJalr") && !shown.contains("session-token"), "{shown}");
+    }
+
+    /// The Signature Version 4 of an upload equals botocore's (moto's venv) for the same request.
+    #[test]
+    fn s3_uploads_are_signed_as_botocore_signs_them() {
+        let moto = std::env::var("MOTO_SERVER").unwrap_or_else(|_| {
+            panic!("MOTO_SERVER is not set: this test reads botocore from moto's venv (scripts/test.sh installs it)")
+        });
+        let python = std::path::Path::new(&moto).with_file_name("python");
+        let location = s3("sfc-b/stages/x", "us-west-2", None, true);
+        let url = s3_url(&location, "eds-7-+ä.csv.gz").unwrap();
+        let m = material(32);
+        let (_, envelope) = encrypt_with(&m, b"rows", &[9; 32], &[3; 16]);
+        let headers =
+            s3_signed_headers(&location, &url, &digest(b"rows"), Some(&envelope), "20261204T101112Z").unwrap();
+        let auth = headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.clone()).unwrap();
+        let signed: serde_json::Map<String, Value> =
+            headers.iter().filter(|(k, _)| k != "authorization").map(|(k, v)| (k.clone(), json!(v))).collect();
+        const SCRIPT: &str = r#"
+import sys, json
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+url, region, key, secret, token, date, headers = sys.argv[1:8]
+req = AWSRequest(method="PUT", url=url, headers=json.loads(headers), data=b"")
+auth = S3SigV4Auth(Credentials(key, secret, token), "s3", region)
+req.context["timestamp"] = date
+canonical = auth.canonical_request(req)
+print(auth.signature(auth.string_to_sign(req, canonical), req))
+"#;
+        let out = std::process::Command::new(&python)
+            .args(["-c", SCRIPT, &url, "us-west-2", "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"])
+            .args(["session-token", "20261204T101112Z", &Value::Object(signed).to_string()])
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", python.display()));
+        assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+        let theirs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(theirs.len(), 64, "{theirs}");
+        assert!(auth.ends_with(&format!("Signature={theirs}")), "eds: {auth}\nbotocore: {theirs}");
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261204/us-west-2/s3/aws4_request, "),
+            "{auth}"
+        );
+        for h in [
+            "x-amz-meta-sfc-digest",
+            "x-amz-meta-x-amz-key",
+            "x-amz-meta-x-amz-iv",
+            "x-amz-meta-x-amz-matdesc",
+            "x-amz-security-token",
+        ] {
+            assert!(auth.contains(h), "{h} is signed: {auth}");
+        }
     }
 
     #[test]
