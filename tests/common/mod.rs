@@ -389,8 +389,22 @@ pub async fn http_request(addr: &str, method: &str, path: &str) -> (u16, String)
 
 /// Every envelope in the WAL of `data_dir`: (stream_seq, kind byte, payload).
 pub fn wal_envelopes(data_dir: &Path) -> Vec<(u64, u8, Vec<u8>)> {
+    wal_retained(data_dir, 1)
+}
+
+/// The envelopes the WAL of `data_dir` still holds (retention removes segments every destination
+/// has passed), from its oldest record: (its oldest LSN, the envelopes).
+pub fn wal_tail(data_dir: &Path) -> (u64, Vec<(u64, u8, Vec<u8>)>) {
     let wal = eds_wal::Wal::open_read_only(data_dir.join("wal"), eds_wal::Options::default()).unwrap();
-    let mut r = wal.reader(1).unwrap();
+    let oldest = wal.stats().oldest_lsn.max(1);
+    drop(wal);
+    (oldest, wal_retained(data_dir, oldest))
+}
+
+/// The envelopes of the WAL of `data_dir` from LSN `from`.
+fn wal_retained(data_dir: &Path, from: u64) -> Vec<(u64, u8, Vec<u8>)> {
+    let wal = eds_wal::Wal::open_read_only(data_dir.join("wal"), eds_wal::Options::default()).unwrap();
+    let mut r = wal.reader(from).unwrap();
     let mut out = Vec::new();
     while let Some(rec) = r.next().unwrap() {
         let e = eds::record::decode(&rec.data).unwrap();

@@ -19,8 +19,8 @@
 //! the gzipped file uploaded there (encrypted when the stage asks), then `COPY INTO "t" (…)
 //! FROM @stage/file … ON_ERROR = ABORT_STATEMENT PURGE = TRUE`: the whole file or nothing, and
 //! the file removed once loaded. A statement that fails leaves the table as it was, and the
-//! import writes the batch's rows as events, which refuse bad rows one by one. A stage on Azure
-//! storage is not written by eds: every batch of such a destination is an error that says so, and
+//! import writes the batch's rows as events, which refuse bad rows one by one. A stage whose
+//! storage is none eds uploads to (S3, GCS, Azure) makes every batch an error that says so, and
 //! its rows are merged.
 
 use super::cells::{ColumnPlan, Storage};

@@ -358,7 +358,7 @@ impl SnowflakeDriver {
                 ErrorClass::Config,
                 format!(
                     "Snowflake: the stage at {} keeps its files on {kind} storage, which eds does not upload to \
-                     (it uploads to S3 and GCS); rows are merged instead",
+                     (it uploads to S3, GCS and Azure); rows are merged instead",
                     self.client.config().target
                 ),
             )

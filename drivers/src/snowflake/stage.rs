@@ -16,8 +16,12 @@
 //! credentials (`UNSIGNED-PAYLOAD`, as the connectors sign it), the metadata `x-amz-meta-sfc-digest`
 //! and, encrypted, `x-amz-meta-x-amz-key`, `-x-amz-iv` and `-x-amz-matdesc`.
 //!
-//! Stages kept on Azure storage are not written here ([`Location::Other`]): the caller takes
-//! another way for those rows.
+//! Azure: a single `PUT` of a block blob to `https://<account>.blob.<endpoint>/<container>/<path>`
+//! with the stage's SAS token, the metadata `x-ms-meta-sfcdigest` and, encrypted,
+//! `x-ms-meta-encryptiondata` and `x-ms-meta-matdesc`.
+//!
+//! A stage on another storage (a local file system: [`Location::Other`]) is not written here: the
+//! caller takes another way for those rows.
 //!
 //! Invariant: credentials and keys never appear in a message.
 
@@ -79,7 +83,19 @@ pub enum Location {
         secret: String,
         token: Option<String>,
     },
-    /// Another storage (Azure, a local file system): its `locationType`.
+    /// Azure Blob Storage: `container/path/`, the storage account, the endpoint's suffix and a
+    /// SAS token.
+    Azure {
+        /// `stageInfo.location`: `container/path/`.
+        location: String,
+        /// `stageInfo.storageAccount`.
+        account: String,
+        /// `stageInfo.endPoint` without a leading `blob.` (`core.windows.net`).
+        endpoint: String,
+        /// `creds.AZURE_SAS_TOKEN`, without a leading `?`.
+        sas: String,
+    },
+    /// Another storage (a local file system): its `locationType`.
     Other(String),
 }
 
@@ -100,6 +116,12 @@ impl std::fmt::Debug for Location {
                 .field("endpoint", endpoint)
                 .field("regional", regional)
                 .field("key_id", key_id)
+                .finish_non_exhaustive(),
+            Location::Azure { location, account, endpoint, .. } => f
+                .debug_struct("Azure")
+                .field("location", location)
+                .field("account", account)
+                .field("endpoint", endpoint)
                 .finish_non_exhaustive(),
             Location::Other(kind) => f.debug_tuple("Other").field(kind).finish(),
         }
@@ -149,6 +171,18 @@ impl UploadCommand {
                 secret: text(&creds["AWS_SECRET_KEY"])
                     .ok_or_else(|| malformed("gives no AWS secret for the S3 stage"))?,
                 token: text(&creds["AWS_TOKEN"]),
+            }
+        } else if kind.eq_ignore_ascii_case("AZURE") {
+            let endpoint =
+                text(&info["endPoint"]).ok_or_else(|| malformed("names an Azure stage without an endpoint"))?;
+            Location::Azure {
+                location: text(&info["location"]).unwrap_or_default(),
+                account: text(&info["storageAccount"])
+                    .ok_or_else(|| malformed("names an Azure stage without a storage account"))?,
+                endpoint: endpoint.strip_prefix("blob.").unwrap_or(&endpoint).to_owned(),
+                sas: text(&info["creds"]["AZURE_SAS_TOKEN"])
+                    .map(|t| t.trim_start_matches('?').to_owned())
+                    .ok_or_else(|| malformed("gives no SAS token for the Azure stage"))?,
             }
         } else {
             Location::Other(kind.to_owned())
@@ -314,9 +348,60 @@ pub async fn upload(
             let url = s3_url(&command.location, file)?;
             s3_request(http, &command.location, &url, &digest, envelope.as_ref(), &amz_date())?
         }
+        Location::Azure { .. } => azure_request(http, &command.location, file, &digest, envelope.as_ref())?,
         Location::Other(_) => return Err(malformed("names a storage eds does not upload to")),
     };
     send(req.body(body), file).await
+}
+
+/// `{"EncryptionMode":"FullBlob",…}`: an encrypted file's envelope as the GCS and Azure metadata
+/// carry it (`algorithm`: the agent's, as each connector names it).
+fn encryption_data(envelope: &Envelope, algorithm: &str) -> String {
+    json!({
+        "EncryptionMode": "FullBlob",
+        "WrappedContentKey": {"KeyId": "symmKey1", "EncryptedKey": envelope.key, "Algorithm": "AES_CBC_256"},
+        "EncryptionAgent": {"Protocol": "1.0", "EncryptionAlgorithm": algorithm},
+        "ContentEncryptionIV": envelope.iv,
+        "KeyWrappingMetadata": {"EncryptionLibrary": "Java 5.3.0"},
+    })
+    .to_string()
+}
+
+/// The URL of `file` in an Azure stage, with the SAS token, as the connectors build it.
+fn azure_url(location: &Location, file: &str) -> Result<String, DriverError> {
+    let Location::Azure { location, account, endpoint, sas } = location else {
+        return Err(malformed("names a storage eds does not upload to"));
+    };
+    let (container, path) = match location.split_once('/') {
+        Some((c, p)) if !p.is_empty() && !p.ends_with('/') => (c, format!("{p}/")),
+        Some((c, p)) => (c, p.to_owned()),
+        None => (location.as_str(), String::new()),
+    };
+    Ok(format!(
+        "https://{account}.blob.{endpoint}/{}/{}?{sas}",
+        path_escape(container),
+        path_escape(&format!("{path}{file}"))
+    ))
+}
+
+/// The Azure request (without its body).
+fn azure_request(
+    http: &reqwest::Client,
+    location: &Location,
+    file: &str,
+    digest: &str,
+    envelope: Option<&Envelope>,
+) -> Result<reqwest::RequestBuilder, DriverError> {
+    let mut req = http
+        .put(azure_url(location, file)?)
+        .header("x-ms-blob-type", "BlockBlob")
+        .header("x-ms-meta-sfcdigest", digest);
+    if let Some(envelope) = envelope {
+        req = req
+            .header("x-ms-meta-encryptiondata", encryption_data(envelope, "AES_CBC_128"))
+            .header("x-ms-meta-matdesc", envelope.matdesc.clone());
+    }
+    Ok(req)
 }
 
 /// The GCS request (without its body).
@@ -330,15 +415,8 @@ fn gcs_request(
     let (url, token) = gcs_url(location, file)?;
     let mut req = http.put(&url).header("x-goog-meta-sfc-digest", digest);
     if let Some(envelope) = envelope {
-        let encryption = json!({
-            "EncryptionMode": "FullBlob",
-            "WrappedContentKey": {"KeyId": "symmKey1", "EncryptedKey": envelope.key, "Algorithm": "AES_CBC_256"},
-            "EncryptionAgent": {"Protocol": "1.0", "EncryptionAlgorithm": "AES_CBC_256"},
-            "ContentEncryptionIV": envelope.iv,
-            "KeyWrappingMetadata": {"EncryptionLibrary": "Java 5.3.0"},
-        });
         req = req
-            .header("x-goog-meta-encryptiondata", encryption.to_string())
+            .header("x-goog-meta-encryptiondata", encryption_data(envelope, "AES_CBC_256"))
             .header("x-goog-meta-matdesc", envelope.matdesc.clone());
     }
     if let Some(token) = token {
@@ -497,9 +575,20 @@ mod tests {
         let c = UploadCommand::of(&presigned).unwrap();
         assert_eq!(c.material, None);
         assert_eq!(gcs_url(&c.location, "a.csv.gz").unwrap(), ("http://h/fs_bucket/a.csv.gz".to_owned(), None));
-        let azure =
-            json!({"command": "UPLOAD", "stageInfo": {"locationType": "AZURE", "location": "c/p/", "creds": {}}});
-        assert_eq!(UploadCommand::of(&azure).unwrap().location, Location::Other("AZURE".into()));
+        let local =
+            json!({"command": "UPLOAD", "stageInfo": {"locationType": "LOCAL_FS", "location": "/tmp/x/", "creds": {}}});
+        assert_eq!(UploadCommand::of(&local).unwrap().location, Location::Other("LOCAL_FS".into()));
+        let azure = json!({"command": "UPLOAD", "stageInfo": {"locationType": "AZURE", "location": "stages/a b/x",
+            "storageAccount": "sfcacct", "endPoint": "blob.core.windows.net", "creds": {"AZURE_SAS_TOKEN": "?sv=2023&sig=SECRET"}}});
+        let location = UploadCommand::of(&azure).unwrap().location;
+        assert_eq!(
+            azure_url(&location, "eds-1.csv.gz").unwrap(),
+            "https://sfcacct.blob.core.windows.net/stages/a%20b/x/eds-1.csv.gz?sv=2023&sig=SECRET"
+        );
+        assert!(!format!("{location:?}").contains("SECRET"));
+        let no_sas = json!({"command": "UPLOAD", "stageInfo": {"locationType": "AZURE", "location": "c",
+            "storageAccount": "a", "endPoint": "core.windows.net", "creds": {}}});
+        assert!(UploadCommand::of(&no_sas).unwrap_err().message.contains("no SAS token"));
         let s3 = json!({"command": "UPLOAD", "stageInfo": {"locationType": "S3", "location": "b/p/", "creds": {"AWS_KEY_ID": "k"}}});
         assert!(UploadCommand::of(&s3).unwrap_err().message.contains("without a region"));
         // What is not an upload command is an error that says what it was.

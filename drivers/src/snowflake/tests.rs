@@ -987,3 +987,29 @@ async fn a_refused_copy_is_an_error_and_loads_nothing() {
         "properties": {"a": {"type": "string"}, "b": {"type": "string"}, "id": {"type": "string"}}}));
     assert!(d.fresh_encoder(&keyed).is_none());
 }
+
+/// A stage whose storage eds does not upload to: the batch is an error that names it (the
+/// import merges the rows), and later batches fail at once, without another `PUT`.
+#[tokio::test]
+async fn a_stage_on_storage_eds_does_not_write_fails_once_named_then_at_once() {
+    let login = json!({"data": {"token": "T"}, "success": true});
+    let ok = json!({"data": {"rowtype": [], "rowset": [], "total": 0}, "success": true});
+    let put = json!({"data": {"command": "UPLOAD", "src_locations": ["/x"],
+        "stageInfo": {"locationType": "LOCAL_FS", "location": "/srv/stage/", "creds": {}}}, "success": true});
+    let (endpoint, mut rx, _t) = double(vec![(200, login), (200, ok), (200, put)]).await;
+    let d = SnowflakeDriver::new(&format!("snowflake://u:p@acct/DB?endpoint={endpoint}"), &DESCRIPTION).unwrap();
+    let s = things("v1", json!({}));
+    let (data, _) = encode_lines(&d, &s, &[json!({"id": "a", "name": "x"}).to_string()]);
+    for attempt in 0..2 {
+        let err = within("a stage load", d.write_encoded(&s, &data)).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Config, "{}", err.message);
+        assert!(err.message.contains("LOCAL_FS storage, which eds does not upload to"), "{attempt}: {}", err.message);
+    }
+    let mut sql = Vec::new();
+    while let Ok((_, body)) = rx.try_recv() {
+        sql.push(body["sqlText"].as_str().unwrap_or("<login>").split(' ').take(2).collect::<Vec<_>>().join(" "));
+    }
+    assert_eq!(sql.len(), 3, "{sql:?}");
+    assert_eq!(sql[..2], ["<login>", "CREATE TEMPORARY"], "{sql:?}");
+    assert!(sql[2].starts_with("PUT 'file:///eds-"), "{sql:?}");
+}
