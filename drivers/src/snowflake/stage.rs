@@ -303,6 +303,16 @@ fn path_escape(s: &str) -> String {
     out
 }
 
+/// A stage location `bucket/path` split as the connectors split it: the bucket (or container) and
+/// the path, which ends in `/` unless empty.
+fn split_location(location: &str) -> (&str, String) {
+    match location.split_once('/') {
+        Some((b, p)) if !p.is_empty() && !p.ends_with('/') => (b, format!("{p}/")),
+        Some((b, p)) => (b, p.to_owned()),
+        None => (location, String::new()),
+    }
+}
+
 /// The URL and bearer token that upload `file` to a GCS stage.
 fn gcs_url(location: &Location, file: &str) -> Result<(String, Option<String>), DriverError> {
     let Location::Gcs { presigned_url, location, endpoint, token } = location else {
@@ -314,11 +324,7 @@ fn gcs_url(location: &Location, file: &str) -> Result<(String, Option<String>), 
     let Some(token) = token else {
         return Err(malformed("gives neither a presigned URL nor an access token for the stage"));
     };
-    let (bucket, path) = match location.split_once('/') {
-        Some((b, p)) if !p.is_empty() && !p.ends_with('/') => (b, format!("{p}/")),
-        Some((b, p)) => (b, p.to_owned()),
-        None => (location.as_str(), String::new()),
-    };
+    let (bucket, path) = split_location(location);
     let base = match endpoint {
         Some(e) if e.starts_with("https://") => e.trim_end_matches('/').to_owned(),
         Some(e) => format!("https://{}", e.trim_end_matches('/')),
@@ -372,11 +378,7 @@ fn azure_url(location: &Location, file: &str) -> Result<String, DriverError> {
     let Location::Azure { location, account, endpoint, sas } = location else {
         return Err(malformed("names a storage eds does not upload to"));
     };
-    let (container, path) = match location.split_once('/') {
-        Some((c, p)) if !p.is_empty() && !p.ends_with('/') => (c, format!("{p}/")),
-        Some((c, p)) => (c, p.to_owned()),
-        None => (location.as_str(), String::new()),
-    };
+    let (container, path) = split_location(location);
     Ok(format!(
         "https://{account}.blob.{endpoint}/{}/{}?{sas}",
         path_escape(container),
@@ -430,11 +432,7 @@ fn s3_url(location: &Location, file: &str) -> Result<String, DriverError> {
     let Location::S3 { location, region, endpoint, regional, .. } = location else {
         return Err(malformed("names a storage eds does not upload to"));
     };
-    let (bucket, path) = match location.split_once('/') {
-        Some((b, p)) if !p.is_empty() && !p.ends_with('/') => (b, format!("{p}/")),
-        Some((b, p)) => (b, p.to_owned()),
-        None => (location.as_str(), String::new()),
-    };
+    let (bucket, path) = split_location(location);
     let host = if region.starts_with("cn-") {
         format!("{bucket}.s3.{region}.amazonaws.com.cn")
     } else if let Some(e) = endpoint {
