@@ -22,5 +22,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/eds-target}"
 repeat="${EDS_FAULTS_REPEAT:-1}"
 for i in $(seq 1 "$repeat"); do
   printf '==> fault campaign, run %s of %s (%s)\n' "$i" "$repeat" "$profile"
-  cargo nextest run --locked --profile "$profile" --test faults
+  cargo nextest run --locked --profile "$profile" --test integration -E 'test(/^faults::/)'
 done

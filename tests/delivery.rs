@@ -1,7 +1,7 @@
 //! `eds server --url file://…`: events flow from NATS through the WAL to a destination.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;

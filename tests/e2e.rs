@@ -3,7 +3,7 @@
 //! end) on the server at 127.0.0.1:5432 (database `test`, user `postgres`, trust auth).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::events::{churn, date, Ev};
 use common::model::{assert_row, assert_table, expected_state, Rows};

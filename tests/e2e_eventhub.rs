@@ -6,7 +6,7 @@
 //! `eds-lsn`, same body, id, partition key and properties).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::events::{mixed_stream, Raw};
 use common::proxy::{Mode, Proxy};

@@ -5,7 +5,7 @@
 //! `eds-lsn`, same key, partition, headers and value).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::events::{mixed_stream, Raw};
 use common::proxy::{Mode, Proxy};

@@ -7,7 +7,7 @@
 //! server is ever changed.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::events::{churn, date, Ev};
 use common::model::{assert_row, assert_table, expected_state, Rows};

@@ -1,9 +1,8 @@
 //! End to end: NATS JetStream → `eds server` → S3 (a private moto server per test, `MOTO_SERVER`),
 //! read back with the AWS SDK. Built with the `s3` feature only.
-#![cfg(feature = "s3")]
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::events::{mixed_stream, Raw};
 use common::proxy::{Mode, Proxy};

@@ -2,7 +2,7 @@
 //! kept, the key never printed); a used code, a refusal and a bad code say so.
 
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use common::hq;
 use serde_json::json;

@@ -11,7 +11,7 @@
 //! seed. On failure the seed is printed and the data dir copied to /tmp for inspection.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::events::Ev;
 use common::model::{assert_table, expected_state};

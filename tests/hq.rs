@@ -5,7 +5,7 @@
 //! log upload.
 
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use common::hq_session::HqSession;
 use common::nats_jwt::JwtNats;

@@ -3,7 +3,7 @@
 //! destination, and every documented refusal says what to do.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::events::HOSTILE;
 use common::hq::{self as double, FullHandler};

@@ -3,7 +3,7 @@
 //! file and line without stopping the rest, and loading again changes nothing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::events::HOSTILE;
 use eds::import::files::{list, ExportFile};

@@ -6,7 +6,7 @@
 //! `--only` and `--schema-only` do what they say. Every run passes `--no-delete`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::events::HOSTILE;

@@ -3,7 +3,7 @@
 //! table's timestamp — every other destination still receives every event.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

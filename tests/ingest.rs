@@ -2,7 +2,7 @@
 //! reach deterministically: a delivery lost in transit in the middle of a session.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use eds::dlq::DeadLetters;

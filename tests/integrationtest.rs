@@ -2,7 +2,7 @@
 //! `eds server` stores and delivers them.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! from the credentials, and eds asks NATS for nothing those permissions refuse.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::nats_jwt::JwtNats;
 use common::*;

@@ -1,7 +1,7 @@
 //! `eds server` ingest against a real nats-server (one private server per test).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::Duration;

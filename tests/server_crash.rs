@@ -2,7 +2,7 @@
 //! sequence ends up in the WAL exactly once, in stream order, and per-key order holds.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::collections::BTreeMap;

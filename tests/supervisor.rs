@@ -3,7 +3,7 @@
 //! takes its worker with it.
 
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use common::{eds_bin, eventually, free_port, Eds, Nats};
 use std::process::{Command, Stdio};

@@ -4,7 +4,7 @@
 //! public half with `EDS_UPGRADE_PUBLIC_KEY_FILE`).
 
 #![allow(clippy::unwrap_used)]
-mod common;
+use crate::common;
 
 use common::hq;
 use common::release::{key, sign, tar_gz};

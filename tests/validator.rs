@@ -4,7 +4,7 @@
 //! the server at start with exit 2.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;
