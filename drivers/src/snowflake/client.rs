@@ -9,6 +9,10 @@
 //! result URL, which is polled until the request deadline (`timeout=`). Errors are classified for the drain
 //! ([`classify`]); a session the server ended is forgotten, so the next request logs in again.
 //!
+//! A request whose connection fails after it was sent and before any answer (a pooled connection
+//! the server or a proxy closed while it was idle, a reset) is sent once more at once, as the
+//! connectors do: the same `requestId` (Snowflake runs a request id once) with `retryCount=1`.
+//!
 //! Invariant: the password, the private key and the session token never appear in a message.
 
 use super::config::{Auth, SnowflakeConfig};
@@ -190,6 +194,21 @@ impl Client {
         Ok(token)
     }
 
+    /// Sends the request `build(attempt)` makes; a connection lost before any answer (see the
+    /// module docs) gets one more attempt at once. A refused connection or a timeout is not sent
+    /// again here: the drain's retry, with its backoff, handles a server that is away.
+    async fn send(
+        &self,
+        what: &str,
+        build: impl Fn(u32) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, DriverError> {
+        match build(0).send().await {
+            Ok(resp) => Ok(resp),
+            Err(e) if lost_before_an_answer(&e) => build(1).send().await.map_err(|e| self.transport_error(what, e)),
+            Err(e) => Err(self.transport_error(what, e)),
+        }
+    }
+
     fn transport_error(&self, what: &str, e: reqwest::Error) -> DriverError {
         // reqwest's message names the URL, which holds no secret (they travel in the body).
         let class = if e.is_builder() { ErrorClass::Config } else { ErrorClass::Transient };
@@ -231,27 +250,22 @@ impl Client {
         let c = &self.config;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let body = self.login_body(now)?;
-        let mut query: Vec<(&str, String)> = vec![
-            ("databaseName", c.database.clone()),
-            ("schemaName", c.schema.clone()),
-            ("requestId", request_id()),
-            ("request_guid", request_id()),
-        ];
+        let mut query: Vec<(&str, String)> =
+            vec![("databaseName", c.database.clone()), ("schemaName", c.schema.clone()), ("requestId", request_id())];
         if let Some(w) = &c.warehouse {
             query.push(("warehouse", w.clone()));
         }
         if let Some(r) = &c.role {
             query.push(("roleName", r.clone()));
         }
+        let url = format!("{}/session/v1/login-request", c.base_url);
         let resp = self
-            .http
-            .post(format!("{}/session/v1/login-request", c.base_url))
-            .query(&query)
-            .header("Accept", "application/json")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error("logging in", e))?;
+            .send("logging in", |attempt| {
+                retry_params(self.http.post(&url).query(&query), attempt)
+                    .header("Accept", "application/json")
+                    .json(&body)
+            })
+            .await?;
         let status = resp.status();
         let reply: Option<Value> = resp.json().await.ok();
         let ok = reply.as_ref().and_then(|r| r.get("success")).and_then(Value::as_bool) == Some(true);
@@ -303,16 +317,16 @@ impl Client {
             body["bindings"] = bindings_json(bindings);
         }
         let started = Instant::now();
+        let url = format!("{}/queries/v1/query-request", self.config.base_url);
+        let id = request_id();
         let resp = self
-            .http
-            .post(format!("{}/queries/v1/query-request", self.config.base_url))
-            .query(&[("requestId", request_id())])
-            .header("Accept", "application/snowflake")
-            .header("Authorization", format!("Snowflake Token=\"{token}\""))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error("a query", e))?;
+            .send("a query", |attempt| {
+                retry_params(self.http.post(&url).query(&[("requestId", &id)]), attempt)
+                    .header("Accept", "application/snowflake")
+                    .header("Authorization", format!("Snowflake Token=\"{token}\""))
+                    .json(&body)
+            })
+            .await?;
         let mut reply = self.reply(token, resp).await?;
         // A long statement: poll its result until the request deadline.
         while STILL_RUNNING.contains(&text(reply.get("code")).as_str()) {
@@ -328,14 +342,15 @@ impl Client {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+            let url = format!("{}{url}", self.config.base_url);
             let resp = self
-                .http
-                .get(format!("{}{url}", self.config.base_url))
-                .header("Accept", "application/snowflake")
-                .header("Authorization", format!("Snowflake Token=\"{token}\""))
-                .send()
-                .await
-                .map_err(|e| self.transport_error("polling a result", e))?;
+                .send("polling a result", |_| {
+                    self.http
+                        .get(&url)
+                        .header("Accept", "application/snowflake")
+                        .header("Authorization", format!("Snowflake Token=\"{token}\""))
+                })
+                .await?;
             reply = self.reply(token, resp).await?;
         }
         Ok(result_of(&reply))
@@ -365,6 +380,23 @@ impl Client {
         };
         let state = if sql_state.is_empty() { String::new() } else { format!(" ({sql_state})") };
         Err(DriverError::new(class, format!("Snowflake: error {code}{state} at {}: {message}", self.config.target)))
+    }
+}
+
+/// Whether a request failed after its connection was made and before any answer came: the
+/// connection was closed or reset under it (not refused, not timed out).
+fn lost_before_an_answer(e: &reqwest::Error) -> bool {
+    e.is_request() && !e.is_connect() && !e.is_timeout()
+}
+
+/// A request's tracing parameters: a fresh `request_guid` for every attempt and, on a repeat,
+/// `retryCount`, as the connectors send them.
+fn retry_params(request: reqwest::RequestBuilder, attempt: u32) -> reqwest::RequestBuilder {
+    let request = request.query(&[("request_guid", request_id())]);
+    if attempt == 0 {
+        request
+    } else {
+        request.query(&[("retryCount", attempt)])
     }
 }
 

@@ -394,7 +394,8 @@ async fn registered_and_described() {
 // A one-shot HTTP double for what fakesnow does not do: refuse logins, end sessions, record bodies
 
 /// Answers every request with the next of `replies` (status, JSON body) and records each
-/// request's path and body; the test reads them from the returned receiver.
+/// request's path and body; the test reads them from the returned receiver. Status 0: the
+/// connection is closed after the request is read, without an answer.
 async fn double(
     replies: Vec<(u16, Value)>,
 ) -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, Value)>, tokio::task::JoinHandle<()>) {
@@ -425,6 +426,9 @@ async fn double(
             reader.read_exact(&mut buf).await.unwrap();
             let path = request_line.split_whitespace().nth(1).unwrap_or("").to_owned();
             let _ = tx.send((path, serde_json::from_slice(&buf).unwrap_or(Value::Null)));
+            if status == 0 {
+                continue;
+            }
             let text = body.to_string();
             let reply = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
@@ -484,6 +488,44 @@ async fn refused_logins_are_config_errors_and_ended_sessions_log_in_again() {
     assert_eq!(body["sqlText"], "SELECT ?");
     assert_eq!(body["bindings"], json!({"1": {"type": "TEXT", "value": "x"}}));
     assert_eq!(body["parameters"]["QUERY_TAG"], "eds-t");
+}
+
+/// A pooled connection the server (fakesnow's uvicorn after 5 s) or a proxy closed while idle
+/// fails the next request before any answer: it is sent once more, with the same request id.
+#[tokio::test]
+async fn a_request_whose_connection_is_lost_before_an_answer_is_sent_again_with_its_request_id() {
+    let login = json!({"data": {"token": "T1"}, "success": true});
+    let ok = json!({"data": {"rowtype": [{"name": "1"}], "rowset": [["1"]], "total": 1, "queryResultFormat": "json"}, "success": true});
+    let (endpoint, mut rx, _t) =
+        double(vec![(0, Value::Null), (200, login), (0, Value::Null), (200, ok), (0, Value::Null), (0, Value::Null)])
+            .await;
+    let c = Client::new(parse(&format!("snowflake://u:p@acct/DB/S?endpoint={endpoint}"), &no_env).unwrap()).unwrap();
+    let token = within("login", c.session()).await.unwrap();
+    assert_eq!(token, "T1");
+    let r = within("query", c.query(&token, "SELECT 1", &[], "eds-t")).await.unwrap();
+    assert_eq!(r.rows, Some(vec![vec![Some("1".to_owned())]]));
+    let param = |path: &str, name: &str| {
+        path.split_once('?')
+            .unwrap()
+            .1
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(str::to_owned)
+    };
+    for what in ["login", "query"] {
+        let (first, body1) = rx.recv().await.unwrap();
+        let (second, body2) = rx.recv().await.unwrap();
+        assert_eq!(first.split_once('?').unwrap().0, second.split_once('?').unwrap().0, "{what}");
+        assert_eq!(param(&first, "requestId"), param(&second, "requestId"), "{what}: {first} then {second}");
+        assert_ne!(param(&first, "request_guid"), param(&second, "request_guid"), "{what}");
+        assert_eq!(param(&first, "retryCount"), None, "{what}: {first}");
+        assert_eq!(param(&second, "retryCount").as_deref(), Some("1"), "{what}: {second}");
+        assert_eq!(body1, body2, "{what}");
+    }
+    // Lost twice: a transient error (the drain retries it later), and no third attempt.
+    let err = within("query", c.query(&token, "SELECT 2", &[], "eds-t")).await.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Transient, "{}", err.message);
+    assert!(rx.recv().await.is_some() && rx.recv().await.is_some() && rx.recv().await.is_none());
 }
 
 #[tokio::test]
