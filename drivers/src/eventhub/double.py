@@ -56,7 +56,10 @@ def read_commands():
         command = line.strip()
         if command in ("accept", "reject", "hang"):
             mode["value"] = command
-            print(f"mode {command}", file=sys.stderr, flush=True)
+            # The acknowledgement the harness waits for: transfers from now on get this mode.
+            print(f"mode {command}", flush=True)
+            if DEBUG:
+                print(f"mode {command}", file=sys.stderr, flush=True)
     # Standard input closed: the test that started the double is gone (even a SIGKILLed one),
     # so the double goes too instead of listening on forever.
     os._exit(0)
@@ -121,14 +124,32 @@ def sas_ok(token, key_name, key):
 
 
 class SettleLater(Handler):
-    def __init__(self, delivery):
+    """Settles a delivery with an outcome (accepted, or rejected with a condition) when its timer fires."""
+
+    def __init__(self, delivery, condition=None):
         super().__init__()
         self.delivery = delivery
+        self.condition = condition
 
     def on_timer_task(self, event):
         if not self.delivery.settled:
-            self.delivery.update(Delivery.ACCEPTED)
+            if self.condition is None:
+                self.delivery.update(Delivery.ACCEPTED)
+            else:
+                self.delivery.local.condition = self.condition
+                self.delivery.update(Delivery.REJECTED)
             self.delivery.settle()
+
+
+class Later(Handler):
+    """Runs `action` when its timer fires."""
+
+    def __init__(self, action):
+        super().__init__()
+        self.action = action
+
+    def on_timer_task(self, event):
+        self.action()
 
 
 class EventHub(MessagingHandler):
@@ -199,20 +220,33 @@ class EventHub(MessagingHandler):
         address = link.remote_target.address or ""
         node = address.rsplit("/", 1)[-1]
         if node in ("$cbs", "$management"):
-            self.accept(delivery)
-            self.respond(event, node, event.message)
+            # Answered after the settle delay too (the same fe2o3-amqp race, on the request's
+            # outcome and on the response): a lost answer costs the client its whole timeout.
+            request, connection = event.message, event.connection
+
+            def answer():
+                if connection.state & Endpoint.REMOTE_CLOSED:
+                    return  # the client went away meanwhile
+                try:
+                    self.accept(delivery)
+                    self.respond(connection, node, request)
+                except Exception:
+                    traceback.print_exc()
+                    sys.stderr.flush()
+
+            event.container.schedule(self.args.settle_delay_ms / 1000.0, Later(answer))
         elif mode["value"] == "hang":
             pass
         elif mode["value"] == "reject":
-            delivery.local.condition = Condition("amqp:internal-error", "the test double rejects every transfer now")
-            delivery.update(Delivery.REJECTED)
-            delivery.settle()
+            condition = Condition("amqp:internal-error", "the test double rejects every transfer now")
+            event.container.schedule(self.args.settle_delay_ms / 1000.0, SettleLater(delivery, condition))
         else:
             self.record(link, event.message, self.raw)
-            # Settled after --settle-delay-ms, as a service across a network answers. fe2o3-amqp
-            # 0.16.2 (under azure_messaging_eventhubs 0.16) writes a transfer before it registers
-            # the delivery as unsettled, so an outcome that comes back first (in microseconds, on
-            # loopback) is dropped and the client's send waits until eds's timeout.
+            # Every outcome (accepted or rejected) is sent after --settle-delay-ms, as a service
+            # across a network answers. fe2o3-amqp 0.16.2 (under azure_messaging_eventhubs 0.16)
+            # writes a transfer before it registers the delivery as unsettled, so an outcome that
+            # comes back first (in microseconds, on loopback, or while the client's task waits for
+            # a core on a loaded machine) is dropped and the client's send waits until eds's timeout.
             event.container.schedule(self.args.settle_delay_ms / 1000.0, SettleLater(delivery))
         link.flow(1)
 
@@ -277,7 +311,7 @@ class EventHub(MessagingHandler):
             link = link.next(Endpoint.LOCAL_ACTIVE)
         return None
 
-    def respond(self, event, address, request):
+    def respond(self, connection, address, request):
         props = request.properties or {}
         status, description, body = 200, "OK", None
         if address == "$cbs":
@@ -290,11 +324,11 @@ class EventHub(MessagingHandler):
                 if ok:
                     # Event Hubs answers a good token with 202 Accepted.
                     status, description = 202, "Accepted"
-                    self.authorized.add(event.connection)
+                    self.authorized.add(connection)
                 else:
                     status, description = 401, f"InvalidSignature: {why}"
         else:
-            if event.connection not in self.authorized:
+            if connection not in self.authorized:
                 status, description = 401, "Unauthorized: no token put on this connection"
             elif props.get("operation") != "READ":
                 status, description = 400, f"unknown operation {props.get('operation')}"
@@ -321,7 +355,7 @@ class EventHub(MessagingHandler):
                 }
             else:
                 status, description = 400, f"unknown type {props.get('type')}"
-        link = self.reply_link(event.connection, request.reply_to)
+        link = self.reply_link(connection, request.reply_to)
         if link is None:
             print(f"no reply link for {request.reply_to}", file=sys.stderr, flush=True)
             return
@@ -342,7 +376,7 @@ def main():
     p.add_argument("--key-name", required=True)
     p.add_argument("--key", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--settle-delay-ms", type=float, default=5.0)
+    p.add_argument("--settle-delay-ms", type=float, default=20.0)
     p.add_argument("--mode", choices=("accept", "reject", "hang"), default="accept")
     args = p.parse_args()
     mode["value"] = args.mode

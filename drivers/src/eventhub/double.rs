@@ -63,7 +63,9 @@ impl Default for Options {
             partitions: 4,
             max_message_size: 1024 * 1024,
             port: 0,
-            settle_delay_ms: 5.0,
+            // Long enough that fe2o3-amqp has registered a transfer before its outcome comes back
+            // even while the tests, four at a time on two cores, wait for a core (see double.py).
+            settle_delay_ms: 20.0,
         }
     }
 }
@@ -112,6 +114,8 @@ pub struct Double {
     /// Its options.
     pub options: Options,
     stdin: Option<ChildStdin>,
+    /// The double's acknowledgements (`mode <m>` lines of its standard output).
+    acks: std::sync::mpsc::Receiver<String>,
     out: PathBuf,
 }
 
@@ -139,7 +143,7 @@ impl Double {
             .arg("--out")
             .arg(&out)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(match std::env::var_os("EVENTHUB_DOUBLE_DEBUG") {
                 Some(_) => Stdio::inherit(),
                 None => Stdio::null(),
@@ -147,7 +151,18 @@ impl Double {
             .spawn()
             .expect("starting the Event Hubs double");
         let stdin = child.stdin.take();
-        let mut double = Double { child, port, options, stdin, out };
+        let stdout = child.stdout.take().unwrap();
+        let (tx, acks) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut double = Double { child, port, options, stdin, acks, out };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "the Event Hubs double did not listen on port {port} within 20 s");
@@ -174,10 +189,20 @@ impl Double {
     }
 
     /// `accept` (the default), `reject` (every transfer rejected) or `hang` (nothing settled).
+    /// Returns once the double says the mode is set: a transfer sent after this call gets it.
     pub fn set_mode(&mut self, mode: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{mode}").unwrap();
         stdin.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.acks.recv_timeout(left) {
+                Ok(line) if line == format!("mode {mode}") => return,
+                Ok(_) => {}
+                Err(e) => panic!("the Event Hubs double did not acknowledge mode {mode} within 20 s: {e}"),
+            }
+        }
     }
 
     /// Every message received so far, in the order received.
