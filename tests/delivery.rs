@@ -219,10 +219,21 @@ async fn a_destination_can_be_paused_and_resumed() {
         (d["state"] == "paused" && d["lag_records"] == 20 && d["paused"] == true).then_some(())
     })
     .await;
+    // The lag in seconds grows while paused: an alert on it fires for a forgotten pause.
+    let series = r#"eds_destination_lag_seconds{destination="archive"}"#;
+    eventually("the paused destination's lag in seconds to grow past 1.5 s", Duration::from_secs(20), || async {
+        (common::wait::metric(&eds, series).await >= 1.5).then_some(())
+    })
+    .await;
     assert!(files(&out).is_empty(), "nothing delivered while paused");
     let (code, _) = http_request(&eds.http, "POST", "/destinations/archive/resume").await;
     assert_eq!(code, 200);
     eventually("20 files", Duration::from_secs(20), || async { (files(&out).len() == 20).then_some(()) }).await;
+    // Delivered: the lag in seconds falls back once the drain finds nothing more to read.
+    eventually("the lag in seconds back to 0", Duration::from_secs(20), || async {
+        (common::wait::metric(&eds, series).await == 0.0).then_some(())
+    })
+    .await;
     assert_eq!(eds.stop(), 0);
 }
 

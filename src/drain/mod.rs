@@ -54,6 +54,23 @@ const SYSTEMATIC_MIN: usize = 10;
 /// See [`SYSTEMATIC_MIN`].
 const SYSTEMATIC_SHARE: f64 = 0.5;
 
+/// How often a paused destination's lag in seconds is measured again (it opens a reader).
+const PAUSED_LAG_EVERY: Duration = Duration::from_secs(1);
+
+/// The age in seconds of the oldest record destination `name` has not received (0 when it has
+/// everything), read from the log at its cursor; `None` when the log or the cursor cannot be read.
+async fn undelivered_age(state: &ServerState, name: &str) -> Option<f64> {
+    let wal = state.wal().filter(|w| !w.is_poisoned())?;
+    let name = name.to_owned();
+    let oldest = tokio::task::spawn_blocking(move || -> Option<Option<u64>> {
+        let mut reader = wal.cursor_reader(&name).ok()?;
+        Some(reader.next().ok()?.map(|rec| rec.appended_at))
+    })
+    .await
+    .ok()??;
+    Some(oldest.map_or(0.0, |at| crate::timefmt::now_micros().saturating_sub(at) as f64 / 1e6))
+}
+
 /// Run one destination until shutdown.
 pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
     let name = dest.name.clone();
@@ -70,6 +87,8 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         );
     }
     let mut reader: Option<(Wal, Reader)> = None;
+    // When the lag of a paused destination was last measured.
+    let mut paused_lag_at: Option<Instant> = None;
     let mut backoff = dest.retry.first;
     let mut consecutive_rejected = 0usize;
     let mut backstop = Backstop::default();
@@ -90,9 +109,18 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
         }
         if state.is_paused(&name) {
             state.destination(&name, |d| d.state = "paused");
+            // The lag in seconds keeps growing while paused (an alert on it must fire for a
+            // destination paused and forgotten): the age of the oldest record not delivered yet.
+            if paused_lag_at.is_none_or(|t: Instant| t.elapsed() >= PAUSED_LAG_EVERY) {
+                paused_lag_at = Some(Instant::now());
+                if let Some(age) = undelivered_age(&state, &name).await {
+                    state.metrics.destination_lag_seconds.with_label_values(&[&name]).set(age);
+                }
+            }
             tokio::select! { _ = tokio::time::sleep(Duration::from_millis(100)) => {}, _ = shutdown.changed() => {} }
             continue;
         }
+        paused_lag_at = None;
         let Some(wal) = state.wal().filter(|w| !w.is_poisoned()) else {
             reader = None; // let ingest reopen the log
             tokio::select! { _ = tokio::time::sleep(Duration::from_millis(100)) => {}, _ = shutdown.changed() => {} }
