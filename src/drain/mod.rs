@@ -54,6 +54,11 @@ const SYSTEMATIC_MIN: usize = 10;
 /// See [`SYSTEMATIC_MIN`].
 const SYSTEMATIC_SHARE: f64 = 0.5;
 
+/// Seconds since `appended_at` (a record's append time, unix microseconds).
+fn age_secs(appended_at: u64) -> f64 {
+    crate::timefmt::now_micros().saturating_sub(appended_at) as f64 / 1e6
+}
+
 /// How often a paused destination's lag in seconds is measured again (it opens a reader).
 const PAUSED_LAG_EVERY: Duration = Duration::from_secs(1);
 
@@ -68,7 +73,7 @@ async fn undelivered_age(state: &ServerState, name: &str) -> Option<f64> {
     })
     .await
     .ok()??;
-    Some(oldest.map_or(0.0, |at| crate::timefmt::now_micros().saturating_sub(at) as f64 / 1e6))
+    Some(oldest.map_or(0.0, age_secs))
 }
 
 /// Run one destination until shutdown.
@@ -187,8 +192,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
             continue;
         }
         tracing::trace!(destination = %name, records = records.len(), next = r.next_lsn(), "drain read");
-        let age =
-            records.first().map_or(0.0, |r| crate::timefmt::now_micros().saturating_sub(r.appended_at) as f64 / 1e6);
+        let age = records.first().map_or(0.0, |r| age_secs(r.appended_at));
         state.metrics.destination_lag_seconds.with_label_values(&[&name]).set(age);
         let Some(last) = records.last().map(|r| r.lsn) else {
             state.destination(&name, |d| d.state = "idle");
@@ -330,7 +334,7 @@ pub async fn run(dest: Destination, state: Arc<ServerState>, mut shutdown: watch
                 backoff = dest.retry.first;
                 let took = started.elapsed().as_secs_f64();
                 let oldest = records.first().map(|r| r.appended_at).unwrap_or(0);
-                let waited = crate::timefmt::now_micros().saturating_sub(oldest) as f64 / 1e6;
+                let waited = age_secs(oldest);
                 state.metrics.observe_flush(&name, took, attempted, waited);
                 let (w, n) = (wal.clone(), name.clone());
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || w.advance_cursor(&n, last)).await {

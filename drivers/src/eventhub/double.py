@@ -123,22 +123,15 @@ def sas_ok(token, key_name, key):
     return True, "OK"
 
 
-class SettleLater(Handler):
-    """Settles a delivery with an outcome (accepted, or rejected with a condition) when its timer fires."""
-
-    def __init__(self, delivery, condition=None):
-        super().__init__()
-        self.delivery = delivery
-        self.condition = condition
-
-    def on_timer_task(self, event):
-        if not self.delivery.settled:
-            if self.condition is None:
-                self.delivery.update(Delivery.ACCEPTED)
-            else:
-                self.delivery.local.condition = self.condition
-                self.delivery.update(Delivery.REJECTED)
-            self.delivery.settle()
+def settle(delivery, condition=None):
+    """Settles `delivery` accepted, or rejected with `condition`, unless it is settled already."""
+    if not delivery.settled:
+        if condition is None:
+            delivery.update(Delivery.ACCEPTED)
+        else:
+            delivery.local.condition = condition
+            delivery.update(Delivery.REJECTED)
+        delivery.settle()
 
 
 class Later(Handler):
@@ -234,12 +227,12 @@ class EventHub(MessagingHandler):
                     traceback.print_exc()
                     sys.stderr.flush()
 
-            event.container.schedule(self.args.settle_delay_ms / 1000.0, Later(answer))
+            self.later(event, answer)
         elif mode["value"] == "hang":
             pass
         elif mode["value"] == "reject":
             condition = Condition("amqp:internal-error", "the test double rejects every transfer now")
-            event.container.schedule(self.args.settle_delay_ms / 1000.0, SettleLater(delivery, condition))
+            self.later(event, lambda: settle(delivery, condition))
         else:
             self.record(link, event.message, self.raw)
             # Every outcome (accepted or rejected) is sent after --settle-delay-ms, as a service
@@ -247,7 +240,7 @@ class EventHub(MessagingHandler):
             # writes a transfer before it registers the delivery as unsettled, so an outcome that
             # comes back first (in microseconds, on loopback, or while the client's task waits for
             # a core on a loaded machine) is dropped and the client's send waits until eds's timeout.
-            event.container.schedule(self.args.settle_delay_ms / 1000.0, SettleLater(delivery))
+            self.later(event, lambda: settle(delivery))
         link.flow(1)
 
     def on_delivery(self, event):
@@ -310,6 +303,10 @@ class EventHub(MessagingHandler):
                 return link
             link = link.next(Endpoint.LOCAL_ACTIVE)
         return None
+
+    def later(self, event, action):
+        """Runs `action` after --settle-delay-ms (see on_message for why every answer waits)."""
+        event.container.schedule(self.args.settle_delay_ms / 1000.0, Later(action))
 
     def respond(self, connection, address, request):
         props = request.properties or {}
