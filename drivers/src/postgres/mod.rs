@@ -7,14 +7,16 @@
 //! (upserts by primary key, deletes by primary key). Tables are only ever created or widened:
 //! never dropped, no column dropped or retyped.
 
+mod catalog;
 mod config;
 mod fresh;
 mod sink;
 #[cfg(test)]
 mod tests;
 
+pub use catalog::ddl_type;
 pub use config::{connect_options, redact, DESCRIPTION};
-pub use sink::{classify, classify_sqlstate, ddl_type, quote_ident, PostgresDriver, COPY_THRESHOLD};
+pub use sink::{classify, classify_sqlstate, quote_ident, PostgresDriver, COPY_THRESHOLD};
 
 /// The PostgreSQL driver for a URL (the registry's entry point).
 pub fn open(url: &str) -> Result<std::sync::Arc<dyn crate::driver::Driver>, crate::driver::DriverError> {

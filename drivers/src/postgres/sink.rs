@@ -18,6 +18,7 @@
 //! [`Driver::ensure_schema`] is a set lookup when nothing changed. DDL is serialised by a mutex and
 //! runs in its own statements, never inside a batch's transaction.
 
+use super::catalog::{check_types, create_table_sql, load_table, migration_actions, TableInfo};
 use super::config::{connect_options, redact, DESCRIPTION};
 use super::fresh::{copy_data, copy_fresh, copy_statement, fresh_copy_fits, CopyEncoder};
 use crate::driver::{
@@ -89,7 +90,7 @@ pub(super) enum Storage {
 }
 
 impl Storage {
-    fn of(base_type: &str, category: &str) -> Storage {
+    pub(super) fn of(base_type: &str, category: &str) -> Storage {
         match base_type {
             "timestamp with time zone" => Storage::TimestampTz,
             "timestamp without time zone" => Storage::Timestamp,
@@ -118,7 +119,7 @@ impl Storage {
     /// | object, array | jsonb, json |
     /// | enum | enum types |
     /// | unknown | — |
-    fn holds(self, kind: &ColumnType) -> bool {
+    pub(super) fn holds(self, kind: &ColumnType) -> bool {
         matches!(
             (kind, self),
             (_, Storage::Text)
@@ -131,91 +132,6 @@ impl Storage {
                 | (ColumnType::Enum { .. }, Storage::PgEnum)
         )
     }
-}
-
-/// The column type CREATE TABLE and ADD COLUMN use for a schema type (spec §6.2).
-pub fn ddl_type(kind: &ColumnType) -> &'static str {
-    match kind {
-        ColumnType::Text | ColumnType::Unknown(_) => "TEXT",
-        ColumnType::DateTime => "TIMESTAMP WITH TIME ZONE",
-        ColumnType::Integer => "BIGINT",
-        ColumnType::Number => "DOUBLE PRECISION",
-        ColumnType::Boolean => "BOOLEAN",
-        ColumnType::Object | ColumnType::Array { .. } => "JSONB",
-        ColumnType::Enum { .. } => "VARCHAR(64)",
-    }
-}
-
-/// Whether a type name read from the catalog is safe to put into SQL as a cast target.
-fn is_plain_type_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '(' | ')' | ',' | '.' | '"' | '[' | ']'))
-}
-
-/// One column of a destination table, as the catalog describes it.
-#[derive(Debug, Clone)]
-struct DestColumn {
-    /// The full type, for messages (`character varying(64)`).
-    display: String,
-    /// The cast target (the type without its modifier), `None` when its name is not plain.
-    cast: Option<String>,
-    storage: Storage,
-    not_null: bool,
-}
-
-/// A destination table, as the catalog describes it.
-#[derive(Debug, Clone, Default)]
-struct TableInfo {
-    columns: HashMap<String, DestColumn>,
-    /// The primary key's columns.
-    primary_key: BTreeSet<String>,
-    /// Column sets of the unique indexes usable as an ON CONFLICT target (primary key included).
-    unique_keys: Vec<BTreeSet<String>>,
-}
-
-const COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
-format_type(a.atttypid, NULL), \
-format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, NULL), \
-t.typcategory::text, a.attnotnull \
-FROM pg_catalog.pg_attribute a \
-JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
-WHERE n.nspname = current_schema() AND c.relname = $1 AND c.relkind IN ('r', 'p') \
-AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
-
-const KEYS_SQL: &str = "SELECT i.indisprimary, array_agg(a.attname::text) \
-FROM pg_catalog.pg_index i \
-JOIN pg_catalog.pg_class c ON c.oid = i.indrelid \
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
-WHERE n.nspname = current_schema() AND c.relname = $1 AND i.indisunique AND i.indimmediate \
-AND i.indpred IS NULL AND i.indexprs IS NULL GROUP BY i.indexrelid, i.indisprimary";
-
-/// Reads `table` of the current schema from the catalog; `None` when there is no such table.
-async fn load_table(conn: &mut PgConnection, table: &str) -> Result<Option<TableInfo>, sqlx::Error> {
-    let rows: Vec<(String, String, String, String, String, bool)> =
-        sqlx::query_as(COLUMNS_SQL).bind(table).fetch_all(&mut *conn).await?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let mut info = TableInfo::default();
-    for (name, display, cast, base, category, not_null) in rows {
-        let storage = Storage::of(&base, &category);
-        let cast = is_plain_type_name(&cast).then_some(cast);
-        info.columns.insert(name, DestColumn { display, cast, storage, not_null });
-    }
-    let keys: Vec<(bool, Vec<String>)> = sqlx::query_as(KEYS_SQL).bind(table).fetch_all(&mut *conn).await?;
-    for (primary, columns) in keys {
-        let columns: BTreeSet<String> = columns.into_iter().collect();
-        if primary {
-            info.primary_key = columns.clone();
-        }
-        info.unique_keys.push(columns);
-    }
-    Ok(Some(info))
 }
 
 /// How the drain treats each SQLSTATE class (the first two characters), with the exceptions
@@ -782,66 +698,6 @@ impl PostgresDriver {
             Ok(Ok(Some(_))) => Ok(()),
         }
     }
-}
-
-/// Fails with [`ErrorClass::Config`] for the first schema column whose destination column cannot
-/// hold its type.
-fn check_types(schema: &Schema, info: &TableInfo) -> Result<(), DriverError> {
-    for c in schema.columns() {
-        if let Some(dest) = info.columns.get(&c.name) {
-            if !dest.storage.holds(&c.kind) {
-                return Err(DriverError::new(
-                    ErrorClass::Config,
-                    format!(
-                        "PostgreSQL: column {} of table {} is {} at the destination but the schema says {}",
-                        c.name,
-                        schema.table(),
-                        dest.display,
-                        c.kind
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `CREATE TABLE IF NOT EXISTS` with every schema column in EDS order (spec §7.1, minus the DROP).
-fn create_table_sql(quoted_table: &str, schema: &Schema) -> Result<String, DriverError> {
-    let mut lines = Vec::with_capacity(schema.columns().len() + 1);
-    for c in schema.columns() {
-        let not_null = if c.not_null_in_ddl() { " NOT NULL" } else { "" };
-        lines.push(format!("\t{} {}{not_null}", quote_ident(&c.name)?, ddl_type(&c.kind)));
-    }
-    let keys = schema.primary_keys().iter().map(|k| quote_ident(k)).collect::<Result<Vec<_>, _>>()?;
-    lines.push(format!("\tPRIMARY KEY ({})", keys.join(", ")));
-    Ok(format!("CREATE TABLE IF NOT EXISTS {quoted_table} (\n{}\n)", lines.join(",\n")))
-}
-
-/// The ALTER TABLE actions that bring an existing table up to `schema`: every missing column
-/// added (nullable), and NOT NULL dropped from every non-key column the schema lacks or does not
-/// declare NOT NULL. Never drops or retypes anything.
-fn migration_actions(schema: &Schema, info: &TableInfo) -> Result<Vec<String>, DriverError> {
-    let mut actions = Vec::new();
-    for c in schema.columns().iter().filter(|c| !info.columns.contains_key(&c.name)) {
-        actions.push(format!("ADD COLUMN IF NOT EXISTS {} {}", quote_ident(&c.name)?, ddl_type(&c.kind)));
-    }
-    let mut loosen: Vec<&String> = info
-        .columns
-        .iter()
-        .filter(|(name, dest)| {
-            dest.not_null
-                && !info.primary_key.contains(*name)
-                && !schema.primary_keys().contains(name)
-                && schema.column(name).is_none_or(|c| !c.not_null_in_ddl())
-        })
-        .map(|(name, _)| name)
-        .collect();
-    loosen.sort();
-    for name in loosen {
-        actions.push(format!("ALTER COLUMN {} DROP NOT NULL", quote_ident(name)?));
-    }
-    Ok(actions)
 }
 
 /// `INSERT INTO t (…) SELECT <casts> FROM <source> ON CONFLICT (<keys>) DO UPDATE SET …`; the
